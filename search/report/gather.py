@@ -1,0 +1,441 @@
+"""What each part of the report shows, gathered from a study's trials: pure functions, no drawing.
+
+The report compares trials the way the hand-tuning notes did: seven panels over iterations (the
+unweighted box, cls and obj losses, the weighted total, the learning rate, the training latency
+and the evaluation), a few log lines per run, and a table. Everything here is read from the
+Optuna storage through `search.trial_record`, so a report drawn on machine A needs nothing
+written on machine B. `draw` and `html` turn the result into a page.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import statistics
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from optuna.study import StudyDirection
+from optuna.trial import FrozenTrial, TrialState
+
+from search import trial_record
+from trainer.records import TrainLine
+
+# The roles a trial plays in the figures; `draw` styles lines by role.
+BEST, TOP, BASELINE, OTHER = "best", "top", "baseline", "other"
+LOSS_WEIGHTS: tuple[str, ...] = ("lcls", "lbox", "lobj")
+_TRAIN_FIELDS = tuple(f.name for f in dataclasses.fields(TrainLine))
+
+
+@dataclass(frozen=True)
+class TrialRow:
+    """One line of the trials table (and the facts the other parts need about a trial)."""
+
+    number: int
+    state: str  # COMPLETE, PRUNED, FAIL, RUNNING, WAITING
+    label: str  # legend text: "#3 baseline: first model", "#12 best", "#7 pruned"
+    role: str  # BEST, TOP, BASELINE or OTHER
+    baseline: str | None
+    params: dict[str, Any]
+    value: float | None  # the objective (COMPLETE only)
+    mAP50_95: float | None  # final, or the last evaluation of a pruned/running/failed trial
+    mAP50: float | None
+    val_losses: dict[str, float]  # last unweighted validation losses: box, obj, cls
+    inference_ms: float | None
+    train_latency: float | None  # seconds per training iteration (median)
+    duration_s: float | None
+    host: str | None
+    error: str | None
+    feasible: bool | None  # None when the study sets no constraint
+    last_iter: int | None
+    retry_of: int | None
+
+
+@dataclass(frozen=True)
+class Line:
+    """One trial's line in one panel; `variant` tells two lines of the same trial apart."""
+
+    trial: int
+    name: str
+    role: str
+    state: str
+    x: list[int]
+    y: list[float]
+    shown: bool  # drawn by default; otherwise one legend click away
+    cut_short: bool  # pruned or failed: the line ends early and gets an end marker
+    variant: str = ""
+
+
+@dataclass(frozen=True)
+class Panel:
+    """One of the seven panels: a title, a y axis and one line per trial."""
+
+    key: str
+    title: str
+    y_title: str
+    lines: list[Line]
+    log_y: bool = False
+
+
+@dataclass(frozen=True)
+class LogExcerpt:
+    """A few training log lines of one shown trial, in the notes' format."""
+
+    trial: int
+    label: str
+    params: dict[str, Any]
+    lines: list[str]
+
+
+@dataclass(frozen=True)
+class LatencyPoint:
+    """A trial on the mAP-versus-inference-latency plot of a constrained study."""
+
+    trial: int
+    label: str
+    inference_ms: float
+    mAP50_95: float
+    feasible: bool
+
+
+@dataclass(frozen=True)
+class ReportData:
+    """Everything the report page shows, ready to draw."""
+
+    study_name: str
+    direction: str  # "maximize" or "minimize"
+    counts: dict[str, int]
+    headline: str
+    reasons: list[str]  # why the best trial won: what changed, which losses dropped
+    rows: list[TrialRow]
+    panels: list[Panel]
+    logs: list[LogExcerpt]
+    latency: list[LatencyPoint] | None  # None when no trial carries a constraint
+    contour_params: list[str] | None
+    generated: datetime
+
+    @property
+    def empty(self) -> bool:
+        return not self.rows
+
+
+# --- trials ------------------------------------------------------------------------------------
+
+
+def _finite(value: Any) -> float | None:
+    if isinstance(value, int | float) and math.isfinite(value):
+        return float(value)
+    return None
+
+
+def _params(trial: FrozenTrial) -> dict[str, Any]:
+    """The trial's sampled parameters; a baseline without them falls back to its config."""
+    if trial.params:
+        return dict(trial.params)
+    config = trial.user_attrs.get(trial_record.CONFIG)
+    if isinstance(config, dict):
+        return {k: config[k] for k in (*LOSS_WEIGHTS, "optimizer", "lr") if k in config}
+    return {}
+
+
+def _duration(trial: FrozenTrial, now: datetime) -> float | None:
+    if trial.datetime_start is None:
+        return None
+    end = trial.datetime_complete or now
+    return max(0.0, (end - trial.datetime_start).total_seconds())
+
+
+def _feasible(trial: FrozenTrial) -> bool | None:
+    constraints = trial.constraints
+    if not constraints:
+        return None
+    return all(v <= 0 for v in constraints.values())
+
+
+def rank_complete(trials: Sequence[FrozenTrial], direction: StudyDirection) -> list[FrozenTrial]:
+    """Complete trials best first; with constraints, feasible trials rank before infeasible ones."""
+    done = [t for t in trials if t.state == TrialState.COMPLETE and _finite(t.value) is not None]
+    sign = -1.0 if direction == StudyDirection.MAXIMIZE else 1.0
+    return sorted(done, key=lambda t: (_feasible(t) is False, sign * float(t.value), t.number))  # type: ignore[arg-type]
+
+
+def _role(trial: FrozenTrial, best: int | None, top: set[int]) -> str:
+    if trial.number == best:
+        return BEST
+    if trial_record.read_baseline(trial) is not None:
+        return BASELINE
+    return TOP if trial.number in top else OTHER
+
+
+def _label(trial: FrozenTrial, role: str) -> str:
+    baseline = trial_record.read_baseline(trial)
+    parts = [f"#{trial.number}"]
+    if role == BEST:
+        parts.append("best")
+    if baseline is not None:
+        parts.append(f"baseline: {baseline}")
+    if trial.state != TrialState.COMPLETE:
+        parts.append(trial.state.name.lower())
+    return " ".join(parts)
+
+
+def trial_row(trial: FrozenTrial, role: str, now: datetime) -> TrialRow:
+    """The table row of one trial; numbers missing from an unfinished trial are None."""
+    summary = trial_record.read_summary(trial) or {}
+    evals = trial_record.read_eval_lines(trial)
+    train = trial_record.read_train_lines(trial)
+    last_eval = evals[-1] if evals else {}
+    mAP50_95 = _finite(summary.get("mAP50_95"))
+    if mAP50_95 is None:
+        mAP50_95 = _finite(last_eval.get("mAP50_95"))
+    mAP50 = _finite(summary.get("mAP50"))
+    if mAP50 is None:
+        mAP50 = _finite(last_eval.get("mAP50"))
+    train_latency = _finite(summary.get("train_latency"))
+    if train_latency is None and train:
+        train_latency = statistics.median(float(t["latency"]) for t in train)
+    iters = [int(t["iter"]) for t in train] + [int(e["iter"]) for e in evals]
+    host = trial.user_attrs.get(trial_record.HOST)
+    return TrialRow(
+        number=trial.number,
+        state=trial.state.name,
+        label=_label(trial, role),
+        role=role,
+        baseline=trial_record.read_baseline(trial),
+        params=_params(trial),
+        value=_finite(trial.value) if trial.state == TrialState.COMPLETE else None,
+        mAP50_95=mAP50_95,
+        mAP50=mAP50,
+        val_losses={
+            k: float(last_eval[f"val_l{k}"])
+            for k in ("box", "obj", "cls")
+            if _finite(last_eval.get(f"val_l{k}")) is not None
+        },
+        inference_ms=_finite(summary.get("inference_ms")),
+        train_latency=train_latency,
+        duration_s=_duration(trial, now),
+        host=host if isinstance(host, str) else None,
+        error=trial_record.read_error(trial),
+        feasible=_feasible(trial),
+        last_iter=max(iters) if iters else None,
+        retry_of=trial_record.read_retry_of(trial),
+    )
+
+
+# --- panels ------------------------------------------------------------------------------------
+
+# key, title, y axis, source field, log scale; training lines unless the field is an eval one
+_TRAIN_PANELS: tuple[tuple[str, str, str, str, bool], ...] = (
+    ("box", "Box loss (unweighted)", "lbox", "lbox", False),
+    ("cls", "Cls loss (unweighted)", "lcls", "lcls", False),
+    ("obj", "Obj loss (unweighted)", "lobj", "lobj", False),
+    (
+        "total",
+        "Total loss (weighted: NOT comparable across different loss weights)",
+        "weighted loss",
+        "loss",
+        False,
+    ),
+    ("lr", "Learning rate", "lr", "lr", True),
+    ("latency", "Training latency per iteration", "seconds / iter", "latency", False),
+)
+PANEL_KEYS: tuple[str, ...] = ("eval", *(p[0] for p in _TRAIN_PANELS))
+
+
+def _lines_for(
+    trial: FrozenTrial, row: TrialRow, shown: bool, points: list[dict[str, Any]], field: str
+) -> Line | None:
+    xy = [(int(p["iter"]), _finite(p.get(field))) for p in points]
+    xy = [(x, y) for x, y in xy if y is not None]
+    if not xy:
+        return None
+    cut_short = trial.state in (TrialState.PRUNED, TrialState.FAIL)
+    return Line(
+        trial=row.number,
+        name=row.label,
+        role=row.role,
+        state=row.state,
+        x=[x for x, _ in xy],
+        y=[y for _, y in xy],  # type: ignore[misc]
+        shown=shown,
+        cut_short=cut_short,
+        variant="" if field in ("mAP50_95",) or field in _TRAIN_FIELDS else field,
+    )
+
+
+def gather_panels(
+    trials: Sequence[FrozenTrial], rows: dict[int, TrialRow], shown: set[int]
+) -> list[Panel]:
+    """The seven panels: evaluation first (it decides), then the notes' six training curves."""
+    train = {t.number: trial_record.read_train_lines(t) for t in trials}
+    evals = {t.number: trial_record.read_eval_lines(t) for t in trials}
+    eval_lines: list[Line] = []
+    for t in trials:
+        for field in ("mAP50_95", "mAP50"):
+            line = _lines_for(t, rows[t.number], t.number in shown, evals[t.number], field)
+            if line is not None:
+                eval_lines.append(line)
+    panels = [Panel("eval", "Evaluation: mAP50-95 (solid), mAP50 (dotted)", "mAP", eval_lines)]
+    for key, title, y_title, field, log_y in _TRAIN_PANELS:
+        lines = [
+            line
+            for t in trials
+            if (line := _lines_for(t, rows[t.number], t.number in shown, train[t.number], field))
+        ]
+        panels.append(Panel(key, title, y_title, lines, log_y))
+    return panels
+
+
+# --- words -------------------------------------------------------------------------------------
+
+
+def log_excerpt(train_lines: Sequence[dict[str, Any]], points: int = 5) -> list[str]:
+    """Up to `points` training lines spread over the run (first and last included), formatted
+    by `TrainLine.log_line` so the report and the trainer print the same text."""
+    if not train_lines:
+        return []
+    n = len(train_lines)
+    picks = sorted({round(i * (n - 1) / max(1, points - 1)) for i in range(points)})
+    return [TrainLine(**{f: train_lines[i][f] for f in _TRAIN_FIELDS}).log_line() for i in picks]
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.3g}"
+    if isinstance(value, list | tuple):
+        return "[" + ", ".join(_fmt(v) for v in value) + "]"
+    return str(value)
+
+
+def headline(rows: Sequence[TrialRow], ranked: Sequence[int], direction: str) -> str:
+    """One sentence: the best trial's gain over the best baseline, or why it can't be said yet."""
+    if not rows:
+        return "The study has no trials yet: nothing to compare."
+    by_number = {r.number: r for r in rows}
+    if not ranked:
+        return (
+            f"No trial has completed yet ({len(rows)} so far), so no gain over the hand-tuned "
+            "baselines can be stated."
+        )
+    best = by_number[ranked[0]]
+    baselines = [by_number[n] for n in ranked if by_number[n].baseline is not None]
+    if best.baseline is not None:
+        return (
+            f"The best trial so far is the hand-tuned baseline '{best.baseline}' (#{best.number}, "
+            f"mAP50-95 {best.value:.4f}): the search has not beaten hand tuning yet."
+        )
+    if not baselines:
+        return (
+            f"Best trial #{best.number} reaches mAP50-95 {best.value:.4f}; no hand-tuned baseline "
+            "has completed, so its gain over hand tuning can't be stated yet."
+        )
+    base = baselines[0]
+    assert best.value is not None and base.value is not None
+    gain = best.value - base.value if direction == "maximize" else base.value - best.value
+    relative = f" ({gain / abs(base.value):+.0%})" if base.value else ""
+    return (
+        f"Best trial #{best.number} reaches mAP50-95 {best.value:.4f}, {gain:+.4f}{relative} over "
+        f"the best hand-tuned baseline '{base.baseline}' (#{base.number}, {base.value:.4f})."
+    )
+
+
+def reasons(rows: Sequence[TrialRow], ranked: Sequence[int]) -> list[str]:
+    """Why the best trial won: the settings that differ from the best baseline, and how its
+    unweighted validation losses compare (the weighted total can't tell)."""
+    by_number = {r.number: r for r in rows}
+    if not ranked:
+        return []
+    best = by_number[ranked[0]]
+    base = next((by_number[n] for n in ranked if by_number[n].baseline is not None), None)
+    if base is None or base is best:
+        return []
+    changed = [
+        f"{k} {_fmt(base.params.get(k, '-'))} → {_fmt(best.params[k])}"
+        for k in best.params
+        if best.params[k] != base.params.get(k)
+    ]
+    out = []
+    if changed:
+        out.append("Changed from that baseline: " + ", ".join(changed) + ".")
+    losses = [
+        f"{k} {base.val_losses[k]:.4g} → {best.val_losses[k]:.4g}"
+        for k in ("box", "obj", "cls")
+        if k in best.val_losses and k in base.val_losses
+    ]
+    if losses:
+        out.append("Unweighted validation losses, baseline → best: " + ", ".join(losses) + ".")
+    if best.inference_ms is not None and base.inference_ms is not None:
+        out.append(
+            f"Inference latency {base.inference_ms:.2f} ms → {best.inference_ms:.2f} ms per image."
+        )
+    return out
+
+
+def _contour_params(trials: Sequence[FrozenTrial]) -> list[str] | None:
+    """Two loss weights that the search actually varied (lcls and lbox first, as in the notes)."""
+    varied = [
+        k
+        for k in LOSS_WEIGHTS
+        if len({t.params[k] for t in trials if k in t.params and t.state == TrialState.COMPLETE})
+        > 1
+    ]
+    return varied[:2] if len(varied) >= 2 else None
+
+
+# --- the whole report --------------------------------------------------------------------------
+
+
+def gather(
+    study_name: str,
+    trials: Sequence[FrozenTrial],
+    direction: StudyDirection,
+    top_k: int = 5,
+    now: datetime | None = None,
+) -> ReportData:
+    """Gather everything the report shows from `trials` (any states, possibly none).
+
+    Shown by default: the hand-tuned baselines and the `top_k` best complete trials; every
+    other trial is in the data too, drawn hidden (one legend click away).
+    """
+    if top_k < 0:
+        raise ValueError(f"top_k must be >= 0, but got {top_k=}")
+    now = now or datetime.now()
+    direction_name = "maximize" if direction == StudyDirection.MAXIMIZE else "minimize"
+    trials = sorted(trials, key=lambda t: t.number)
+    ranked = [t.number for t in rank_complete(trials, direction)]
+    best = ranked[0] if ranked else None
+    top = set(ranked[:top_k])
+    baselines = {t.number for t in trials if trial_record.read_baseline(t) is not None}
+    shown = top | baselines
+    row_list = [trial_row(t, _role(t, best, top), now) for t in trials]
+    rows = {r.number: r for r in row_list}
+    logs = [
+        LogExcerpt(t.number, rows[t.number].label, rows[t.number].params, excerpt)
+        for t in trials
+        if t.number in shown and (excerpt := log_excerpt(trial_record.read_train_lines(t)))
+    ]
+    # best first, then the baselines, then the rest of the top: the order a reader compares in
+    logs.sort(key=lambda e: (rows[e.trial].role != BEST, rows[e.trial].role != BASELINE, e.trial))
+    latency = None
+    if any(r.feasible is not None for r in row_list):
+        latency = [
+            LatencyPoint(r.number, r.label, r.inference_ms, r.mAP50_95, bool(r.feasible))
+            for r in row_list
+            if r.inference_ms is not None and r.mAP50_95 is not None and r.feasible is not None
+        ]
+    return ReportData(
+        study_name=study_name,
+        direction=direction_name,
+        counts=dict(Counter(r.state for r in row_list)),
+        headline=headline(row_list, ranked, direction_name),
+        reasons=reasons(row_list, ranked),
+        rows=row_list,
+        panels=gather_panels(trials, rows, shown),
+        logs=logs,
+        latency=latency,
+        contour_params=_contour_params(trials),
+        generated=now,
+    )

@@ -1,0 +1,114 @@
+"""How a trial's story is kept in the Optuna storage: the one place that names the keys.
+
+Everything a report or `tune status` shows must be readable from the storage alone (no shared
+filesystem). The worker writes through the `record_*` functions, readers use the `read_*`
+functions; neither spells a key itself.
+
+Layout on an Optuna trial:
+
+- intermediate values: validation mAP50-95 at each evaluation step (epochs completed), the value
+  the pruner compares;
+- user attrs
+  - ``config``: the resolved `TrainConfig` as a dict;
+  - ``baseline``: the hand-tuned setting's label, only on baseline trials;
+  - ``host``, ``device``, ``worker``: where it ran (worker is ``host:pid``);
+  - ``curve:NNNN``: one `EvalReport.to_dict()` per evaluation step NNNN (training lines since
+    the previous evaluation plus the evaluation itself), written as it happens so pruned and
+    failed trials keep their curves;
+  - ``summary``: `FitResult.to_dict()` of a finished run (inference latency among it);
+  - ``error``: the reason a trial failed, one line, credentials masked;
+  - ``retry_of``: the trial number this one retries (set by tune; Optuna's own retry history is
+    in system attrs and read through `RetryHeartbeatStaleTrialCallback`).
+"""
+
+from __future__ import annotations
+
+import socket
+from typing import Any
+
+import optuna
+from optuna.storages import RetryHeartbeatStaleTrialCallback
+from optuna.trial import FrozenTrial
+
+from trainer.records import EvalReport
+
+CONFIG = "config"
+BASELINE = "baseline"
+HOST = "host"
+DEVICE = "device"
+WORKER = "worker"
+CURVE_PREFIX = "curve:"
+SUMMARY = "summary"
+ERROR = "error"
+RETRY_OF = "retry_of"
+
+
+def curve_key(step: int) -> str:
+    """The user-attr key of evaluation `step`, zero-padded so keys sort by step."""
+    return f"{CURVE_PREFIX}{step:04d}"
+
+
+# --- writing (worker side) ---------------------------------------------------------------------
+
+
+def record_placement(trial: optuna.Trial, device: str, worker: str) -> None:
+    """Where this trial runs: host name, device string and worker id."""
+    trial.set_user_attr(HOST, socket.gethostname())
+    trial.set_user_attr(DEVICE, device)
+    trial.set_user_attr(WORKER, worker)
+
+
+def record_config(trial: optuna.Trial, config: dict[str, Any]) -> None:
+    trial.set_user_attr(CONFIG, config)
+
+
+def record_eval(trial: optuna.Trial, step: int, report: EvalReport) -> None:
+    """Store one evaluation's curve points and report mAP50-95 to the pruner."""
+    trial.set_user_attr(curve_key(step), report.to_dict())
+    trial.report(report.eval.mAP50_95, step)
+
+
+def record_summary(trial: optuna.Trial, summary: dict[str, Any]) -> None:
+    trial.set_user_attr(SUMMARY, summary)
+
+
+# --- reading (report, status) ------------------------------------------------------------------
+
+
+def read_curve(trial: FrozenTrial) -> list[dict[str, Any]]:
+    """The trial's evaluation reports in step order (each an `EvalReport.to_dict()`)."""
+    keys = sorted(k for k in trial.user_attrs if k.startswith(CURVE_PREFIX))
+    return [trial.user_attrs[k] for k in keys]
+
+
+def read_train_lines(trial: FrozenTrial) -> list[dict[str, Any]]:
+    """Every stored training line of the trial, in iteration order."""
+    return [line for point in read_curve(trial) for line in point["train"]]
+
+
+def read_eval_lines(trial: FrozenTrial) -> list[dict[str, Any]]:
+    """Every stored evaluation line of the trial, in step order."""
+    return [point["eval"] for point in read_curve(trial)]
+
+
+def read_summary(trial: FrozenTrial) -> dict[str, Any] | None:
+    summary = trial.user_attrs.get(SUMMARY)
+    return summary if isinstance(summary, dict) else None
+
+
+def read_baseline(trial: FrozenTrial) -> str | None:
+    label = trial.user_attrs.get(BASELINE)
+    return label if isinstance(label, str) else None
+
+
+def read_error(trial: FrozenTrial) -> str | None:
+    error = trial.user_attrs.get(ERROR)
+    return error if isinstance(error, str) else None
+
+
+def read_retry_of(trial: FrozenTrial) -> int | None:
+    """The trial this one retries, from tune's own mark or Optuna's heartbeat retry."""
+    mark = trial.user_attrs.get(RETRY_OF)
+    if isinstance(mark, int):
+        return mark
+    return RetryHeartbeatStaleTrialCallback.retried_trial_number(trial)

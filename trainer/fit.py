@@ -1,0 +1,332 @@
+"""Training one detector: `train_one_epoch()` and `evaluate()` composed by `fit()`.
+
+Reads top to bottom like a recipe: set up (device, data, model, loss, optimizer, schedule, resume),
+then per epoch train, and every `eval_interval` epochs evaluate, write the run directory, save a
+checkpoint and call `report(step, metrics)`, which may raise to stop the run.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from trainer.config import TrainConfig
+from trainer.data import DetectionData, DetectionSplit, iterate_batches, load_data
+from trainer.evaluate import coco_map, coco_predictions, evaluate, inference_latency_ms
+from trainer.loss import DetectionLoss, LossWeights
+from trainer.model import Detector, build_detector, load_weights
+from trainer.optim import build_optimizer, build_scheduler
+from trainer.records import EvalLine, EvalReport, FitResult, NonFiniteLossError, TrainLine
+from trainer.run_dir import RunDir
+
+logger = logging.getLogger("trainer")
+
+Report = Callable[[int, EvalReport], None]
+
+# The gradient is that of the loss summed over a batch's images (YOLOv5's `loss * bs`), so the
+# notes' SGD learning rate of 0.001 trains a detector from scratch in a short run. The logged loss
+# stays the per-image mean, on the scale of the notes' log lines.
+GRAD_CLIP_NORM = 10.0
+
+
+def resolve_device(name: str) -> torch.device:
+    """`auto` picks CUDA when present; an unavailable CUDA device is a clear error."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device={name!r} asked for CUDA, but no CUDA device is available")
+    return device
+
+
+@dataclass
+class TrainState:
+    """What moves forward during a run (and is saved in checkpoints)."""
+
+    epoch: int = 0  # epochs completed
+    iteration: int = 0  # optimizer steps taken
+    seconds_training: float = 0.0
+    seconds_training_reported: float = 0.0  # seconds_training at the last report
+    seconds_evaluating: float = 0.0
+    latencies: list[float] = field(default_factory=list)  # per iteration, seconds
+    pending: list[TrainLine] = field(default_factory=list)  # lines since the last report
+
+
+def train_one_epoch(
+    model: Detector,
+    loss_fn: DetectionLoss,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    split: DetectionSplit,
+    config: TrainConfig,
+    state: TrainState,
+    device: torch.device,
+    generator: torch.Generator,
+    run: RunDir,
+) -> None:
+    """One pass over the training split; logs a line every `log_interval` iterations."""
+    model.train()
+    autocast = _autocast(device, config)
+    sums = torch.zeros(4)  # weighted total, lbox, lobj, lcls since the last line
+    interval_iters, interval_seconds = 0, 0.0
+    batches = iterate_batches(
+        split, config.batch, shuffle=True, augment=config.augment, generator=generator
+    )
+    for images, targets, _ in batches:
+        start = time.perf_counter()
+        lr = optimizer.param_groups[0]["lr"]
+        images = images.to(device, non_blocking=True)
+        if device.type == "cuda":
+            images = images.contiguous(memory_format=torch.channels_last)
+        with autocast():
+            outputs = model(images)
+        parts = loss_fn([o.float() for o in outputs], targets.to(device))
+        optimizer.zero_grad(set_to_none=True)
+        (parts.total * images.shape[0]).backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), GRAD_CLIP_NORM)
+        optimizer.step()
+        scheduler.step()
+        values = torch.stack([parts.total.detach(), parts.lbox, parts.lobj, parts.lcls]).cpu()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        elapsed = time.perf_counter() - start
+        state.iteration += 1
+        if not torch.isfinite(values).all():
+            total, lbox, lobj, lcls = values.tolist()
+            raise NonFiniteLossError(
+                f"loss became non-finite at epoch {state.epoch} / iter {state.iteration}: "
+                f"loss={total}, lbox={lbox}, lobj={lobj}, lcls={lcls} "
+                f"(lr={lr:g}, optimizer={config.optimizer}); try a lower learning rate"
+            )
+        sums += values
+        interval_iters += 1
+        interval_seconds += elapsed
+        state.seconds_training += elapsed
+        state.latencies.append(elapsed)
+        if state.iteration == 1 or state.iteration % config.log_interval == 0:
+            mean = (sums / interval_iters).tolist()
+            line = TrainLine(
+                epoch=state.epoch,
+                iter=state.iteration,
+                lr=lr,
+                loss=mean[0],
+                lbox=mean[1],
+                lobj=mean[2],
+                lcls=mean[3],
+                latency=interval_seconds / interval_iters,
+            )
+            logger.info(line.log_line())
+            run.append(line)
+            state.pending.append(line)
+            sums.zero_()
+            interval_iters, interval_seconds = 0, 0.0
+        _progress(state, config, len(split) // config.batch)
+
+
+def fit(
+    config: TrainConfig, report: Report | None = None, data: DetectionData | None = None
+) -> FitResult:
+    """Train and evaluate one detector as `config` says; see the module docstring.
+
+    `data` lets a worker load a data set once and reuse it for many runs. `report(step, metrics)`
+    is called after each evaluation with step = epochs completed; an exception it raises stops
+    the run (after the checkpoint of that evaluation is saved) and propagates.
+    """
+    if config.threads is not None:
+        torch.set_num_threads(config.threads)
+    torch.manual_seed(config.seed)
+    device = resolve_device(config.device)
+    if data is None:
+        data = load_data(config.data, config.imgsz, skip_bad=config.skip_bad)
+    _check_data_matches(data, config)
+
+    model = build_detector(config.model, nc=len(data.names))
+    if config.weights:
+        load_weights(model, config.weights)
+    model.to(device)
+    if device.type == "cuda":
+        model.to(memory_format=torch.channels_last)
+    loss_fn = DetectionLoss(model, LossWeights(lbox=config.lbox, lobj=config.lobj, lcls=config.lcls))
+
+    iters_per_epoch = len(data.train) // config.batch
+    if iters_per_epoch == 0:
+        raise ValueError(
+            f"batch must not exceed the {len(data.train)} training images, but got "
+            f"batch={config.batch}"
+        )
+    total_iters = iters_per_epoch * config.epochs
+    optimizer = build_optimizer(model, config)
+    scheduler = build_scheduler(optimizer, config, total_iters)
+    generator = torch.Generator().manual_seed(config.seed)
+
+    run = RunDir(config.out)
+    state = TrainState()
+    checkpoint = run.load_checkpoint() if config.resume else None
+    if checkpoint is not None:
+        _restore(checkpoint, model, optimizer, scheduler, generator, state)
+        logger.info(f"resumed from {run.checkpoint} at epoch {state.epoch} / iter {state.iteration}")
+    run.write_config(config)
+    run.start_metrics(keep_through_iter=state.iteration)
+
+    last_eval: EvalLine | None = None
+    while state.epoch < config.epochs:
+        train_one_epoch(
+            model, loss_fn, optimizer, scheduler, data.train, config, state, device, generator, run
+        )
+        state.epoch += 1
+        if state.epoch % config.eval_interval and state.epoch != config.epochs:
+            continue
+        last_eval, eval_report = _evaluate_and_record(model, loss_fn, data, config, state, device, run)
+        run.save_checkpoint(_checkpoint(model, optimizer, scheduler, generator, state))
+        if report is not None:
+            report(state.epoch, eval_report)
+
+    if last_eval is None:  # resumed from a finished run: evaluate once more to fill the summary
+        last_eval, _ = _evaluate_and_record(model, loss_fn, data, config, state, device, run)
+    inference_ms = inference_latency_ms(
+        model, data.val.images[0], device, _autocast(device, config), device.type == "cuda"
+    )
+    result = FitResult(
+        mAP50=last_eval.mAP50,
+        mAP50_95=last_eval.mAP50_95,
+        inference_ms=inference_ms,
+        train_latency=statistics.median(state.latencies) if state.latencies else 0.0,
+        epochs_completed=state.epoch,
+        iterations=state.iteration,
+        images_per_second=(len(state.latencies) * config.batch) / max(sum(state.latencies), 1e-9),
+        seconds_training=state.seconds_training,
+        seconds_evaluating=state.seconds_evaluating,
+        device=str(device),
+        run_dir=str(run.path),
+    )
+    run.write_summary(result)
+    return result
+
+
+def _evaluate_and_record(
+    model: Detector,
+    loss_fn: DetectionLoss,
+    data: DetectionData,
+    config: TrainConfig,
+    state: TrainState,
+    device: torch.device,
+    run: RunDir,
+) -> tuple[EvalLine, EvalReport]:
+    start = time.perf_counter()
+    result = evaluate(
+        model, loss_fn, data.val, config.batch, device, _autocast(device, config), device.type == "cuda"
+    )
+    mAP50, mAP50_95 = coco_map(data.val, result.detections, nc=len(data.names))
+    run.write_predictions(coco_predictions(data.val, result.detections))
+    seconds = time.perf_counter() - start
+    state.seconds_evaluating += seconds
+    line = EvalLine(
+        epoch=state.epoch,
+        iter=state.iteration,
+        mAP50=mAP50,
+        mAP50_95=mAP50_95,
+        val_lbox=result.val_lbox,
+        val_lobj=result.val_lobj,
+        val_lcls=result.val_lcls,
+        val_loss=config.lbox * result.val_lbox
+        + config.lobj * result.val_lobj
+        + config.lcls * result.val_lcls,
+    )
+    run.append(line)
+    logger.info(
+        f"eval epoch {line.epoch} / iter {line.iter} mAP50 {mAP50:.4f} mAP50-95 {mAP50_95:.4f} "
+        f"val lbox {line.val_lbox:.4f} lobj {line.val_lobj:.4f} lcls {line.val_lcls:.4f} "
+        f"({seconds:.1f}s)"
+    )
+    if not all(math.isfinite(v) for v in (line.val_lbox, line.val_lobj, line.val_lcls)):
+        raise NonFiniteLossError(f"validation loss became non-finite at epoch {line.epoch}: {line}")
+    eval_report = EvalReport(
+        eval=line,
+        train=state.pending,
+        seconds_training=state.seconds_training - state.seconds_training_reported,
+        seconds_evaluating=seconds,
+    )
+    state.pending = []
+    state.seconds_training_reported = state.seconds_training
+    return line, eval_report
+
+
+def _autocast(
+    device: torch.device, config: TrainConfig
+) -> Callable[[], contextlib.AbstractContextManager[Any]]:
+    """bf16 autocast on CUDA when `amp` is set (no loss scaling needed for bf16); none on CPU."""
+    if device.type == "cuda" and config.amp:
+        return lambda: torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext
+
+
+def _check_data_matches(data: DetectionData, config: TrainConfig) -> None:
+    size = data.val.images.shape[-1]
+    if size != config.imgsz:
+        raise ValueError(f"the data set was loaded at imgsz={size}, but got imgsz={config.imgsz}")
+
+
+def _checkpoint(
+    model: Detector,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    generator: torch.Generator,
+    state: TrainState,
+) -> dict[str, Any]:
+    return {
+        "model": model.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "scheduler": scheduler.state_dict(),
+        "generator": generator.get_state(),
+        "torch_rng": torch.get_rng_state(),
+        "epoch": state.epoch,
+        "iteration": state.iteration,
+        "seconds_training": state.seconds_training,
+        "seconds_evaluating": state.seconds_evaluating,
+        "latencies": state.latencies,
+    }
+
+
+def _restore(
+    checkpoint: dict[str, Any],
+    model: Detector,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    generator: torch.Generator,
+    state: TrainState,
+) -> None:
+    model.load_state_dict(checkpoint["model"])
+    optimizer.load_state_dict(checkpoint["optimizer"])
+    scheduler.load_state_dict(checkpoint["scheduler"])
+    generator.set_state(checkpoint["generator"])
+    torch.set_rng_state(checkpoint["torch_rng"])
+    state.epoch = checkpoint["epoch"]
+    state.iteration = checkpoint["iteration"]
+    state.seconds_training = state.seconds_training_reported = checkpoint["seconds_training"]
+    state.seconds_evaluating = checkpoint["seconds_evaluating"]
+    state.latencies = list(checkpoint["latencies"])
+
+
+def _progress(state: TrainState, config: TrainConfig, iters_per_epoch: int) -> None:
+    """A one-line progress bar on an interactive terminal; nothing when output is captured."""
+    if not sys.stderr.isatty():
+        return
+    done = state.iteration - state.epoch * iters_per_epoch
+    width = 30
+    filled = width * done // max(iters_per_epoch, 1)
+    sys.stderr.write(
+        f"\r  epoch {state.epoch + 1}/{config.epochs} [{'#' * filled}{'.' * (width - filled)}] "
+        f"{done}/{iters_per_epoch}"
+    )
+    if done >= iters_per_epoch:
+        sys.stderr.write("\r" + " " * (width + 40) + "\r")
+    sys.stderr.flush()
