@@ -54,10 +54,190 @@ def train(
     out: Path = typer.Option(Path("runs/train"), help="run directory"),
 ) -> None:
     """Train and evaluate one detector, printing the notes' log lines."""
-    from click.core import ParameterSource
-
     from search.train_command import run_train
 
     values = dict(ctx.params)
-    explicit = {k for k in values if ctx.get_parameter_source(k) == ParameterSource.COMMANDLINE}
+    # options the user typed override a --hyp file; those left at their defaults do not
+    explicit = {k for k in values if getattr(ctx.get_parameter_source(k), "name", "") == "COMMANDLINE"}
     run_train(values, explicit)
+
+
+# --- search: launch, worker, status, best (search/launch.py, worker.py, status.py, best.py) -----
+
+_STORAGE_HELP = "study storage URL; default $TUNE_STORAGE, else sqlite:///tune.db here"
+_TRAINER_HELP = "for tests and soak runs only: a module with fit() (and load_data()) to train with"
+
+
+def _search_errors() -> tuple[type[Exception], ...]:
+    """The errors a search command reports as one line (no traceback)."""
+    from search.best import NoBestTrialError
+    from search.launch import LaunchError
+    from search.storage import StorageError
+    from search.worker import WorkerError
+
+    return (ValueError, StorageError, LaunchError, WorkerError, NoBestTrialError)
+
+
+@app.command()
+def launch(
+    study: str = typer.Option(..., help="a study name (studies/NAME.toml) or a study file"),
+    storage: str | None = typer.Option(None, help=_STORAGE_HELP),
+    workers: int | None = typer.Option(None, min=0, help="CPU workers (0: only create the study)"),
+    gpus: str | None = typer.Option(None, help="one worker per GPU, e.g. 0,1"),
+    n_trials: int | None = typer.Option(None, min=1, help="budget for the whole study"),
+    timeout: float | None = typer.Option(None, min=1, help="seconds to keep starting trials"),
+    epochs: int | None = typer.Option(None, min=1),
+    data: str | None = typer.Option(None, help="'shapes' or a path to a data.yaml"),
+    seed: int | None = typer.Option(None, help="sampler seed"),
+    runs_dir: Path = typer.Option(Path("runs/studies"), help="local run folders and worker logs"),
+    progress_interval: float = typer.Option(5.0, min=0.1, hidden=True),
+    trainer_module: str | None = typer.Option(None, hidden=True, help=_TRAINER_HELP),
+) -> None:
+    """Create/load a study, enqueue its baselines, run local workers until the budget is spent."""
+    from search.launch import launch as run_launch
+    from search.study_file import Overrides
+
+    try:
+        gpu_list = _parse_gpus(gpus)
+        if gpu_list and workers is not None:
+            raise ValueError(f"give --workers or --gpus, not both, but got {workers=}, {gpus=}")
+        result = run_launch(
+            study,
+            storage,
+            workers=workers,
+            gpus=gpu_list,
+            overrides=Overrides(
+                epochs=epochs, data=data, n_trials=n_trials, timeout=timeout, seed=seed
+            ),
+            runs_dir=runs_dir,
+            progress_interval=progress_interval,
+            trainer_module=trainer_module,
+        )
+    except _search_errors() as exc:
+        raise _fail(str(exc)) from None
+    if result.interrupted:
+        raise typer.Exit(130)
+    if not result.ok:
+        raise typer.Exit(1)
+
+
+@app.command()
+def worker(
+    study: str = typer.Option(..., help="the study's name (or its study file)"),
+    storage: str | None = typer.Option(None, help=_STORAGE_HELP),
+    gpu: int | None = typer.Option(None, min=0, help="train on GPU I (sets CUDA_VISIBLE_DEVICES)"),
+    timeout: float | None = typer.Option(None, min=1, help="seconds to keep starting trials"),
+    local_workers: int = typer.Option(1, min=1, help="workers on this machine (sets threads)"),
+    worker_index: int | None = typer.Option(None, min=0, hidden=True),
+    threads: int | None = typer.Option(None, min=1, help="torch threads (default cores / workers)"),
+    runs_dir: Path = typer.Option(Path("runs/studies"), help="local run folders"),
+    trainer_module: str | None = typer.Option(None, hidden=True, help=_TRAINER_HELP),
+) -> None:
+    """Join an existing study (from any machine) and run trials until its budget is spent."""
+    from search.worker import run_worker
+
+    try:
+        stats = run_worker(
+            study,
+            storage,
+            gpu=gpu,
+            timeout=timeout,
+            local_workers=local_workers,
+            worker_index=worker_index,
+            threads=threads,
+            runs_dir=runs_dir,
+            trainer_module=trainer_module,
+        )
+    except _search_errors() as exc:
+        raise _fail(str(exc), code=1) from None
+    if stats.stopped_because == "interrupted":
+        raise typer.Exit(130)
+
+
+@app.command()
+def status(
+    study: str = typer.Option(..., help="the study's name"),
+    storage: str | None = typer.Option(None, help=_STORAGE_HELP),
+) -> None:
+    """Trials by state, the best trial, baselines, running trials (host, age) and failures."""
+    from search.status import format_status, study_status
+    from search.storage import load_study, open_storage
+
+    try:
+        typer.echo(format_status(study_status(load_study(open_storage(storage), study))))
+    except _search_errors() as exc:
+        raise _fail(str(exc)) from None
+
+
+@app.command()
+def best(
+    study: str = typer.Option(..., help="the study's name"),
+    storage: str | None = typer.Option(None, help=_STORAGE_HELP),
+    export: Path | None = typer.Option(None, help="write a hyp YAML for `tune train --hyp`"),
+) -> None:
+    """The best trial's parameters; --export writes them as a YOLOv5-style hyp file."""
+    from search.best import best_trial, export_best, format_best
+    from search.storage import load_study, open_storage
+
+    try:
+        found = load_study(open_storage(storage), study)
+        trial = best_trial(found)
+        typer.echo(format_best(found, trial))
+        if export is not None:
+            typer.echo(f"wrote {export_best(found, trial, export)}")
+    except _search_errors() as exc:
+        raise _fail(str(exc)) from None
+
+
+def _parse_gpus(gpus: str | None) -> list[int] | None:
+    if gpus is None:
+        return None
+    try:
+        ids = [int(g) for g in gpus.split(",") if g.strip()]
+    except ValueError:
+        raise ValueError(f"--gpus must be GPU indices like 0,1, but got {gpus=}") from None
+    if not ids or len(set(ids)) != len(ids) or min(ids) < 0:
+        raise ValueError(f"--gpus must be distinct GPU indices like 0,1, but got {gpus=}")
+    return ids
+
+
+# --- report and dashboard (search/report/, search/dashboard.py) ---------------------------------
+
+
+@app.command()
+def report(
+    study: str = typer.Option(..., help="the study's name"),
+    storage: str | None = typer.Option(None, help=_STORAGE_HELP),
+    out: Path = typer.Option(Path("report.html"), "-o", "--out", help="the HTML file to write"),
+    top: int = typer.Option(5, min=0, help="best trials shown besides the baselines"),
+) -> None:
+    """Write one self-contained HTML report (opens offline) comparing the study's trials."""
+    from search.report import write_report
+    from search.storage import StorageError, load_study, open_storage
+
+    try:
+        path = write_report(load_study(open_storage(storage), study), out, top_k=top)
+    except (ValueError, StorageError) as exc:
+        raise _fail(str(exc)) from None
+    typer.echo(f"wrote {path}")
+
+
+@app.command()
+def dashboard(
+    storage: str | None = typer.Option(None, help=_STORAGE_HELP),
+    host: str = typer.Option("127.0.0.1", help="address to bind (the dashboard has no login)"),
+    port: int = typer.Option(8080, min=1, max=65535),
+    artifacts: Path | None = typer.Option(
+        None, help="artifact folder; default tune-artifacts/ when it exists"
+    ),
+) -> None:
+    """Run optuna-dashboard on the study storage, bound to loopback unless --host says otherwise."""
+    from search.dashboard import serve
+    from search.storage import StorageError
+
+    try:
+        serve(storage, host=host, port=port, artifacts=artifacts, echo=typer.echo)
+    except (ValueError, StorageError) as exc:
+        raise _fail(str(exc)) from None
+    except OSError as exc:
+        raise _fail(f"cannot serve on {host}:{port}: {exc.strerror or exc}") from None

@@ -182,17 +182,26 @@ class SearchSpace:
 def parse_space(table: Any, where: str = "space") -> SearchSpace:
     """Validate a `[space]` table into a `SearchSpace`; every mistake names its key and value."""
     if not isinstance(table, dict) or not table:
-        raise SpaceError(f"[{where}] must be a table with at least one parameter, but got {table!r}")
+        raise SpaceError(
+            f"[{where}] must be a table with at least one parameter, but got {table!r}"
+        )
     params: list[Param] = []
     for name, spec in table.items():
         key = f"{where}.{name}"
         if name not in PARAM_NAMES:
             raise SpaceError(
-                f"unknown parameter {key} (known: {', '.join(PARAM_NAMES)}), but got {name}={spec!r}"
+                f"unknown parameter {key} (known: {', '.join(PARAM_NAMES)}), "
+                f"but got {name}={spec!r}"
             )
         if not isinstance(spec, dict):
-            raise SpaceError(f"{key} must be a table like {{ low = .., high = .. }}, but got {spec!r}")
-        params.append(_parse_choice(key, name, spec) if name in CHOICE_FIELDS else _parse_float(key, name, spec))
+            raise SpaceError(
+                f"{key} must be a table like {{ low = .., high = .. }}, but got {spec!r}"
+            )
+        params.append(
+            _parse_choice(key, name, spec)
+            if name in CHOICE_FIELDS
+            else _parse_float(key, name, spec)
+        )
     names = [p.name for p in params]
     if MILESTONE2_REST in names and MILESTONE1 not in names:
         raise SpaceError(f"{where}.{MILESTONE2_REST} needs {where}.{MILESTONE1} as well")
@@ -221,10 +230,16 @@ def _parse_choice(key: str, name: str, spec: dict[str, Any]) -> ChoiceParam:
 def _parse_float(key: str, name: str, spec: dict[str, Any]) -> FloatParam:
     unknown = sorted(set(spec) - {"low", "high", "log"})
     if unknown:
-        raise SpaceError(f"unknown key {key}.{unknown[0]} (known: low, high, log), but got {spec!r}")
+        raise SpaceError(
+            f"unknown key {key}.{unknown[0]} (known: low, high, log), but got {spec!r}"
+        )
     for bound in ("low", "high"):
         value = spec.get(bound)
-        if not isinstance(value, int | float) or isinstance(value, bool) or not math.isfinite(value):
+        if (
+            not isinstance(value, int | float)
+            or isinstance(value, bool)
+            or not math.isfinite(value)
+        ):
             raise SpaceError(f"{key}.{bound} must be a finite number, but got {bound}={value!r}")
     low, high = float(spec["low"]), float(spec["high"])
     log = spec.get("log", False)
@@ -234,14 +249,18 @@ def _parse_float(key: str, name: str, spec: dict[str, Any]) -> FloatParam:
         raise SpaceError(f"{key}: low must be <= high, but got low={low:g}, high={high:g}")
     if log and low <= 0:
         raise SpaceError(f"{key}: a log range needs low > 0, but got low={low:g}")
-    if name == MILESTONE1 and not (0 < low and high <= 1):
-        raise SpaceError(f"{key}: fractions of the run lie in (0, 1], but got low={low:g}, high={high:g}")
-    if name == MILESTONE2_REST and not (0 <= low and high <= 1):
-        raise SpaceError(f"{key}: fractions of the rest lie in [0, 1], but got low={low:g}, high={high:g}")
+    if name == MILESTONE1 and not (low > 0 and high <= 1):
+        raise SpaceError(
+            f"{key}: fractions of the run lie in (0, 1], but got low={low:g}, high={high:g}"
+        )
+    if name == MILESTONE2_REST and not (low >= 0 and high <= 1):
+        raise SpaceError(
+            f"{key}: fractions of the rest lie in [0, 1], but got low={low:g}, high={high:g}"
+        )
     if name in FLOAT_FIELDS:
         for bound, value in (("low", low), ("high", high)):
             try:
-                TrainConfig(**{name: value})
+                TrainConfig.from_dict({name: value})
             except ValueError as exc:
                 raise SpaceError(f"{key}.{bound} is not a valid {name}: {exc}") from None
     return FloatParam(name, low, high, log)

@@ -19,11 +19,17 @@ Layout on an Optuna trial:
   - ``error``: the reason a trial failed, one line, credentials masked;
   - ``retry_of``: the trial number this one retries (set by tune; Optuna's own retry history is
     in system attrs and read through `RetryHeartbeatStaleTrialCallback`).
+
+Layout on the Optuna study (study user attrs):
+
+- ``tune:spec``: the validated study file (a TOML table, CLI overrides applied), written by
+  `tune launch`, read by every worker so that all machines run the same settings.
 """
 
 from __future__ import annotations
 
 import socket
+import warnings
 from typing import Any
 
 import optuna
@@ -41,6 +47,7 @@ CURVE_PREFIX = "curve:"
 SUMMARY = "summary"
 ERROR = "error"
 RETRY_OF = "retry_of"
+STUDY_SPEC = "tune:spec"
 
 
 def curve_key(step: int) -> str:
@@ -72,6 +79,27 @@ def record_summary(trial: optuna.Trial, summary: dict[str, Any]) -> None:
     trial.set_user_attr(SUMMARY, summary)
 
 
+def record_error(trial: optuna.Trial, message: str) -> None:
+    """Why the trial failed: one line (the caller masks credentials)."""
+    trial.set_user_attr(ERROR, " ".join(message.split()))
+
+
+def baseline_attrs(label: str) -> dict[str, Any]:
+    """The user attrs a baseline trial is enqueued with."""
+    return {BASELINE: label}
+
+
+def record_study_spec(study: optuna.Study, raw: dict[str, Any]) -> None:
+    """Store the validated study table with the study (launch)."""
+    study.set_user_attr(STUDY_SPEC, raw)
+
+
+def read_study_spec(study: optuna.Study) -> dict[str, Any] | None:
+    """The study table stored by launch, or None for a study tune did not create."""
+    raw = study.user_attrs.get(STUDY_SPEC)
+    return raw if isinstance(raw, dict) else None
+
+
 # --- reading (report, status) ------------------------------------------------------------------
 
 
@@ -96,9 +124,21 @@ def read_summary(trial: FrozenTrial) -> dict[str, Any] | None:
     return summary if isinstance(summary, dict) else None
 
 
-def read_baseline(trial: FrozenTrial) -> str | None:
+def read_baseline(trial: FrozenTrial | optuna.Trial) -> str | None:
     label = trial.user_attrs.get(BASELINE)
     return label if isinstance(label, str) else None
+
+
+def read_config(trial: FrozenTrial) -> dict[str, Any] | None:
+    """The resolved `TrainConfig.to_dict()` of the trial, when it got that far."""
+    config = trial.user_attrs.get(CONFIG)
+    return config if isinstance(config, dict) else None
+
+
+def read_placement(trial: FrozenTrial) -> dict[str, str | None]:
+    """Where the trial ran: host, device, worker (None where unknown)."""
+    attrs = trial.user_attrs
+    return {key: attrs.get(key) for key in (HOST, DEVICE, WORKER)}
 
 
 def read_error(trial: FrozenTrial) -> str | None:
@@ -111,4 +151,6 @@ def read_retry_of(trial: FrozenTrial) -> int | None:
     mark = trial.user_attrs.get(RETRY_OF)
     if isinstance(mark, int):
         return mark
-    return RetryHeartbeatStaleTrialCallback.retried_trial_number(trial)
+    with warnings.catch_warnings():  # "experimental" since Optuna 2.8; tune relies on it
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        return RetryHeartbeatStaleTrialCallback.retried_trial_number(trial)

@@ -38,6 +38,7 @@ class Evaluation:
     val_lbox: float
     val_lobj: float
     val_lcls: float
+    val_loss: float  # their weighted total, with this run's weights
 
 
 def non_max_suppression(decoded: torch.Tensor) -> list[torch.Tensor]:
@@ -68,12 +69,12 @@ def evaluate(
     batch_size: int,
     device: torch.device,
     autocast: Callable[[], contextlib.AbstractContextManager[None]],
-    channels_last: bool = False,
+    channels_last: bool,
 ) -> Evaluation:
     """Run the model over `split` once: detections in original pixels plus validation losses."""
     model.eval()
     detections: list[torch.Tensor] = [torch.empty(0, 6)] * len(split)
-    totals = torch.zeros(3)
+    totals = torch.zeros(4)
     batches = 0
     generator = torch.Generator().manual_seed(0)
     for images, targets, indices in iterate_batches(
@@ -85,7 +86,7 @@ def evaluate(
         with autocast():
             outputs = model(images)
         parts = loss_fn([o.float() for o in outputs], targets.to(device))
-        totals += torch.stack([parts.lbox, parts.lobj, parts.lcls]).float().cpu()
+        totals += torch.stack([parts.lbox, parts.lobj, parts.lcls, parts.total]).float().cpu()
         batches += 1
         for index, dets in zip(indices.tolist(), non_max_suppression(decode(model, outputs)), strict=True):
             dets = dets.cpu()
@@ -93,7 +94,7 @@ def evaluate(
             detections[index] = dets
     model.train()
     mean = (totals / max(batches, 1)).tolist()
-    return Evaluation(detections, val_lbox=mean[0], val_lobj=mean[1], val_lcls=mean[2])
+    return Evaluation(detections, *mean)
 
 
 def _ground_truth(split: DetectionSplit, nc: int) -> COCO:
@@ -102,22 +103,19 @@ def _ground_truth(split: DetectionSplit, nc: int) -> COCO:
     for index in range(len(split)):
         height, width = split.orig_sizes[index]
         images.append({"id": index, "width": width, "height": height})
-        labels = split.labels[index]
-        if len(labels):
-            boxes = split.to_original(labels[:, 1:5], index)
-            for cls, (x1, y1, x2, y2) in zip(labels[:, 0].tolist(), boxes.tolist(), strict=True):
-                w, h = x2 - x1, y2 - y1
-                annotations.append(
-                    {
-                        # COCOeval treats id 0 as "unmatched": ids start at 1
-                        "id": len(annotations) + 1,
-                        "image_id": index,
-                        "category_id": int(cls),
-                        "bbox": [x1, y1, w, h],
-                        "area": w * h,
-                        "iscrowd": 0,
-                    }
-                )
+        for cls, x1, y1, x2, y2 in split.original_boxes(index).tolist():
+            w, h = x2 - x1, y2 - y1
+            annotations.append(
+                {
+                    # COCOeval treats id 0 as "unmatched": ids start at 1
+                    "id": len(annotations) + 1,
+                    "image_id": index,
+                    "category_id": int(cls),
+                    "bbox": [x1, y1, w, h],
+                    "area": w * h,
+                    "iscrowd": 0,
+                }
+            )
     coco = COCO()
     coco.dataset = {
         "images": images,
@@ -184,7 +182,7 @@ def inference_latency_ms(
     image: torch.Tensor,
     device: torch.device,
     autocast: Callable[[], contextlib.AbstractContextManager[None]],
-    channels_last: bool = False,
+    channels_last: bool,
     warmup: int = 5,
     runs: int = 20,
 ) -> float:

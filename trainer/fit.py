@@ -85,8 +85,7 @@ def train_one_epoch(
         start = time.perf_counter()
         lr = optimizer.param_groups[0]["lr"]
         images = images.to(device, non_blocking=True)
-        if device.type == "cuda":
-            images = images.contiguous(memory_format=torch.channels_last)
+        images = images.contiguous(memory_format=torch.channels_last)
         with autocast():
             outputs = model(images)
         parts = loss_fn([o.float() for o in outputs], targets.to(device))
@@ -152,9 +151,8 @@ def fit(
     model = build_detector(config.model, nc=len(data.names))
     if config.weights:
         load_weights(model, config.weights)
-    model.to(device)
-    if device.type == "cuda":
-        model.to(memory_format=torch.channels_last)
+    # channels_last: faster convolutions on CUDA (tensor cores) and, measured, on CPU too
+    model.to(device=device, memory_format=torch.channels_last)  # type: ignore[call-overload]
     loss_fn = DetectionLoss(model, LossWeights(lbox=config.lbox, lobj=config.lobj, lcls=config.lcls))
 
     iters_per_epoch = len(data.train) // config.batch
@@ -193,7 +191,7 @@ def fit(
     if last_eval is None:  # resumed from a finished run: evaluate once more to fill the summary
         last_eval, _ = _evaluate_and_record(model, loss_fn, data, config, state, device, run)
     inference_ms = inference_latency_ms(
-        model, data.val.images[0], device, _autocast(device, config), device.type == "cuda"
+        model, data.val.images[0], device, _autocast(device, config), channels_last=True
     )
     result = FitResult(
         mAP50=last_eval.mAP50,
@@ -223,7 +221,7 @@ def _evaluate_and_record(
 ) -> tuple[EvalLine, EvalReport]:
     start = time.perf_counter()
     result = evaluate(
-        model, loss_fn, data.val, config.batch, device, _autocast(device, config), device.type == "cuda"
+        model, loss_fn, data.val, config.batch, device, _autocast(device, config), channels_last=True
     )
     mAP50, mAP50_95 = coco_map(data.val, result.detections, nc=len(data.names))
     run.write_predictions(coco_predictions(data.val, result.detections))
@@ -237,9 +235,7 @@ def _evaluate_and_record(
         val_lbox=result.val_lbox,
         val_lobj=result.val_lobj,
         val_lcls=result.val_lcls,
-        val_loss=config.lbox * result.val_lbox
-        + config.lobj * result.val_lobj
-        + config.lcls * result.val_lcls,
+        val_loss=result.val_loss,
     )
     run.append(line)
     logger.info(

@@ -173,7 +173,7 @@ class Detector(nn.Module):
         # probability 0.6/(nc - 0.99), so the first iterations don't push huge gradients.
         with torch.no_grad():
             for conv, stride in zip(self.head, self.strides, strict=True):
-                assert conv.bias is not None
+                assert isinstance(conv, nn.Conv2d) and conv.bias is not None
                 b = conv.bias.view(self.na, self.no)
                 b[:, 4] += math.log(8 / (640 / stride) ** 2)
                 b[:, 5:] += math.log(0.6 / (self.nc - 0.99))
@@ -225,6 +225,7 @@ def decode(
 
     xy = (sigmoid * 2 - 0.5 + grid) * stride, wh = (sigmoid * 2)^2 * anchor (YOLOv5 v5+).
     """
+    strides: Sequence[int]
     if isinstance(detector_or_anchors_and_strides, Detector):
         anchors, strides = (
             detector_or_anchors_and_strides.anchors,

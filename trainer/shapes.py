@@ -56,20 +56,31 @@ def cache_root() -> Path:
     return Path(env).expanduser() if env else Path.home() / ".cache" / "tune"
 
 
-def shapes_yaml(cache_dir: Path | None = None) -> Path:
+def shapes_yaml(
+    cache_dir: Path | None = None, *, n_train: int | None = None, n_val: int | None = None
+) -> Path:
     """Path of the `shapes` data set's `data.yaml`, generating the data set first if missing.
 
     `cache_dir` defaults to `cache_root()`. Safe to call from several processes at once.
+    Sizes other than `N_TRAIN`/`N_VAL` (small ones for quick tests) get their own folder;
+    image `i` of a split is the same whatever the size.
     """
+    n_train = N_TRAIN if n_train is None else n_train
+    n_val = N_VAL if n_val is None else n_val
+    if n_train <= 0 or n_val <= 0:
+        raise ValueError(f"image counts must be > 0, but got {n_train=}, {n_val=}")
     root = Path(cache_dir) if cache_dir is not None else cache_root()
-    final = root / f"shapes-v{SHAPES_VERSION}"
+    name = f"shapes-v{SHAPES_VERSION}"
+    if (n_train, n_val) != (N_TRAIN, N_VAL):
+        name += f"-{n_train}-{n_val}"
+    final = root / name
     yaml_path = final / "data.yaml"
     if yaml_path.is_file():
         return yaml_path
     root.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=root))
     try:
-        _generate(tmp, final)
+        _generate(tmp, final, n_train, n_val)
         try:
             # Atomic on POSIX; fails when another process renamed its copy into place first.
             os.rename(tmp, final)
@@ -81,10 +92,10 @@ def shapes_yaml(cache_dir: Path | None = None) -> Path:
     return yaml_path
 
 
-def _generate(out: Path, final: Path) -> None:
+def _generate(out: Path, final: Path, n_train: int, n_val: int) -> None:
     """Write the whole data set into `out`; `data.yaml` names `final`, where it will live."""
     jobs = []
-    for split, count, split_id in (("train", N_TRAIN, 0), ("val", N_VAL, 1)):
+    for split, count, split_id in (("train", n_train, 0), ("val", n_val, 1)):
         (out / "images" / split).mkdir(parents=True)
         (out / "labels" / split).mkdir(parents=True)
         jobs += [(out, split, split_id, i) for i in range(count)]
@@ -147,7 +158,7 @@ def draw_image(rng: np.random.Generator) -> tuple[Image.Image, list[Box]]:
     base = rng.integers(0, 256, 3)
     canvas = _background(rng, width, height, base)
     draw = ImageDraw.Draw(canvas)
-    for _ in range(int(rng.integers(0, 6))):  # clutter: lines and arcs that are not objects
+    for _ in range(int(rng.integers(0, 6))):  # clutter: lines that are not objects
         colour = _colour(rng, base)
         pts = rng.uniform(0, 1, 4) * (width, height, width, height)
         draw.line([float(p) for p in pts], fill=colour, width=int(rng.integers(1, 4)))
@@ -169,10 +180,11 @@ def draw_image(rng: np.random.Generator) -> tuple[Image.Image, list[Box]]:
         _draw_shape(draw, rng, box, size, poly, colour)
         boxes.append(box)
     pixels = np.asarray(canvas, dtype=np.float32)
-    # Luminance noise (one value for all three channels): as hard for the detector as colour
-    # noise, but a third of the entropy, which keeps PNG encoding (most of the time here) fast.
+    # Grain noise: one luminance value per 2x2 block. As hard for a detector at 128 px as pixel
+    # noise, but a twelfth of the entropy, which keeps PNG encoding and the cache small.
     sigma = rng.uniform(3, 20)
-    pixels = pixels + rng.standard_normal((height, width, 1), dtype=np.float32) * sigma
+    grain = rng.standard_normal(((height + 1) // 2, (width + 1) // 2, 1), dtype=np.float32)
+    pixels = pixels + sigma * grain.repeat(2, axis=0).repeat(2, axis=1)[:height, :width]
     return Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8)), boxes
 
 
@@ -185,8 +197,9 @@ def _background(rng: np.random.Generator, width: int, height: int, base: np.ndar
 
 
 def _colour(rng: np.random.Generator, base: np.ndarray) -> tuple[int, int, int]:
-    if rng.uniform() < 0.2:  # camouflaged: close to the background colour
-        c = base + rng.integers(-60, 61, 3)
+    if rng.uniform() < 0.2:  # camouflaged: close to the background colour, yet visible
+        # step away from the nearer end of [0, 255] so clipping cannot erase the contrast
+        c = base + np.where(base < 128, 1, -1) * rng.integers(30, 71, 3)
     else:
         c = rng.integers(0, 256, 3)
     r, g, b = (int(v) for v in np.clip(c, 0, 255))
@@ -198,7 +211,9 @@ def _rotate(points: np.ndarray, angle: float) -> np.ndarray:
     return points @ np.array([[c, s], [-s, c]])
 
 
-def _shape(rng: np.random.Generator, cls: int, size: float) -> tuple[np.ndarray, tuple[float, float]]:
+def _shape(
+    rng: np.random.Generator, cls: int, size: float
+) -> tuple[np.ndarray, tuple[float, float]]:
     """Shape outline centred at 0 (polygon vertices, or a 0-row array for round shapes) and its
     half extents (x, y)."""
     name = NAMES[cls]

@@ -12,12 +12,14 @@ from __future__ import annotations
 import dataclasses
 import math
 import statistics
+import warnings
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+import optuna
 from optuna.study import StudyDirection
 from optuna.trial import FrozenTrial, TrialState
 
@@ -182,6 +184,13 @@ def _label(trial: FrozenTrial, role: str) -> str:
     return " ".join(parts)
 
 
+def _retry_of(trial: FrozenTrial) -> int | None:
+    with warnings.catch_warnings():
+        # Optuna marks its retry-history reader experimental; the warning says nothing to a reader
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        return trial_record.read_retry_of(trial)
+
+
 def trial_row(trial: FrozenTrial, role: str, now: datetime) -> TrialRow:
     """The table row of one trial; numbers missing from an unfinished trial are None."""
     summary = trial_record.read_summary(trial) or {}
@@ -221,7 +230,7 @@ def trial_row(trial: FrozenTrial, role: str, now: datetime) -> TrialRow:
         error=trial_record.read_error(trial),
         feasible=_feasible(trial),
         last_iter=max(iters) if iters else None,
-        retry_of=trial_record.read_retry_of(trial),
+        retry_of=_retry_of(trial),
     )
 
 
@@ -246,7 +255,12 @@ PANEL_KEYS: tuple[str, ...] = ("eval", *(p[0] for p in _TRAIN_PANELS))
 
 
 def _lines_for(
-    trial: FrozenTrial, row: TrialRow, shown: bool, points: list[dict[str, Any]], field: str
+    trial: FrozenTrial,
+    row: TrialRow,
+    shown: bool,
+    points: list[dict[str, Any]],
+    field: str,
+    variant: str = "",
 ) -> Line | None:
     xy = [(int(p["iter"]), _finite(p.get(field))) for p in points]
     xy = [(x, y) for x, y in xy if y is not None]
@@ -262,7 +276,7 @@ def _lines_for(
         y=[y for _, y in xy],  # type: ignore[misc]
         shown=shown,
         cut_short=cut_short,
-        variant="" if field in ("mAP50_95",) or field in _TRAIN_FIELDS else field,
+        variant=variant,
     )
 
 
@@ -274,8 +288,8 @@ def gather_panels(
     evals = {t.number: trial_record.read_eval_lines(t) for t in trials}
     eval_lines: list[Line] = []
     for t in trials:
-        for field in ("mAP50_95", "mAP50"):
-            line = _lines_for(t, rows[t.number], t.number in shown, evals[t.number], field)
+        for field, variant in (("mAP50_95", ""), ("mAP50", "mAP50")):
+            line = _lines_for(t, rows[t.number], t.number in shown, evals[t.number], field, variant)
             if line is not None:
                 eval_lines.append(line)
     panels = [Panel("eval", "Evaluation: mAP50-95 (solid), mAP50 (dotted)", "mAP", eval_lines)]
@@ -397,8 +411,9 @@ def gather(
 ) -> ReportData:
     """Gather everything the report shows from `trials` (any states, possibly none).
 
-    Shown by default: the hand-tuned baselines and the `top_k` best complete trials; every
-    other trial is in the data too, drawn hidden (one legend click away).
+    Shown by default: the hand-tuned baselines and the search's `top_k` best complete trials
+    (baselines not counted); every other trial is in the data too, drawn hidden (one legend
+    click away). With a constraint, feasible trials rank first. `now` dates running trials.
     """
     if top_k < 0:
         raise ValueError(f"top_k must be >= 0, but got {top_k=}")
@@ -407,8 +422,9 @@ def gather(
     trials = sorted(trials, key=lambda t: t.number)
     ranked = [t.number for t in rank_complete(trials, direction)]
     best = ranked[0] if ranked else None
-    top = set(ranked[:top_k])
     baselines = {t.number for t in trials if trial_record.read_baseline(t) is not None}
+    # the baselines are shown anyway: the top K are the search's own best trials
+    top = set([n for n in ranked if n not in baselines][:top_k])
     shown = top | baselines
     row_list = [trial_row(t, _role(t, best, top), now) for t in trials]
     rows = {r.number: r for r in row_list}

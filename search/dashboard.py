@@ -1,0 +1,82 @@
+"""optuna-dashboard on a tune storage: the live, browsable view of every study in it.
+
+The dashboard has no login, so it binds to the loopback address unless told otherwise, and the
+storage URL it prints has its password masked. It reads the same storage the workers write (and
+the artifact folder, so files attached to trials can be opened there).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Callable
+from pathlib import Path
+
+from search.storage import mask_url, open_storage, resolve_url
+
+DEFAULT_HOST = "127.0.0.1"
+DEFAULT_PORT = 8080
+DEFAULT_ARTIFACTS = Path("tune-artifacts")  # the folder artifact store, when one exists here
+
+
+def is_loopback(host: str) -> bool:
+    """Whether `host` only accepts connections from this machine."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def dashboard_url(host: str = DEFAULT_HOST, port: int = DEFAULT_PORT) -> str:
+    """The address to open in a browser (a wildcard bind is opened through loopback)."""
+    shown = "127.0.0.1" if host in ("0.0.0.0", "::", "") else host
+    if ":" in shown:
+        shown = f"[{shown}]"
+    return f"http://{shown}:{port}/"
+
+
+def dashboard_command(storage_url: str | None = None) -> str:
+    """The command that opens the dashboard on a storage, for `tune launch` to print.
+
+    The password of an explicit URL is masked (put it back, or set $TUNE_STORAGE instead).
+    """
+    if storage_url is None:
+        return "tune dashboard"
+    return f"tune dashboard --storage '{mask_url(storage_url)}'"
+
+
+def serve(
+    storage_url: str | None = None,
+    host: str = DEFAULT_HOST,
+    port: int = DEFAULT_PORT,
+    artifacts: Path | None = None,
+    echo: Callable[[str], None] = print,
+) -> None:
+    """Run optuna-dashboard on the storage until interrupted (blocks).
+
+    `storage_url` resolves like every command (`--storage`, `$TUNE_STORAGE`, `sqlite:///tune.db`).
+    `artifacts` is the folder artifact store; by default `tune-artifacts/` when it exists.
+    Raises `search.storage.StorageError` for a storage that can't be opened, `ValueError` for a
+    bad port or a missing artifact folder, `OSError` when the port is taken.
+    """
+    import optuna_dashboard
+    from optuna.artifacts import FileSystemArtifactStore
+
+    if not 0 < port < 65536:
+        raise ValueError(f"port must be in 1..65535, but got {port=}")
+    if artifacts is None and DEFAULT_ARTIFACTS.is_dir():
+        artifacts = DEFAULT_ARTIFACTS
+    if artifacts is not None and not Path(artifacts).is_dir():
+        raise ValueError(f"artifacts must be an existing folder, but got {artifacts=}")
+    url = resolve_url(storage_url)
+    storage = open_storage(url)  # fails early, in one line, for a missing or empty storage
+    store = FileSystemArtifactStore(str(artifacts)) if artifacts is not None else None
+    if not is_loopback(host):
+        echo(
+            f"warning: binding to {host}: the dashboard has no login, anyone who can reach this "
+            "machine on that port can read and edit the studies"
+        )
+    where = f"; artifacts in {artifacts}" if artifacts is not None else ""
+    echo(f"optuna-dashboard for {mask_url(url)}{where} at {dashboard_url(host, port)}")
+    optuna_dashboard.run_server(storage, host=host, port=port, artifact_store=store)

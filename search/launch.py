@@ -1,0 +1,324 @@
+"""`tune launch`: create (or load) a study, enqueue its baselines once, run local workers, watch.
+
+The study row, the schema and the baselines are made here, once, before any worker starts
+(workers racing to create tables fail). Workers are `tune worker` subprocesses:
+one per listed GPU with `CUDA_VISIBLE_DEVICES` set, else N CPU workers sharing the cores. Each
+writes its log to `<runs_dir>/<study>/worker-<i>.log`; this process prints one progress line
+every few seconds and a summary when the workers are done. Ctrl-C (or SIGTERM) is forwarded to
+the workers, which fail their current trial as "interrupted"; nothing is left RUNNING.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import FrameType
+from typing import IO, Any
+
+import optuna
+from optuna.storages import RDBStorage
+from optuna.study import StudyDirection
+from optuna.trial import TrialState
+
+from search import trial_record
+from search.storage import (
+    ENV_VAR,
+    StateCounts,
+    StudyLock,
+    count_states,
+    mask_url,
+    open_storage,
+    resolve_url,
+)
+from search.study_file import Overrides, StudySpec, load_study_file
+from search.worker import DEFAULT_RUNS_DIR, TRAINER_MODULE_ENV
+
+# parts of a stored study that may change between launches (everything else must match, or the
+# trials of one study would not be comparable)
+_MUTABLE = {("budget",), ("sampler", "seed"), ("baselines",)}
+
+
+class LaunchError(RuntimeError):
+    """The launch cannot go on: one clear line."""
+
+
+@dataclass
+class LaunchResult:
+    counts: StateCounts
+    best_value: float | None
+    best_number: int | None
+    wall_seconds: float
+    exit_codes: list[int] = field(default_factory=list)
+    interrupted: bool = False
+
+    @property
+    def ok(self) -> bool:
+        return not self.interrupted and all(code == 0 for code in self.exit_codes)
+
+
+def default_workers(gpus: list[int] | None = None) -> int:
+    """One worker per GPU; on CPU one per two cores, at least 2 (one trains while one evaluates)."""
+    if gpus:
+        return len(gpus)
+    return max(2, (os.cpu_count() or 2) // 2)
+
+
+def prepare_study(spec: StudySpec, storage: RDBStorage) -> optuna.Study:
+    """Create or load the study, store its settings, and enqueue missing baselines exactly once.
+
+    Holding the study lock makes this safe when launched twice or from two machines at once.
+    """
+    study = optuna.create_study(
+        storage=storage, study_name=spec.name, direction="maximize", load_if_exists=True
+    )
+    if study.direction != StudyDirection.MAXIMIZE:
+        raise LaunchError(f"study {spec.name!r} exists but minimises; tune studies maximise mAP")
+    with StudyLock(storage, storage.get_study_id_from_name(spec.name)):
+        stored = trial_record.read_study_spec(study)
+        if stored is not None:
+            differences = _differences(stored, spec.raw)
+            if differences:
+                raise LaunchError(
+                    f"study {spec.name!r} already exists with other settings "
+                    f"({'; '.join(differences[:3])}); "
+                    "use the same settings, another study name, or another storage"
+                )
+        trial_record.record_study_spec(study, spec.raw)
+        present = {trial_record.read_baseline(t) for t in study.get_trials(deepcopy=False)}
+        for baseline in spec.baselines:
+            if baseline.label not in present:
+                study.enqueue_trial(
+                    baseline.as_dict(), user_attrs=trial_record.baseline_attrs(baseline.label)
+                )
+    return study
+
+
+def launch(
+    study: str,
+    storage: str | None = None,
+    *,
+    workers: int | None = None,
+    gpus: list[int] | None = None,
+    overrides: Overrides | None = None,
+    runs_dir: Path = DEFAULT_RUNS_DIR,
+    progress_interval: float = 5.0,
+    trainer_module: str | None = None,
+    out: Callable[[str], None] = print,
+) -> LaunchResult:
+    """Run `study` (a name in studies/ or a file) with local workers until its budget is spent.
+
+    `workers=0` only creates the study and enqueues the baselines (for a compose service that
+    prepares a shared database). Returns the final counts and best trial.
+    """
+    started = time.monotonic()
+    overrides = overrides or Overrides()
+    spec = load_study_file(study, overrides)
+    url = resolve_url(storage)
+    rdb = open_storage(url, create_schema=True)
+    optuna_study = prepare_study(spec, rdb)
+    n_workers = default_workers(gpus) if workers is None else workers
+    if gpus and workers not in (None, len(gpus)):
+        raise LaunchError(
+            f"--workers must match the number of --gpus, but got workers={workers}, gpus={gpus}"
+        )
+    shown = mask_url(url)
+    out(
+        f"study {spec.name!r} in {shown}: budget {spec.budget.n_trials} trials, "
+        f"{len(spec.baselines)} baselines"
+    )
+    out(f"watch it: tune dashboard --storage '{shown}'   (or: tune status --study {spec.name})")
+    if n_workers == 0:
+        return _result(optuna_study, rdb, started)
+    log_dir = runs_dir / spec.name
+    log_dir.mkdir(parents=True, exist_ok=True)
+    procs = _start_workers(spec, url, n_workers, gpus, log_dir, overrides.timeout, trainer_module)
+    where = "GPUs " + ",".join(map(str, gpus)) if gpus else "CPU"
+    out(f"started {n_workers} worker(s) on {where}; logs in {log_dir}/")
+    interrupted = False
+    previous = signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
+    try:
+        _watch(optuna_study, rdb, procs, started, progress_interval, spec.budget.n_trials, out)
+    except KeyboardInterrupt:
+        interrupted = True
+        out("stopping: the workers fail their current trial as 'interrupted' ...")
+        _stop_workers(procs)
+        _fail_running_of(optuna_study, {f"{socket.gethostname()}:{p.pid}" for p, _ in procs})
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        for _, log in procs:
+            log.close()
+    result = _result(optuna_study, rdb, started, [p.returncode for p, _ in procs], interrupted)
+    out(_summary_line(result, spec.budget.n_trials))
+    for i, code in enumerate(result.exit_codes):
+        if code != 0 and not interrupted:
+            out(f"worker {i} exited with status {code}: see {log_dir / f'worker-{i}.log'}")
+    return result
+
+
+def _start_workers(
+    spec: StudySpec,
+    url: str,
+    n: int,
+    gpus: list[int] | None,
+    log_dir: Path,
+    timeout: float | None,
+    trainer_module: str | None,
+) -> list[tuple[subprocess.Popen[bytes], IO[bytes]]]:
+    # The URL travels in the environment, not argv: argv is visible to every user in `ps`.
+    env = {**os.environ, ENV_VAR: url}
+    if trainer_module:
+        env[TRAINER_MODULE_ENV] = trainer_module
+    threads = max(1, (os.cpu_count() or 1) // n)  # workers x threads <= cores
+    env["OMP_NUM_THREADS"] = str(threads)
+    procs: list[tuple[subprocess.Popen[bytes], IO[bytes]]] = []
+    for i in range(n):
+        cmd = [
+            sys.executable,
+            "-c",
+            "from search.cli import app; app()",
+            "worker",
+            "--study",
+            spec.name,
+        ]
+        cmd += ["--local-workers", str(n), "--worker-index", str(i), "--threads", str(threads)]
+        child_env = dict(env)
+        if gpus:
+            cmd += ["--gpu", str(gpus[i])]
+            child_env["CUDA_VISIBLE_DEVICES"] = str(gpus[i])
+        if timeout is not None or spec.budget.timeout is not None:
+            cmd += ["--timeout", str(timeout if timeout is not None else spec.budget.timeout)]
+        log = open(log_dir / f"worker-{i}.log", "ab")  # noqa: SIM115 (closed by launch)
+        # own session: a terminal's Ctrl-C reaches launch only, which forwards one clean SIGTERM
+        proc = subprocess.Popen(
+            cmd, env=child_env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        )
+        procs.append((proc, log))
+    return procs
+
+
+def _watch(
+    study: optuna.Study,
+    rdb: RDBStorage,
+    procs: list[tuple[subprocess.Popen[bytes], IO[bytes]]],
+    started: float,
+    interval: float,
+    n_trials: int,
+    out: Callable[[str], None],
+) -> None:
+    study_id = rdb.get_study_id_from_name(study.study_name)
+    last = ""
+    next_line = time.monotonic() + interval
+    while any(p.poll() is None for p, _ in procs):
+        time.sleep(0.2)
+        if time.monotonic() < next_line:
+            continue
+        next_line = time.monotonic() + interval
+        line = _progress_line(study, count_states(rdb, study_id), n_trials)
+        if line != last:
+            out(f"[{time.monotonic() - started:5.0f} s] {line}")
+            last = line
+
+
+def _progress_line(study: optuna.Study, counts: StateCounts, n_trials: int) -> str:
+    value, number = _best(study)
+    best = (
+        f"best mAP50-95 {value:.4f} (trial {number})"
+        if value is not None
+        else "no trial complete yet"
+    )
+    return (
+        f"done {counts.finished}/{n_trials} ({counts.complete} complete, {counts.pruned} pruned), "
+        f"failed {counts.fail}, running {counts.running}, waiting {counts.waiting} | {best}"
+    )
+
+
+def _best(study: optuna.Study) -> tuple[float | None, int | None]:
+    try:
+        best = study.best_trial
+    except ValueError:
+        return None, None
+    return best.value, best.number
+
+
+def _stop_workers(
+    procs: list[tuple[subprocess.Popen[bytes], IO[bytes]]], grace: float = 60.0
+) -> None:
+    for p, _ in procs:
+        if p.poll() is None:
+            p.send_signal(signal.SIGTERM)
+    deadline = time.monotonic() + grace
+    for p, _ in procs:
+        try:
+            p.wait(timeout=max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait()
+
+
+def _fail_running_of(study: optuna.Study, worker_ids: set[str]) -> None:
+    """Fail what our (now stopped) workers left RUNNING, e.g. after a worker had to be killed."""
+    for frozen in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        if trial_record.read_placement(frozen).get("worker") in worker_ids:
+            trial_record.record_error(optuna.Trial(study, frozen._trial_id), "interrupted")
+            study.tell(frozen.number, state=TrialState.FAIL)
+
+
+def _result(
+    study: optuna.Study,
+    rdb: RDBStorage,
+    started: float,
+    exit_codes: list[int | Any] | None = None,
+    interrupted: bool = False,
+) -> LaunchResult:
+    counts = count_states(rdb, rdb.get_study_id_from_name(study.study_name))
+    value, number = _best(study)
+    codes = [int(c) if c is not None else -1 for c in (exit_codes or [])]
+    return LaunchResult(counts, value, number, time.monotonic() - started, codes, interrupted)
+
+
+def _summary_line(result: LaunchResult, n_trials: int) -> str:
+    c = result.counts
+    best = (
+        f"best mAP50-95 {result.best_value:.4f} (trial {result.best_number})"
+        if result.best_value is not None
+        else "no trial complete"
+    )
+    how = "interrupted" if result.interrupted else "finished"
+    return (
+        f"{how} in {result.wall_seconds:.0f} s: {c.finished}/{n_trials} done "
+        f"({c.complete} complete, {c.pruned} pruned), {c.fail} failed, {c.running} running | {best}"
+    )
+
+
+def _differences(stored: dict[str, Any], new: dict[str, Any]) -> list[str]:
+    old_flat, new_flat = _flatten(stored), _flatten(new)
+    found = []
+    for key in sorted(set(old_flat) | set(new_flat)):
+        if any(key[: len(m)] == m for m in _MUTABLE):
+            continue
+        if old_flat.get(key) != new_flat.get(key):
+            found.append(
+                f"{'.'.join(key)}: stored {old_flat.get(key)!r}, now {new_flat.get(key)!r}"
+            )
+    return found
+
+
+def _flatten(table: dict[str, Any], prefix: tuple[str, ...] = ()) -> dict[tuple[str, ...], Any]:
+    flat: dict[tuple[str, ...], Any] = {}
+    for key, value in table.items():
+        if isinstance(value, dict):
+            flat.update(_flatten(value, (*prefix, key)))
+        else:
+            flat[(*prefix, key)] = value
+    return flat
+
+
+def _raise_keyboard_interrupt(signum: int, frame: FrameType | None) -> None:
+    raise KeyboardInterrupt

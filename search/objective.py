@@ -1,0 +1,238 @@
+"""One trial: from Optuna's drawn parameters to a trained, evaluated, recorded detector.
+
+The objective builds a `TrainConfig` from the study settings and the drawn (or, for a baseline,
+enqueued) parameters, records config, placement and every evaluation through
+`search/trial_record.py`, lets Hyperband prune at evaluation steps (never a baseline: baselines
+run their full length so that reports compare like with like), and returns the objective metric.
+Any failure is stored on the trial as one masked line before Optuna marks it FAIL.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gc
+import signal
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import FrameType
+from typing import Any, Protocol
+
+import optuna
+
+from search import trial_record
+from search.storage import StudyLock, mask_text
+from search.study_file import StudySpec
+from trainer.config import TrainConfig
+from trainer.records import EvalReport, FitResult, NonFiniteLossError
+
+ReportFn = Callable[[int, EvalReport], None]
+
+
+class TrainFn(Protocol):
+    """What `trainer.fit.fit` looks like to the search (tests and soak runs pass fakes)."""
+
+    def __call__(
+        self, config: TrainConfig, report: ReportFn | None = ..., data: Any = ...
+    ) -> FitResult: ...
+
+
+class Interrupted(KeyboardInterrupt):
+    """SIGINT or SIGTERM arrived while a trial was training."""
+
+
+class GracefulStop:
+    """Turns SIGINT/SIGTERM into a clean stop.
+
+    A signal always sets `requested`. It interrupts (raises `Interrupted`) only inside
+    `interruptible()` blocks (training, data loading), and never inside `shielded()` ones (storage
+    writes), so a stop never tears a write in half or leaves a claimed trial behind. A second
+    signal while stopping is ignored so that the cleanup can finish.
+    """
+
+    def __init__(self) -> None:
+        self.requested = False
+        self._armed = False
+        self._previous: dict[int, Any] = {}
+
+    def install(self) -> None:
+        if threading.current_thread() is not threading.main_thread():
+            return  # Python delivers signals to the main thread only
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            self._previous[sig] = signal.signal(sig, self._handle)
+
+    def restore(self) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+        self._previous.clear()
+
+    def _handle(self, signum: int, frame: FrameType | None) -> None:
+        if self.requested:
+            return
+        self.requested = True
+        if self._armed:
+            self._armed = False
+            raise Interrupted(signal.Signals(signum).name)
+
+    @contextmanager
+    def interruptible(self) -> Iterator[None]:
+        """A stop signal raises `Interrupted` anywhere inside this block."""
+        if self.requested:
+            raise Interrupted("stop requested")
+        self._armed = True
+        try:
+            yield
+        finally:
+            self._armed = False
+
+    @contextmanager
+    def shielded(self) -> Iterator[None]:
+        """Defer a stop signal to the end of this block (inside an interruptible one)."""
+        armed, self._armed = self._armed, False
+        try:
+            yield
+        finally:
+            self._armed = armed
+        if armed and self.requested:
+            raise Interrupted("stop requested")
+
+    def wait(self, seconds: float) -> None:
+        """Sleep up to `seconds`, waking early when a stop is requested."""
+        end = time.monotonic() + seconds
+        while not self.requested and time.monotonic() < end:
+            time.sleep(min(0.1, max(0.0, end - time.monotonic())))
+
+
+@dataclass
+class TrialTally:
+    """What one worker's trials did; `busy_seconds` is time inside training and evaluation."""
+
+    complete: int = 0
+    pruned: int = 0
+    failed: int = 0
+    dropped: int = 0  # reaped by another worker while this one still ran it
+    busy_seconds: float = 0.0
+    last_error: str | None = None
+    errors: list[str] = field(default_factory=list)
+
+
+@dataclass
+class TrialContext:
+    """Everything the objective needs besides the trial."""
+
+    spec: StudySpec
+    train_fn: TrainFn
+    data: Any
+    device: str
+    device_label: str
+    worker_id: str
+    threads: int | None
+    runs_dir: Path
+    stop: GracefulStop
+    tally: TrialTally
+    log: Callable[[str], None]
+    claim: StudyLock | None = None  # released as soon as the trial is RUNNING
+    current: optuna.Trial | None = None  # the trial being run, if any
+
+
+def describe_error(exc: BaseException) -> str:
+    """One line saying why a trial failed, with credentials masked."""
+    if isinstance(exc, Interrupted):
+        return "interrupted"
+    if isinstance(exc, NonFiniteLossError):
+        return mask_text(f"non-finite loss: {exc}")[:500]
+    if is_out_of_memory(exc):
+        return mask_text(f"out of memory: {exc}")[:500]
+    return mask_text(f"{type(exc).__name__}: {exc}")[:500]
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    """torch.OutOfMemoryError (CUDA or otherwise), without importing torch for fake trainers."""
+    torch = sys.modules.get("torch")
+    oom = getattr(torch, "OutOfMemoryError", None) if torch else None
+    return (
+        isinstance(exc, oom) if isinstance(oom, type) else type(exc).__name__ == "OutOfMemoryError"
+    )
+
+
+def make_objective(ctx: TrialContext) -> Callable[[optuna.Trial], float]:
+    """The function `study.optimize` calls for one trial."""
+
+    def objective(trial: optuna.Trial) -> float:
+        if ctx.claim is not None:
+            ctx.claim.release()  # the trial is RUNNING now: other workers may count it
+        ctx.current = trial
+        if ctx.stop.requested:
+            raise Interrupted("stop requested")
+        params = ctx.spec.space.sample(trial)
+        baseline = trial_record.read_baseline(trial)
+        out = ctx.runs_dir / ctx.spec.name / f"trial-{trial.number:04d}"
+        config = ctx.spec.train_config(params, out=str(out), device=ctx.device, threads=ctx.threads)
+        trial_record.record_placement(trial, ctx.device_label, ctx.worker_id)
+        trial_record.record_config(trial, config.to_dict())
+        what = f"baseline {baseline!r}" if baseline else "sampled"
+        ctx.log(f"trial {trial.number} ({what}) started: {_short(params)}")
+
+        def report(step: int, metrics: EvalReport) -> None:
+            ctx.tally.busy_seconds += metrics.seconds_training + metrics.seconds_evaluating
+            with ctx.stop.shielded():
+                trial_record.record_eval(trial, step, metrics)
+                prune = baseline is None and trial.should_prune()
+            if prune:
+                raise optuna.TrialPruned(
+                    f"pruned after {step} epochs at {metrics.eval.mAP50_95:.4f} mAP50-95"
+                )
+
+        started = time.monotonic()
+        try:
+            with ctx.stop.interruptible():
+                result = ctx.train_fn(config, report, ctx.data)
+        except optuna.TrialPruned as exc:
+            ctx.log(f"trial {trial.number} {exc}")
+            raise
+        except BaseException as exc:
+            reason = describe_error(exc)
+            ctx.log(
+                f"trial {trial.number} failed after {time.monotonic() - started:.0f} s: {reason}"
+            )
+            _record_failure(trial, reason, exc)
+            raise
+        with ctx.stop.shielded():
+            trial_record.record_summary(trial, result.to_dict())
+            budget = ctx.spec.objective.latency_budget_ms
+            if budget is not None:
+                # feasible when <= 0: inference latency within the budget
+                trial.set_constraint("latency_ms", result.inference_ms - budget)
+        value = float(getattr(result, ctx.spec.objective.metric))
+        ctx.log(
+            f"trial {trial.number} complete: {ctx.spec.objective.metric} {value:.4f} "
+            f"in {time.monotonic() - started:.0f} s"
+        )
+        return value
+
+    return objective
+
+
+def _record_failure(trial: optuna.Trial, reason: str, exc: BaseException) -> None:
+    if is_out_of_memory(exc):
+        _free_accelerator_memory()
+    # the trial may already be finished (reaped by another worker): nothing to record on it then
+    with contextlib.suppress(Exception):
+        trial_record.record_error(trial, reason)
+
+
+def _free_accelerator_memory() -> None:
+    gc.collect()
+    torch = sys.modules.get("torch")
+    if torch is not None and torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+def _short(params: dict[str, Any]) -> str:
+    return ", ".join(
+        f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in params.items()
+    )

@@ -1,0 +1,45 @@
+"""The study report: one self-contained HTML file comparing trials like the hand-tuning notes.
+
+`gather` collects what each figure shows (pure, tested), `draw` and `views` draw it with Plotly,
+`html` assembles the page.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import optuna
+
+from search.report.draw import latency_figure, panels_figure
+from search.report.gather import ReportData, gather
+from search.report.html import render_page
+from search.report.views import optuna_views
+
+__all__ = ["ReportData", "gather", "gather_study", "write_report"]
+
+
+def gather_study(study: optuna.Study, top_k: int = 5) -> ReportData:
+    """Gather the report data of `study` (a single-objective study)."""
+    return gather(study.study_name, study.get_trials(deepcopy=False), study.direction, top_k)
+
+
+def write_report(study: optuna.Study, path: Path, top_k: int = 5) -> Path:
+    """Write the report of `study` to `path` (folders created) and return the path.
+
+    Shows the hand-tuned baselines and the `top_k` best complete trials; every other trial is one
+    legend click away. Works on empty studies and on running, failed and pruned trials.
+    """
+    data = gather_study(study, top_k)
+    if data.empty:
+        page = render_page(data, None, None, [])
+    else:
+        page = render_page(
+            data,
+            panels_figure(data),
+            latency_figure(data),
+            optuna_views(study, data.contour_params),
+        )
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(page, encoding="utf-8")
+    return path

@@ -1,0 +1,132 @@
+"""`tune status`: where a study stands, read from the storage alone.
+
+Trials by state, the budget, the best trial with its parameters, the baselines, running trials
+with their host and age, and failed trials with their error. `study_status` gathers (tested),
+`format_status` writes the text.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass
+from typing import Any
+
+import optuna
+from optuna.trial import FrozenTrial, TrialState
+
+from search import trial_record
+from search.storage import StateCounts
+
+
+@dataclass(frozen=True)
+class TrialLine:
+    number: int
+    state: str
+    value: float | None
+    label: str | None  # baseline label
+    params: dict[str, Any]
+    host: str | None
+    worker: str | None
+    age_seconds: float | None  # running trials: time since start
+    error: str | None
+    retry_of: int | None
+
+
+@dataclass(frozen=True)
+class StudyStatus:
+    name: str
+    counts: StateCounts
+    n_trials: int | None  # the stored budget
+    best: TrialLine | None
+    baselines: list[TrialLine]
+    running: list[TrialLine]
+    failed: list[TrialLine]
+
+
+def study_status(study: optuna.Study, now: dt.datetime | None = None) -> StudyStatus:
+    """Gather a study's status (one read of its trials)."""
+    now = now or dt.datetime.now()
+    trials = study.get_trials(deepcopy=False)
+    by_state = {s: [t for t in trials if t.state == s] for s in TrialState}
+    counts = StateCounts(
+        complete=len(by_state[TrialState.COMPLETE]),
+        pruned=len(by_state[TrialState.PRUNED]),
+        fail=len(by_state[TrialState.FAIL]),
+        running=len(by_state[TrialState.RUNNING]),
+        waiting=len(by_state[TrialState.WAITING]),
+    )
+    try:
+        best: TrialLine | None = _line(study.best_trial, now)
+    except ValueError:
+        best = None
+    raw = trial_record.read_study_spec(study) or {}
+    budget = raw.get("budget", {})
+    n_trials = budget.get("n_trials") if isinstance(budget, dict) else None
+    return StudyStatus(
+        name=study.study_name,
+        counts=counts,
+        n_trials=n_trials if isinstance(n_trials, int) else None,
+        best=best,
+        baselines=[_line(t, now) for t in trials if trial_record.read_baseline(t)],
+        running=[_line(t, now) for t in by_state[TrialState.RUNNING]],
+        failed=[_line(t, now) for t in by_state[TrialState.FAIL]],
+    )
+
+
+def _line(t: FrozenTrial, now: dt.datetime) -> TrialLine:
+    placement = trial_record.read_placement(t)
+    age = None
+    if t.state == TrialState.RUNNING and t.datetime_start is not None:
+        age = (now - t.datetime_start).total_seconds()
+    return TrialLine(
+        number=t.number,
+        state=t.state.name,
+        value=t.value if t.state == TrialState.COMPLETE else None,
+        label=trial_record.read_baseline(t),
+        params=dict(t.params),
+        host=placement.get("host"),
+        worker=placement.get("worker"),
+        age_seconds=age,
+        error=trial_record.read_error(t),
+        retry_of=trial_record.read_retry_of(t),
+    )
+
+
+def format_status(status: StudyStatus, max_failed: int = 10) -> str:
+    """The text `tune status` prints."""
+    c = status.counts
+    budget = f"/{status.n_trials}" if status.n_trials is not None else ""
+    lines = [
+        f"study {status.name}: {c.finished}{budget} done "
+        f"({c.complete} complete, {c.pruned} pruned), "
+        f"{c.fail} failed, {c.running} running, {c.waiting} waiting"
+    ]
+    if status.best is not None:
+        b = status.best
+        label = f" [baseline: {b.label}]" if b.label else ""
+        lines.append(f"best: trial {b.number}{label} mAP50-95 {b.value:.4f}")
+        lines.extend(f"  {k} = {_fmt(v)}" for k, v in b.params.items())
+    else:
+        lines.append("best: no trial complete yet")
+    if status.baselines:
+        lines.append("baselines:")
+        for t in status.baselines:
+            result = f"{t.value:.4f}" if t.value is not None else t.state.lower()
+            lines.append(f"  trial {t.number} {t.label}: {result}")
+    if status.running:
+        lines.append("running:")
+        for t in status.running:
+            age = f"{t.age_seconds:.0f} s" if t.age_seconds is not None else "?"
+            lines.append(f"  trial {t.number} on {t.host or '?'} (worker {t.worker or '?'}), {age}")
+    if status.failed:
+        lines.append(
+            f"failed (last {min(max_failed, len(status.failed))} of {len(status.failed)}):"
+        )
+        for t in status.failed[-max_failed:]:
+            retry = f" (retry of trial {t.retry_of})" if t.retry_of is not None else ""
+            lines.append(f"  trial {t.number}{retry}: {t.error or 'no error recorded'}")
+    return "\n".join(lines)
+
+
+def _fmt(value: Any) -> str:
+    return f"{value:.6g}" if isinstance(value, float) else str(value)

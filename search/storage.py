@@ -1,0 +1,287 @@
+"""Where studies live: the Optuna RDB storage, opened one way everywhere, plus the little SQL tune
+needs of its own (counting trials by state, a study-wide lock), all behind `session()`.
+
+- The URL comes from `--storage`, else `$TUNE_STORAGE`, else `sqlite:///tune.db` in the working
+  folder, so the first command works without a server. PostgreSQL
+  (`postgresql+psycopg2://user:password@host/db`) is for several processes or machines.
+- Heartbeats with `RetryHeartbeatStaleTrialCallback` (they act only inside `study.optimize()`),
+  connection pre-ping and a small pool per process for PostgreSQL, a busy timeout for SQLite.
+- The schema is created only by `open_storage(create_schema=True)` (`tune launch`), never by
+  workers: many workers creating tables at once fail.
+- Passwords never leave this module unmasked: every message that shows a URL uses `mask_url`, and
+  error text that may contain one goes through `mask_text`.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import os
+import re
+import tempfile
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any
+
+import optuna
+import sqlalchemy as sa
+from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
+from optuna.storages._rdb import models
+from optuna.trial import TrialState
+from sqlalchemy import orm
+
+ENV_VAR = "TUNE_STORAGE"
+DEFAULT_URL = "sqlite:///tune.db"
+_LOCK_NAMESPACE = 0x74756E65  # "tune": first key of the PostgreSQL advisory lock
+_CREDENTIALS = re.compile(r"(?P<head>[A-Za-z][\w+.-]*://[^:/@\s]*):[^@\s]*@")
+_PASSWORD_PARAM = re.compile(r"(?i)(password=)[^&\s'\"]+")
+
+
+class StorageError(RuntimeError):
+    """The storage cannot be used; the message is one line with the URL masked."""
+
+
+@dataclass(frozen=True)
+class StorageSettings:
+    """How a process talks to the storage. Defaults suit trials of minutes on a LAN database."""
+
+    heartbeat_interval: int = 10  # seconds between a running trial's heartbeats
+    grace_period: int = 30  # a RUNNING trial without a heartbeat this long is stale (FAIL + retry)
+    max_retry: int = 2  # retries of a stale trial (its parameters are enqueued again)
+    pool_size: int = 2  # per process: the optimize session and the heartbeat thread
+    max_overflow: int = 2  # plus the study lock and a spare
+    sqlite_timeout: float = 60.0  # seconds SQLite waits on a locked database
+
+
+@dataclass(frozen=True)
+class StateCounts:
+    """Trials of a study by state."""
+
+    complete: int = 0
+    pruned: int = 0
+    fail: int = 0
+    running: int = 0
+    waiting: int = 0
+
+    @property
+    def finished(self) -> int:
+        """What the budget counts: COMPLETE + PRUNED."""
+        return self.complete + self.pruned
+
+
+def resolve_url(url: str | None = None) -> str:
+    """`url`, else `$TUNE_STORAGE`, else the default SQLite file in the working folder."""
+    return url or os.environ.get(ENV_VAR) or DEFAULT_URL
+
+
+def mask_url(url: str) -> str:
+    """The URL with its password replaced by `***` (also a `password=` query parameter)."""
+    try:
+        masked = sa.engine.make_url(url).render_as_string(hide_password=True)
+    except Exception:
+        masked = _CREDENTIALS.sub(r"\g<head>:***@", url)
+    return _PASSWORD_PARAM.sub(r"\1***", masked)
+
+
+def mask_text(text: str) -> str:
+    """Any text (an error message, a log line) with the passwords of URLs in it masked."""
+    return _PASSWORD_PARAM.sub(r"\1***", _CREDENTIALS.sub(r"\g<head>:***@", text))
+
+
+def open_storage(
+    url: str | None = None, *, create_schema: bool = False, settings: StorageSettings | None = None
+) -> RDBStorage:
+    """Open the RDB storage at `url` (see `resolve_url`).
+
+    Only `create_schema=True` (launch) creates tables; otherwise a storage without the Optuna
+    schema is an error that says how to create it. Unreachable servers, bad URLs and missing
+    drivers become one `StorageError` line with the password masked.
+    """
+    url = resolve_url(url)
+    settings = settings or StorageSettings()
+    shown = mask_url(url)
+    try:
+        parsed = sa.engine.make_url(url)
+    except sa.exc.ArgumentError:
+        raise StorageError(
+            f"not a database URL: {shown} (e.g. sqlite:///tune.db or "
+            "postgresql+psycopg2://user:password@host:5432/db)"
+        ) from None
+    kwargs = _engine_kwargs(parsed, settings)
+    if parsed.get_backend_name() == "sqlite" and not create_schema:
+        path = parsed.database or ""
+        if path and path != ":memory:" and not Path(path).is_file():
+            raise StorageError(f"no study database at {shown} (create it with `tune launch`)")
+    try:
+        if not create_schema:
+            _check_schema(url, kwargs, shown)
+        return _rdb_storage(url, kwargs, settings, create_schema)
+    except StorageError:
+        raise
+    except (sa.exc.SQLAlchemyError, ImportError) as exc:
+        if create_schema and isinstance(exc, sa.exc.IntegrityError | sa.exc.ProgrammingError):
+            # another launch created the tables at the same moment: they exist now
+            try:
+                return _rdb_storage(url, kwargs, settings, create_schema)
+            except sa.exc.SQLAlchemyError as again:
+                exc = again
+        raise StorageError(f"cannot open the storage {shown}: {_reason(exc)}") from None
+
+
+def _rdb_storage(
+    url: str, kwargs: dict[str, Any], settings: StorageSettings, create_schema: bool
+) -> RDBStorage:
+    with warnings.catch_warnings():
+        # heartbeats and the retry callback are "experimental" in Optuna 5; tune depends on them
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        return RDBStorage(
+            url,
+            engine_kwargs=kwargs,
+            skip_table_creation=not create_schema,
+            heartbeat_interval=settings.heartbeat_interval,
+            grace_period=settings.grace_period,
+            heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(
+                max_retry=settings.max_retry
+            ),
+        )
+
+
+def _engine_kwargs(parsed: sa.engine.URL, settings: StorageSettings) -> dict[str, Any]:
+    backend = parsed.get_backend_name()
+    if backend == "sqlite":
+        return {"connect_args": {"timeout": settings.sqlite_timeout}}
+    kwargs: dict[str, Any] = {"pool_pre_ping": True}
+    if backend in ("postgresql", "mysql"):
+        kwargs.update(pool_size=settings.pool_size, max_overflow=settings.max_overflow)
+    if backend == "postgresql":
+        kwargs["connect_args"] = {"connect_timeout": 10}
+    return kwargs
+
+
+def _check_schema(url: str, kwargs: dict[str, Any], shown: str) -> None:
+    engine = sa.create_engine(url, **kwargs)
+    try:
+        with engine.connect() as conn:
+            has_schema = sa.inspect(conn).has_table("version_info")
+    finally:
+        engine.dispose()
+    if not has_schema:
+        raise StorageError(
+            f"the storage {shown} holds no Optuna study yet "
+            "(create one with `tune launch --study NAME --workers 0`)"
+        )
+
+
+def _reason(exc: BaseException) -> str:
+    orig = getattr(exc, "orig", None) or exc
+    text = " ".join(str(orig).split())  # one line
+    return mask_text(text)[:300]
+
+
+def load_study(
+    storage: RDBStorage,
+    name: str,
+    sampler: optuna.samplers.BaseSampler | None = None,
+    pruner: optuna.pruners.BasePruner | None = None,
+) -> optuna.Study:
+    """Load an existing study, or fail with one line naming the studies that do exist."""
+    try:
+        return optuna.load_study(study_name=name, storage=storage, sampler=sampler, pruner=pruner)
+    except KeyError:
+        known = ", ".join(optuna.get_all_study_names(storage)) or "none"
+        raise StorageError(
+            f"no study named {name!r} in {mask_url(storage.url)} (studies there: {known}; "
+            f"create it with `tune launch --study {name}`)"
+        ) from None
+
+
+@contextmanager
+def session(storage: RDBStorage) -> Iterator[orm.Session]:
+    """One transaction on the storage's engine: commit on success, roll back on error."""
+    s = orm.Session(bind=storage.engine)
+    try:
+        yield s
+        s.commit()
+    except BaseException:
+        s.rollback()
+        raise
+    finally:
+        s.close()
+
+
+def count_states(storage: RDBStorage, study_id: int) -> StateCounts:
+    """Trials by state, counted in the database (no trial is loaded)."""
+    trial = models.TrialModel
+    with session(storage) as s:
+        rows = (
+            s.query(trial.state, sa.func.count(trial.trial_id))
+            .filter(trial.study_id == study_id)
+            .group_by(trial.state)
+            .all()
+        )
+    by_state = {state: n for state, n in rows}
+    return StateCounts(
+        complete=by_state.get(TrialState.COMPLETE, 0),
+        pruned=by_state.get(TrialState.PRUNED, 0),
+        fail=by_state.get(TrialState.FAIL, 0),
+        running=by_state.get(TrialState.RUNNING, 0),
+        waiting=by_state.get(TrialState.WAITING, 0),
+    )
+
+
+class StudyLock:
+    """A lock over one study, shared by every process on every machine using the storage.
+
+    Workers hold it from "is there budget left?" until their new trial is RUNNING, so that two
+    workers never both take the last trial; launch holds it while enqueueing baselines. PostgreSQL:
+    a session advisory lock (released by the server if the process dies). SQLite (one machine): an
+    flock on a file in the temporary folder named after the database. Other back ends: no lock.
+    `release()` may be called early and more than once.
+    """
+
+    def __init__(self, storage: RDBStorage, study_id: int) -> None:
+        self._storage = storage
+        self._study_id = study_id
+        self._conn: sa.Connection | None = None
+        self._file: IO[bytes] | None = None
+
+    def acquire(self) -> StudyLock:
+        backend = self._storage.engine.dialect.name
+        if backend == "postgresql":
+            self._conn = self._storage.engine.connect()
+            self._conn.execute(
+                sa.text("SELECT pg_advisory_lock(:a, :b)"),
+                {"a": _LOCK_NAMESPACE, "b": self._study_id},
+            )
+            self._conn.commit()
+        elif backend == "sqlite":
+            database = self._storage.engine.url.database or ":memory:"
+            key = hashlib.sha1(f"{Path(database).resolve()}:{self._study_id}".encode()).hexdigest()
+            self._file = open(Path(tempfile.gettempdir()) / f"tune-{key[:16]}.lock", "wb")  # noqa: SIM115
+            fcntl.flock(self._file, fcntl.LOCK_EX)
+        return self
+
+    def release(self) -> None:
+        if self._conn is not None:
+            conn, self._conn = self._conn, None
+            try:
+                conn.execute(
+                    sa.text("SELECT pg_advisory_unlock(:a, :b)"),
+                    {"a": _LOCK_NAMESPACE, "b": self._study_id},
+                )
+                conn.commit()
+            finally:
+                conn.close()
+        if self._file is not None:
+            file, self._file = self._file, None
+            fcntl.flock(file, fcntl.LOCK_UN)
+            file.close()
+
+    def __enter__(self) -> StudyLock:
+        return self.acquire()
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()

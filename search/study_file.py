@@ -1,0 +1,365 @@
+"""Study files: a TOML file per study (data only, never executed), validated into a `StudySpec`.
+
+Layout (see `studies/loss-weights.toml`):
+
+    name = "loss-weights"
+    [objective]  metric = "mAP50_95", optional latency_budget_ms (a constraint, not an objective)
+    [budget]     n_trials (COMPLETE + PRUNED, for the whole study), optional timeout (seconds)
+    [trial]      data, model, epochs, imgsz, batch, eval_interval, device
+    [sampler]    type = "TPE" | "Random", optional seed, n_startup_trials
+    [pruner]     type = "Hyperband" | "none", min_resource, reduction_factor
+    [space]      see search/space.py
+    [[baselines]] label plus a value for every [space] parameter (milestones as fractions)
+
+Every mistake is one `StudyFileError` naming the file, the key and the value. The validated raw
+table (with CLI overrides applied) is what `launch` stores with the study, so that workers on other
+machines run exactly the same settings without needing the file.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import re
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import optuna
+
+from search.space import SearchSpace, SpaceError, parse_space
+from trainer.config import TrainConfig
+
+STUDIES_DIR = Path("studies")
+BUILTIN_DATA: tuple[str, ...] = ("shapes",)
+METRICS: tuple[str, ...] = ("mAP50_95", "mAP50")
+SAMPLERS: tuple[str, ...] = ("TPE", "Random")
+PRUNERS: tuple[str, ...] = ("Hyperband", "none")
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+_KIND_NAMES: dict[type, str] = {int: "an integer", float: "a number", str: "a string"}
+_TOP_KEYS = ("name", "objective", "budget", "trial", "sampler", "pruner", "space", "baselines")
+
+
+class StudyFileError(ValueError):
+    """A mistake in a study file: one message naming the key and the value."""
+
+
+@dataclass(frozen=True)
+class Objective:
+    metric: str = "mAP50_95"  # maximised; weight-independent (see DESIGN.md, "the trap")
+    latency_budget_ms: float | None = None  # inference ms per image; a constraint when set
+
+
+@dataclass(frozen=True)
+class Budget:
+    n_trials: int  # COMPLETE + PRUNED trials for the whole study, shared by every worker
+    timeout: float | None = None  # seconds a launch (or a worker) keeps taking new trials
+
+
+@dataclass(frozen=True)
+class TrialSettings:
+    data: str = "shapes"
+    model: str = "nano"
+    epochs: int = 12
+    imgsz: int = 128
+    batch: int = 32
+    eval_interval: int = 1
+    device: str = "auto"
+
+
+@dataclass(frozen=True)
+class SamplerSpec:
+    type: str = "TPE"
+    seed: int | None = None
+    n_startup_trials: int = 10
+
+
+@dataclass(frozen=True)
+class PrunerSpec:
+    type: str = "Hyperband"
+    min_resource: int = 1
+    reduction_factor: int = 3
+
+
+@dataclass(frozen=True)
+class Baseline:
+    label: str
+    params: tuple[tuple[str, Any], ...]  # in [space] order, as enqueued
+
+    def as_dict(self) -> dict[str, Any]:
+        return dict(self.params)
+
+
+@dataclass(frozen=True)
+class Overrides:
+    """CLI values that replace the file's (None: keep the file's)."""
+
+    epochs: int | None = None
+    data: str | None = None
+    n_trials: int | None = None
+    timeout: float | None = None
+    seed: int | None = None
+
+
+@dataclass(frozen=True)
+class StudySpec:
+    """A validated study. `raw` is the TOML table it came from, overrides applied."""
+
+    name: str
+    objective: Objective
+    budget: Budget
+    trial: TrialSettings
+    sampler: SamplerSpec
+    pruner: PrunerSpec
+    space: SearchSpace
+    baselines: tuple[Baseline, ...]
+    raw: dict[str, Any]
+
+    def train_config(self, params: dict[str, Any], **fields: Any) -> TrainConfig:
+        """The `TrainConfig` of one trial: study settings, drawn `params`, then `fields`."""
+        settings = {k: getattr(self.trial, k) for k in TrialSettings.__dataclass_fields__}
+        return TrainConfig(**{**settings, **self.space.to_overrides(params), **fields})
+
+    def make_sampler(self, offset: int = 0) -> optuna.samplers.BaseSampler:
+        """The sampler; `offset` (a worker index) keeps parallel workers from drawing alike."""
+        seed = None if self.sampler.seed is None else self.sampler.seed + 7919 * offset
+        if self.sampler.type == "Random":
+            return optuna.samplers.RandomSampler(seed=seed)
+        return optuna.samplers.TPESampler(seed=seed, n_startup_trials=self.sampler.n_startup_trials)
+
+    def make_pruner(self) -> optuna.pruners.BasePruner:
+        """Hyperband over evaluation steps (epochs completed, up to `trial.epochs`)."""
+        if self.pruner.type == "none":
+            return optuna.pruners.NopPruner()
+        return optuna.pruners.HyperbandPruner(
+            min_resource=self.pruner.min_resource,
+            max_resource=self.trial.epochs,
+            reduction_factor=self.pruner.reduction_factor,
+        )
+
+
+def resolve_study_path(name_or_path: str, studies_dir: Path | None = None) -> Path:
+    """`NAME` -> `studies/NAME.toml` (working folder, then beside the package); a path as is."""
+    given = Path(name_or_path)
+    if given.suffix == ".toml" or len(given.parts) > 1:
+        if not given.is_file():
+            raise StudyFileError(f"study file not found: {given}")
+        return given
+    folders = [studies_dir] if studies_dir else [STUDIES_DIR, Path(__file__).parents[1] / "studies"]
+    for folder in folders:
+        candidate = folder / f"{name_or_path}.toml"
+        if candidate.is_file():
+            return candidate
+    known = sorted({p.stem for f in folders if f.is_dir() for p in f.glob("*.toml")})
+    raise StudyFileError(
+        f"no study named {name_or_path!r} (looked for {folders[0] / (name_or_path + '.toml')}; "
+        f"known: {', '.join(known) or 'none'})"
+    )
+
+
+def load_study_file(
+    name_or_path: str, overrides: Overrides | None = None, *, check_data: bool = True
+) -> StudySpec:
+    """Read, override and validate a study file (by name or path)."""
+    path = resolve_study_path(name_or_path)
+    try:
+        raw = tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as exc:
+        raise StudyFileError(f"{path}: not valid TOML: {exc}") from None
+    return parse_study(
+        apply_overrides(raw, overrides or Overrides()), str(path), check_data=check_data
+    )
+
+
+def apply_overrides(raw: dict[str, Any], overrides: Overrides) -> dict[str, Any]:
+    """A copy of the raw table with the CLI's values written into it (validated afterwards)."""
+    raw = copy.deepcopy(raw)
+    for table, key, value in (
+        ("trial", "epochs", overrides.epochs),
+        ("trial", "data", overrides.data),
+        ("budget", "n_trials", overrides.n_trials),
+        ("budget", "timeout", overrides.timeout),
+        ("sampler", "seed", overrides.seed),
+    ):
+        if value is not None:
+            section = raw.setdefault(table, {})
+            if isinstance(section, dict):
+                section[key] = value
+    return raw
+
+
+def parse_study(
+    raw: dict[str, Any], source: str = "<study>", *, check_data: bool = True
+) -> StudySpec:
+    """Validate a raw study table. Errors read `SOURCE: key: problem, but got key=value`."""
+    try:
+        return _parse(raw, check_data)
+    except StudyFileError as exc:
+        raise StudyFileError(f"{source}: {exc}") from None
+    except SpaceError as exc:
+        raise StudyFileError(f"{source}: {exc}") from None
+
+
+def _parse(raw: dict[str, Any], check_data: bool) -> StudySpec:
+    _check_keys(raw, _TOP_KEYS, "the top level")
+    name = raw.get("name")
+    if not isinstance(name, str) or not _NAME.match(name):
+        raise StudyFileError(
+            f"name must be letters, digits, '.', '_' or '-' (a folder name), but got name={name!r}"
+        )
+    objective = _objective(_table(raw, "objective"))
+    budget = _budget(_table(raw, "budget", required=True))
+    trial = _trial(_table(raw, "trial"), check_data)
+    sampler = _sampler(_table(raw, "sampler"))
+    pruner = _pruner(_table(raw, "pruner"), trial)
+    space = parse_space(raw.get("space"))
+    baselines = _baselines(raw.get("baselines", []), space)
+    return StudySpec(
+        name, objective, budget, trial, sampler, pruner, space, baselines, copy.deepcopy(raw)
+    )
+
+
+def _table(raw: dict[str, Any], key: str, required: bool = False) -> dict[str, Any]:
+    if key not in raw and not required:
+        return {}
+    value = raw.get(key)
+    if not isinstance(value, dict):
+        raise StudyFileError(f"[{key}] must be a table, but got {key}={value!r}")
+    return value
+
+
+def _check_keys(table: dict[str, Any], allowed: tuple[str, ...], where: str) -> None:
+    for key in table:
+        if key not in allowed:
+            raise StudyFileError(
+                f"unknown key {key!r} in {where} (known: {', '.join(allowed)}), "
+                f"but got {key}={table[key]!r}"
+            )
+
+
+def _get(
+    table: dict[str, Any], where: str, key: str, kind: type, default: Any, *, required: bool = False
+) -> Any:
+    if key not in table:
+        if required:
+            raise StudyFileError(f"{where}.{key} is required")
+        return default
+    value = table[key]
+    if kind is float:
+        ok = isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+    else:
+        ok = isinstance(value, kind) and not isinstance(value, bool)
+    if not ok:
+        raise StudyFileError(f"{where}.{key} must be {_KIND_NAMES[kind]}, but got {key}={value!r}")
+    return float(value) if kind is float else value
+
+
+def _positive(where: str, key: str, value: float | None, minimum: float = 1) -> None:
+    if value is not None and value < minimum:
+        raise StudyFileError(f"{where}.{key} must be >= {minimum:g}, but got {key}={value!r}")
+
+
+def _objective(t: dict[str, Any]) -> Objective:
+    _check_keys(t, ("metric", "direction", "latency_budget_ms"), "[objective]")
+    metric = _get(t, "objective", "metric", str, "mAP50_95")
+    if metric not in METRICS:
+        raise StudyFileError(
+            f"objective.metric must be one of {', '.join(METRICS)}, but got {metric=}"
+        )
+    direction = _get(t, "objective", "direction", str, "maximize")
+    if direction not in ("maximize", "maximise"):
+        raise StudyFileError(f"objective.direction: mAP is maximised, but got {direction=}")
+    budget = _get(t, "objective", "latency_budget_ms", float, None)
+    if budget is not None and budget <= 0:
+        raise StudyFileError(
+            f"objective.latency_budget_ms must be > 0, but got latency_budget_ms={budget}"
+        )
+    return Objective(metric, budget)
+
+
+def _budget(t: dict[str, Any]) -> Budget:
+    _check_keys(t, ("n_trials", "timeout"), "[budget]")
+    n_trials = _get(t, "budget", "n_trials", int, None, required=True)
+    _positive("budget", "n_trials", n_trials)
+    timeout = _get(t, "budget", "timeout", float, None)
+    if timeout is not None and timeout <= 0:
+        raise StudyFileError(f"budget.timeout must be > 0 seconds, but got timeout={timeout}")
+    return Budget(n_trials, timeout)
+
+
+def _trial(t: dict[str, Any], check_data: bool) -> TrialSettings:
+    keys = tuple(TrialSettings.__dataclass_fields__)
+    _check_keys(t, keys, "[trial]")
+    d = TrialSettings()
+    values = {
+        "data": _get(t, "trial", "data", str, d.data),
+        "model": _get(t, "trial", "model", str, d.model),
+        "device": _get(t, "trial", "device", str, d.device),
+    }
+    for key in ("epochs", "imgsz", "batch", "eval_interval"):
+        values[key] = _get(t, "trial", key, int, getattr(d, key))
+    try:
+        TrainConfig(**values)  # the trainer's own checks (imgsz multiple of 32, model size, ...)
+    except ValueError as exc:
+        raise StudyFileError(f"[trial] {exc}") from None
+    data = values["data"]
+    if check_data and data not in BUILTIN_DATA and not Path(data).is_file():
+        raise StudyFileError(
+            f"trial.data: no such data set file (a data.yaml, or one of "
+            f"{', '.join(BUILTIN_DATA)}), but got data={data!r}"
+        )
+    return TrialSettings(**values)
+
+
+def _sampler(t: dict[str, Any]) -> SamplerSpec:
+    _check_keys(t, ("type", "seed", "n_startup_trials"), "[sampler]")
+    kind = _get(t, "sampler", "type", str, "TPE")
+    if kind not in SAMPLERS:
+        raise StudyFileError(
+            f"sampler.type must be one of {', '.join(SAMPLERS)}, but got type={kind!r}"
+        )
+    seed = _get(t, "sampler", "seed", int, None)
+    startup = _get(t, "sampler", "n_startup_trials", int, 10)
+    _positive("sampler", "n_startup_trials", startup, 0)
+    return SamplerSpec(kind, seed, startup)
+
+
+def _pruner(t: dict[str, Any], trial: TrialSettings) -> PrunerSpec:
+    _check_keys(t, ("type", "min_resource", "reduction_factor"), "[pruner]")
+    kind = _get(t, "pruner", "type", str, "Hyperband")
+    if kind not in PRUNERS:
+        raise StudyFileError(
+            f"pruner.type must be one of {', '.join(PRUNERS)}, but got type={kind!r}"
+        )
+    min_resource = _get(t, "pruner", "min_resource", int, 1)
+    _positive("pruner", "min_resource", min_resource)
+    if min_resource > trial.epochs:
+        raise StudyFileError(
+            f"pruner.min_resource (epochs) must be <= trial.epochs={trial.epochs}, "
+            f"but got min_resource={min_resource}"
+        )
+    factor = _get(t, "pruner", "reduction_factor", int, 3)
+    _positive("pruner", "reduction_factor", factor, 2)
+    return PrunerSpec(kind, min_resource, factor)
+
+
+def _baselines(entries: Any, space: SearchSpace) -> tuple[Baseline, ...]:
+    if not isinstance(entries, list) or not all(isinstance(e, dict) for e in entries):
+        raise StudyFileError(
+            f"[[baselines]] must be an array of tables, but got baselines={entries!r}"
+        )
+    baselines: list[Baseline] = []
+    for i, entry in enumerate(entries):
+        where = f"baselines[{i}]"
+        values = dict(entry)
+        label = values.pop("label", None)
+        if not isinstance(label, str) or not label.strip():
+            raise StudyFileError(
+                f"{where}.label must be a non-empty string, but got label={label!r}"
+            )
+        if any(b.label == label for b in baselines):
+            raise StudyFileError(f"{where}.label must be unique, but got label={label!r} twice")
+        params = space.baseline_params(values, f"{where} ({label})")
+        baselines.append(Baseline(label, tuple(params.items())))
+    return tuple(baselines)

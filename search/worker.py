@@ -1,0 +1,378 @@
+"""A worker: joins a study from any machine and runs trials until the study's budget is spent.
+
+The loop, per trial:
+
+1. take the study lock, count trials in the storage: stop when COMPLETE + PRUNED >= n_trials
+   (the budget of the whole study, shared by every process on every machine); when the trials
+   already RUNNING would fill it, release, reap stale trials and wait (one of them may fail);
+2. otherwise run one trial inside `study.optimize(n_trials=1)` (heartbeats act only there); the
+   objective releases the lock once the trial is RUNNING, so no two workers take the last slot;
+3. whatever the trial does (exception, non-finite loss, out of memory, reaped by another worker),
+   the worker records it and goes on; only a run of consecutive failures stops it.
+
+SIGINT/SIGTERM fail the current trial with the reason "interrupted" and end the loop: nothing is
+left RUNNING. The data set is loaded once per worker; torch gets cores // local workers threads.
+The training function is injectable (`train_fn`, `load_data`): tests and soak runs use fakes.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import socket
+import sys
+import time
+import tomllib
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import optuna
+import sqlalchemy as sa
+from optuna.exceptions import UpdateFinishedTrialError
+from optuna.trial import FrozenTrial, TrialState
+
+from search import trial_record
+from search.objective import (
+    GracefulStop,
+    Interrupted,
+    TrainFn,
+    TrialContext,
+    TrialTally,
+    describe_error,
+    make_objective,
+)
+from search.storage import (
+    StorageError,
+    StorageSettings,
+    StudyLock,
+    count_states,
+    load_study,
+    mask_text,
+    mask_url,
+    open_storage,
+)
+from search.study_file import StudyFileError, StudySpec, parse_study, resolve_study_path
+
+LoadDataFn = Callable[[str, int, bool], Any]
+TRAINER_MODULE_ENV = "TUNE_TRAINER_MODULE"  # for tests and soak runs only (see `load_trainer`)
+DEFAULT_RUNS_DIR = Path("runs/studies")
+
+
+class WorkerError(RuntimeError):
+    """The worker cannot go on (storage, data set, a run of failing trials): one clear line."""
+
+
+@dataclass
+class WorkerStats:
+    """What a worker did, printed when it exits."""
+
+    worker_id: str
+    trials: TrialTally
+    wall_seconds: float = 0.0
+    stopped_because: str = ""  # budget | timeout | interrupted
+
+    @property
+    def duty_cycle(self) -> float:
+        """Time in training and evaluation over the worker's wall time."""
+        return self.trials.busy_seconds / self.wall_seconds if self.wall_seconds > 0 else 0.0
+
+
+def study_name_of(name_or_path: str) -> str:
+    """The study name given `NAME` or the path of a study file (only its `name` is read)."""
+    given = Path(name_or_path)
+    if given.suffix != ".toml" and len(given.parts) == 1:
+        return name_or_path
+    path = resolve_study_path(name_or_path)
+    try:
+        name = tomllib.loads(path.read_text()).get("name")
+    except tomllib.TOMLDecodeError as exc:
+        raise StudyFileError(f"{path}: not valid TOML: {exc}") from None
+    if not isinstance(name, str):
+        raise StudyFileError(f"{path}: name must be a string, but got name={name!r}")
+    return name
+
+
+def load_trainer(module: str | None = None) -> tuple[TrainFn, LoadDataFn | None]:
+    """`fit` and `load_data` of the real trainer, or of `module` (tests and soak runs only).
+
+    `module` (or `$TUNE_TRAINER_MODULE`) names an importable module with `fit(config, report,
+    data)` and optionally `load_data(data, imgsz, skip_bad)`. Imported lazily: the trainer pulls
+    in torch, which fakes never need.
+    """
+    module = module or os.environ.get(TRAINER_MODULE_ENV)
+    if module:
+        mod = importlib.import_module(module)
+        return mod.fit, getattr(mod, "load_data", None)
+    from trainer.data import load_data
+    from trainer.fit import fit
+
+    return fit, load_data
+
+
+def run_worker(
+    study: str,
+    storage: str | None = None,
+    *,
+    gpu: int | None = None,
+    timeout: float | None = None,
+    local_workers: int = 1,
+    worker_index: int | None = None,
+    threads: int | None = None,
+    runs_dir: Path = DEFAULT_RUNS_DIR,
+    train_fn: TrainFn | None = None,
+    load_data: LoadDataFn | None = None,
+    trainer_module: str | None = None,
+    settings: StorageSettings | None = None,
+    poll_interval: float = 1.0,
+    max_consecutive_failures: int = 5,
+    handle_signals: bool = True,
+    log: Callable[[str], None] | None = None,
+) -> WorkerStats:
+    """Work on `study` (a name, or a study file whose name is used) until its budget is spent.
+
+    The study must exist (created by `tune launch`); its settings are read from the storage so
+    that every machine runs the same ones. `train_fn`/`load_data` default to the real trainer (or
+    `trainer_module`). `timeout` stops taking new trials after that many seconds (the study
+    file's `budget.timeout` when None). Raises `WorkerError`, `StorageError` or `StudyFileError`
+    with one clear line when it cannot go on.
+    """
+    started = time.monotonic()
+    worker_id = f"{socket.gethostname()}:{os.getpid()}"
+    say = log or _printer(worker_id)
+    if gpu is not None:
+        # before torch initialises CUDA; `tune launch --gpus` has already set it for its children
+        os.environ["CUDA_VISIBLE_DEVICES"] = str(gpu)
+    stop = GracefulStop()
+    if handle_signals:
+        stop.install()
+    stats = WorkerStats(worker_id, TrialTally())
+    optuna_study: optuna.Study | None = None
+    try:
+        rdb = open_storage(storage, settings=settings)
+        name = study_name_of(study)
+        spec = _stored_spec(load_study(rdb, name), rdb.url)
+        index = worker_index if worker_index is not None else os.getpid()
+        optuna_study = load_study(rdb, name, spec.make_sampler(index), spec.make_pruner())
+        if train_fn is None:
+            train_fn, default_load = load_trainer(trainer_module)
+            load_data = load_data or default_load
+        threads = threads or max(1, (os.cpu_count() or 1) // max(1, local_workers))
+        _set_torch_threads(threads)
+        say(f"joined study {name!r} at {mask_url(rdb.url)} ({threads} threads)")
+        with stop.interruptible():
+            data = _load_data(load_data, spec)
+        device = "cuda" if gpu is not None else spec.trial.device
+        ctx = TrialContext(
+            spec=spec,
+            train_fn=train_fn,
+            data=data,
+            device=device,
+            device_label=f"cuda:{gpu}" if gpu is not None else _device_label(device),
+            worker_id=worker_id,
+            threads=threads,
+            runs_dir=runs_dir,
+            stop=stop,
+            tally=stats.trials,
+            log=say,
+        )
+        limit = timeout if timeout is not None else spec.budget.timeout
+        deadline = None if limit is None else started + limit
+        stats.stopped_because = _loop(
+            optuna_study, rdb, ctx, deadline, poll_interval, max_consecutive_failures
+        )
+    except Interrupted:
+        stats.stopped_because = "interrupted"
+    finally:
+        if handle_signals:
+            stop.restore()
+        if optuna_study is not None:
+            _fail_own_running(optuna_study, worker_id)
+        stats.wall_seconds = time.monotonic() - started
+    t = stats.trials
+    say(
+        f"stopped ({stats.stopped_because}): {t.complete} complete, {t.pruned} pruned, "
+        f"{t.failed} failed, {t.dropped} dropped; duty cycle {stats.duty_cycle:.0%} "
+        f"over {stats.wall_seconds:.0f} s"
+    )
+    return stats
+
+
+def _loop(
+    study: optuna.Study,
+    rdb: optuna.storages.RDBStorage,
+    ctx: TrialContext,
+    deadline: float | None,
+    poll_interval: float,
+    max_consecutive_failures: int,
+) -> str:
+    study_id = rdb.get_study_id_from_name(study.study_name)
+    failures_in_a_row = 0
+    storage_errors_in_a_row = 0
+    while True:
+        if ctx.stop.requested:
+            return "interrupted"
+        if deadline is not None and time.monotonic() >= deadline:
+            return "timeout"
+        lock = StudyLock(rdb, study_id)
+        try:
+            lock.acquire()
+            n_trials = _budget(study, ctx.spec)
+            counts = count_states(rdb, study_id)
+            if counts.finished >= n_trials:
+                return "budget"
+            if counts.finished + counts.running >= n_trials:
+                # the budget is taken by running trials; one may still fail and free a slot
+                lock.release()
+                _reap_stale_trials(study)
+                ctx.stop.wait(poll_interval)
+                continue
+            ctx.claim = lock
+            state = _run_one_trial(study, ctx)
+            storage_errors_in_a_row = 0
+        except sa.exc.DBAPIError as exc:
+            # the database went away or refused; retry with backoff, give up after a while
+            storage_errors_in_a_row += 1
+            reason = mask_text(" ".join(str(getattr(exc, "orig", exc)).split()))[:300]
+            if storage_errors_in_a_row >= 6:
+                raise WorkerError(f"the storage keeps failing, giving up: {reason}") from None
+            ctx.log(f"storage error ({storage_errors_in_a_row}/6), retrying: {reason}")
+            ctx.stop.wait(min(30.0, 2.0**storage_errors_in_a_row))
+            continue
+        finally:
+            lock.release()
+            ctx.claim = None
+        if state == TrialState.FAIL:
+            failures_in_a_row += 1
+            if failures_in_a_row >= max_consecutive_failures:
+                raise WorkerError(
+                    f"{failures_in_a_row} trials failed in a row, stopping this worker "
+                    f"(last error: {ctx.tally.last_error})"
+                )
+        elif state is not None:
+            failures_in_a_row = 0
+
+
+def _run_one_trial(study: optuna.Study, ctx: TrialContext) -> TrialState | None:
+    """Run one trial; its final state, or None when another worker had already reaped it."""
+    finished: list[FrozenTrial] = []
+    ctx.current = None
+    try:
+        study.optimize(
+            make_objective(ctx),
+            n_trials=1,
+            catch=(Exception,),
+            callbacks=[lambda _study, trial: finished.append(trial)],
+            gc_after_trial=False,
+        )
+    except (UpdateFinishedTrialError, ValueError) as exc:
+        # Optuna's tell refuses a trial that another worker has already finished: ours was
+        # reaped (a missed heartbeat) and maybe retried elsewhere. Drop it and go on.
+        if ctx.current is None or not _finished_elsewhere(ctx.current):
+            raise
+        ctx.tally.dropped += 1
+        ctx.log(f"dropped trial {ctx.current.number}, already finished elsewhere: {exc}")
+        return None
+    if not finished:
+        return None
+    trial = finished[0]
+    if trial.state == TrialState.COMPLETE:
+        ctx.tally.complete += 1
+    elif trial.state == TrialState.PRUNED:
+        ctx.tally.pruned += 1
+    elif trial.state == TrialState.FAIL:
+        ctx.tally.failed += 1
+        error = trial_record.read_error(trial) or "unknown error"
+        ctx.tally.last_error = error
+        ctx.tally.errors.append(f"trial {trial.number}: {error}")
+    if ctx.stop.requested:
+        raise Interrupted("stop requested")
+    return trial.state
+
+
+def _finished_elsewhere(trial: optuna.Trial) -> bool:
+    return trial.storage.get_trial(trial._trial_id).state.is_finished()
+
+
+def _budget(study: optuna.Study, spec: StudySpec) -> int:
+    # re-read each time: a later `tune launch --n-trials N` may have raised the study's budget
+    raw = trial_record.read_study_spec(study)
+    budget = raw.get("budget", {}) if raw else {}
+    n_trials = budget.get("n_trials") if isinstance(budget, dict) else None
+    return n_trials if isinstance(n_trials, int) else spec.budget.n_trials
+
+
+def _stored_spec(study: optuna.Study, url: str) -> StudySpec:
+    raw = trial_record.read_study_spec(study)
+    if raw is None:
+        raise WorkerError(
+            f"study {study.study_name!r} in {mask_url(url)} was not created by `tune launch` "
+            "(it has no stored study file)"
+        )
+    return parse_study(raw, f"study {study.study_name!r} (as stored)")
+
+
+def _load_data(load_data: LoadDataFn | None, spec: StudySpec) -> Any:
+    if load_data is None:
+        return None
+    try:
+        return load_data(spec.trial.data, spec.trial.imgsz, False)
+    except Interrupted:
+        raise
+    except Exception as exc:
+        raise WorkerError(
+            f"cannot load data set {spec.trial.data!r}: {describe_error(exc)}"
+        ) from None
+
+
+def _reap_stale_trials(study: optuna.Study) -> None:
+    # Optuna reaps only when a worker asks for a trial; a waiting worker asks for none.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        optuna.storages.fail_stale_trials(study)
+
+
+def _fail_own_running(study: optuna.Study, worker_id: str) -> None:
+    """Safety net on exit: no trial of this worker stays RUNNING."""
+    try:
+        running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+        for frozen in running:
+            if trial_record.read_placement(frozen).get("worker") == worker_id:
+                trial_record.record_error(optuna.Trial(study, frozen._trial_id), "interrupted")
+                study.tell(frozen.number, state=TrialState.FAIL)
+    except Exception:
+        pass  # best effort while exiting (the storage may be the reason we exit)
+
+
+def _set_torch_threads(threads: int) -> None:
+    os.environ.setdefault("OMP_NUM_THREADS", str(threads))
+    torch = sys.modules.get("torch")
+    if torch is not None:
+        torch.set_num_threads(threads)
+
+
+def _device_label(device: str) -> str:
+    torch = sys.modules.get("torch")
+    if device == "auto" and torch is not None:
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return device
+
+
+def _printer(worker_id: str) -> Callable[[str], None]:
+    def say(message: str) -> None:
+        stamp = time.strftime("%H:%M:%S")
+        print(f"{stamp} [worker {worker_id}] {message}", flush=True)
+
+    return say
+
+
+__all__ = [
+    "StorageError",
+    "WorkerError",
+    "WorkerStats",
+    "load_trainer",
+    "run_worker",
+    "study_name_of",
+]

@@ -1,0 +1,94 @@
+"""A fast stand-in for `trainer.fit` / `trainer.data.load_data`, for search tests and soak runs.
+
+It behaves like `fit`: calls `report(step, EvalReport)` after each evaluation (step = epochs
+completed), lets `report` raise to stop, and returns a `FitResult`. Its mAP50-95 is a smooth,
+deterministic function of the loss weights and learning rate (best near lcls 0.1, lobj 1.0,
+lbox 0.5, lr 0.003), growing over the epochs, so that TPE has something to find and Hyperband
+something to prune. Used by subprocess workers through `--trainer-module tests.search.fake_trainer`
+(or `$TUNE_TRAINER_MODULE`); environment knobs:
+
+- FAKE_STEP_SECONDS: sleep per epoch (default 0.02)
+- FAKE_FAIL_TRIALS / FAKE_NAN_TRIALS: comma-separated trial numbers that raise RuntimeError /
+  NonFiniteLossError at their first epoch
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+import time
+from collections.abc import Callable
+from typing import Any
+
+from trainer.config import TrainConfig
+from trainer.records import EvalLine, EvalReport, FitResult, NonFiniteLossError, TrainLine
+
+OPTIMUM = {"lcls": 0.1, "lobj": 1.0, "lbox": 0.5, "lr": 0.003}
+
+
+def final_map(config: TrainConfig) -> float:
+    """The mAP50-95 a full run of `config` reaches."""
+    distance = sum(math.log(getattr(config, k) / v) ** 2 for k, v in OPTIMUM.items())
+    bonus = {"SGD": 0.0, "Adam": 0.02, "AdamW": 0.03}[config.optimizer]
+    return 0.5 * math.exp(-distance / 6.0) + bonus
+
+
+def trial_number(config: TrainConfig) -> int | None:
+    match = re.search(r"trial-(\d+)", config.out)
+    return int(match.group(1)) if match else None
+
+
+def _listed(name: str, number: int | None) -> bool:
+    listed = {int(n) for n in os.environ.get(name, "").split(",") if n.strip()}
+    return number in listed
+
+
+def load_data(data: str, imgsz: int, skip_bad: bool = False) -> dict[str, Any]:
+    return {"data": data, "imgsz": imgsz, "pid": os.getpid()}
+
+
+def fit(
+    config: TrainConfig,
+    report: Callable[[int, EvalReport], None] | None = None,
+    data: Any = None,
+) -> FitResult:
+    step_seconds = float(os.environ.get("FAKE_STEP_SECONDS", "0.02"))
+    number = trial_number(config)
+    target = final_map(config)
+    iters_per_epoch = 10
+    for epoch in range(1, config.epochs + 1):
+        time.sleep(step_seconds)
+        if _listed("FAKE_FAIL_TRIALS", number):
+            raise RuntimeError(f"fake failure in trial {number}")
+        if _listed("FAKE_NAN_TRIALS", number):
+            raise NonFiniteLossError(f"loss is nan at epoch {epoch}")
+        if epoch % config.eval_interval and epoch != config.epochs:
+            continue
+        progress = epoch / config.epochs
+        value = target * (1 - math.exp(-3 * progress)) / (1 - math.exp(-3))
+        it = epoch * iters_per_epoch
+        line = TrainLine(
+            epoch, it, config.lr, 1.0 / epoch, 0.3, 0.4, 0.3, step_seconds / iters_per_epoch
+        )
+        metrics = EvalReport(
+            eval=EvalLine(epoch, it, value * 1.5, value, 0.3, 0.4, 0.3, 1.0),
+            train=[line],
+            seconds_training=step_seconds,
+            seconds_evaluating=0.0,
+        )
+        if report is not None:
+            report(epoch, metrics)
+    return FitResult(
+        mAP50=target * 1.5,
+        mAP50_95=target,
+        inference_ms=2.0 + 10 * config.lbox,
+        train_latency=step_seconds / iters_per_epoch,
+        epochs_completed=config.epochs,
+        iterations=config.epochs * iters_per_epoch,
+        images_per_second=1000.0,
+        seconds_training=step_seconds * config.epochs,
+        seconds_evaluating=0.0,
+        device="cpu",
+        run_dir=config.out,
+    )

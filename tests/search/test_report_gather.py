@@ -1,0 +1,285 @@
+"""The report's gathering, on a study built with the Optuna API and `search.trial_record` the way
+the worker stores trials: complete, pruned (short curves), failed, running and baseline trials,
+in a real PostgreSQL database."""
+
+from __future__ import annotations
+
+import math
+import re
+from datetime import datetime, timedelta
+
+import optuna
+import pytest
+from optuna.distributions import CategoricalDistribution, FloatDistribution
+from optuna.trial import TrialState
+
+from search import trial_record
+from search.report import gather_study
+from search.report.gather import PANEL_KEYS, log_excerpt
+from trainer.records import EvalLine, EvalReport, FitResult, TrainLine
+
+ITERS_PER_EPOCH = 50
+LOG_EVERY = 10
+BUDGET_MS = 5.0  # the latency budget of the constrained test study
+DISTRIBUTIONS = {
+    "lcls": FloatDistribution(0.01, 2.0, log=True),
+    "lobj": FloatDistribution(0.1, 2.0, log=True),
+    "lbox": FloatDistribution(0.01, 2.0, log=True),
+    "optimizer": CategoricalDistribution(["SGD", "Adam", "AdamW"]),
+    "lr": FloatDistribution(1e-4, 1e-2, log=True),
+}
+# (baseline label or None, params, final mAP50-95, epochs reached, final state, inference ms)
+# fmt: off
+PLAN: list[tuple[str | None, dict, float, int, TrialState, float]] = [
+    ("first model", {"lcls": 0.5, "lobj": 1.0, "lbox": 0.05, "optimizer": "SGD", "lr": 1e-3},
+     0.30, 6, TrialState.COMPLETE, 4.0),
+    ("judged clearly better",
+     {"lcls": 0.05, "lobj": 1.0, "lbox": 0.5, "optimizer": "SGD", "lr": 1e-3},
+     0.36, 6, TrialState.COMPLETE, 4.0),
+    ("abandoned early", {"lcls": 0.25, "lobj": 1.0, "lbox": 0.25, "optimizer": "SGD", "lr": 1e-3},
+     0.20, 2, TrialState.PRUNED, 4.0),
+    (None, {"lcls": 0.03, "lobj": 0.8, "lbox": 0.7, "optimizer": "Adam", "lr": 2e-3},
+     0.42, 6, TrialState.COMPLETE, 4.5),
+    # the best raw score among the rest, but over the latency budget
+    (None, {"lcls": 0.1, "lobj": 0.5, "lbox": 0.4, "optimizer": "AdamW", "lr": 3e-3},
+     0.39, 6, TrialState.COMPLETE, 6.0),
+    (None, {"lcls": 1.5, "lobj": 0.2, "lbox": 0.02, "optimizer": "SGD", "lr": 5e-3},
+     0.10, 1, TrialState.PRUNED, 4.0),
+    (None, {"lcls": 0.2, "lobj": 1.2, "lbox": 0.1, "optimizer": "SGD", "lr": 8e-3},
+     0.05, 3, TrialState.FAIL, 4.0),
+    (None, {"lcls": 0.07, "lobj": 0.9, "lbox": 0.3, "optimizer": "SGD", "lr": 1e-3},
+     0.33, 6, TrialState.COMPLETE, 3.0),
+    (None, {"lcls": 0.04, "lobj": 1.1, "lbox": 0.6, "optimizer": "Adam", "lr": 1e-3},
+     0.25, 2, TrialState.RUNNING, 4.0),
+]
+# fmt: on
+LOG_LINE = re.compile(r"^epoch \d+ / iter \d+ lr \d\.\d{5} , loss \d+\.\d{5} latency \d\.\d{5}$")
+
+
+def _report(params: dict, final: float, epoch: int, epochs: int) -> EvalReport:
+    """One evaluation's curve points; losses fall faster for better trials."""
+    quality = final / 0.42
+    train = []
+    for i in range(epoch * ITERS_PER_EPOCH + 1, (epoch + 1) * ITERS_PER_EPOCH + 1, LOG_EVERY):
+        decay = math.exp(-quality * i / 120)
+        lbox, lobj, lcls = 0.08 + 0.1 * decay, 0.5 + 0.6 * decay, 0.2 + 0.5 * decay
+        train.append(
+            TrainLine(
+                epoch=epoch,
+                iter=i,
+                lr=params["lr"] * min(1.0, i / 60),
+                loss=params["lbox"] * lbox + params["lobj"] * lobj + params["lcls"] * lcls,
+                lbox=lbox,
+                lobj=lobj,
+                lcls=lcls,
+                latency=0.03 + 0.001 * (i % 3),
+            )
+        )
+    m = final * (epoch + 1) / epochs
+    return EvalReport(
+        eval=EvalLine(
+            epoch=epoch,
+            iter=(epoch + 1) * ITERS_PER_EPOCH,
+            mAP50=min(1.0, m * 1.6),
+            mAP50_95=m,
+            val_lbox=0.1 - 0.05 * quality,
+            val_lobj=0.6 - 0.1 * quality,
+            val_lcls=0.4 - 0.2 * quality,
+            val_loss=1.0,
+        ),
+        train=train,
+        seconds_training=2.0,
+        seconds_evaluating=0.5,
+    )
+
+
+def build_study(
+    storage: str | None, name: str = "loss-weights", constrained: bool = True
+) -> optuna.Study:
+    """A study shaped like a real one: the `PLAN` stored through `search.trial_record`."""
+    study = optuna.create_study(study_name=name, storage=storage, direction="maximize")
+    for label, params, final, reached, state, inference_ms in PLAN:
+        study.enqueue_trial(params)
+        trial = study.ask(DISTRIBUTIONS)
+        if label is not None:
+            trial.set_user_attr(trial_record.BASELINE, label)
+        trial_record.record_placement(trial, "cpu", "testhost:1")
+        trial_record.record_config(trial, {**params, "epochs": 6})
+        for epoch in range(reached):
+            trial_record.record_eval(trial, epoch + 1, _report(params, final, epoch, 6))
+        if state == TrialState.COMPLETE:
+            summary = FitResult(
+                mAP50=min(1.0, final * 1.6),
+                mAP50_95=final,
+                inference_ms=inference_ms,
+                train_latency=0.031,
+                epochs_completed=reached,
+                iterations=reached * ITERS_PER_EPOCH,
+                images_per_second=100.0,
+                seconds_training=12.0,
+                seconds_evaluating=3.0,
+                device="cpu",
+                run_dir="runs/x",
+            )
+            trial_record.record_summary(trial, summary.to_dict())
+            if constrained:
+                trial.set_constraint("inference_ms", inference_ms - BUDGET_MS)
+            study.tell(trial, final)
+        elif state == TrialState.PRUNED:
+            study.tell(trial, state=TrialState.PRUNED)
+        elif state == TrialState.FAIL:
+            trial.set_user_attr(trial_record.ERROR, "NonFiniteLossError: loss is nan at iter 140")
+            study.tell(trial, state=TrialState.FAIL)
+    return study
+
+
+@pytest.fixture
+def study(pg_url: str) -> optuna.Study:
+    return build_study(pg_url)
+
+
+@pytest.mark.postgres
+def test_rows_cover_every_state(study: optuna.Study) -> None:
+    data = gather_study(study, top_k=2)
+    assert [r.number for r in data.rows] == list(range(len(PLAN)))
+    assert data.counts == {"COMPLETE": 5, "PRUNED": 2, "FAIL": 1, "RUNNING": 1}
+    rows = {r.number: r for r in data.rows}
+    assert rows[0].baseline == "first model" and rows[0].role == "baseline"
+    assert rows[3].role == "best" and rows[3].label == "#3 best"
+    assert rows[3].mAP50_95 == pytest.approx(0.42) and rows[3].inference_ms == 4.5
+    assert rows[4].feasible is False and rows[3].feasible is True
+    assert rows[6].error is not None and "nan" in rows[6].error and rows[6].value is None
+    # unfinished trials show their last evaluation and a running duration
+    assert rows[8].state == "RUNNING" and rows[8].mAP50_95 == pytest.approx(0.25 * 2 / 6)
+    assert rows[8].duration_s is not None and rows[8].host is not None
+    assert rows[5].last_iter == ITERS_PER_EPOCH and rows[3].last_iter == 6 * ITERS_PER_EPOCH
+    assert rows[3].params["optimizer"] == "Adam"
+    assert rows[3].train_latency == 0.031 and rows[6].train_latency == pytest.approx(0.031)
+
+
+@pytest.mark.postgres
+def test_baselines_and_top_k_shown_the_rest_one_click_away(study: optuna.Study) -> None:
+    data = gather_study(study, top_k=2)
+    assert [p.key for p in data.panels] == list(PANEL_KEYS) and len(PANEL_KEYS) == 7
+    # feasible first: #3 (0.42) and #7 (0.33); #4 scores 0.39 but is over the latency budget
+    shown = {line.trial for p in data.panels for line in p.lines if line.shown}
+    assert shown == {0, 1, 2, 3, 7}
+    hidden = {line.trial for p in data.panels for line in p.lines if not line.shown}
+    assert hidden == {4, 5, 6, 8}
+    box = next(p for p in data.panels if p.key == "box")
+    assert {line.trial for line in box.lines} == set(range(len(PLAN)))
+
+
+@pytest.mark.postgres
+def test_pruned_and_failed_lines_are_cut_short(study: optuna.Study) -> None:
+    data = gather_study(study)
+    evaluation = next(p for p in data.panels if p.key == "eval")
+    by_trial = {(ln.trial, ln.variant): ln for ln in evaluation.lines}
+    assert by_trial[(5, "")].cut_short and by_trial[(5, "")].x == [ITERS_PER_EPOCH]
+    assert by_trial[(2, "")].cut_short and by_trial[(6, "")].cut_short
+    assert not by_trial[(3, "")].cut_short and not by_trial[(8, "")].cut_short
+    assert by_trial[(3, "")].x[-1] == 6 * ITERS_PER_EPOCH
+    assert by_trial[(3, "mAP50")].y[-1] > by_trial[(3, "")].y[-1]
+
+
+@pytest.mark.postgres
+def test_curves_are_the_unweighted_components(study: optuna.Study) -> None:
+    data = gather_study(study)
+    panels = {p.key: p for p in data.panels}
+    assert "NOT comparable" in panels["total"].title
+    first = trial_record.read_train_lines(study.trials[0])[0]
+    box0 = next(ln for ln in panels["box"].lines if ln.trial == 0)
+    total0 = next(ln for ln in panels["total"].lines if ln.trial == 0)
+    assert box0.y[0] == first["lbox"] and total0.y[0] == first["loss"]
+    assert box0.x[0] == first["iter"] == 1
+    assert panels["lr"].log_y
+
+
+@pytest.mark.postgres
+def test_headline_states_the_gain_and_why(study: optuna.Study) -> None:
+    data = gather_study(study)
+    assert data.headline == (
+        "Best trial #3 reaches mAP50-95 0.4200, +0.0600 (+17%) over the best hand-tuned baseline "
+        "'judged clearly better' (#1, 0.3600)."
+    )
+    assert data.reasons[0].startswith("Changed from that baseline: lcls 0.05 → 0.03")
+    assert "optimizer SGD → Adam" in data.reasons[0] and "lobj 1 → 0.8" in data.reasons[0]
+    assert data.reasons[1].startswith("Unweighted validation losses, baseline → best: box")
+
+
+@pytest.mark.postgres
+def test_log_lines_in_the_notes_format(study: optuna.Study) -> None:
+    data = gather_study(study, top_k=1)
+    assert [e.trial for e in data.logs] == [3, 0, 1, 2]  # best first, then the baselines
+    for excerpt in data.logs:
+        assert 1 <= len(excerpt.lines) <= 5
+        assert all(LOG_LINE.match(line) for line in excerpt.lines), excerpt.lines
+    assert data.logs[0].lines[0].startswith("epoch 0 / iter 1 lr ")
+    assert data.logs[0].lines[-1].startswith("epoch 5 / iter 291 ")
+
+
+@pytest.mark.postgres
+def test_latency_points_tell_feasible_apart(study: optuna.Study) -> None:
+    data = gather_study(study)
+    assert data.latency is not None
+    points = {p.trial: p for p in data.latency}
+    assert set(points) == {0, 1, 3, 4, 7}
+    assert not points[4].feasible and points[3].feasible and points[3].inference_ms == 4.5
+    assert data.contour_params == ["lcls", "lbox"]
+
+
+def test_unconstrained_study_has_no_latency_plot() -> None:
+    data = gather_study(build_study(None, constrained=False))
+    assert data.latency is None
+    # without the constraint the over-budget trial #4 ranks second
+    assert {r.number for r in data.rows if r.role == "top"} == {4, 7}
+
+
+def test_empty_study_says_so() -> None:
+    data = gather_study(optuna.create_study(study_name="empty"))
+    assert data.empty and data.rows == [] and data.logs == []
+    assert data.headline == "The study has no trials yet: nothing to compare."
+    assert all(p.lines == [] for p in data.panels)
+
+
+def test_no_complete_trial_yet() -> None:
+    study = optuna.create_study(direction="maximize")
+    trial = study.ask(DISTRIBUTIONS)
+    trial_record.record_eval(trial, 1, _report(trial.params, 0.2, 0, 6))
+    data = gather_study(study)
+    assert data.headline.startswith("No trial has completed yet (1 so far)")
+    assert data.reasons == [] and data.rows[0].state == "RUNNING"
+
+
+def test_best_trial_is_a_baseline() -> None:
+    study = optuna.create_study(direction="maximize")
+    study.enqueue_trial(PLAN[0][1])
+    trial = study.ask(DISTRIBUTIONS)
+    trial.set_user_attr(trial_record.BASELINE, "first model")
+    study.tell(trial, 0.3)
+    study.tell(study.ask(DISTRIBUTIONS), 0.2)
+    data = gather_study(study)
+    assert "has not beaten hand tuning yet" in data.headline and data.reasons == []
+
+
+def test_running_duration_uses_now() -> None:
+    from search.report.gather import gather
+
+    study = optuna.create_study()
+    study.ask()
+    trial = study.trials[0]
+    assert trial.datetime_start is not None
+    data = gather("s", [trial], study.direction, now=trial.datetime_start + timedelta(seconds=90))
+    assert data.rows[0].duration_s == 90.0
+    assert isinstance(data.generated, datetime)
+    with pytest.raises(ValueError, match="top_k=-1"):
+        gather("s", [trial], study.direction, top_k=-1)
+
+
+def test_log_excerpt_spreads_over_the_run() -> None:
+    lines = [TrainLine(0, i, 0.001, 1.0, 0.1, 0.2, 0.3, 0.03).to_dict() for i in range(1, 101)]
+    excerpt = log_excerpt(lines)
+    assert [int(x.split()[4]) for x in excerpt] == [1, 26, 51, 75, 100]
+    assert excerpt[0] == "epoch 0 / iter 1 lr 0.00100 , loss 1.00000 latency 0.03000"
+    assert log_excerpt(lines[:2]) == [TrainLine(**lines[i]).log_line() for i in (0, 1)]
+    assert log_excerpt([]) == []
