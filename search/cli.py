@@ -49,7 +49,7 @@ def train(
     ),
     device: str = typer.Option("auto", help="auto | cpu | cuda | cuda:N"),
     seed: int = typer.Option(0),
-    skip_bad: bool = typer.Option(False, help="skip bad samples with a warning instead of stopping"),
+    skip_bad: bool = typer.Option(False, help="skip bad samples with a warning, don't stop"),
     resume: bool = typer.Option(False, help="continue from OUT/last.pt"),
     out: Path = typer.Option(Path("runs/train"), help="run directory"),
 ) -> None:
@@ -58,7 +58,8 @@ def train(
 
     values = dict(ctx.params)
     # options the user typed override a --hyp file; those left at their defaults do not
-    explicit = {k for k in values if getattr(ctx.get_parameter_source(k), "name", "") == "COMMANDLINE"}
+    sources = {k: getattr(ctx.get_parameter_source(k), "name", "") for k in values}
+    explicit = {k for k, source in sources.items() if source == "COMMANDLINE"}
     run_train(values, explicit)
 
 

@@ -5,6 +5,12 @@ enqueued) parameters, records config, placement and every evaluation through
 `search/trial_record.py`, lets Hyperband prune at evaluation steps (never a baseline: baselines
 run their full length so that reports compare like with like), and returns the objective metric.
 Any failure is stored on the trial as one masked line before Optuna marks it FAIL.
+
+After each evaluation the trainer's checkpoint is uploaded to the artifact store
+(`search/checkpoints.py`). A retry of a reaped trial (same parameters, cloned by the storage's
+heartbeat callback) downloads its predecessor's latest checkpoint, re-records the evaluations
+up to it and trains on with `resume=True`: a lost worker costs at most one evaluation interval.
+Storage writes are retried while the database is unreachable (`retry_while_down`).
 """
 
 from __future__ import annotations
@@ -20,17 +26,20 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 import optuna
+from optuna.exceptions import UpdateFinishedTrialError
 
 from search import trial_record
-from search.storage import StudyLock, mask_text
+from search.checkpoints import CheckpointStore
+from search.storage import StorageDown, StudyLock, mask_text, retry_while_down
 from search.study_file import StudySpec
 from trainer.config import TrainConfig
 from trainer.records import EvalReport, FitResult, NonFiniteLossError
 
 ReportFn = Callable[[int, EvalReport], None]
+T = TypeVar("T")
 
 
 class TrainFn(Protocol):
@@ -137,6 +146,20 @@ class TrialContext:
     log: Callable[[str], None]
     claim: StudyLock | None = None  # released as soon as the trial is RUNNING
     current: optuna.Trial | None = None  # the trial being run, if any
+    checkpoints: CheckpointStore | None = None  # None: no upload, no resume
+    storage_down_limit: float = 300.0  # seconds to retry a write while the database is down
+    active_trial_id: int | None = None  # set while the objective runs (the reaper beats for it)
+
+    def store(self, call: Callable[[], T], what: str = "the storage") -> T:
+        """`call()` (a storage write), retried while the database is unreachable."""
+        return retry_while_down(
+            call,
+            limit=self.storage_down_limit,
+            what=what,
+            sleep=self.stop.wait,
+            should_stop=lambda: self.stop.requested,
+            log=self.log,
+        )
 
 
 def describe_error(exc: BaseException) -> str:
@@ -163,6 +186,13 @@ def make_objective(ctx: TrialContext) -> Callable[[optuna.Trial], float]:
     """The function `study.optimize` calls for one trial."""
 
     def objective(trial: optuna.Trial) -> float:
+        ctx.active_trial_id = trial._trial_id
+        try:
+            return run(trial)
+        finally:
+            ctx.active_trial_id = None
+
+    def run(trial: optuna.Trial) -> float:
         if ctx.claim is not None:
             ctx.claim.release()  # the trial is RUNNING now: other workers may count it
         ctx.current = trial
@@ -172,16 +202,22 @@ def make_objective(ctx: TrialContext) -> Callable[[optuna.Trial], float]:
         baseline = trial_record.read_baseline(trial)
         out = ctx.runs_dir / ctx.spec.name / f"trial-{trial.number:04d}"
         config = ctx.spec.train_config(params, out=str(out), device=ctx.device, threads=ctx.threads)
-        trial_record.record_placement(trial, ctx.device_label, ctx.worker_id)
-        trial_record.record_config(trial, config.to_dict())
+        ctx.store(lambda: trial_record.record_placement(trial, ctx.device_label, ctx.worker_id))
+        config = ctx.store(lambda: _resume_retry(trial, ctx, config))
+        ctx.store(lambda: trial_record.record_config(trial, config.to_dict()))
         what = f"baseline {baseline!r}" if baseline else "sampled"
         ctx.log(f"trial {trial.number} ({what}) started: {_short(params)}")
 
         def report(step: int, metrics: EvalReport) -> None:
             ctx.tally.busy_seconds += metrics.seconds_training + metrics.seconds_evaluating
             with ctx.stop.shielded():
-                trial_record.record_eval(trial, step, metrics)
-                prune = baseline is None and trial.should_prune()
+                # the evaluation first, then its checkpoint: a worker lost in between is resumed
+                # from the previous checkpoint and redoes this step, so the curve has no gap
+                ctx.store(lambda: trial_record.record_eval(trial, step, metrics))
+                if ctx.checkpoints is not None:
+                    store = ctx.checkpoints
+                    ctx.store(lambda: store.upload(trial, config.out, step), "the checkpoint")
+                prune = baseline is None and ctx.store(trial.should_prune)
             if prune:
                 raise optuna.TrialPruned(
                     f"pruned after {step} epochs at {metrics.eval.mAP50_95:.4f} mAP50-95"
@@ -193,6 +229,11 @@ def make_objective(ctx: TrialContext) -> Callable[[optuna.Trial], float]:
                 result = ctx.train_fn(config, report, ctx.data)
         except optuna.TrialPruned as exc:
             ctx.log(f"trial {trial.number} {exc}")
+            _discard_checkpoint(ctx, trial)
+            raise
+        except UpdateFinishedTrialError:
+            # reaped while we trained (a long pause): its retry owns the trial and checkpoint now
+            ctx.log(f"trial {trial.number} was reaped while this worker still ran it")
             raise
         except BaseException as exc:
             reason = describe_error(exc)
@@ -200,13 +241,16 @@ def make_objective(ctx: TrialContext) -> Callable[[optuna.Trial], float]:
                 f"trial {trial.number} failed after {time.monotonic() - started:.0f} s: {reason}"
             )
             _record_failure(trial, reason, exc)
+            if not isinstance(exc, StorageDown | Interrupted):
+                _discard_checkpoint(ctx, trial)  # a trainer error: nothing will resume it
             raise
         with ctx.stop.shielded():
-            trial_record.record_summary(trial, result.to_dict())
+            ctx.store(lambda: trial_record.record_summary(trial, result.to_dict()))
             budget = ctx.spec.objective.latency_budget_ms
             if budget is not None:
                 # feasible when <= 0: inference latency within the budget
-                trial.set_constraint("latency_ms", result.inference_ms - budget)
+                inference_ms = result.inference_ms
+                ctx.store(lambda: trial.set_constraint("latency_ms", inference_ms - budget))
         value = float(getattr(result, ctx.spec.objective.metric))
         ctx.log(
             f"trial {trial.number} complete: {ctx.spec.objective.metric} {value:.4f} "
@@ -215,6 +259,31 @@ def make_objective(ctx: TrialContext) -> Callable[[optuna.Trial], float]:
         return value
 
     return objective
+
+
+def _resume_retry(trial: optuna.Trial, ctx: TrialContext, config: TrainConfig) -> TrainConfig:
+    """For a retry of a reaped trial: fetch the predecessor's checkpoint, re-record its
+    evaluations up to it, and return the config with `resume=True` (else `config` unchanged)."""
+    frozen = trial.storage.get_trial(trial._trial_id)  # system attrs: Optuna's retry history
+    retry_of = trial_record.read_retry_of(frozen)
+    if retry_of is None:
+        return config
+    step = None
+    if ctx.checkpoints is not None:
+        step = ctx.checkpoints.restore(frozen, config.out, ctx.log)
+    if step is not None:
+        done = [p for p in trial_record.read_curve(frozen) if int(p["eval"]["epoch"]) <= step]
+        trial_record.restore_curve(trial, done)
+    trial_record.record_resume(trial, retry_of, step)
+    how = f"resuming from its checkpoint at step {step}" if step is not None else "from scratch"
+    ctx.log(f"trial {trial.number} retries trial {retry_of}, {how}")
+    return config.replace(resume=True) if step is not None else config
+
+
+def _discard_checkpoint(ctx: TrialContext, trial: optuna.Trial) -> None:
+    if ctx.checkpoints is not None:
+        with contextlib.suppress(Exception):
+            ctx.checkpoints.discard(trial)
 
 
 def _record_failure(trial: optuna.Trial, reason: str, exc: BaseException) -> None:

@@ -4,8 +4,12 @@ needs of its own (counting trials by state, a study-wide lock), all behind `sess
 - The URL comes from `--storage`, else `$TUNE_STORAGE`, else `sqlite:///tune.db` in the working
   folder, so the first command works without a server. PostgreSQL
   (`postgresql+psycopg2://user:password@host/db`) is for several processes or machines.
-- Heartbeats with `RetryHeartbeatStaleTrialCallback` (they act only inside `study.optimize()`),
-  connection pre-ping and a small pool per process for PostgreSQL, a busy timeout for SQLite.
+- Heartbeats with `RetryHeartbeatStaleTrialCallback` (they act only inside `study.optimize()`;
+  workers also reap in a thread, see `search/reaper.py`), connection pre-ping and a small pool
+  per process for PostgreSQL, a busy timeout for SQLite. `StorageSettings.from_env()` reads
+  short heartbeat settings for tests from `$TUNE_HEARTBEAT_INTERVAL` and friends.
+- A database that goes away (restart, network) is retried with backoff by `retry_while_down`
+  for up to `storage_down_limit` seconds; after that `StorageDown` says so in one line.
 - The schema is created only by `open_storage(create_schema=True)` (`tune launch`), never by
   workers: many workers creating tables at once fail.
 - Passwords never leave this module unmasked: every message that shows a URL uses `mask_url`, and
@@ -19,18 +23,19 @@ import hashlib
 import os
 import re
 import tempfile
+import time
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, TypeVar
 
 import optuna
 import sqlalchemy as sa
 from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
 from optuna.storages._rdb import models
-from optuna.trial import TrialState
+from optuna.trial import FrozenTrial, TrialState
 from sqlalchemy import orm
 
 ENV_VAR = "TUNE_STORAGE"
@@ -38,10 +43,22 @@ DEFAULT_URL = "sqlite:///tune.db"
 _LOCK_NAMESPACE = 0x74756E65  # "tune": first key of the PostgreSQL advisory lock
 _CREDENTIALS = re.compile(r"(?P<head>[A-Za-z][\w+.-]*://[^:/@\s]*):[^@\s]*@")
 _PASSWORD_PARAM = re.compile(r"(?i)(password=)[^&\s'\"]+")
+# environment variables read by `StorageSettings.from_env` (tests use seconds, not minutes)
+SETTINGS_ENV = {
+    "heartbeat_interval": "TUNE_HEARTBEAT_INTERVAL",
+    "grace_period": "TUNE_GRACE_PERIOD",
+    "max_retry": "TUNE_MAX_RETRY",
+    "storage_down_limit": "TUNE_STORAGE_DOWN_LIMIT",
+}
+T = TypeVar("T")
 
 
 class StorageError(RuntimeError):
     """The storage cannot be used; the message is one line with the URL masked."""
+
+
+class StorageDown(StorageError):
+    """The database stayed unreachable for longer than `StorageSettings.storage_down_limit`."""
 
 
 @dataclass(frozen=True)
@@ -54,6 +71,40 @@ class StorageSettings:
     pool_size: int = 2  # per process: the optimize session and the heartbeat thread
     max_overflow: int = 2  # plus the study lock and a spare
     sqlite_timeout: float = 60.0  # seconds SQLite waits on a locked database
+    storage_down_limit: float = 300.0  # seconds a worker retries an unreachable database
+
+    def __post_init__(self) -> None:
+        # Optuna takes whole seconds; a grace shorter than the interval would reap live trials
+        hb, grace = self.heartbeat_interval, self.grace_period
+        if not (isinstance(hb, int) and hb >= 1):
+            raise ValueError(f"heartbeat_interval must be an integer >= 1 s, but got {hb=}")
+        if not (isinstance(grace, int) and grace > hb):
+            raise ValueError(
+                f"grace_period must be an integer > heartbeat_interval, but got {grace=}, {hb=}"
+            )
+        if not (isinstance(self.max_retry, int) and self.max_retry >= 0):
+            raise ValueError(f"max_retry must be an integer >= 0, but got {self.max_retry=}")
+        if not self.storage_down_limit > 0:
+            raise ValueError(
+                f"storage_down_limit must be > 0 s, but got {self.storage_down_limit=}"
+            )
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> StorageSettings:
+        """Defaults, overridden by `$TUNE_HEARTBEAT_INTERVAL`, `$TUNE_GRACE_PERIOD`,
+        `$TUNE_MAX_RETRY` and `$TUNE_STORAGE_DOWN_LIMIT` where set (seconds; retries)."""
+        environ = os.environ if environ is None else environ
+        values: dict[str, Any] = {}
+        for field_name, var in SETTINGS_ENV.items():
+            raw = environ.get(var, "").strip()
+            if not raw:
+                continue
+            kind = float if field_name == "storage_down_limit" else int
+            try:
+                values[field_name] = kind(raw)
+            except ValueError:
+                raise ValueError(f"${var} must be a number, but got {var}={raw!r}") from None
+        return cls(**values)
 
 
 @dataclass(frozen=True)
@@ -92,16 +143,21 @@ def mask_text(text: str) -> str:
 
 
 def open_storage(
-    url: str | None = None, *, create_schema: bool = False, settings: StorageSettings | None = None
+    url: str | None = None,
+    *,
+    create_schema: bool = False,
+    settings: StorageSettings | None = None,
+    on_reap: Callable[[str], None] | None = None,
 ) -> RDBStorage:
     """Open the RDB storage at `url` (see `resolve_url`).
 
     Only `create_schema=True` (launch) creates tables; otherwise a storage without the Optuna
     schema is an error that says how to create it. Unreachable servers, bad URLs and missing
-    drivers become one `StorageError` line with the password masked.
+    drivers become one `StorageError` line with the password masked. `settings` default to
+    `StorageSettings.from_env()`; `on_reap` hears one line per stale trial this process reaps.
     """
     url = resolve_url(url)
-    settings = settings or StorageSettings()
+    settings = settings or StorageSettings.from_env()
     shown = mask_url(url)
     try:
         parsed = sa.engine.make_url(url)
@@ -118,21 +174,49 @@ def open_storage(
     try:
         if not create_schema:
             _check_schema(url, kwargs, shown)
-        return _rdb_storage(url, kwargs, settings, create_schema)
+        return _rdb_storage(url, kwargs, settings, create_schema, on_reap)
     except StorageError:
         raise
     except (sa.exc.SQLAlchemyError, ImportError) as exc:
         if create_schema and isinstance(exc, sa.exc.IntegrityError | sa.exc.ProgrammingError):
             # another launch created the tables at the same moment: they exist now
             try:
-                return _rdb_storage(url, kwargs, settings, create_schema)
+                return _rdb_storage(url, kwargs, settings, create_schema, on_reap)
             except sa.exc.SQLAlchemyError as again:
                 exc = again
         raise StorageError(f"cannot open the storage {shown}: {_reason(exc)}") from None
 
 
+class StaleTrialRetry:
+    """Optuna's `RetryHeartbeatStaleTrialCallback` (same parameters, same trial numbers in the
+    retry history), plus one line to `on_reap` saying what became of the stale trial."""
+
+    def __init__(self, max_retry: int, on_reap: Callable[[str], None] | None = None) -> None:
+        self.max_retry = max_retry
+        self.on_reap = on_reap
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            self._retry = RetryHeartbeatStaleTrialCallback(max_retry=max_retry)
+
+    def __call__(self, study: optuna.Study, trial: FrozenTrial) -> None:
+        # counted before the call, which appends to the trial's own list: the chain so far
+        retries = len(trial.system_attrs.get("retry_history", [])) + 1
+        self._retry(study, trial)
+        if self.on_reap is None:
+            return
+        if retries > self.max_retry:
+            what = f"given up after {self.max_retry} retries"
+        else:
+            what = f"enqueued again with the same parameters (retry {retries}/{self.max_retry})"
+        self.on_reap(f"trial {trial.number} lost its worker (no heartbeat): {what}")
+
+
 def _rdb_storage(
-    url: str, kwargs: dict[str, Any], settings: StorageSettings, create_schema: bool
+    url: str,
+    kwargs: dict[str, Any],
+    settings: StorageSettings,
+    create_schema: bool,
+    on_reap: Callable[[str], None] | None = None,
 ) -> RDBStorage:
     with warnings.catch_warnings():
         # heartbeats and the retry callback are "experimental" in Optuna 5; tune depends on them
@@ -143,9 +227,7 @@ def _rdb_storage(
             skip_table_creation=not create_schema,
             heartbeat_interval=settings.heartbeat_interval,
             grace_period=settings.grace_period,
-            heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(
-                max_retry=settings.max_retry
-            ),
+            heartbeat_stale_trial_callback=StaleTrialRetry(settings.max_retry, on_reap),
         )
 
 
@@ -179,6 +261,61 @@ def _reason(exc: BaseException) -> str:
     orig = getattr(exc, "orig", None) or exc
     text = " ".join(str(orig).split())  # one line
     return mask_text(text)[:300]
+
+
+def is_connection_error(exc: BaseException) -> bool:
+    """Whether `exc` (or an exception it came from) says the database cannot be reached.
+
+    Optuna wraps driver errors (`StorageInternalError`) and may raise a second error while
+    handling the first, so the whole chain is searched.
+    """
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, sa.exc.OperationalError | sa.exc.InterfaceError):
+            return True
+        if isinstance(current, sa.exc.DBAPIError) and current.connection_invalidated:
+            return True
+        current = current.__cause__ or current.__context__
+    return False
+
+
+def retry_while_down(
+    call: Callable[[], T],
+    *,
+    limit: float,
+    what: str = "the storage",
+    sleep: Callable[[float], None] = time.sleep,
+    should_stop: Callable[[], bool] = lambda: False,
+    log: Callable[[str], None] | None = None,
+) -> T:
+    """`call()`, retried with backoff (0.5 s doubling to 10 s) while the database is unreachable.
+
+    Raises `StorageDown` once it has been unreachable for `limit` seconds (or a stop is
+    requested meanwhile); any other error propagates at once.
+    """
+    first_failure: float | None = None
+    delay = 0.5
+    while True:
+        try:
+            return call()
+        except Exception as exc:
+            if not is_connection_error(exc):
+                raise
+            now = time.monotonic()
+            first_failure = now if first_failure is None else first_failure
+            down = now - first_failure
+            reason = _reason(exc)
+            if down >= limit or should_stop():
+                raise StorageDown(
+                    f"{what} has been unreachable for {down:.0f} s (limit {limit:.0f} s), "
+                    f"giving up: {reason}"
+                ) from None
+            if log is not None:
+                log(f"{what} is unreachable, retrying in {delay:.1f} s: {reason}")
+            sleep(min(delay, max(0.0, limit - down)))
+            delay = min(10.0, delay * 2)
 
 
 def load_study(
@@ -273,6 +410,10 @@ class StudyLock:
                     {"a": _LOCK_NAMESPACE, "b": self._study_id},
                 )
                 conn.commit()
+            except sa.exc.DBAPIError:
+                # the server went away, and a session lock goes with its session: nothing to
+                # release; drop the broken connection instead of returning it to the pool
+                conn.invalidate()
             finally:
                 conn.close()
         if self._file is not None:

@@ -15,7 +15,7 @@ _NOT_CONFIG = {"hyp", "ctx"}
 
 
 def build_train_config(values: dict[str, Any], explicit: set[str]) -> TrainConfig:
-    """The run's config: defaults, then the hyp file (if any), then options given on the command line.
+    """The run's config: defaults, then the hyp file (if any), then options typed by the user.
 
     `values` are every option's value, `explicit` the names the user typed; an option left at its
     default does not override what the hyp file says.
@@ -52,7 +52,8 @@ def run_train(values: dict[str, Any], explicit: set[str]) -> None:
         raise typer.Exit(130) from None
     print(
         f"done: mAP50 {result.mAP50:.4f} mAP50-95 {result.mAP50_95:.4f} "
-        f"inference {result.inference_ms:.2f} ms/image, {result.images_per_second:.0f} train img/s, "
+        f"inference {result.inference_ms:.2f} ms/image, "
+        f"{result.images_per_second:.0f} train img/s, "
         f"{result.epochs_completed} epochs on {result.device}; run directory {result.run_dir}"
     )
 

@@ -17,8 +17,14 @@ Layout on an Optuna trial:
     failed trials keep their curves;
   - ``summary``: `FitResult.to_dict()` of a finished run (inference latency among it);
   - ``error``: the reason a trial failed, one line, credentials masked;
-  - ``retry_of``: the trial number this one retries (set by tune; Optuna's own retry history is
-    in system attrs and read through `RetryHeartbeatStaleTrialCallback`).
+  - ``retry_of``: the trial number this one retries (set by tune when the retry starts; Optuna's
+    own retry history is in system attrs and read through `RetryHeartbeatStaleTrialCallback`;
+    user attrs are copied to a retry, so readers prefer the system attrs);
+  - ``checkpoint``: ``{"artifact_id", "step"}`` of the latest evaluation checkpoint uploaded to the
+    artifact store (`search/checkpoints.py`); copied to a retry, which resumes from it;
+  - ``resumed_from``: ``{"trial", "step"}`` on a retry that resumed from its predecessor's
+    checkpoint at evaluation step ``step``.
+- system attrs ``artifacts:<id>``: Optuna's own record of uploaded artifacts.
 
 Layout on the Optuna study (study user attrs):
 
@@ -47,6 +53,8 @@ CURVE_PREFIX = "curve:"
 SUMMARY = "summary"
 ERROR = "error"
 RETRY_OF = "retry_of"
+CHECKPOINT = "checkpoint"
+RESUMED_FROM = "resumed_from"
 STUDY_SPEC = "tune:spec"
 
 
@@ -82,6 +90,27 @@ def record_summary(trial: optuna.Trial, summary: dict[str, Any]) -> None:
 def record_error(trial: optuna.Trial, message: str) -> None:
     """Why the trial failed: one line (the caller masks credentials)."""
     trial.set_user_attr(ERROR, " ".join(message.split()))
+
+
+def record_checkpoint(trial: optuna.Trial, artifact_id: str, step: int) -> None:
+    """The latest uploaded checkpoint: the artifact and the evaluation step it was saved at."""
+    trial.set_user_attr(CHECKPOINT, {"artifact_id": artifact_id, "step": step})
+
+
+def record_resume(trial: optuna.Trial, retry_of: int, step: int | None) -> None:
+    """This trial retries `retry_of`; `step` is the checkpoint it resumed from (None: scratch)."""
+    trial.set_user_attr(RETRY_OF, retry_of)
+    if step is not None:
+        trial.set_user_attr(RESUMED_FROM, {"trial": retry_of, "step": step})
+
+
+def restore_curve(trial: optuna.Trial, points: list[dict[str, Any]]) -> None:
+    """Re-record a predecessor's evaluations (curve points and intermediate values) on a retry
+    that resumes after them, so that its curve is complete and the pruner sees every step."""
+    for point in points:
+        step = int(point["eval"]["epoch"])
+        trial.set_user_attr(curve_key(step), point)
+        trial.report(float(point["eval"]["mAP50_95"]), step)
 
 
 def baseline_attrs(label: str) -> dict[str, Any]:
@@ -146,11 +175,39 @@ def read_error(trial: FrozenTrial) -> str | None:
     return error if isinstance(error, str) else None
 
 
-def read_retry_of(trial: FrozenTrial) -> int | None:
-    """The trial this one retries, from tune's own mark or Optuna's heartbeat retry."""
-    mark = trial.user_attrs.get(RETRY_OF)
-    if isinstance(mark, int):
-        return mark
+def read_retry_history(trial: FrozenTrial) -> list[int]:
+    """The trials this one retries, oldest first (empty when it is no retry)."""
     with warnings.catch_warnings():  # "experimental" since Optuna 2.8; tune relies on it
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        return RetryHeartbeatStaleTrialCallback.retried_trial_number(trial)
+        return list(RetryHeartbeatStaleTrialCallback.retry_history(trial))
+
+
+def read_retry_of(trial: FrozenTrial) -> int | None:
+    """The trial this one directly retries (its predecessor in the chain), or None.
+
+    Optuna's retry history comes first: tune's `retry_of` mark is a user attr, and user attrs
+    are copied to a retry, so on a retry not yet started it names the predecessor's predecessor.
+    """
+    history = read_retry_history(trial)
+    if history:
+        return history[-1]
+    mark = trial.user_attrs.get(RETRY_OF)
+    return mark if isinstance(mark, int) else None
+
+
+def read_checkpoint(trial: FrozenTrial | optuna.Trial) -> tuple[str, int] | None:
+    """(artifact id, evaluation step) of the latest checkpoint recorded on the trial, or None."""
+    mark = trial.user_attrs.get(CHECKPOINT)
+    if not isinstance(mark, dict):
+        return None
+    artifact_id, step = mark.get("artifact_id"), mark.get("step")
+    if isinstance(artifact_id, str) and isinstance(step, int):
+        return artifact_id, step
+    return None
+
+
+def read_resumed_step(trial: FrozenTrial) -> int | None:
+    """The evaluation step a retry resumed from, or None (not a retry, or started afresh)."""
+    mark = trial.user_attrs.get(RESUMED_FROM)
+    step = mark.get("step") if isinstance(mark, dict) else None
+    return step if isinstance(step, int) else None

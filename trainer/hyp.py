@@ -44,7 +44,9 @@ def read_hyp(path: Path) -> dict[str, Any]:
     except yaml.YAMLError as exc:
         raise ValueError(f"{path} is not valid YAML: {exc}") from None
     if not isinstance(raw, dict):
-        raise ValueError(f"{path} must hold a mapping of hyperparameters, but got {type(raw).__name__}")
+        raise ValueError(
+            f"{path} must hold a mapping of hyperparameters, but got {type(raw).__name__}"
+        )
     unknown = sorted(set(raw) - set(HYP_TO_CONFIG))
     if unknown:
         known = ", ".join(HYP_TO_CONFIG)

@@ -35,7 +35,10 @@ class TrainLine:
     latency: float
 
     def log_line(self) -> str:
-        """The hand-tuning notes' format: `epoch 6 / iter 1073 lr 0.00100 , loss 1.00232 latency 0.03125`."""
+        """The hand-tuning notes' line.
+
+        For example `epoch 6 / iter 1073 lr 0.00100 , loss 1.00232 latency 0.03125`.
+        """
         return (
             f"epoch {self.epoch} / iter {self.iter} lr {self.lr:.5f} , "
             f"loss {self.loss:.5f} latency {self.latency:.5f}"

@@ -1,11 +1,11 @@
 """The files of one run directory, written so that a crash never leaves a half-written file.
 
-    config.json        the resolved TrainConfig
-    metrics.jsonl      training lines (epoch, iter, lr, loss, lbox, lobj, lcls, latency) and
-                       evaluation lines (epoch, iter, mAP50, mAP50_95, val_*), one JSON per line
-    predictions.json   the last evaluation's detections, COCO results format
-    summary.json       the FitResult of a finished run
-    last.pt            checkpoint after the last evaluation (resume from here)
+config.json        the resolved TrainConfig
+metrics.jsonl      training lines (epoch, iter, lr, loss, lbox, lobj, lcls, latency) and
+                   evaluation lines (epoch, iter, mAP50, mAP50_95, val_*), one JSON per line
+predictions.json   the last evaluation's detections, COCO results format
+summary.json       the FitResult of a finished run
+last.pt            checkpoint after the last evaluation (resume from here)
 """
 
 from __future__ import annotations
@@ -58,7 +58,9 @@ class RunDir:
         _atomic_write_text(self.path / "predictions.json", json.dumps(predictions))
 
     def write_summary(self, result: FitResult) -> None:
-        _atomic_write_text(self.path / "summary.json", json.dumps(result.to_dict(), indent=2) + "\n")
+        _atomic_write_text(
+            self.path / "summary.json", json.dumps(result.to_dict(), indent=2) + "\n"
+        )
 
     def save_checkpoint(self, state: dict[str, Any]) -> None:
         tmp = self.checkpoint.with_suffix(".pt.tmp")

@@ -38,7 +38,7 @@ def test_round_trip_through_json(tmp_path) -> None:  # type: ignore[no-untyped-d
 
 
 def test_unknown_key_is_named() -> None:
-    with pytest.raises(ValueError, match="unknown training option.*lrr"):
+    with pytest.raises(ValueError, match=r"unknown training option.*lrr"):
         TrainConfig.from_dict({"lrr": 0.1})
 
 

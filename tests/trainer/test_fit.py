@@ -16,7 +16,7 @@ from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
 from trainer.config import TrainConfig
-from trainer.data import load_data, read_data_yaml, read_labels, label_path
+from trainer.data import label_path, load_data, read_data_yaml, read_labels
 from trainer.evaluate import coco_map
 from trainer.fit import fit
 from trainer.records import EvalReport, NonFiniteLossError
@@ -88,8 +88,9 @@ def test_cli_run_writes_every_file_and_predictions_agree_with_the_reported_map(
 ) -> None:
     out = tmp_path / "run"
     command = [
-        str(Path(sys.executable).parent / "tune"), "train", "--data", str(tiny_yaml), "--epochs", "3",
-        "--imgsz", "64", "--batch", "16", "--optimizer", "Adam", "--lr", "0.01", "--out", str(out),
+        str(Path(sys.executable).parent / "tune"), "train", "--data", str(tiny_yaml),
+        "--epochs", "3", "--imgsz", "64", "--batch", "16", "--optimizer", "Adam",
+        "--lr", "0.01", "--out", str(out),
     ]  # fmt: skip
     done = subprocess.run(command, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr
@@ -114,7 +115,9 @@ def test_cli_run_writes_every_file_and_predictions_agree_with_the_reported_map(
     assert _independent_map(tiny_yaml, predictions) == pytest.approx(summary["mAP50_95"], abs=1e-3)
 
 
-def test_report_receives_every_evaluation_and_can_stop_the_run(tiny_yaml: Path, tmp_path: Path) -> None:
+def test_report_receives_every_evaluation_and_can_stop_the_run(
+    tiny_yaml: Path, tmp_path: Path
+) -> None:
     seen: list[tuple[int, EvalReport]] = []
 
     class Stop(Exception):
@@ -125,7 +128,9 @@ def test_report_receives_every_evaluation_and_can_stop_the_run(tiny_yaml: Path, 
         if step == 2:
             raise Stop
 
-    config = TrainConfig(data=str(tiny_yaml), imgsz=64, batch=16, epochs=5, log_interval=2, out=str(tmp_path))
+    config = TrainConfig(
+        data=str(tiny_yaml), imgsz=64, batch=16, epochs=5, log_interval=2, out=str(tmp_path)
+    )
     with pytest.raises(Stop):
         fit(config, report=report)
     assert [step for step, _ in seen] == [1, 2]
@@ -148,9 +153,17 @@ def test_resume_continues_from_the_last_checkpoint(tiny_yaml: Path, tmp_path: Pa
     assert [json.loads(line)["epoch"] for line in lines if "mAP50" in line] == [1, 2, 3]
 
 
-def test_a_loss_that_explodes_stops_the_run_with_a_clear_error(tiny_yaml: Path, tmp_path: Path) -> None:
+def test_a_loss_that_explodes_stops_the_run_with_a_clear_error(
+    tiny_yaml: Path, tmp_path: Path
+) -> None:
     config = TrainConfig(
-        data=str(tiny_yaml), imgsz=64, batch=16, epochs=3, lr=1e30, warmup_iters=0, out=str(tmp_path)
+        data=str(tiny_yaml),
+        imgsz=64,
+        batch=16,
+        epochs=3,
+        lr=1e30,
+        warmup_iters=0,
+        out=str(tmp_path),
     )
     with pytest.raises(NonFiniteLossError, match=r"non-finite at epoch \d+ / iter \d+"):
         fit(config)
@@ -160,4 +173,3 @@ def test_a_loss_that_explodes_stops_the_run_with_a_clear_error(tiny_yaml: Path, 
 def test_a_tiny_data_set_with_a_too_large_batch_is_refused(tiny_yaml: Path, tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="batch=128"):
         fit(TrainConfig(data=str(tiny_yaml), imgsz=64, batch=128, out=str(tmp_path)))
-

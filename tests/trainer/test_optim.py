@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import pytest
 import torch
 from torch import nn
@@ -32,12 +34,18 @@ def test_weight_decay_only_on_conv_and_linear_weights() -> None:
     conv, bn, linear = model[0], model[1], model[3]
     assert {id(p) for p in decay["params"]} == {id(conv.weight), id(linear.weight)}  # type: ignore[attr-defined]
     assert {id(p) for p in no_decay["params"]} == {
-        id(conv.bias), id(bn.weight), id(bn.bias), id(linear.bias)  # type: ignore[attr-defined]
+        id(conv.bias),
+        id(bn.weight),
+        id(bn.bias),
+        id(linear.bias),  # type: ignore[attr-defined]
     }
     assert decay["weight_decay"] == 0.0005 and no_decay["weight_decay"] == 0.0
 
 
-@pytest.mark.parametrize("name, cls", [("SGD", torch.optim.SGD), ("Adam", torch.optim.Adam), ("AdamW", torch.optim.AdamW)])
+@pytest.mark.parametrize(
+    "name, cls",
+    [("SGD", torch.optim.SGD), ("Adam", torch.optim.Adam), ("AdamW", torch.optim.AdamW)],
+)
 def test_optimizer_kinds(name: str, cls: type) -> None:
     optimizer = build_optimizer(_model(), TrainConfig(optimizer=name, lr=0.01, momentum=0.8))
     assert isinstance(optimizer, cls)
@@ -54,7 +62,7 @@ def test_warmup_then_milestones_in_iterations() -> None:
     assert lrs[0] == pytest.approx(0.001 / 100)  # iteration 1: near 0, like the notes' first line
     # linear from lr/100 to lr over 100 iterations
     assert lrs[49] == pytest.approx(0.001 * (0.01 + 0.99 * 49 / 100))
-    assert all(a < b for a, b in zip(lrs[:100], lrs[1:101], strict=True))
+    assert all(a < b for a, b in itertools.pairwise(lrs[:101]))
     assert lrs[100] == pytest.approx(0.001)  # warmup done
     assert lrs[299] == pytest.approx(0.001)  # iteration 300: the last before the first milestone
     assert lrs[300] == pytest.approx(0.0005)

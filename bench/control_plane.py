@@ -1,0 +1,520 @@
+"""Control-plane overhead: what the study service costs per trial, with training taken away.
+
+    uv run python -m bench.control_plane            # 1, 8, 32 workers x 100, 1,000, 10,000 trials
+    uv run python -m bench.control_plane --quick    # 1 and 4 workers x 100 trials
+
+Each cell of the grid gets a fresh PostgreSQL database (created and dropped here, like the tests'
+`pg_url`), a study made by `search.launch.prepare_study` from `studies/loss-weights.toml` (no
+baselines, the sampler chosen by `--sampler`, Hyperband as in the study file), N finished trials
+bulk-inserted through Optuna's own table models (with the params, intermediate values and user
+attrs a real trial carries), then W worker processes that run the REAL worker loop
+(`search.worker.run_worker`) with a trivial training function: it reports one evaluation per
+epoch and returns at once, so everything left is control plane.
+
+How each call is timed (inside the worker processes, with `time.perf_counter`):
+
+- ask: `optuna.Study.ask` wrapped (what `study.optimize` calls to create and number a trial,
+  sampler included);
+- report: the trivial trainer times its own `report(step, metrics)` callback, which is tune's
+  (`record_eval`: curve user attr + `trial.report`, then `trial.should_prune`);
+- tell: `optuna.study._optimize._tell_with_warning` wrapped (what `study.optimize` calls);
+- budget check and lock wait: tune's `count_states` and `StudyLock.acquire`, wrapped;
+- numbering: SQLAlchemy cursor events time Optuna's `count(trials.trial_id) ... trial_id < ?`
+  statement, which `ask` runs while holding the study row lock. The same query is also timed
+  alone (no other load) after each cell, to show its growth with the study.
+
+Connections in use: `pg_stat_activity` rows for the benchmark database, sampled every 0.25 s.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import math
+import multiprocessing as mp
+import os
+import random
+import tempfile
+import threading
+import time
+import tomllib
+import uuid
+from collections.abc import Callable, Iterator
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import optuna
+import sqlalchemy as sa
+from optuna.storages._rdb import models
+from optuna.trial import TrialState
+
+from bench import load_average, machine, median, percentile, table, write_results
+from trainer.config import TrainConfig
+from trainer.records import EvalLine, EvalReport, FitResult, TrainLine
+
+ADMIN_URL = os.environ.get(
+    "TUNE_BENCH_PG",
+    os.environ.get("TUNE_TEST_PG", "postgresql+psycopg2://postgres@127.0.0.1:5432/postgres"),
+)
+STUDY = "loss-weights"
+CALLS = ("ask", "report", "tell", "numbering", "budget_check", "lock_wait")
+_TIMINGS: dict[str, list[float]] = {name: [] for name in CALLS}
+
+
+# --- the trivial trainer (runs inside the worker processes) -------------------------------------
+
+
+def trivial_fit(
+    config: TrainConfig,
+    report: Callable[[int, EvalReport], None] | None = None,
+    data: Any = None,
+) -> FitResult:
+    """A `fit` that trains nothing: one report per epoch, a score made from the loss weights."""
+    score = 0.5 / (1.0 + abs(math.log(config.lcls / 0.1)) + abs(math.log(config.lbox / 0.5)))
+    for epoch in range(1, config.epochs + 1):
+        value = score * epoch / config.epochs
+        metrics = _eval_report(epoch, value, config.lr)
+        if report is not None:
+            started = time.perf_counter()
+            try:
+                report(epoch, metrics)
+            finally:
+                _TIMINGS["report"].append(time.perf_counter() - started)
+    return FitResult(
+        mAP50=score * 1.5,
+        mAP50_95=score,
+        inference_ms=1.0,
+        train_latency=0.0,
+        epochs_completed=config.epochs,
+        iterations=config.epochs * 37,
+        images_per_second=0.0,
+        seconds_training=0.0,
+        seconds_evaluating=0.0,
+        device="cpu",
+        run_dir=config.out,
+    )
+
+
+def _eval_report(epoch: int, value: float, lr: float) -> EvalReport:
+    # the same shape as a real 64-128 px epoch: two logged training lines and one evaluation
+    it = epoch * 37
+    lines = [TrainLine(epoch - 1, it - 37 + k, lr, 1.0, 0.3, 0.4, 0.3, 0.1) for k in (1, 20)]
+    evaluation = EvalLine(epoch, it, value * 1.5, value, 0.3, 0.4, 0.3, 1.0)
+    return EvalReport(eval=evaluation, train=lines, seconds_training=0.0, seconds_evaluating=0.0)
+
+
+def _timed(name: str, fn: Callable[..., Any]) -> Callable[..., Any]:
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        started = time.perf_counter()
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            _TIMINGS[name].append(time.perf_counter() - started)
+
+    return wrapper
+
+
+def _instrument() -> None:
+    """Wrap the calls we time; only ever done inside a benchmark worker process."""
+    import optuna.study._optimize as optimize_module
+
+    import search.worker as worker_module
+    from search.storage import StudyLock
+
+    optuna.Study.ask = _timed("ask", optuna.Study.ask)  # type: ignore[method-assign]
+    optimize_module._tell_with_warning = _timed("tell", optimize_module._tell_with_warning)
+    worker_module.count_states = _timed("budget_check", worker_module.count_states)
+    StudyLock.acquire = _timed("lock_wait", StudyLock.acquire)  # type: ignore[method-assign]
+
+    def before(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        if "count(trials.trial_id)" in statement and "trials.trial_id <" in statement:
+            conn.info["numbering_started"] = time.perf_counter()
+
+    def after(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        started = conn.info.pop("numbering_started", None)
+        if started is not None:
+            _TIMINGS["numbering"].append(time.perf_counter() - started)
+
+    sa.event.listen(sa.engine.Engine, "before_cursor_execute", before)
+    sa.event.listen(sa.engine.Engine, "after_cursor_execute", after)
+
+
+def _worker_process(url: str, index: int, out: str, ready: Any, go: Any) -> None:
+    """One benchmark worker: instrument, wait for the others, run the real worker loop."""
+    from search.storage import StorageSettings
+    from search.worker import run_worker
+
+    _instrument()
+    ready.put(index)
+    go.wait(600)
+    errors: list[str] = []
+    stats = run_worker(
+        STUDY,
+        url,
+        worker_index=index,
+        threads=1,
+        runs_dir=Path(tempfile.mkdtemp(prefix="tune-bench-")),
+        train_fn=trivial_fit,
+        load_data=None,
+        settings=StorageSettings(pool_size=2, max_overflow=2),
+        poll_interval=0.2,
+        timeout=900,
+        handle_signals=False,
+        log=lambda line: errors.append(line) if "failed" in line or "error" in line else None,
+    )
+    result = {
+        "timings": _TIMINGS,
+        "wall_seconds": stats.wall_seconds,
+        "trials": stats.trials.complete + stats.trials.pruned,
+        "failed": stats.trials.failed,
+        "stopped_because": stats.stopped_because,
+        "log": errors[:5],
+    }
+    Path(out).write_text(json.dumps(result))
+
+
+# --- the grid (runs in the benchmark's own process) ---------------------------------------------
+
+
+@contextlib.contextmanager
+def throwaway_database(admin_url: str = ADMIN_URL) -> Iterator[tuple[str, str]]:
+    """A fresh PostgreSQL database `(url, name)`, dropped afterwards (as tests/conftest.py)."""
+    admin = sa.create_engine(admin_url, isolation_level="AUTOCOMMIT")
+    name = f"tune_bench_{uuid.uuid4().hex[:12]}"
+    with admin.connect() as conn:
+        conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
+    try:
+        yield admin_url.rsplit("/", 1)[0] + f"/{name}", name
+    finally:
+        with admin.connect() as conn:
+            conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+
+def bench_study_table(sampler: str, epochs: int) -> dict[str, Any]:
+    """studies/loss-weights.toml as a table, without baselines, with `sampler` and `epochs`."""
+    from search.study_file import resolve_study_path
+
+    raw = tomllib.loads(resolve_study_path(STUDY).read_text())
+    raw.pop("baselines", None)
+    raw["sampler"] = {**raw.get("sampler", {}), "type": sampler}
+    raw["trial"] = {**raw["trial"], "epochs": epochs, "device": "cpu"}
+    raw["budget"] = {"n_trials": 1}
+    return raw
+
+
+def populate(storage: optuna.storages.RDBStorage, study: optuna.Study, n: int, seed: int) -> None:
+    """Insert `n` finished trials (1 in 3 COMPLETE, the others PRUNED) in a few bulk statements.
+
+    Each carries what a tune trial carries: ten params, one intermediate value per epoch reached,
+    the curve, config, placement and (if complete) summary user attrs, and a value.
+    """
+    from search import trial_record
+    from search.study_file import parse_study
+
+    spec = parse_study(trial_record.read_study_spec(study) or {}, "bench")
+    probe = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=seed))
+    rng = random.Random(seed)
+    study_id = storage.get_study_id_from_name(study.study_name)
+    epochs = spec.trial.epochs
+    start = datetime(2024, 1, 1)
+    trials, params, values, steps, attrs = [], [], [], [], []
+    for number in range(n):
+        trial = probe.ask()
+        drawn = spec.space.sample(trial)
+        probe.tell(trial, 0.0)
+        complete = number % 3 == 0
+        reached = epochs if complete else rng.randint(1, max(1, epochs - 1))
+        score = rng.uniform(0.0, 0.4)
+        trials.append(
+            {
+                "number": number,
+                "study_id": study_id,
+                "state": TrialState.COMPLETE if complete else TrialState.PRUNED,
+                "datetime_start": start + timedelta(minutes=number),
+                "datetime_complete": start + timedelta(minutes=number, seconds=50),
+            }
+        )
+        config = spec.train_config(drawn, out=f"runs/trial-{number:04d}").to_dict()
+        user = {"config": config, "host": "bench", "device": "cpu", "worker": "bench:0"}
+        for step in range(1, reached + 1):
+            report = _eval_report(step, score * step / epochs, config["lr"])
+            user[trial_record.curve_key(step)] = report.to_dict()
+        if complete:
+            user["summary"] = trivial_fit(TrainConfig(**{**config, "epochs": 1})).to_dict()
+        params.append([(k, trial.distributions[k], v) for k, v in drawn.items()])
+        values.append(score if complete else None)
+        steps.append([(s, score * s / epochs) for s in range(1, reached + 1)])
+        attrs.append(user)
+    _bulk_insert(storage, trials, params, values, steps, attrs)
+
+
+def _bulk_insert(
+    storage: optuna.storages.RDBStorage,
+    trials: list[dict[str, Any]],
+    params: list[list[tuple[str, Any, Any]]],
+    values: list[float | None],
+    steps: list[list[tuple[int, float]]],
+    attrs: list[dict[str, Any]],
+) -> None:
+    trial_table = models.TrialModel.__table__
+    finite = models.TrialValueModel.TrialValueType.FINITE
+    finite_step = models.TrialIntermediateValueModel.TrialIntermediateValueType.FINITE
+    with storage.engine.begin() as conn:
+        ids = conn.execute(
+            sa.insert(trial_table).returning(trial_table.c.trial_id, sort_by_parameter_order=True),
+            trials,
+        ).scalars()
+        ids = list(ids)
+        param_rows, value_rows, step_rows, attr_rows = [], [], [], []
+        for trial_id, drawn, value, reached, user in zip(
+            ids, params, values, steps, attrs, strict=True
+        ):
+            for name, dist, raw in drawn:
+                param_rows.append(
+                    {
+                        "trial_id": trial_id,
+                        "param_name": name,
+                        "param_value": dist.to_internal_repr(raw),
+                        "distribution_json": optuna.distributions.distribution_to_json(dist),
+                    }
+                )
+            if value is not None:
+                value_rows.append(
+                    {"trial_id": trial_id, "objective": 0, "value": value, "value_type": finite}
+                )
+            for step, v in reached:
+                step_rows.append(
+                    {
+                        "trial_id": trial_id,
+                        "step": step,
+                        "intermediate_value": v,
+                        "intermediate_value_type": finite_step,
+                    }
+                )
+            for key, v in user.items():
+                attr_rows.append({"trial_id": trial_id, "key": key, "value_json": json.dumps(v)})
+        conn.execute(sa.insert(models.TrialParamModel.__table__), param_rows)
+        if value_rows:
+            conn.execute(sa.insert(models.TrialValueModel.__table__), value_rows)
+        conn.execute(sa.insert(models.TrialIntermediateValueModel.__table__), step_rows)
+        conn.execute(sa.insert(models.TrialUserAttributeModel.__table__), attr_rows)
+
+
+class ConnectionSampler:
+    """Counts `pg_stat_activity` rows of one database every `interval` seconds, in a thread."""
+
+    def __init__(self, admin_url: str, database: str, interval: float = 0.25) -> None:
+        self._engine = sa.create_engine(admin_url, isolation_level="AUTOCOMMIT")
+        self._database = database
+        self._interval = interval
+        self._stop = threading.Event()
+        self.samples: list[int] = []
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self) -> ConnectionSampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        self._engine.dispose()
+
+    def _run(self) -> None:
+        query = sa.text("SELECT count(*) FROM pg_stat_activity WHERE datname = :db")
+        with self._engine.connect() as conn:
+            while not self._stop.is_set():
+                self.samples.append(int(conn.execute(query, {"db": self._database}).scalar_one()))
+                self._stop.wait(self._interval)
+
+
+def numbering_query_alone(storage: optuna.storages.RDBStorage, repeats: int = 30) -> list[float]:
+    """Seconds of Optuna's numbering query (as in `count_past_trials`) for the newest trial."""
+    trial = models.TrialModel
+    seconds = []
+    with storage.engine.connect() as conn:
+        study_id, last = conn.execute(
+            sa.select(trial.study_id, sa.func.max(trial.trial_id)).group_by(trial.study_id)
+        ).one()
+        query = sa.select(sa.func.count(trial.trial_id)).where(
+            trial.study_id == study_id, trial.trial_id < last
+        )
+        for _ in range(repeats):
+            started = time.perf_counter()
+            conn.execute(query).scalar_one()
+            seconds.append(time.perf_counter() - started)
+    return seconds
+
+
+def run_cell(
+    workers: int, existing: int, trials_per_worker: int, sampler: str, epochs: int
+) -> dict[str, Any]:
+    """One grid cell: fresh database, `existing` trials, `workers` processes; the measurements."""
+    from search import trial_record
+    from search.launch import prepare_study
+    from search.storage import count_states, open_storage
+    from search.study_file import parse_study
+
+    with throwaway_database() as (url, database):
+        storage = open_storage(url, create_schema=True)
+        raw = bench_study_table(sampler, epochs)
+        study = prepare_study(parse_study(raw, "bench", check_data=False), storage)
+        started = time.perf_counter()
+        populate(storage, study, existing, seed=existing + workers)
+        populate_seconds = time.perf_counter() - started
+        study_id = storage.get_study_id_from_name(STUDY)
+        before = count_states(storage, study_id).finished
+        raw["budget"] = {"n_trials": before + workers * trials_per_worker}
+        trial_record.record_study_spec(study, raw)
+
+        spawn = mp.get_context("spawn")
+        ready, go = spawn.Queue(), spawn.Event()
+        with tempfile.TemporaryDirectory() as tmp:
+            outs = [str(Path(tmp) / f"worker-{i}.json") for i in range(workers)]
+            procs = [
+                spawn.Process(target=_worker_process, args=(url, i, outs[i], ready, go))
+                for i in range(workers)
+            ]
+            for p in procs:
+                p.start()
+            for _ in procs:
+                ready.get(timeout=600)
+            load = load_average()
+            with ConnectionSampler(ADMIN_URL, database) as connections:
+                wall_started = time.perf_counter()
+                go.set()
+                for p in procs:
+                    p.join(1200)
+                wall = time.perf_counter() - wall_started
+            results = [json.loads(Path(o).read_text()) for o in outs if Path(o).is_file()]
+        counts = count_states(storage, study_id)
+        alone = numbering_query_alone(storage)
+        storage.engine.dispose()
+
+    timings: dict[str, list[float]] = {name: [] for name in CALLS}
+    for result in results:
+        for name in CALLS:
+            timings[name] += result["timings"][name]
+    done = sum(r["trials"] for r in results)
+    cell: dict[str, Any] = {
+        "workers": workers,
+        "existing_trials": existing,
+        "trials_measured": done,
+        "trials_failed": counts.fail,
+        "workers_finished": len(results),
+        "exit_codes": [p.exitcode for p in procs],
+        "populate_seconds": populate_seconds,
+        "wall_seconds": wall,
+        "trials_per_second": done / wall if wall > 0 else math.nan,
+        "connections_max": max(connections.samples, default=0),
+        "connections_median": median(connections.samples),
+        "numbering_alone_ms": 1000 * median(alone),
+        "load_average": load,
+        "worker_logs": [line for r in results for line in r["log"]][:5],
+    }
+    for name in CALLS:
+        cell[f"{name}_n"] = len(timings[name])
+        cell[f"{name}_median_ms"] = 1000 * median(timings[name])
+        cell[f"{name}_p95_ms"] = 1000 * percentile(timings[name], 95)
+    return cell
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    """Run the grid, print the tables, write bench/results/control_plane[-quick].json."""
+    parser = argparse.ArgumentParser(prog="python -m bench.control_plane", description=__doc__)
+    parser.add_argument("--quick", action="store_true", help="1 and 4 workers, 100 trials")
+    parser.add_argument("--workers", help="comma-separated worker counts (default 1,8,32)")
+    parser.add_argument("--existing", help="comma-separated trials already in the study")
+    parser.add_argument("--samples", type=int, default=24, help="trials measured per cell, at least")
+    parser.add_argument("--sampler", choices=("Random", "TPE"), default="TPE")
+    parser.add_argument("--epochs", type=int, default=6, help="reports per trial (epochs)")
+    parser.add_argument("--out", type=Path, default=None, help="results folder")
+    args = parser.parse_args(argv)
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    default_workers, default_existing = ("1,4", "100") if args.quick else ("1,8,32", "100,1000,10000")
+    worker_counts = [int(w) for w in (args.workers or default_workers).split(",")]
+    sizes = [int(n) for n in (args.existing or default_existing).split(",")]
+
+    cells = []
+    for existing in sizes:
+        for workers in worker_counts:
+            per_worker = max(2, math.ceil(args.samples / workers))
+            print(f"-- {workers} worker(s), {existing} trials in the study ...", flush=True)
+            cell = run_cell(workers, existing, per_worker, args.sampler, args.epochs)
+            print(
+                f"   {cell['trials_measured']} trials in {cell['wall_seconds']:.1f} s, "
+                f"ask median {cell['ask_median_ms']:.1f} ms, load {cell['load_average'][0]:.2f}",
+                flush=True,
+            )
+            cells.append(cell)
+
+    print(_tables(cells))
+    payload = {
+        "bench": "control_plane",
+        "mode": "quick" if args.quick else "full",
+        "machine": machine(),
+        "settings": {"sampler": args.sampler, "epochs": args.epochs, "samples": args.samples},
+        "cells": cells,
+    }
+    name = "control_plane-quick" if args.quick else "control_plane"
+    print(f"results: {write_results(name, payload, args.out)}")
+    return payload
+
+
+def _tables(cells: list[dict[str, Any]]) -> str:
+    latency = table(
+        [
+            "workers",
+            "trials in study",
+            "ask median / p95 ms",
+            "report median / p95 ms",
+            "tell median / p95 ms",
+            "trials/s",
+            "connections max",
+            "load avg",
+        ],
+        [
+            [
+                c["workers"],
+                c["existing_trials"],
+                f"{c['ask_median_ms']:.1f} / {c['ask_p95_ms']:.1f}",
+                f"{c['report_median_ms']:.1f} / {c['report_p95_ms']:.1f}",
+                f"{c['tell_median_ms']:.1f} / {c['tell_p95_ms']:.1f}",
+                c["trials_per_second"],
+                c["connections_max"],
+                c["load_average"][0],
+            ]
+            for c in cells
+        ],
+    )
+    tune_side = table(
+        [
+            "workers",
+            "trials in study",
+            "numbering in ask median / p95 ms",
+            "numbering query alone ms",
+            "budget check median ms",
+            "lock wait median / p95 ms",
+            "failed",
+        ],
+        [
+            [
+                c["workers"],
+                c["existing_trials"],
+                f"{c['numbering_median_ms']:.2f} / {c['numbering_p95_ms']:.2f}",
+                c["numbering_alone_ms"],
+                c["budget_check_median_ms"],
+                f"{c['lock_wait_median_ms']:.1f} / {c['lock_wait_p95_ms']:.1f}",
+                c["trials_failed"],
+            ]
+            for c in cells
+        ],
+    )
+    return latency + "\n\n" + tune_side
+
+
+if __name__ == "__main__":
+    main()
