@@ -36,7 +36,7 @@ def machine() -> dict[str, Any]:
         "cores": os.cpu_count(),
         "python": platform.python_version(),
         "platform": platform.platform(),
-        "load_average_at_start": load_average(),
+        "load_average_at_write": load_average(),
         "started": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
     }
     for name in ("torch", "optuna", "sqlalchemy"):

@@ -37,7 +37,7 @@ from search.storage import (
     open_storage,
     resolve_url,
 )
-from search.study_file import Overrides, StudySpec, load_study_file
+from search.study_file import BUILTIN_DATA, Overrides, StudySpec, load_study_file
 from search.worker import DEFAULT_RUNS_DIR, TRAINER_MODULE_ENV
 
 # parts of a stored study that may change between launches (everything else must match, or the
@@ -120,6 +120,7 @@ def launch(
     started = time.monotonic()
     overrides = overrides or Overrides()
     spec = load_study_file(study, overrides)
+    check_data_set(spec)
     url = resolve_url(storage)
     rdb = open_storage(url, create_schema=True)
     optuna_study = prepare_study(spec, rdb)
@@ -158,7 +159,8 @@ def launch(
     out(_summary_line(result, spec.budget.n_trials))
     for i, code in enumerate(result.exit_codes):
         if code != 0 and not interrupted:
-            out(f"worker {i} exited with status {code}: see {log_dir / f'worker-{i}.log'}")
+            log_path = log_dir / f"worker-{i}.log"
+            out(f"worker {i} exited with status {code}: {_last_error(log_path)}see {log_path}")
     return result
 
 
@@ -318,6 +320,29 @@ def _flatten(table: dict[str, Any], prefix: tuple[str, ...] = ()) -> dict[tuple[
         else:
             flat[(*prefix, key)] = value
     return flat
+
+
+def check_data_set(spec: StudySpec) -> None:
+    """Fail before any study exists when the workers could not load the data set.
+
+    Reads the data set's description and label files (not its images), so a missing folder or a
+    malformed label line is one `DataError` line here instead of every worker failing at start.
+    """
+    if spec.trial.data in BUILTIN_DATA:
+        return  # generated locally, always loadable
+    from trainer.data import check_data  # imports torch: only for a user's data set
+
+    check_data(spec.trial.data)
+
+
+def _last_error(log_path: Path) -> str:
+    """The worker's last `error:` line, followed by "; ", or "" when it has none."""
+    try:
+        lines = log_path.read_text(errors="replace").splitlines()
+    except OSError:
+        return ""
+    errors = [line for line in lines if line.startswith("error: ")]
+    return f"{errors[-1]}; " if errors else ""
 
 
 def _raise_keyboard_interrupt(signum: int, frame: FrameType | None) -> None:

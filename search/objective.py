@@ -33,7 +33,8 @@ from optuna.exceptions import UpdateFinishedTrialError
 
 from search import trial_record
 from search.checkpoints import CheckpointStore
-from search.storage import StorageDown, StudyLock, mask_text, retry_while_down
+from search.outage import Outage, retry_while_down
+from search.storage import StorageDown, StudyLock, mask_text
 from search.study_file import StudySpec
 from trainer.config import TrainConfig
 from trainer.records import EvalReport, FitResult, NonFiniteLossError
@@ -149,6 +150,7 @@ class TrialContext:
     checkpoints: CheckpointStore | None = None  # None: no upload, no resume
     storage_down_limit: float = 300.0  # seconds to retry a write while the database is down
     active_trial_id: int | None = None  # set while the objective runs (the reaper beats for it)
+    outage: Outage = field(default_factory=Outage)  # shared with the worker loop
 
     def store(self, call: Callable[[], T], what: str = "the storage") -> T:
         """`call()` (a storage write), retried while the database is unreachable."""
@@ -156,6 +158,7 @@ class TrialContext:
             call,
             limit=self.storage_down_limit,
             what=what,
+            outage=self.outage,
             sleep=self.stop.wait,
             should_stop=lambda: self.stop.requested,
             log=self.log,
@@ -217,7 +220,11 @@ def make_objective(ctx: TrialContext) -> Callable[[optuna.Trial], float]:
                 if ctx.checkpoints is not None:
                     store = ctx.checkpoints
                     ctx.store(lambda: store.upload(trial, config.out, step), "the checkpoint")
-                prune = baseline is None and ctx.store(trial.should_prune)
+                # never a baseline, and never at the last step: the run is already paid for, and
+                # Hyperband would otherwise discard a finished result when the run length falls
+                # on one of its rungs (epochs 1, 3, 9, ... with reduction factor 3)
+                last_step = step >= config.epochs
+                prune = baseline is None and not last_step and ctx.store(trial.should_prune)
             if prune:
                 raise optuna.TrialPruned(
                     f"pruned after {step} epochs at {metrics.eval.mAP50_95:.4f} mAP50-95"
@@ -241,8 +248,9 @@ def make_objective(ctx: TrialContext) -> Callable[[optuna.Trial], float]:
                 f"trial {trial.number} failed after {time.monotonic() - started:.0f} s: {reason}"
             )
             _record_failure(trial, reason, exc)
-            if not isinstance(exc, StorageDown | Interrupted):
-                _discard_checkpoint(ctx, trial)  # a trainer error: nothing will resume it
+            if not isinstance(exc, StorageDown):
+                # nothing resumes a failed trial; one the database lost is reaped and resumed
+                _discard_checkpoint(ctx, trial)
             raise
         with ctx.stop.shielded():
             ctx.store(lambda: trial_record.record_summary(trial, result.to_dict()))

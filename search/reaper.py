@@ -9,25 +9,31 @@ the storage lets only one of them fail it, so it is retried once.
 
 It also records a heartbeat for the trial this worker is running. Optuna's own heartbeat thread
 dies at the first database error (a restart, say) and never beats again, after which the trial
-would be reaped under a worker that is still training it.
+would be reaped under a worker that is still training it (`quiet_heartbeat_thread` turns that
+thread's dying traceback into one log line). After an outage the reaper waits one grace period
+before it reaps again: no worker could write a heartbeat while the database was away.
 """
 
 from __future__ import annotations
 
 import threading
+import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
 import optuna
-from optuna.storages import RDBStorage
+from optuna.storages._heartbeat import BaseHeartbeat
 
+from search.outage import connection_reason, is_connection_error
 from search.storage import mask_text
 
 
 class Reaper:
     """Every `interval` seconds: heartbeat `current_trial_id()` (when not None), reap stale trials.
 
-    Errors (the database is down) are logged once per run of failures and never end the thread.
+    Errors (the database is down) are logged once per run of failures and never end the thread;
+    after one, reaping resumes only when the database has answered for `settle` seconds.
     """
 
     def __init__(
@@ -36,6 +42,7 @@ class Reaper:
         interval: float,
         current_trial_id: Callable[[], int | None] = lambda: None,
         log: Callable[[str], None] | None = None,
+        settle: float = 0.0,
     ) -> None:
         if interval <= 0:
             raise ValueError(f"interval must be > 0 s, but got {interval=}")
@@ -43,9 +50,11 @@ class Reaper:
         self._interval = interval
         self._current_trial_id = current_trial_id
         self._log = log
+        self._settle = settle
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="tune-reaper", daemon=True)
         self._failing = False
+        self._answered_since = float("-inf")  # the database has answered since then
 
     def start(self) -> Reaper:
         self._thread.start()
@@ -65,10 +74,12 @@ class Reaper:
 
     def tick(self) -> None:
         """One round: beat for our trial, then reap (public so that tests can drive it)."""
-        storage = self._study._storage
+        storage = self._study._storage  # Optuna's cache in front of the RDB storage
         trial_id = self._current_trial_id()
-        if trial_id is not None and isinstance(storage, RDBStorage):
+        if trial_id is not None and isinstance(storage, BaseHeartbeat):
             storage.record_heartbeat(trial_id)
+        if time.monotonic() - self._answered_since < self._settle:
+            return
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             optuna.storages.fail_stale_trials(self._study)
@@ -79,8 +90,33 @@ class Reaper:
                 self.tick()
             except Exception as exc:
                 if not self._failing and self._log is not None:
-                    reason = mask_text(" ".join(str(exc).split()))[:200]
-                    self._log(f"reaper: storage call failed, will keep trying: {reason}")
+                    self._log(f"reaper: storage call failed, will keep trying: {_reason(exc)}")
                 self._failing = True
             else:
+                if self._failing:
+                    self._answered_since = time.monotonic()
                 self._failing = False
+
+
+@contextmanager
+def quiet_heartbeat_thread(log: Callable[[str], None]) -> Iterator[None]:
+    """Inside: Optuna's heartbeat thread dying of a database error logs one line, not a
+    traceback (the reaper keeps beating for the trial). Other threads' errors are untouched."""
+    previous = threading.excepthook
+
+    def hook(args: threading.ExceptHookArgs) -> None:
+        name = args.thread.name if args.thread is not None else ""
+        if "_record_heartbeat" in name and args.exc_value and is_connection_error(args.exc_value):
+            log(f"optuna's heartbeat thread stopped: {_reason(args.exc_value)}")
+            return
+        previous(args)
+
+    threading.excepthook = hook
+    try:
+        yield
+    finally:
+        threading.excepthook = previous
+
+
+def _reason(exc: BaseException) -> str:
+    return connection_reason(exc) if is_connection_error(exc) else mask_text(str(exc))[:200]

@@ -1,14 +1,15 @@
 """`tune status`: where a study stands, read from the storage alone.
 
 Trials by state, the budget, the best trial with its parameters, the baselines, running trials
-with their host and age, and failed trials with their error. `study_status` gathers (tested),
+with their host and age, retries of trials that lost their worker (which trial each retries and
+the step it resumed from), and failed trials with their error. `study_status` gathers (tested),
 `format_status` writes the text.
 """
 
 from __future__ import annotations
 
 import datetime as dt
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import optuna
@@ -30,6 +31,8 @@ class TrialLine:
     age_seconds: float | None  # running trials: time since start
     error: str | None
     retry_of: int | None
+    resumed_step: int | None = None  # a retry: the checkpoint step it resumed from
+    retried_by: int | None = None  # a trial that lost its worker: its retry, if any
 
 
 @dataclass(frozen=True)
@@ -41,6 +44,7 @@ class StudyStatus:
     baselines: list[TrialLine]
     running: list[TrialLine]
     failed: list[TrialLine]
+    retries: list[TrialLine] = field(default_factory=list)
 
 
 def study_status(study: optuna.Study, now: dt.datetime | None = None) -> StudyStatus:
@@ -59,6 +63,11 @@ def study_status(study: optuna.Study, now: dt.datetime | None = None) -> StudySt
         best: TrialLine | None = _line(study.best_trial, now)
     except ValueError:
         best = None
+    retried_by = {}
+    for t in trials:
+        retry_of = trial_record.read_retry_of(t)
+        if retry_of is not None:
+            retried_by[retry_of] = t.number
     raw = trial_record.read_study_spec(study) or {}
     budget = raw.get("budget", {})
     n_trials = budget.get("n_trials") if isinstance(budget, dict) else None
@@ -69,11 +78,12 @@ def study_status(study: optuna.Study, now: dt.datetime | None = None) -> StudySt
         best=best,
         baselines=[_line(t, now) for t in trials if trial_record.read_baseline(t)],
         running=[_line(t, now) for t in by_state[TrialState.RUNNING]],
-        failed=[_line(t, now) for t in by_state[TrialState.FAIL]],
+        failed=[_line(t, now, retried_by.get(t.number)) for t in by_state[TrialState.FAIL]],
+        retries=[_line(t, now) for t in trials if trial_record.read_retry_of(t) is not None],
     )
 
 
-def _line(t: FrozenTrial, now: dt.datetime) -> TrialLine:
+def _line(t: FrozenTrial, now: dt.datetime, retried_by: int | None = None) -> TrialLine:
     placement = trial_record.read_placement(t)
     age = None
     if t.state == TrialState.RUNNING and t.datetime_start is not None:
@@ -89,6 +99,8 @@ def _line(t: FrozenTrial, now: dt.datetime) -> TrialLine:
         age_seconds=age,
         error=trial_record.read_error(t),
         retry_of=trial_record.read_retry_of(t),
+        resumed_step=trial_record.read_resumed_step(t),
+        retried_by=retried_by,
     )
 
 
@@ -118,14 +130,31 @@ def format_status(status: StudyStatus, max_failed: int = 10) -> str:
         for t in status.running:
             age = f"{t.age_seconds:.0f} s" if t.age_seconds is not None else "?"
             lines.append(f"  trial {t.number} on {t.host or '?'} (worker {t.worker or '?'}), {age}")
+    if status.retries:
+        lines.append("retries (trials whose worker was lost, run again with the same parameters):")
+        for t in status.retries:
+            if t.resumed_step is not None:
+                how = f"resumed at step {t.resumed_step}"
+            else:
+                how = "waiting to run" if t.state == "WAITING" else "from scratch"
+            lines.append(f"  trial {t.number} retries trial {t.retry_of}: {t.state.lower()}, {how}")
     if status.failed:
         lines.append(
             f"failed (last {min(max_failed, len(status.failed))} of {len(status.failed)}):"
         )
         for t in status.failed[-max_failed:]:
             retry = f" (retry of trial {t.retry_of})" if t.retry_of is not None else ""
-            lines.append(f"  trial {t.number}{retry}: {t.error or 'no error recorded'}")
+            lines.append(f"  trial {t.number}{retry}: {_failure(t)}")
     return "\n".join(lines)
+
+
+def _failure(t: TrialLine) -> str:
+    if t.error:
+        return t.error
+    if t.retried_by is not None:
+        # reaped trials carry no error: Optuna fails them without asking their dead worker
+        return f"lost its worker (no heartbeat), retried as trial {t.retried_by}"
+    return "lost its worker (no heartbeat) or no error recorded; not retried"
 
 
 def _fmt(value: Any) -> str:

@@ -8,8 +8,8 @@ needs of its own (counting trials by state, a study-wide lock), all behind `sess
   workers also reap in a thread, see `search/reaper.py`), connection pre-ping and a small pool
   per process for PostgreSQL, a busy timeout for SQLite. `StorageSettings.from_env()` reads
   short heartbeat settings for tests from `$TUNE_HEARTBEAT_INTERVAL` and friends.
-- A database that goes away (restart, network) is retried with backoff by `retry_while_down`
-  for up to `storage_down_limit` seconds; after that `StorageDown` says so in one line.
+- A database that goes away (restart, network) is retried with backoff for up to
+  `storage_down_limit` seconds (`search/outage.py`); after that `StorageDown` says so.
 - The schema is created only by `open_storage(create_schema=True)` (`tune launch`), never by
   workers: many workers creating tables at once fail.
 - Passwords never leave this module unmasked: every message that shows a URL uses `mask_url`, and
@@ -23,13 +23,12 @@ import hashlib
 import os
 import re
 import tempfile
-import time
 import warnings
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any, TypeVar
+from typing import IO, Any
 
 import optuna
 import sqlalchemy as sa
@@ -50,7 +49,6 @@ SETTINGS_ENV = {
     "max_retry": "TUNE_MAX_RETRY",
     "storage_down_limit": "TUNE_STORAGE_DOWN_LIMIT",
 }
-T = TypeVar("T")
 
 
 class StorageError(RuntimeError):
@@ -187,21 +185,21 @@ def open_storage(
         raise StorageError(f"cannot open the storage {shown}: {_reason(exc)}") from None
 
 
-class StaleTrialRetry:
-    """Optuna's `RetryHeartbeatStaleTrialCallback` (same parameters, same trial numbers in the
-    retry history), plus one line to `on_reap` saying what became of the stale trial."""
+class StaleTrialRetry(RetryHeartbeatStaleTrialCallback):
+    """Optuna's retry of a stale trial (same parameters, the chain in its retry history), plus
+    one line to `on_reap` saying what became of the stale trial."""
 
     def __init__(self, max_retry: int, on_reap: Callable[[str], None] | None = None) -> None:
-        self.max_retry = max_retry
-        self.on_reap = on_reap
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            self._retry = RetryHeartbeatStaleTrialCallback(max_retry=max_retry)
+            super().__init__(max_retry=max_retry)
+        self.max_retry = max_retry
+        self.on_reap = on_reap
 
     def __call__(self, study: optuna.Study, trial: FrozenTrial) -> None:
         # counted before the call, which appends to the trial's own list: the chain so far
         retries = len(trial.system_attrs.get("retry_history", [])) + 1
-        self._retry(study, trial)
+        super().__call__(study, trial)
         if self.on_reap is None:
             return
         if retries > self.max_retry:
@@ -261,61 +259,6 @@ def _reason(exc: BaseException) -> str:
     orig = getattr(exc, "orig", None) or exc
     text = " ".join(str(orig).split())  # one line
     return mask_text(text)[:300]
-
-
-def is_connection_error(exc: BaseException) -> bool:
-    """Whether `exc` (or an exception it came from) says the database cannot be reached.
-
-    Optuna wraps driver errors (`StorageInternalError`) and may raise a second error while
-    handling the first, so the whole chain is searched.
-    """
-    seen: set[int] = set()
-    current: BaseException | None = exc
-    while current is not None and id(current) not in seen:
-        seen.add(id(current))
-        if isinstance(current, sa.exc.OperationalError | sa.exc.InterfaceError):
-            return True
-        if isinstance(current, sa.exc.DBAPIError) and current.connection_invalidated:
-            return True
-        current = current.__cause__ or current.__context__
-    return False
-
-
-def retry_while_down(
-    call: Callable[[], T],
-    *,
-    limit: float,
-    what: str = "the storage",
-    sleep: Callable[[float], None] = time.sleep,
-    should_stop: Callable[[], bool] = lambda: False,
-    log: Callable[[str], None] | None = None,
-) -> T:
-    """`call()`, retried with backoff (0.5 s doubling to 10 s) while the database is unreachable.
-
-    Raises `StorageDown` once it has been unreachable for `limit` seconds (or a stop is
-    requested meanwhile); any other error propagates at once.
-    """
-    first_failure: float | None = None
-    delay = 0.5
-    while True:
-        try:
-            return call()
-        except Exception as exc:
-            if not is_connection_error(exc):
-                raise
-            now = time.monotonic()
-            first_failure = now if first_failure is None else first_failure
-            down = now - first_failure
-            reason = _reason(exc)
-            if down >= limit or should_stop():
-                raise StorageDown(
-                    f"{what} has been unreachable for {down:.0f} s (limit {limit:.0f} s), "
-                    f"giving up: {reason}"
-                ) from None
-            if log is not None:
-                log(f"{what} is unreachable, retrying in {delay:.1f} s: {reason}")
-            sleep(min(delay, max(0.0, limit - down)))
-            delay = min(10.0, delay * 2)
 
 
 def load_study(

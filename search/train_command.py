@@ -36,13 +36,18 @@ def run_train(values: dict[str, Any], explicit: set[str]) -> None:
     """Build the config, train, and print a one-line summary; errors become one clear line."""
     import typer
 
+    try:
+        config = build_train_config(values, explicit)
+    except ValueError as exc:  # before importing torch: a typo costs no seconds
+        typer.secho(f"error: {exc}", err=True, fg=typer.colors.RED)
+        raise typer.Exit(2) from None
+
     from trainer.data import DataError
     from trainer.fit import fit
     from trainer.records import NonFiniteLossError
 
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stdout, force=True)
     try:
-        config = build_train_config(values, explicit)
         result = fit(config)
     except (DataError, ValueError, NonFiniteLossError) as exc:
         typer.secho(f"error: {exc}", err=True, fg=typer.colors.RED)

@@ -100,8 +100,7 @@ def record_checkpoint(trial: optuna.Trial, artifact_id: str, step: int) -> None:
 def record_resume(trial: optuna.Trial, retry_of: int, step: int | None) -> None:
     """This trial retries `retry_of`; `step` is the checkpoint it resumed from (None: scratch)."""
     trial.set_user_attr(RETRY_OF, retry_of)
-    if step is not None:
-        trial.set_user_attr(RESUMED_FROM, {"trial": retry_of, "step": step})
+    trial.set_user_attr(RESUMED_FROM, {"trial": retry_of, "step": step})
 
 
 def restore_curve(trial: optuna.Trial, points: list[dict[str, Any]]) -> None:
@@ -207,7 +206,10 @@ def read_checkpoint(trial: FrozenTrial | optuna.Trial) -> tuple[str, int] | None
 
 
 def read_resumed_step(trial: FrozenTrial) -> int | None:
-    """The evaluation step a retry resumed from, or None (not a retry, or started afresh)."""
+    """The evaluation step a retry resumed from, or None (not a retry, not started yet, or
+    started afresh)."""
     mark = trial.user_attrs.get(RESUMED_FROM)
-    step = mark.get("step") if isinstance(mark, dict) else None
+    if not isinstance(mark, dict) or mark.get("trial") != read_retry_of(trial):
+        return None  # a mark copied from the predecessor, which resumed another trial
+    step = mark.get("step")
     return step if isinstance(step, int) else None

@@ -13,6 +13,11 @@ The loop, per trial:
 SIGINT/SIGTERM fail the current trial with the reason "interrupted" and end the loop: nothing is
 left RUNNING. The data set is loaded once per worker; torch gets cores // local workers threads.
 The training function is injectable (`train_fn`, `load_data`): tests and soak runs use fakes.
+
+A `Reaper` thread fails dead workers' trials (they are retried, resuming from their last
+checkpoint) and keeps this worker's own trial beating. When the database goes away, a round of
+the loop (and each write inside a trial) is retried with backoff; after `storage_down_limit`
+seconds without it the worker exits with `StorageDown`.
 """
 
 from __future__ import annotations
@@ -27,14 +32,15 @@ import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import optuna
-import sqlalchemy as sa
 from optuna.exceptions import UpdateFinishedTrialError
 from optuna.trial import FrozenTrial, TrialState
 
 from search import trial_record
+from search.checkpoints import CheckpointStore
+from search.log_masking import mask_library_logs
 from search.objective import (
     GracefulStop,
     Interrupted,
@@ -44,13 +50,15 @@ from search.objective import (
     describe_error,
     make_objective,
 )
+from search.outage import retry_while_down
+from search.reaper import Reaper, quiet_heartbeat_thread
 from search.storage import (
+    StorageDown,
     StorageError,
     StorageSettings,
     StudyLock,
     count_states,
     load_study,
-    mask_text,
     mask_url,
     open_storage,
 )
@@ -59,6 +67,9 @@ from search.study_file import StudyFileError, StudySpec, parse_study, resolve_st
 LoadDataFn = Callable[[str, int, bool], Any]
 TRAINER_MODULE_ENV = "TUNE_TRAINER_MODULE"  # for tests and soak runs only (see `load_trainer`)
 DEFAULT_RUNS_DIR = Path("runs/studies")
+# what one round of the loop did: stop (budget spent), wait (running trials hold the budget),
+# dropped (the trial was reaped under us), or the state of the trial it ran
+Round = TrialState | Literal["budget", "wait", "dropped"]
 
 
 class WorkerError(RuntimeError):
@@ -126,6 +137,7 @@ def run_worker(
     load_data: LoadDataFn | None = None,
     trainer_module: str | None = None,
     settings: StorageSettings | None = None,
+    artifacts: str | Path | None = None,
     poll_interval: float = 1.0,
     max_consecutive_failures: int = 5,
     handle_signals: bool = True,
@@ -136,12 +148,15 @@ def run_worker(
     The study must exist (created by `tune launch`); its settings are read from the storage so
     that every machine runs the same ones. `train_fn`/`load_data` default to the real trainer (or
     `trainer_module`). `timeout` stops taking new trials after that many seconds (the study
-    file's `budget.timeout` when None). Raises `WorkerError`, `StorageError` or `StudyFileError`
-    with one clear line when it cannot go on.
+    file's `budget.timeout` when None). `settings` default to `StorageSettings.from_env()`,
+    `artifacts` (the checkpoint folder) to `$TUNE_ARTIFACTS` or `tune-artifacts/`. Raises
+    `WorkerError`, `StorageError` (`StorageDown` when the database stayed away too long) or
+    `StudyFileError` with one clear line when it cannot go on.
     """
     started = time.monotonic()
     worker_id = f"{socket.gethostname()}:{os.getpid()}"
     say = log or _printer(worker_id)
+    mask_library_logs()  # Optuna logs a failed trial's exception unmasked
     if gpu is not None:
         # before torch initialises CUDA; `tune launch --gpus` has already set it for its children
         os.environ["CUDA_VISIBLE_DEVICES"] = str(gpu)
@@ -150,8 +165,10 @@ def run_worker(
         stop.install()
     stats = WorkerStats(worker_id, TrialTally())
     optuna_study: optuna.Study | None = None
+    reaper: Reaper | None = None
+    settings = settings or StorageSettings.from_env()
     try:
-        rdb = open_storage(storage, settings=settings)
+        rdb = open_storage(storage, settings=settings, on_reap=say)
         name = study_name_of(study)
         spec = _stored_spec(load_study(rdb, name), rdb.url)
         index = worker_index if worker_index is not None else os.getpid()
@@ -177,15 +194,27 @@ def run_worker(
             stop=stop,
             tally=stats.trials,
             log=say,
+            checkpoints=CheckpointStore(artifacts),
+            storage_down_limit=settings.storage_down_limit,
         )
+        reaper = Reaper(
+            optuna_study,
+            settings.heartbeat_interval,
+            lambda: ctx.active_trial_id,
+            say,
+            settle=settings.grace_period,
+        ).start()
         limit = timeout if timeout is not None else spec.budget.timeout
         deadline = None if limit is None else started + limit
-        stats.stopped_because = _loop(
-            optuna_study, rdb, ctx, deadline, poll_interval, max_consecutive_failures
-        )
+        with quiet_heartbeat_thread(say):
+            stats.stopped_because = _loop(
+                optuna_study, rdb, ctx, deadline, poll_interval, max_consecutive_failures
+            )
     except Interrupted:
         stats.stopped_because = "interrupted"
     finally:
+        if reaper is not None:
+            reaper.stop()
         if handle_signals:
             stop.restore()
         if optuna_study is not None:
@@ -208,55 +237,68 @@ def _loop(
     poll_interval: float,
     max_consecutive_failures: int,
 ) -> str:
-    study_id = rdb.get_study_id_from_name(study.study_name)
     failures_in_a_row = 0
-    storage_errors_in_a_row = 0
     while True:
         if ctx.stop.requested:
             return "interrupted"
         if deadline is not None and time.monotonic() >= deadline:
             return "timeout"
-        lock = StudyLock(rdb, study_id)
         try:
-            lock.acquire()
-            n_trials = _budget(study, ctx.spec)
-            counts = count_states(rdb, study_id)
-            if counts.finished >= n_trials:
-                return "budget"
-            if counts.finished + counts.running >= n_trials:
-                # the budget is taken by running trials; one may still fail and free a slot
-                lock.release()
-                _reap_stale_trials(study)
-                ctx.stop.wait(poll_interval)
-                continue
-            ctx.claim = lock
-            state = _run_one_trial(study, ctx)
-            storage_errors_in_a_row = 0
-        except sa.exc.DBAPIError as exc:
-            # the database went away or refused; retry with backoff, give up after a while
-            storage_errors_in_a_row += 1
-            reason = mask_text(" ".join(str(getattr(exc, "orig", exc)).split()))[:300]
-            if storage_errors_in_a_row >= 6:
-                raise WorkerError(f"the storage keeps failing, giving up: {reason}") from None
-            ctx.log(f"storage error ({storage_errors_in_a_row}/6), retrying: {reason}")
-            ctx.stop.wait(min(30.0, 2.0**storage_errors_in_a_row))
-            continue
-        finally:
-            lock.release()
-            ctx.claim = None
-        if state == TrialState.FAIL:
+            # a round lost to the database (a restart, say) is simply done again: its trial,
+            # if one had started, is reaped and resumed from its last checkpoint
+            outcome = retry_while_down(
+                lambda: _one_round(study, rdb, ctx, poll_interval),
+                limit=ctx.storage_down_limit,
+                outage=ctx.outage,
+                sleep=ctx.stop.wait,
+                should_stop=lambda: ctx.stop.requested,
+                log=ctx.log,
+            )
+        except StorageDown:
+            if ctx.stop.requested:
+                return "interrupted"
+            raise
+        if outcome == "budget":
+            return "budget"
+        if outcome == TrialState.FAIL:
             failures_in_a_row += 1
             if failures_in_a_row >= max_consecutive_failures:
                 raise WorkerError(
                     f"{failures_in_a_row} trials failed in a row, stopping this worker "
                     f"(last error: {ctx.tally.last_error})"
                 )
-        elif state is not None:
+        elif isinstance(outcome, TrialState):
             failures_in_a_row = 0
 
 
+def _one_round(
+    study: optuna.Study, rdb: optuna.storages.RDBStorage, ctx: TrialContext, poll_interval: float
+) -> Round:
+    study_id = rdb.get_study_id_from_name(study.study_name)
+    lock = StudyLock(rdb, study_id)
+    try:
+        lock.acquire()
+        n_trials = _budget(study, ctx.spec)
+        counts = count_states(rdb, study_id)
+        if counts.finished >= n_trials:
+            return "budget"
+        if counts.finished + counts.running >= n_trials:
+            # the budget is taken by running trials; one may still fail and free a slot
+            lock.release()
+            _reap_stale_trials(study)
+            ctx.stop.wait(poll_interval)
+            return "wait"
+        ctx.claim = lock
+        state = _run_one_trial(study, ctx)
+        return "dropped" if state is None else state
+    finally:
+        lock.release()
+        ctx.claim = None
+
+
 def _run_one_trial(study: optuna.Study, ctx: TrialContext) -> TrialState | None:
-    """Run one trial; its final state, or None when another worker had already reaped it."""
+    """Run one trial; its final state, or None when another worker had already reaped it (a
+    long pause: the worker logs it, drops the trial and goes on)."""
     finished: list[FrozenTrial] = []
     ctx.current = None
     try:

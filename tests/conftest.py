@@ -26,6 +26,14 @@ def _one_torch_thread() -> None:
     torch.set_num_threads(1)
 
 
+@pytest.fixture(autouse=True)
+def _artifacts_in_tmp(
+    tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Checkpoints that workers upload go to a temporary artifact store, never the working folder.
+    monkeypatch.setenv("TUNE_ARTIFACTS", str(tmp_path_factory.mktemp("artifacts")))
+
+
 @pytest.fixture
 def pg_url() -> Iterator[str]:
     """URL of a fresh, empty PostgreSQL database, dropped after the test.

@@ -253,6 +253,21 @@ def load_data(data: str, imgsz: int, skip_bad: bool = False) -> DetectionData:
     )
 
 
+def check_data(data: str) -> DataSpec:
+    """Read `data`'s description and every label file, without decoding an image.
+
+    Cheap (text only): `tune launch` runs it before it creates a study, so that a missing folder,
+    a missing listed image or a malformed label line is one `DataError` there rather than every
+    worker failing as it starts.
+    """
+    spec = read_data_yaml(resolve_data(data))
+    for image in (*spec.train, *spec.val):
+        if not image.is_file():
+            raise DataError(f"{spec.yaml_path}: listed image not found: {image}")
+        read_labels(label_path(image), len(spec.names))
+    return spec
+
+
 def load_split(spec: DataSpec, split: Split, imgsz: int, skip_bad: bool) -> DetectionSplit:
     """Decode, check and letterbox every image of `split` (threads; PIL releases the GIL).
 

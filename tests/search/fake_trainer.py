@@ -10,15 +10,26 @@ something to prune. Used by subprocess workers through `--trainer-module tests.s
 - FAKE_STEP_SECONDS: sleep per epoch (default 0.02)
 - FAKE_FAIL_TRIALS / FAKE_NAN_TRIALS: comma-separated trial numbers that raise RuntimeError /
   NonFiniteLossError at their first epoch
+- FAKE_CHECKPOINT=1: like the real trainer, save `last.pt` (here a small JSON file) in
+  `config.out` after each evaluation, before reporting it, and resume from it when
+  `config.resume` is set (off by default: the worker would upload it to the artifact store)
+- FAKE_DIE_LCLS + FAKE_DIE_AT_EPOCH: a run whose lcls equals FAKE_DIE_LCLS SIGKILLs its own
+  process during that epoch (before its evaluation), every time: a trial that keeps killing its
+  worker (the baselines of studies/smoke.toml have lcls 0.5, sampled values never do)
+- FAKE_HOLD_FILE: while this file exists, an epoch does not start (a test holds a worker's trial
+  in place, neither finishing nor asking for another, until it deletes the file)
 """
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import re
+import signal
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from trainer.config import TrainConfig
@@ -57,8 +68,20 @@ def fit(
     number = trial_number(config)
     target = final_map(config)
     iters_per_epoch = 10
-    for epoch in range(1, config.epochs + 1):
+    checkpoint = Path(config.out) / "last.pt"
+    saving = os.environ.get("FAKE_CHECKPOINT") == "1"
+    first = 1
+    if saving and config.resume and checkpoint.is_file():
+        first = int(json.loads(checkpoint.read_text())["epoch"]) + 1
+    die_lcls = os.environ.get("FAKE_DIE_LCLS")
+    die_at = int(os.environ.get("FAKE_DIE_AT_EPOCH", "0"))
+    hold = os.environ.get("FAKE_HOLD_FILE")
+    for epoch in range(first, config.epochs + 1):
+        while hold and os.path.exists(hold):
+            time.sleep(0.05)
         time.sleep(step_seconds)
+        if die_lcls is not None and config.lcls == float(die_lcls) and epoch == die_at:
+            os.kill(os.getpid(), signal.SIGKILL)
         if _listed("FAKE_FAIL_TRIALS", number):
             raise RuntimeError(f"fake failure in trial {number}")
         if _listed("FAKE_NAN_TRIALS", number):
@@ -77,6 +100,9 @@ def fit(
             seconds_training=step_seconds,
             seconds_evaluating=0.0,
         )
+        if saving:
+            checkpoint.parent.mkdir(parents=True, exist_ok=True)
+            checkpoint.write_text(json.dumps({"epoch": epoch, "resumed_at": first - 1}))
         if report is not None:
             report(epoch, metrics)
     return FitResult(
