@@ -70,7 +70,9 @@ class RunDir:
     def load_checkpoint(self) -> dict[str, Any] | None:
         if not self.checkpoint.exists():
             return None
-        state: dict[str, Any] = torch.load(self.checkpoint, map_location="cpu", weights_only=False)
+        # weights_only: a checkpoint may come from a shared artifact store (a retry on another
+        # machine); it must never be able to run code, only carry tensors and numbers
+        state: dict[str, Any] = torch.load(self.checkpoint, map_location="cpu", weights_only=True)
         return state
 
 
