@@ -121,14 +121,6 @@ def own_postgres() -> Iterator[OwnPostgres]:
         shutil.rmtree(base, ignore_errors=True)
 
 
-@pytest.fixture
-def workers() -> Iterator[list[Worker]]:
-    started: list[Worker] = []
-    yield started
-    for w in started:
-        w.stop()
-
-
 def _complete_curves(url: str, epochs: int) -> bool:
     return all(
         [p["eval"]["epoch"] for p in trial_record.read_curve(t)] == list(range(1, epochs + 1))

@@ -13,7 +13,6 @@ import json
 import signal
 import subprocess
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -36,15 +35,6 @@ from tests.search.reliability_support import (
 )
 
 pytestmark = [pytest.mark.postgres, pytest.mark.slow]
-
-
-@pytest.fixture
-def workers() -> Iterator[list[Worker]]:
-    """Every worker a test starts; killed at the end if one still runs (a failed test)."""
-    started: list[Worker] = []
-    yield started
-    for w in started:
-        w.stop()
 
 
 def _by_number(url: str, number: int) -> FrozenTrial:
