@@ -70,7 +70,7 @@ def test_two_workers_share_one_study_and_the_tools_read_it(pg_url: str, tmp_path
     runs = ["--runs-dir", str(tmp_path / "runs")]
     # what `tune launch --workers 0` does (its subprocess is exercised by the next test)
     prepare_study(
-        load_study_file("smoke", Overrides(n_trials=10, epochs=4)),
+        load_study_file("smoke", Overrides(n_trials=10, epochs=6)),  # rungs 1, 2, 4 < 6
         open_storage(url, create_schema=True),
     )
     env = _env(FAKE_STEP_SECONDS="0.15", FAKE_FAIL_TRIALS="3")

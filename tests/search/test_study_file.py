@@ -199,7 +199,7 @@ BAD = [
     ("objective.latency_budget_ms", 0, r"latency_budget_ms must be > 0"),
     ("sampler.type", "CMA", r"sampler\.type must be one of.*type='CMA'"),
     ("pruner.type", "Median", r"pruner\.type must be one of.*type='Median'"),
-    ("pruner.min_resource", 99, r"pruner\.min_resource.*<= trial\.epochs=6.*min_resource=99"),
+    ("pruner.min_resource", 99, r"pruner\.min_resource.*<= trial\.epochs=4.*min_resource=99"),
     ("name", "has space", r"name must be.*name='has space'"),
     ("trial", 3, r"\[trial\] must be a table.*trial=3"),
 ]
