@@ -15,11 +15,11 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import FrameType
 from typing import IO, Any
 
 import optuna
@@ -139,20 +139,33 @@ def launch(
         return _result(optuna_study, rdb, started)
     log_dir = runs_dir / spec.name
     log_dir.mkdir(parents=True, exist_ok=True)
-    procs = _start_workers(spec, url, n_workers, gpus, log_dir, overrides.timeout, trainer_module)
-    where = "GPUs " + ",".join(map(str, gpus)) if gpus else "CPU"
-    out(f"started {n_workers} worker(s) on {where}; logs in {log_dir}/")
-    interrupted = False
-    previous = signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
+    # Ctrl-C / SIGTERM only set a flag that the watch loop reads between polls: an exception
+    # raised inside a database call (psycopg2 turns SIGINT into a cancelled query) could be
+    # swallowed by the storage's retries and the stop lost. Installed before the workers start,
+    # so a stop while they start still reaches them.
+    stop = threading.Event()
+    previous = {
+        sig: signal.signal(sig, lambda signum, frame: stop.set())
+        for sig in (signal.SIGINT, signal.SIGTERM)
+    }
+    procs: list[tuple[subprocess.Popen[bytes], IO[bytes]]] = []
     try:
-        _watch(optuna_study, rdb, procs, started, progress_interval, spec.budget.n_trials, out)
-    except KeyboardInterrupt:
-        interrupted = True
-        out("stopping: the workers fail their current trial as 'interrupted' ...")
-        _stop_workers(procs)
-        _fail_running_of(optuna_study, {f"{socket.gethostname()}:{p.pid}" for p, _ in procs})
+        procs = _start_workers(
+            spec, url, n_workers, gpus, log_dir, overrides.timeout, trainer_module
+        )
+        where = "GPUs " + ",".join(map(str, gpus)) if gpus else "CPU"
+        out(f"started {n_workers} worker(s) on {where}; logs in {log_dir}/")
+        _watch(
+            optuna_study, rdb, procs, started, progress_interval, spec.budget.n_trials, out, stop
+        )
+        interrupted = stop.is_set()
+        if interrupted:
+            out("stopping: the workers fail their current trial as 'interrupted' ...")
+            _stop_workers(procs)
+            _fail_running_of(optuna_study, {f"{socket.gethostname()}:{p.pid}" for p, _ in procs})
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
         for _, log in procs:
             log.close()
     result = _result(optuna_study, rdb, started, [p.returncode for p, _ in procs], interrupted)
@@ -213,12 +226,15 @@ def _watch(
     interval: float,
     n_trials: int,
     out: Callable[[str], None],
+    stop: threading.Event,
 ) -> None:
+    """Print progress until every worker has exited or `stop` is set."""
     study_id = rdb.get_study_id_from_name(study.study_name)
     last = ""
     next_line = time.monotonic() + interval
     while any(p.poll() is None for p, _ in procs):
-        time.sleep(0.2)
+        if stop.wait(0.2):
+            return
         if time.monotonic() < next_line:
             continue
         next_line = time.monotonic() + interval
@@ -343,7 +359,3 @@ def _last_error(log_path: Path) -> str:
         return ""
     errors = [line for line in lines if line.startswith("error: ")]
     return f"{errors[-1]}; " if errors else ""
-
-
-def _raise_keyboard_interrupt(signum: int, frame: FrameType | None) -> None:
-    raise KeyboardInterrupt
