@@ -192,6 +192,13 @@ def make_objective(ctx: TrialContext) -> Callable[[optuna.Trial], float]:
         ctx.active_trial_id = trial._trial_id
         try:
             return run(trial)
+        except (optuna.TrialPruned, UpdateFinishedTrialError):
+            raise
+        except BaseException as exc:
+            # the one place a failure's reason is stored, also for failures before training
+            # starts (a stop that arrives while the trial is being set up, a bad config)
+            _record_failure(trial, describe_error(exc), exc)
+            raise
         finally:
             ctx.active_trial_id = None
 
@@ -247,7 +254,6 @@ def make_objective(ctx: TrialContext) -> Callable[[optuna.Trial], float]:
             ctx.log(
                 f"trial {trial.number} failed after {time.monotonic() - started:.0f} s: {reason}"
             )
-            _record_failure(trial, reason, exc)
             if not isinstance(exc, StorageDown):
                 # nothing resumes a failed trial; one the database lost is reaped and resumed
                 _discard_checkpoint(ctx, trial)

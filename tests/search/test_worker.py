@@ -161,7 +161,7 @@ def test_a_broken_data_set_stops_the_worker_before_any_trial(tmp_path: Path) -> 
 
 def test_baselines_are_never_pruned(tmp_path: Path) -> None:
     # Hyperband with reduction factor 2 prunes the worse half; the baselines of smoke are bad
-    url, _ = _study(tmp_path, n_trials=10, epochs=4)
+    url, _ = _study(tmp_path, n_trials=10, epochs=6)  # rungs 1, 2, 4 < 6
 
     def train(config: TrainConfig, report: ReportFn = None, data: Any = None) -> FitResult:
         if config.lcls == 0.5 and config.lbox == 0.05:  # the baseline: make it the worst by far
