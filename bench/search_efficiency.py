@@ -26,10 +26,12 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import multiprocessing
 import tempfile
 import time
 import tomllib
 from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -53,7 +55,7 @@ class Settings:
     """One benchmark configuration (everything that changes the numbers)."""
 
     imgsz: int = 128
-    epochs: int = 6
+    epochs: int = 4  # studies/loss-weights.toml's trial length (checked in main)
     batch: int = 32
     train_images: int = 1200
     val_images: int = 250
@@ -83,10 +85,14 @@ class TrialRow:
     label: str | None = None
 
 
-def _study_table(settings: Settings, data: str, method: str, seed: int) -> dict[str, Any]:
+def _study_file() -> dict[str, Any]:
     from search.study_file import resolve_study_path
 
-    raw = tomllib.loads(resolve_study_path(STUDY).read_text())
+    return tomllib.loads(resolve_study_path(STUDY).read_text())
+
+
+def _study_table(settings: Settings, data: str, method: str, seed: int) -> dict[str, Any]:
+    raw = _study_file()
     raw["name"] = f"bench-{method.replace('+', '-')}-{seed}"
     raw["trial"] = {
         **raw["trial"],
@@ -114,9 +120,20 @@ def _study_table(settings: Settings, data: str, method: str, seed: int) -> dict[
 
 
 def run_study(
-    settings: Settings, data_path: str, data: Any, method: str, seed: int, budget: int, tmp: Path
+    settings: Settings,
+    data_path: str,
+    data: Any,
+    method: str,
+    seed: int,
+    budget: int,
+    tmp: Path,
+    deadline: float | None = None,
 ) -> list[TrialRow]:
-    """Run one method with one seed until `budget` iterations are spent (hand-tuned: 5 trials)."""
+    """Run one method with one seed until `budget` iterations are spent (hand-tuned: 5 trials).
+
+    With a `deadline` (a `time.time()` value) no trial starts after it: the study ends short of
+    its budget, and the summary says how far every study got.
+    """
     from search import trial_record
     from search.launch import prepare_study
     from search.objective import GracefulStop, TrialContext, TrialTally, make_objective
@@ -151,6 +168,9 @@ def run_study(
     rows: list[TrialRow] = []
     spent = 0
     while (spent < budget) if method != HAND_TUNED else (len(rows) < len(spec.baselines)):
+        if deadline is not None and time.time() >= deadline:
+            print(f"   {method} seed {seed}: time limit reached at {spent}/{budget}", flush=True)
+            break
         started = time.perf_counter()
         finished: list[optuna.trial.FrozenTrial] = []
         study.optimize(
@@ -186,6 +206,26 @@ def run_study(
     return rows
 
 
+def _run_in_process(
+    settings: Settings,
+    data_path: str,
+    method: str,
+    seed: int,
+    budget: int,
+    tmp: Path,
+    deadline: float | None,
+) -> list[TrialRow]:
+    """One study in a worker process of its own (`--jobs`): its own data, one torch thread."""
+    import torch
+
+    from trainer.data import load_data
+
+    torch.set_num_threads(1)
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    data = load_data(data_path, settings.imgsz)
+    return run_study(settings, data_path, data, method, seed, budget, tmp, deadline)
+
+
 def _collect_into(
     finished: list[optuna.trial.FrozenTrial],
 ) -> Callable[[optuna.Study, optuna.trial.FrozenTrial], None]:
@@ -219,12 +259,22 @@ def summarise(
     # half the best value any run of any method reached.
     every = [r.value for seeds in runs.values() for rows in seeds for r in rows if r.value]
     half_best = max(every, default=math.nan) / 2
+    # Studies cut short by --time-limit are compared where all of them got to.
+    spent = [
+        rows[-1].spent if rows else 0
+        for m, seeds in runs.items()
+        if m != HAND_TUNED
+        for rows in seeds
+    ]
+    compared_at = min([budget, *spent])
     summary = []
     for method, seeds in runs.items():
         reached = [budget_to_reach(rows, target) for rows in seeds]
         hits = [b for b in reached if b is not None]
         reached_half = [budget_to_reach(rows, half_best) for rows in seeds]
-        at_budget = [best_at(rows, budget if method != HAND_TUNED else math.inf) for rows in seeds]
+        at_budget = [
+            best_at(rows, compared_at if method != HAND_TUNED else math.inf) for rows in seeds
+        ]
         summary.append(
             {
                 "method": method,
@@ -232,6 +282,8 @@ def summarise(
                 "trials_median": median([len(rows) for rows in seeds]),
                 "pruned_median": median([sum(r.state == "PRUNED" for r in rows) for rows in seeds]),
                 "failed_total": sum(r.state == "FAIL" for rows in seeds for r in rows),
+                "spent_min": min((rows[-1].spent if rows else 0 for rows in seeds), default=0),
+                "compared_at": compared_at,
                 "best_at_budget_median": median([v for v in at_budget if not math.isnan(v)]),
                 "best_at_budget_min": min(at_budget, default=math.nan),
                 "best_at_budget_max": max(at_budget, default=math.nan),
@@ -307,6 +359,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--startup-trials", type=int, help="TPE n_startup_trials")
     parser.add_argument("--baselines", type=int, help="run only the first N hand-tuned settings")
     parser.add_argument("--methods", default=",".join(METHODS), help="search methods to run")
+    parser.add_argument(
+        "--jobs", type=int, default=1, help="studies run at once, each in its own process"
+    )
+    parser.add_argument(
+        "--time-limit",
+        type=float,
+        help="seconds: no trial starts after this (studies may end short of the budget)",
+    )
     parser.add_argument("--out", type=Path, default=None, help="results folder")
     parser.add_argument(
         "--from-results", type=Path, help="re-summarise a results JSON (no training)"
@@ -331,6 +391,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "baselines": args.baselines,
     }
     settings = Settings(**{**asdict(settings), **{k: v for k, v in changes.items() if v}})
+    study_epochs = _study_file()["trial"]["epochs"]
+    if settings.epochs != study_epochs and not args.quick and not args.epochs:
+        raise SystemExit(f"Settings.epochs {settings.epochs} is not the study's {study_epochs}")
     if torch.cuda.is_available():
         settings = Settings(**{**asdict(settings), "device": "cuda"})
     methods = [m for m in args.methods.split(",") if m]
@@ -357,17 +420,32 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         flush=True,
     )
     started = time.perf_counter()
+    deadline = None if args.time_limit is None else time.time() + args.time_limit
     loads = [load_average()[0]]
+    tasks = [(HAND_TUNED, 0)] + [(m, seed) for seed in range(settings.seeds) for m in methods]
     runs: dict[str, list[list[TrialRow]]] = {}
     with tempfile.TemporaryDirectory(prefix="tune-bench-") as tmp:
-        print(f"-- {HAND_TUNED}", flush=True)
-        runs[HAND_TUNED] = [run_study(settings, data_path, data, HAND_TUNED, 0, 0, Path(tmp))]
-        for seed in range(settings.seeds):
-            for method in methods:
+        if args.jobs <= 1:
+            for method, seed in tasks:
                 print(f"-- {method}, seed {seed}", flush=True)
-                rows = run_study(settings, data_path, data, method, seed, budget, Path(tmp))
+                rows = run_study(
+                    settings, data_path, data, method, seed, budget, Path(tmp), deadline
+                )
                 runs.setdefault(method, []).append(rows)
                 loads.append(load_average()[0])
+        else:
+            print(f"-- {len(tasks)} studies, {args.jobs} at a time", flush=True)
+            spawn = multiprocessing.get_context("spawn")  # CUDA cannot be forked
+            with ProcessPoolExecutor(args.jobs, mp_context=spawn) as pool:
+                futures = [
+                    pool.submit(
+                        _run_in_process, settings, data_path, m, seed, budget, Path(tmp), deadline
+                    )
+                    for m, seed in tasks
+                ]
+                for (method, _), future in zip(tasks, futures, strict=True):
+                    runs.setdefault(method, []).append(future.result())
+                    loads.append(load_average()[0])
     target, summary = summarise(runs, budget)
     wall = time.perf_counter() - started
 
@@ -444,7 +522,8 @@ def _tables(
             "seeds",
             "trials (median)",
             "pruned (median)",
-            f"best mAP50-95 at {budget} it, median [min, max]",
+            "iterations spent (fewest of its seeds)",
+            f"best mAP50-95 at {summary[0]['compared_at']} it, median [min, max]",
             "reached best hand-tuned",
             "iterations to match it (median; inf = not reached)",
             f"reached half-best ({summary[0]['half_best']:.4f})",
@@ -456,6 +535,7 @@ def _tables(
                 s["seeds"],
                 s["trials_median"],
                 s["pruned_median"],
+                s["spent_min"],
                 f"{s['best_at_budget_median']:.4f} [{s['best_at_budget_min']:.4f}, "
                 f"{s['best_at_budget_max']:.4f}]",
                 s["reached_hand_tuned"],

@@ -19,9 +19,10 @@ in its own process, started together after loading their data.
 from __future__ import annotations
 
 import argparse
+import math
 import multiprocessing as mp
+import queue
 import shutil
-import statistics
 import subprocess
 import tempfile
 import threading
@@ -33,6 +34,7 @@ from typing import Any
 import optuna
 
 from bench import load_average, machine, median, table, write_results
+from search.launch import mps_running
 
 STUDY = "loss-weights"
 
@@ -40,8 +42,13 @@ STUDY = "loss-weights"
 # --- CPU: the real worker loop -------------------------------------------------------------------
 
 
-def cpu_worker_run(
-    trials: int, epochs: int, threads: int, imgsz: int = 128, data: str = "shapes"
+def worker_run(
+    trials: int,
+    epochs: int,
+    threads: int,
+    imgsz: int = 128,
+    data: str = "shapes",
+    device: str = "cpu",
 ) -> dict[str, Any]:
     """Run `trials` trials of `epochs` epochs through `run_worker`; images/s and duty cycle."""
     import torch
@@ -61,7 +68,7 @@ def cpu_worker_run(
         "data": data,
         "epochs": epochs,
         "imgsz": imgsz,
-        "device": "cpu",
+        "device": device,
     }
     raw["budget"] = {"n_trials": trials}
     loading: list[float] = []
@@ -96,6 +103,7 @@ def cpu_worker_run(
     data_seconds = sum(loading)
     busy = stats.trials.busy_seconds
     return {
+        "device": device,
         "threads": threads,
         "trials": trials,
         "epochs": epochs,
@@ -185,8 +193,14 @@ def _gpu_fit(model: str, imgsz: int, batch: int, epochs: int, barrier: Any, out:
     )
 
 
-def gpu_trials(model: str, imgsz: int, batch: int, epochs: int, at_once: int) -> dict[str, Any]:
-    """`at_once` trials of `model` training together on GPU 0; per-trial and aggregate images/s."""
+def gpu_trials(
+    model: str, imgsz: int, batch: int, epochs: int, at_once: int, limit: float = 300.0
+) -> dict[str, Any]:
+    """`at_once` trials of `model` training together on GPU 0; per-trial and aggregate images/s.
+
+    Trials still running `limit` seconds after the common start are killed and counted as not
+    finished (without MPS, four trials sharing an H200 stalled: see docs/benchmarks.md).
+    """
     spawn = mp.get_context("spawn")
     barrier, out = spawn.Barrier(at_once + 1), spawn.Queue()
     procs = [
@@ -196,19 +210,35 @@ def gpu_trials(model: str, imgsz: int, batch: int, epochs: int, at_once: int) ->
     for p in procs:
         p.start()
     barrier.wait(600)
+    deadline = time.monotonic() + limit
+    results: list[dict[str, Any]] = []
     with GpuUtilisation() as utilisation:
-        results = [out.get(timeout=1800) for _ in procs]
+        for _ in procs:
+            try:
+                results.append(out.get(timeout=max(deadline - time.monotonic(), 0.1)))
+            except queue.Empty:
+                break
     for p in procs:
-        p.join(60)
-    span = max(r["ended"] for r in results) - min(r["started"] for r in results)
+        p.join(5)
+        if p.is_alive():
+            p.kill()
+    span = max(r["ended"] for r in results) - min(r["started"] for r in results) if results else 0.0
     return {
         "model": model,
         "imgsz": imgsz,
         "batch": batch,
         "epochs": epochs,
+        "mps": mps_running(),
         "trials_at_once": at_once,
+        "trials_finished": len(results),
+        "limit_seconds": limit,
         "images_per_second_per_trial": [r["images_per_second"] for r in results],
-        "aggregate_images_per_second": sum(r["images"] for r in results) / span,
+        # training only: the trials' own rates (timed per iteration) added up
+        "sum_images_per_second": sum(r["images_per_second"] for r in results),
+        # everything from the common start to the last trial's end (evaluations included)
+        "aggregate_images_per_second": (
+            sum(r["images"] for r in results) / span if span else math.nan
+        ),
         "gpu_utilisation_median": median(utilisation.samples),
         "gpu_utilisation_samples": len(utilisation.samples),
     }
@@ -221,13 +251,20 @@ def gpu_section(quick: bool) -> dict[str, Any]:
     if not torch.cuda.is_available():
         return {"run": False, "reason": "no CUDA device: torch.cuda.is_available() is False"}
     epochs = 1 if quick else 3
+    print(f"-- GPU: nano and medium, {epochs} epoch(s) each", flush=True)
     per_model = [gpu_trials(m, 128, 32, epochs, 1) for m in ("nano", "medium")]
+    print("-- GPU: 1, 2 and 4 nano trials at once", flush=True)
     sharing = [gpu_trials("nano", 128, 32, epochs, k) for k in (1, 2, 4)]
+    print("-- GPU: the worker loop, duty cycle", flush=True)
+    with GpuUtilisation() as utilisation:
+        worker = worker_run(2 if quick else 4, 4, 1, device="cuda")
+    worker["gpu_utilisation_median"] = median(utilisation.samples)
     return {
         "run": True,
         "device": torch.cuda.get_device_name(0),
         "per_model": per_model,
         "sharing": sharing,
+        "worker": worker,
     }
 
 
@@ -244,6 +281,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--imgsz", type=int, default=128)
     parser.add_argument("--data", default="shapes", help="shapes, or a data.yaml (smoke tests)")
     parser.add_argument("--skip-gpu", action="store_true", help="leave out the GPU section")
+    parser.add_argument("--skip-cpu", action="store_true", help="leave out the CPU section")
     parser.add_argument("--out", type=Path, default=None, help="results folder")
     args = parser.parse_args(argv)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -252,9 +290,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     threads = [int(t) for t in (args.threads or ("1" if args.quick else "1,2")).split(",")]
 
     cpu = []
-    for n in threads:
+    for n in [] if args.skip_cpu else threads:
         print(f"-- CPU worker, {trials} trials x {epochs} epochs, {n} thread(s)", flush=True)
-        cpu.append(cpu_worker_run(trials, epochs, n, args.imgsz, args.data))
+        cpu.append(worker_run(trials, epochs, n, args.imgsz, args.data))
     gpu = {"run": False, "reason": "--skip-gpu"} if args.skip_gpu else gpu_section(args.quick)
 
     print(_tables(cpu, gpu))
@@ -303,15 +341,33 @@ def _tables(cpu: list[dict[str, Any]], gpu: dict[str, Any]) -> str:
     rows = [
         [
             g["model"],
-            g["trials_at_once"],
-            statistics.median(g["images_per_second_per_trial"]),
+            "on" if g["mps"] else "off",
+            f"{g['trials_at_once']} ({g['trials_finished']} done in {g['limit_seconds']:.0f} s)",
+            median(g["images_per_second_per_trial"]),
+            g["sum_images_per_second"],
             g["aggregate_images_per_second"],
             g["gpu_utilisation_median"],
         ]
         for g in gpu["per_model"] + gpu["sharing"]
     ]
-    headers = ["model", "trials at once", "images/s per trial", "aggregate images/s", "GPU util %"]
-    return out + f"\n\nGPU: {gpu['device']}\n" + table(headers, rows)
+    headers = [
+        "model",
+        "MPS",
+        "trials at once",
+        "training images/s per trial (median)",
+        "training images/s, all trials",
+        "images/s over the wall span (eval included)",
+        "GPU util %",
+    ]
+    w = gpu["worker"]
+    worker = (
+        f"worker loop on the GPU: {w['trials']} trials x {w['epochs']} epochs, "
+        f"{w['images_per_second_median']:.0f} training images/s per trial, busy "
+        f"{w['busy_seconds']:.1f} s of {w['wall_seconds']:.1f} s (duty cycle "
+        f"{w['duty_cycle']:.0%}, {w['duty_cycle_after_loading']:.0%} after loading), "
+        f"GPU util median {w['gpu_utilisation_median']}%"
+    )
+    return out + f"\n\nGPU: {gpu['device']}\n" + table(headers, rows) + "\n\n" + worker
 
 
 if __name__ == "__main__":

@@ -70,6 +70,53 @@ def default_workers(gpus: list[int] | None = None) -> int:
     return max(2, (os.cpu_count() or 2) // 2)
 
 
+def visible_gpus(device: str) -> list[int]:
+    """The GPUs a study's trials run on when `--gpus` is not given: every visible one when the
+    trial device is `cuda` (or `auto` on a machine with CUDA), the one named by `cuda:N`, none on
+    the CPU. Without MPS, trials sharing a GPU were measured ten times slower or worse
+    (docs/benchmarks.md, "GPU"), so a GPU machine gets one worker per GPU by default."""
+    if not device.startswith(("auto", "cuda")):
+        return []
+    import torch
+
+    if not torch.cuda.is_available():
+        return []
+    if device.startswith("cuda:"):
+        return [int(device.removeprefix("cuda:"))]
+    return list(range(torch.cuda.device_count()))
+
+
+def plan_workers(
+    workers: int | None, gpus: list[int] | None, cuda: list[int]
+) -> tuple[int, list[int] | None, str | None]:
+    """How many local workers, on which GPUs, and a warning when they would share GPUs.
+
+    `cuda` is what `visible_gpus` found for the study's device. Given neither `workers` nor
+    `gpus`, a CUDA machine gets one worker per GPU and a CPU machine `default_workers()`.
+    """
+    if gpus and workers not in (None, len(gpus)):
+        raise LaunchError(
+            f"--workers must match the number of --gpus, but got workers={workers}, gpus={gpus}"
+        )
+    if gpus is None and workers is None and cuda:
+        gpus = cuda  # one worker per GPU, each pinned to its own
+    n_workers = default_workers(gpus) if workers is None else workers
+    warning = None
+    if gpus is None and cuda and n_workers > len(cuda) and not mps_running():
+        warning = (
+            f"warning: {n_workers} workers will share {len(cuda)} GPU(s) without MPS; trials "
+            "sharing a GPU were measured ten times slower or worse: give --gpus (one worker "
+            "per GPU) or start MPS first (nvidia-cuda-mps-control -d)"
+        )
+    return n_workers, gpus, warning
+
+
+def mps_running() -> bool:
+    """Whether an NVIDIA MPS control daemon is up (its pipe directory holds a `control` pipe)."""
+    pipes = Path(os.environ.get("CUDA_MPS_PIPE_DIRECTORY", "/tmp/nvidia-mps"))
+    return (pipes / "control").exists()
+
+
 def prepare_study(spec: StudySpec, storage: RDBStorage) -> optuna.Study:
     """Create or load the study, store its settings, and enqueue missing baselines exactly once.
 
@@ -124,11 +171,9 @@ def launch(
     url = resolve_url(storage)
     rdb = open_storage(url, create_schema=True)
     optuna_study = prepare_study(spec, rdb)
-    n_workers = default_workers(gpus) if workers is None else workers
-    if gpus and workers not in (None, len(gpus)):
-        raise LaunchError(
-            f"--workers must match the number of --gpus, but got workers={workers}, gpus={gpus}"
-        )
+    n_workers, gpus, warning = plan_workers(workers, gpus, visible_gpus(spec.trial.device))
+    if warning:
+        out(warning)
     shown = mask_url(url)
     out(
         f"study {spec.name!r} in {shown}: budget {spec.budget.n_trials} trials, "

@@ -140,3 +140,26 @@ def test_search_efficiency_smallest(tmp_path: Path) -> None:
     assert random_rows[-1]["spent"] >= 2 and random_rows[0]["label"] is None
     assert {s["method"] for s in result["summary"]} == {"hand-tuned", "random"}
     assert (tmp_path / "search_efficiency.html").read_text().count("plotly") > 0
+
+
+@pytest.mark.slow
+def test_search_efficiency_runs_studies_in_parallel_and_stops_at_its_time_limit(
+    tmp_path: Path,
+) -> None:
+    """`--jobs 2`: every study in its own process; past `--time-limit` no trial starts."""
+    from bench import search_efficiency
+
+    _tiny_shapes()
+    search_efficiency.main(
+        [
+            *("--imgsz", "64", "--batch", "16", "--train-images", "32", "--val-images", "16"),
+            *("--epochs", "1", "--budget-trials", "50", "--seeds", "2", "--baselines", "1"),
+            *("--methods", "random", "--jobs", "2", "--time-limit", "25", "--out", str(tmp_path)),
+        ]
+    )
+    result = json.loads((tmp_path / "search_efficiency.json").read_text())
+    assert len(result["runs"]["random"]) == 2  # both seeds, each its own study
+    spent = [rows[-1]["spent"] for rows in result["runs"]["random"]]
+    assert all(0 < s < result["budget_iterations"] for s in spent)  # cut short, not finished
+    [summary] = [s for s in result["summary"] if s["method"] == "random"]
+    assert summary["spent_min"] == min(spent) and summary["compared_at"] == min(spent)

@@ -227,3 +227,34 @@ def test_launch_option_mistakes_are_refused_before_anything_starts(
     assert result.exit_code == 2
     assert message in result.output
     assert not db.exists()
+
+
+def test_a_cuda_machine_gets_one_worker_per_gpu_and_a_warning_when_workers_would_share(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """Trials sharing a GPU without MPS ran >10x slower on an H200 (docs/benchmarks.md)."""
+    import torch
+
+    from search.launch import mps_running, plan_workers, visible_gpus
+
+    monkeypatch.setenv("CUDA_MPS_PIPE_DIRECTORY", str(tmp_path / "mps"))
+    assert visible_gpus("cpu") == []
+    if not torch.cuda.is_available():
+        assert visible_gpus("auto") == []  # a CPU machine: CPU workers as before
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 3)
+    assert visible_gpus("auto") == visible_gpus("cuda") == [0, 1, 2]
+    assert visible_gpus("cuda:2") == [2] and visible_gpus("cpu") == []
+
+    assert plan_workers(None, None, [0, 1, 2]) == (3, [0, 1, 2], None)
+    assert plan_workers(None, [1], [0, 1, 2]) == (1, [1], None)
+    assert plan_workers(None, None, []) == (max(2, (os.cpu_count() or 2) // 2), None, None)
+    n, gpus, warning = plan_workers(4, None, [0])
+    assert (n, gpus) == (4, None)
+    assert warning and "4 workers will share 1 GPU(s) without MPS" in warning
+    assert "--gpus" in warning and "nvidia-cuda-mps-control -d" in warning
+
+    (tmp_path / "mps").mkdir()
+    os.mkfifo(tmp_path / "mps" / "control")
+    assert mps_running()
+    assert plan_workers(4, None, [0]) == (4, None, None)  # MPS is up: sharing is fine

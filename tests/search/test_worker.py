@@ -103,6 +103,43 @@ def test_a_second_worker_finds_the_budget_spent(tmp_path: Path) -> None:
     assert len(_trials(url)) == 3
 
 
+def test_a_worker_reads_the_study_before_it_takes_the_study_lock(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The first read of a large study is slow; done under the lock, every worker waits on it."""
+    import search.worker
+
+    url, spec = _study(tmp_path, n_trials=4)  # its baselines wait in the storage already
+    assert len(_trials(url)) == len(spec.baselines) > 0
+    cached_at_first_lock: list[int] = []
+    real_acquire = search.worker.StudyLock.acquire
+
+    def acquire(lock: Any) -> None:
+        if not cached_at_first_lock:
+            caches = [
+                len(info.trials)
+                for study in loaded
+                for info in study._storage._studies.values()  # Optuna's per-process cache
+            ]
+            cached_at_first_lock.append(max(caches, default=0))
+        real_acquire(lock)
+
+    loaded: list[Any] = []
+    real_load = search.worker.load_study
+
+    def load_study(*args: Any, **kwargs: Any) -> Any:
+        study = real_load(*args, **kwargs)
+        loaded.append(study)
+        return study
+
+    monkeypatch.setattr(search.worker.StudyLock, "acquire", acquire)
+    monkeypatch.setattr(search.worker, "load_study", load_study)
+    stats = _work(url, tmp_path)
+    assert cached_at_first_lock == [len(spec.baselines)]  # the study was read before the lock
+    assert stats.study_load_seconds > 0
+    assert stats.trials.complete + stats.trials.pruned == 4
+
+
 @pytest.mark.parametrize(
     ("error", "reason"),
     [
