@@ -92,13 +92,13 @@ def _study_file() -> dict[str, Any]:
 
 
 def _study_table(settings: Settings, data: str, method: str, seed: int) -> dict[str, Any]:
-    raw = _study_file()
+    from search.study_file import Overrides, apply_overrides
+
+    raw = apply_overrides(_study_file(), Overrides(epochs=settings.epochs, data=data))
     raw["name"] = f"bench-{method.replace('+', '-')}-{seed}"
     raw["trial"] = {
         **raw["trial"],
-        "data": data,
         "imgsz": settings.imgsz,
-        "epochs": settings.epochs,
         "batch": settings.batch,
         "device": settings.device,
     }

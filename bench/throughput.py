@@ -56,20 +56,16 @@ def worker_run(
     from search import trial_record
     from search.launch import prepare_study
     from search.storage import open_storage
-    from search.study_file import parse_study, resolve_study_path
+    from search.study_file import Overrides, apply_overrides, parse_study, resolve_study_path
     from search.worker import run_worker
     from trainer.data import load_data
     from trainer.fit import fit
 
-    raw = tomllib.loads(resolve_study_path(STUDY).read_text())
+    raw = apply_overrides(
+        tomllib.loads(resolve_study_path(STUDY).read_text()), Overrides(epochs=epochs, data=data)
+    )
     raw["name"] = "bench-throughput"
-    raw["trial"] = {
-        **raw["trial"],
-        "data": data,
-        "epochs": epochs,
-        "imgsz": imgsz,
-        "device": device,
-    }
+    raw["trial"] = {**raw["trial"], "imgsz": imgsz, "device": device}
     raw["budget"] = {"n_trials": trials}
     loading: list[float] = []
 

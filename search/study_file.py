@@ -186,6 +186,13 @@ def apply_overrides(raw: dict[str, Any], overrides: Overrides) -> dict[str, Any]
             section = raw.setdefault(table, {})
             if isinstance(section, dict):
                 section[key] = value
+    pruner = raw.get("pruner")
+    if overrides.epochs is not None and isinstance(pruner, dict):
+        # `--epochs` shorter than the pruner's first rung: the rung moves to the last epoch,
+        # where nothing is pruned, rather than refusing a setting the user did not write
+        first_rung = pruner.get("min_resource")
+        if isinstance(first_rung, int) and first_rung > overrides.epochs:
+            pruner["min_resource"] = overrides.epochs
     return raw
 
 

@@ -104,6 +104,13 @@ def test_overrides_replace_the_files_values(tmp_path: Path) -> None:
     assert spec.make_pruner()._max_resource == 2  # type: ignore[attr-defined]
 
 
+def test_an_epochs_override_below_the_first_rung_moves_the_rung_instead_of_failing() -> None:
+    assert load_study_file("loss-weights").pruner.min_resource == 2
+    spec = load_study_file("loss-weights", Overrides(epochs=1))
+    assert (spec.trial.epochs, spec.pruner.min_resource) == (1, 1)
+    assert load_study_file("loss-weights", Overrides(epochs=3)).pruner.min_resource == 2
+
+
 def test_data_override_to_a_missing_file_is_named() -> None:
     with pytest.raises(StudyFileError, match=r"trial\.data.*data='nowhere/data\.yaml'"):
         load_study_file("loss-weights", Overrides(data="nowhere/data.yaml"))
