@@ -153,7 +153,7 @@ def test_search_efficiency_runs_studies_in_parallel_and_stops_at_its_time_limit(
     search_efficiency.main(
         [
             *("--imgsz", "64", "--batch", "16", "--train-images", "32", "--val-images", "16"),
-            *("--epochs", "1", "--budget-trials", "50", "--seeds", "2", "--baselines", "1"),
+            *("--epochs", "1", "--budget-trials", "100000", "--seeds", "2", "--baselines", "1"),
             *("--methods", "random", "--jobs", "2", "--time-limit", "25", "--out", str(tmp_path)),
         ]
     )
