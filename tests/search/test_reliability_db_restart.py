@@ -174,9 +174,18 @@ def test_workers_give_up_when_the_database_stays_down(
     url = own_postgres.new_database()
     make_study(url, n_trials=6, epochs=4)
     limit = 4.0
-    env = fast_env(tmp_path, FAKE_STEP_SECONDS="0.3", TUNE_STORAGE_DOWN_LIMIT=str(limit))
+    env = fast_env(tmp_path, FAKE_STEP_SECONDS="1.0", TUNE_STORAGE_DOWN_LIMIT=str(limit))
     workers.extend(start_worker(url, tmp_path, env, f"worker-{i}") for i in range(2))
-    wait_for("a finished trial", lambda: finished(trials(url)) >= 1, 120)
+
+    def checkpointed_and_running() -> bool:
+        # two evaluations recorded: the first one's checkpoint is stored (it is uploaded before
+        # the next evaluation), and the trial has two epochs (2 s) left to be caught RUNNING
+        now = trials(url)
+        return finished(now) >= 1 and any(
+            t.state == TrialState.RUNNING and len(trial_record.read_curve(t)) >= 2 for t in now
+        )
+
+    wait_for("a finished trial and a checkpointed running one", checkpointed_and_running, 120)
     down_at = time.monotonic()
     own_postgres.stop()
     try:
