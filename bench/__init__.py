@@ -13,8 +13,9 @@ import os
 import platform
 import statistics
 import sys
+import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -87,3 +88,55 @@ def write_results(name: str, payload: dict[str, Any], out_dir: Path | None = Non
     path = folder / f"{name}.json"
     path.write_text(json.dumps(payload, indent=2, sort_keys=True, default=str) + "\n")
     return path
+
+
+class PeriodicSampler:
+    """Calls `read()` every `interval` seconds in a thread while in the `with` block and keeps
+    every reading (`None`: no reading this time)."""
+
+    def __init__(self, read: Callable[[], float | None], interval: float) -> None:
+        self.samples: list[float] = []
+        self._read = read
+        self._interval = interval
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    @property
+    def peak(self) -> float:
+        return max(self.samples, default=0)
+
+    def __enter__(self) -> PeriodicSampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=30)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            value = self._read()
+            if value is not None:
+                self.samples.append(value)
+            self._stop.wait(self._interval)
+
+
+class ConnectionSampler(PeriodicSampler):
+    """Counts the `pg_stat_activity` rows of one database. It connects through `admin_url` (another
+    database), so its own session is never counted."""
+
+    def __init__(self, admin_url: str, database: str, interval: float = 0.25) -> None:
+        import sqlalchemy as sa
+
+        self._engine = sa.create_engine(admin_url, isolation_level="AUTOCOMMIT", pool_size=1)
+        query = sa.text("SELECT count(*) FROM pg_stat_activity WHERE datname = :db")
+
+        def count() -> float:
+            with self._engine.connect() as conn:  # the pool's one connection, reused
+                return int(conn.execute(query, {"db": database}).scalar_one())
+
+        super().__init__(count, interval)
+
+    def __exit__(self, *exc: object) -> None:
+        super().__exit__(*exc)
+        self._engine.dispose()

@@ -40,9 +40,7 @@ import multiprocessing as mp
 import os
 import random
 import tempfile
-import threading
 import time
-import tomllib
 import uuid
 from collections.abc import Callable, Iterator
 from datetime import datetime, timedelta
@@ -54,7 +52,7 @@ import sqlalchemy as sa
 from optuna.storages._rdb import models
 from optuna.trial import TrialState
 
-from bench import load_average, machine, median, percentile, table, write_results
+from bench import ConnectionSampler, load_average, machine, median, percentile, table, write_results
 from trainer.config import TrainConfig
 from trainer.records import EvalLine, EvalReport, FitResult, TrainLine
 
@@ -202,9 +200,9 @@ def throwaway_database(admin_url: str = ADMIN_URL) -> Iterator[tuple[str, str]]:
 
 def bench_study_table(sampler: str, epochs: int) -> dict[str, Any]:
     """studies/loss-weights.toml as a table, without baselines, with `sampler` and `epochs`."""
-    from search.study_file import resolve_study_path
+    from search.study_file import read_study_table
 
-    raw = tomllib.loads(resolve_study_path(STUDY).read_text())
+    raw, _ = read_study_table(STUDY)
     raw.pop("baselines", None)
     raw["sampler"] = {**raw.get("sampler", {}), "type": sampler}
     raw["trial"] = {**raw["trial"], "epochs": epochs, "device": "cpu"}
@@ -311,34 +309,6 @@ def _bulk_insert(
             conn.execute(sa.insert(models.TrialValueModel.__table__), value_rows)
         conn.execute(sa.insert(models.TrialIntermediateValueModel.__table__), step_rows)
         conn.execute(sa.insert(models.TrialUserAttributeModel.__table__), attr_rows)
-
-
-class ConnectionSampler:
-    """Counts `pg_stat_activity` rows of one database every `interval` seconds, in a thread."""
-
-    def __init__(self, admin_url: str, database: str, interval: float = 0.25) -> None:
-        self._engine = sa.create_engine(admin_url, isolation_level="AUTOCOMMIT")
-        self._database = database
-        self._interval = interval
-        self._stop = threading.Event()
-        self.samples: list[int] = []
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def __enter__(self) -> ConnectionSampler:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
-        self._engine.dispose()
-
-    def _run(self) -> None:
-        query = sa.text("SELECT count(*) FROM pg_stat_activity WHERE datname = :db")
-        with self._engine.connect() as conn:
-            while not self._stop.is_set():
-                self.samples.append(int(conn.execute(query, {"db": self._database}).scalar_one()))
-                self._stop.wait(self._interval)
 
 
 def numbering_query_alone(storage: optuna.storages.RDBStorage, repeats: int = 30) -> list[float]:

@@ -29,7 +29,6 @@ import math
 import multiprocessing
 import tempfile
 import time
-import tomllib
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass
@@ -85,16 +84,10 @@ class TrialRow:
     label: str | None = None
 
 
-def _study_file() -> dict[str, Any]:
-    from search.study_file import resolve_study_path
-
-    return tomllib.loads(resolve_study_path(STUDY).read_text())
-
-
 def _study_table(settings: Settings, data: str, method: str, seed: int) -> dict[str, Any]:
-    from search.study_file import Overrides, apply_overrides
+    from search.study_file import Overrides, apply_overrides, read_study_table
 
-    raw = apply_overrides(_study_file(), Overrides(epochs=settings.epochs, data=data))
+    raw = apply_overrides(read_study_table(STUDY)[0], Overrides(epochs=settings.epochs, data=data))
     raw["name"] = f"bench-{method.replace('+', '-')}-{seed}"
     raw["trial"] = {
         **raw["trial"],
@@ -260,12 +253,7 @@ def summarise(
     every = [r.value for seeds in runs.values() for rows in seeds for r in rows if r.value]
     half_best = max(every, default=math.nan) / 2
     # Studies cut short by --time-limit are compared where all of them got to.
-    spent = [
-        rows[-1].spent if rows else 0
-        for m, seeds in runs.items()
-        if m != HAND_TUNED
-        for rows in seeds
-    ]
+    spent = [_spent(rows) for m, seeds in runs.items() if m != HAND_TUNED for rows in seeds]
     compared_at = min([budget, *spent])
     summary = []
     for method, seeds in runs.items():
@@ -282,7 +270,7 @@ def summarise(
                 "trials_median": median([len(rows) for rows in seeds]),
                 "pruned_median": median([sum(r.state == "PRUNED" for r in rows) for rows in seeds]),
                 "failed_total": sum(r.state == "FAIL" for rows in seeds for r in rows),
-                "spent_min": min((rows[-1].spent if rows else 0 for rows in seeds), default=0),
+                "spent_min": min((_spent(rows) for rows in seeds), default=0),
                 "compared_at": compared_at,
                 "best_at_budget_median": median([v for v in at_budget if not math.isnan(v)]),
                 "best_at_budget_min": min(at_budget, default=math.nan),
@@ -298,6 +286,11 @@ def summarise(
             }
         )
     return target, summary
+
+
+def _spent(rows: list[TrialRow]) -> int:
+    """Iterations a study spent in all (it may stop short of the budget at --time-limit)."""
+    return rows[-1].spent if rows else 0
 
 
 def _median_with_misses(reached: list[int | None]) -> float:
@@ -391,7 +384,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "baselines": args.baselines,
     }
     settings = Settings(**{**asdict(settings), **{k: v for k, v in changes.items() if v}})
-    study_epochs = _study_file()["trial"]["epochs"]
+    from search.study_file import read_study_table
+
+    study_epochs = read_study_table(STUDY)[0]["trial"]["epochs"]
     if settings.epochs != study_epochs and not args.quick and not args.epochs:
         raise SystemExit(f"Settings.epochs {settings.epochs} is not the study's {study_epochs}")
     if torch.cuda.is_available():

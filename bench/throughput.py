@@ -25,15 +25,13 @@ import queue
 import shutil
 import subprocess
 import tempfile
-import threading
 import time
-import tomllib
 from pathlib import Path
 from typing import Any
 
 import optuna
 
-from bench import load_average, machine, median, table, write_results
+from bench import PeriodicSampler, load_average, machine, median, table, write_results
 from search.launch import mps_running
 
 STUDY = "loss-weights"
@@ -56,14 +54,12 @@ def worker_run(
     from search import trial_record
     from search.launch import prepare_study
     from search.storage import open_storage
-    from search.study_file import Overrides, apply_overrides, parse_study, resolve_study_path
+    from search.study_file import Overrides, apply_overrides, parse_study, read_study_table
     from search.worker import run_worker
     from trainer.data import load_data
     from trainer.fit import fit
 
-    raw = apply_overrides(
-        tomllib.loads(resolve_study_path(STUDY).read_text()), Overrides(epochs=epochs, data=data)
-    )
+    raw = apply_overrides(read_study_table(STUDY)[0], Overrides(epochs=epochs, data=data))
     raw["name"] = "bench-throughput"
     raw["trial"] = {**raw["trial"], "imgsz": imgsz, "device": device}
     raw["budget"] = {"n_trials": trials}
@@ -123,45 +119,27 @@ def worker_run(
 # --- GPU: per model, utilisation, sharing ---------------------------------------------------------
 
 
-class GpuUtilisation:
-    """Samples GPU utilisation (%) every `interval` seconds in a thread while in the block."""
+def _gpu_utilisation() -> float | None:
+    """GPU 0's utilisation in %, from `nvidia-smi` or `torch.cuda.utilization`; None without."""
+    if shutil.which("nvidia-smi"):
+        out = subprocess.run(
+            ["nvidia-smi", "--query-gpu=utilization.gpu", "--format=csv,noheader,nounits"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+        ).stdout.split()
+        return float(out[0]) if out else None
+    import torch
 
-    def __init__(self, interval: float = 0.5) -> None:
-        self.samples: list[float] = []
-        self._interval = interval
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
+    try:
+        return float(torch.cuda.utilization())
+    except Exception:  # needs pynvml; no reading rather than a wrong one
+        return None
 
-    def __enter__(self) -> GpuUtilisation:
-        self._thread.start()
-        return self
 
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
-
-    def _read(self) -> float | None:
-        if shutil.which("nvidia-smi"):
-            out = subprocess.run(
-                ["nvidia-smi", "--query-gpu=utilization.gpu", "--format=csv,noheader,nounits"],
-                capture_output=True,
-                text=True,
-                timeout=10,
-            ).stdout.split()
-            return float(out[0]) if out else None
-        import torch
-
-        try:
-            return float(torch.cuda.utilization())
-        except Exception:  # needs pynvml; no reading rather than a wrong one
-            return None
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            value = self._read()
-            if value is not None:
-                self.samples.append(value)
-            self._stop.wait(self._interval)
+def gpu_utilisation() -> PeriodicSampler:
+    """Samples GPU utilisation (%) every 0.5 s while in the `with` block."""
+    return PeriodicSampler(_gpu_utilisation, 0.5)
 
 
 def _gpu_fit(model: str, imgsz: int, batch: int, epochs: int, barrier: Any, out: Any) -> None:
@@ -208,7 +186,7 @@ def gpu_trials(
     barrier.wait(600)
     deadline = time.monotonic() + limit
     results: list[dict[str, Any]] = []
-    with GpuUtilisation() as utilisation:
+    with gpu_utilisation() as utilisation:
         for _ in procs:
             try:
                 results.append(out.get(timeout=max(deadline - time.monotonic(), 0.1)))
@@ -252,7 +230,7 @@ def gpu_section(quick: bool) -> dict[str, Any]:
     print("-- GPU: 1, 2 and 4 nano trials at once", flush=True)
     sharing = [gpu_trials("nano", 128, 32, epochs, k) for k in (1, 2, 4)]
     print("-- GPU: the worker loop, duty cycle", flush=True)
-    with GpuUtilisation() as utilisation:
+    with gpu_utilisation() as utilisation:
         worker = worker_run(2 if quick else 4, 4, 1, device="cuda")
     worker["gpu_utilisation_median"] = median(utilisation.samples)
     return {

@@ -158,15 +158,20 @@ def resolve_study_path(name_or_path: str, studies_dir: Path | None = None) -> Pa
     )
 
 
+def read_study_table(name_or_path: str) -> tuple[dict[str, Any], Path]:
+    """A study file's raw TOML table (not validated) and the path it was read from."""
+    path = resolve_study_path(name_or_path)
+    try:
+        return tomllib.loads(path.read_text()), path
+    except tomllib.TOMLDecodeError as exc:
+        raise StudyFileError(f"{path}: not valid TOML: {exc}") from None
+
+
 def load_study_file(
     name_or_path: str, overrides: Overrides | None = None, *, check_data: bool = True
 ) -> StudySpec:
     """Read, override and validate a study file (by name or path)."""
-    path = resolve_study_path(name_or_path)
-    try:
-        raw = tomllib.loads(path.read_text())
-    except tomllib.TOMLDecodeError as exc:
-        raise StudyFileError(f"{path}: not valid TOML: {exc}") from None
+    raw, path = read_study_table(name_or_path)
     return parse_study(
         apply_overrides(raw, overrides or Overrides()), str(path), check_data=check_data
     )

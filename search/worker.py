@@ -27,7 +27,6 @@ import os
 import socket
 import sys
 import time
-import tomllib
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -62,7 +61,7 @@ from search.storage import (
     mask_url,
     open_storage,
 )
-from search.study_file import StudyFileError, StudySpec, parse_study, resolve_study_path
+from search.study_file import StudyFileError, StudySpec, parse_study, read_study_table
 
 LoadDataFn = Callable[[str, int, bool], Any]
 TRAINER_MODULE_ENV = "TUNE_TRAINER_MODULE"  # for tests and soak runs only (see `load_trainer`)
@@ -97,11 +96,8 @@ def study_name_of(name_or_path: str) -> str:
     given = Path(name_or_path)
     if given.suffix != ".toml" and len(given.parts) == 1:
         return name_or_path
-    path = resolve_study_path(name_or_path)
-    try:
-        name = tomllib.loads(path.read_text()).get("name")
-    except tomllib.TOMLDecodeError as exc:
-        raise StudyFileError(f"{path}: not valid TOML: {exc}") from None
+    raw, path = read_study_table(name_or_path)
+    name = raw.get("name")
     if not isinstance(name, str):
         raise StudyFileError(f"{path}: name must be a string, but got name={name!r}")
     return name

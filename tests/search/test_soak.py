@@ -20,19 +20,15 @@ import resource
 import statistics
 import subprocess
 import sys
-import threading
 import time
 from collections import Counter
-from collections.abc import Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import optuna
 import pytest
-import sqlalchemy as sa
 from optuna.trial import TrialState
 
+from bench import ConnectionSampler
 from search import trial_record
 from search.launch import prepare_study
 from search.storage import StorageSettings, open_storage
@@ -48,44 +44,6 @@ N_TRIALS = int(os.environ.get("TUNE_SOAK_TRIALS", "200"))
 # besides the workers' pools: a worker's short-lived schema check before its pool opens, and
 # psql-style admin sessions of the test harness (the sampler connects to another database)
 SLACK = 2
-
-
-@dataclass
-class ConnectionSampler:
-    """Polls pg_stat_activity for one database in a thread; keeps the peak and every sample."""
-
-    database: str
-    interval: float = 0.05
-    samples: list[int] = field(default_factory=list)
-    _stop: threading.Event = field(default_factory=threading.Event)
-
-    @property
-    def peak(self) -> int:
-        return max(self.samples, default=0)
-
-    def run(self) -> None:
-        # connected to the admin database: the sampler's own session is never counted
-        engine = sa.create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT", poolclass=sa.NullPool)
-        query = sa.text("SELECT count(*) FROM pg_stat_activity WHERE datname = :db")
-        try:
-            with engine.connect() as conn:
-                while not self._stop.is_set():
-                    self.samples.append(
-                        int(conn.execute(query, {"db": self.database}).scalar_one())
-                    )
-                    self._stop.wait(self.interval)
-        finally:
-            engine.dispose()
-
-    @contextmanager
-    def running(self) -> Iterator[ConnectionSampler]:
-        thread = threading.Thread(target=self.run, daemon=True)
-        thread.start()
-        try:
-            yield self
-        finally:
-            self._stop.set()
-            thread.join(timeout=10)
 
 
 def _children_cpu_seconds() -> float:
@@ -108,7 +66,7 @@ def test_soak_many_workers_hundreds_of_trials(pg_url: str, tmp_path: Path) -> No
     logs = [tmp_path / f"worker-{i}.log" for i in range(WORKERS)]
     cpu_before = _children_cpu_seconds()
     started = time.monotonic()
-    with ConnectionSampler(pg_url.rsplit("/", 1)[1]).running() as sampler:
+    with ConnectionSampler(PG_ADMIN_URL, pg_url.rsplit("/", 1)[1], interval=0.05) as sampler:
         procs = []
         for i, log in enumerate(logs):
             cmd = [
