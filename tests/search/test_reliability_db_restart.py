@@ -12,6 +12,7 @@ import contextlib
 import os
 import pwd
 import shutil
+import signal
 import socket
 import subprocess
 import tempfile
@@ -177,17 +178,31 @@ def test_workers_give_up_when_the_database_stays_down(
     env = fast_env(tmp_path, FAKE_STEP_SECONDS="1.0", TUNE_STORAGE_DOWN_LIMIT=str(limit))
     workers.extend(start_worker(url, tmp_path, env, f"worker-{i}") for i in range(2))
 
-    def checkpointed_and_running() -> bool:
-        # two evaluations recorded: the first one's checkpoint is stored (it is uploaded before
-        # the next evaluation), and the trial has two epochs (2 s) left to be caught RUNNING
-        now = trials(url)
-        return finished(now) >= 1 and any(
-            t.state == TrialState.RUNNING and len(trial_record.read_curve(t)) >= 2 for t in now
-        )
+    def frozen_with_a_checkpointed_trial() -> bool:
+        # the workers are paused (SIGSTOP) while the study is read, and stay paused when it holds
+        # a finished trial and a RUNNING one with a checkpoint: nothing can finish that trial
+        # before the database goes down (a 2-core CI machine under load once let a trial with one
+        # epoch left complete between this check and the stop)
+        for w in workers:
+            w.signal(signal.SIGSTOP)
+        caught = False
+        try:
+            now = trials(url)
+            caught = finished(now) >= 1 and any(
+                t.state == TrialState.RUNNING and trial_record.read_checkpoint(t) is not None
+                for t in now
+            )
+        finally:
+            if not caught:
+                for w in workers:
+                    w.signal(signal.SIGCONT)
+        return caught
 
-    wait_for("a finished trial and a checkpointed running one", checkpointed_and_running, 120)
+    wait_for("a finished trial and a checkpointed running one", frozen_with_a_checkpointed_trial, 120)
     down_at = time.monotonic()
     own_postgres.stop()
+    for w in workers:
+        w.signal(signal.SIGCONT)
     try:
         codes = [w.wait(timeout=60) for w in workers]
         gone_after = time.monotonic() - down_at
