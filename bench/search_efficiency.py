@@ -2,6 +2,7 @@
 
     uv run python -m bench.search_efficiency            # the loss-weights study as it is, 3 seeds
     uv run python -m bench.search_efficiency --quick    # a smaller, shorter problem, 2 seeds
+    uv run python -m bench.search_efficiency --merge A.json B.json   # runs made apart, one table
 
 Methods, all on the built-in `shapes` data set, each through the search package's own objective
 (`search.objective.make_objective`) and the real trainer (`trainer.fit.fit`), the data loaded
@@ -12,7 +13,10 @@ once, in this process (one worker, one torch thread), one SQLite study per metho
 - random: `RandomSampler`, no pruning;
 - tpe: `TPESampler` as the study file sets it (multivariate, constant liar, n_startup_trials),
   no pruning;
-- tpe+hyperband: the loss-weights default, TPE with `HyperbandPruner` over epochs.
+- tpe+hyperband: the loss-weights default, TPE with tune's Hyperband over epochs
+  (`search/pruning.py`);
+- tpe+hyperband-at-once (only when named in --methods): the same with `n_min_trials = 1`, so a
+  rung decides from its first value (Optuna's own Hyperband; the default before n_min_trials).
 
 The search methods start from nothing (no baselines enqueued): otherwise they would "match" the
 best hand-tuned setting by running it. Each method runs trials until it has spent the budget, in
@@ -41,11 +45,15 @@ from optuna.trial import TrialState
 from bench import load_average, machine, median, table, write_results
 
 STUDY = "loss-weights"
-METHODS: dict[str, tuple[str, str]] = {  # name -> (sampler type, pruner type)
-    "random": ("Random", "none"),
-    "tpe": ("TPE", "none"),
-    "tpe+hyperband": ("TPE", "Hyperband"),
+METHODS: dict[str, tuple[str, str, dict[str, Any]]] = {  # name -> (sampler, pruner, its settings)
+    "random": ("Random", "none", {}),
+    "tpe": ("TPE", "none", {}),
+    "tpe+hyperband": ("TPE", "Hyperband", {}),
+    # not run unless named: Hyperband deciding from a rung's first value (n_min_trials 1, Optuna's
+    # own behaviour), the loss-weights default before n_min_trials
+    "tpe+hyperband-at-once": ("TPE", "Hyperband", {"n_min_trials": 1}),
 }
+DEFAULT_METHODS = ("random", "tpe", "tpe+hyperband")
 HAND_TUNED = "hand-tuned"
 
 
@@ -102,11 +110,11 @@ def _study_table(settings: Settings, data: str, method: str, seed: int) -> dict[
         raw["budget"] = {"n_trials": len(raw["baselines"])}
         return raw
     raw.pop("baselines", None)
-    sampler, pruner = METHODS[method]
+    sampler, pruner, pruner_settings = METHODS[method]
     raw["sampler"] = {**raw["sampler"], "type": sampler, "seed": seed}
     if settings.n_startup_trials is not None:
         raw["sampler"]["n_startup_trials"] = settings.n_startup_trials
-    raw["pruner"] = {**raw["pruner"], "type": pruner}
+    raw["pruner"] = {**raw["pruner"], "type": pruner, **pruner_settings}
     if pruner == "none":
         raw["pruner"] = {"type": "none"}
     return raw
@@ -351,7 +359,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--val-images", type=int, help="first N shapes validation images")
     parser.add_argument("--startup-trials", type=int, help="TPE n_startup_trials")
     parser.add_argument("--baselines", type=int, help="run only the first N hand-tuned settings")
-    parser.add_argument("--methods", default=",".join(METHODS), help="search methods to run")
+    parser.add_argument(
+        "--methods",
+        default=",".join(DEFAULT_METHODS),
+        help=f"search methods to run, of {', '.join(METHODS)}",
+    )
     parser.add_argument(
         "--jobs", type=int, default=1, help="studies run at once, each in its own process"
     )
@@ -364,9 +376,17 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument(
         "--from-results", type=Path, help="re-summarise a results JSON (no training)"
     )
+    parser.add_argument(
+        "--merge",
+        type=Path,
+        nargs="+",
+        help="results JSONs of the same problem, other methods: write one (--out), no training",
+    )
     args = parser.parse_args(argv)
     if args.from_results:
         return resummarise(args.from_results)
+    if args.merge:
+        return merge_results(args.merge, args.out)
     import torch
 
     torch.set_num_threads(1)
@@ -471,6 +491,54 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 def resummarise(path: Path) -> dict[str, Any]:
     """Recompute the summary, tables and figure of a results JSON from its stored trials."""
     payload: dict[str, Any] = json.loads(path.read_text())
+    return _summarise_into(payload, path)
+
+
+def merge_results(paths: list[Path], out_dir: Path | None = None) -> dict[str, Any]:
+    """One results JSON from runs of different methods, made apart, on the same problem.
+
+    Refused unless every part has the same settings and data, no method twice, and hand-tuned
+    runs equal to the last digit: the trainer is deterministic on one machine, so differing
+    hand-tuned values mean different machines (or code), whose methods do not compare.
+    """
+    parts: list[dict[str, Any]] = [json.loads(p.read_text()) for p in paths]
+    first = parts[0]
+    runs: dict[str, Any] = {HAND_TUNED: first["runs"][HAND_TUNED]}
+    for path, part in zip(paths, parts, strict=True):
+        for key in ("settings", "data", "budget_iterations"):
+            if part[key] != first[key]:
+                raise SystemExit(f"{path}: {key} {part[key]} differ from {paths[0]}'s {first[key]}")
+        hand = [(r["label"], r["value"]) for r in part["runs"][HAND_TUNED][0]]
+        if hand != [(r["label"], r["value"]) for r in runs[HAND_TUNED][0]]:
+            raise SystemExit(
+                f"{path}: its hand-tuned runs ({', '.join(f'{v:.6g}' for _, v in hand)}) differ "
+                f"from {paths[0]}'s: made on another machine or with other code, so its methods "
+                "cannot be compared with those of the other parts"
+            )
+        for method, seeds in part["runs"].items():
+            if method == HAND_TUNED:
+                continue
+            if method in runs:
+                raise SystemExit(f"{path}: method {method!r} is in two of the parts")
+            runs[method] = seeds
+    payload = {
+        **first,
+        "runs": runs,
+        "machine": [part["machine"] for part in parts],
+        "wall_seconds": sum(part["wall_seconds"] for part in parts),
+        "load_average_samples": [x for part in parts for x in part["load_average_samples"]],
+        "merged_from": [
+            {"path": str(p), "methods": [m for m in part["runs"] if m != HAND_TUNED]}
+            for p, part in zip(paths, parts, strict=True)
+        ],
+    }
+    payload["load_average_median"] = median(payload["load_average_samples"])
+    payload.pop("remeasure", None)
+    return _summarise_into(payload, write_results("search_efficiency", payload, out_dir))
+
+
+def _summarise_into(payload: dict[str, Any], path: Path) -> dict[str, Any]:
+    """Summarise `payload`'s runs into it, write it to `path` with its figure, print the tables."""
     runs = {
         method: [[TrialRow(**row) for row in rows] for rows in seeds]
         for method, seeds in payload["runs"].items()
@@ -481,6 +549,7 @@ def resummarise(path: Path) -> dict[str, Any]:
     path.write_text(json.dumps(payload, indent=2, sort_keys=True, default=str) + "\n")
     draw(runs, target, budget, path.with_suffix(".html"))
     print(_tables(runs, summary, target, budget))
+    print(f"results: {path} and {path.with_suffix('.html')}")
     return payload
 
 

@@ -2,8 +2,9 @@
 
 The objective builds a `TrainConfig` from the study settings and the drawn (or, for a baseline,
 enqueued) parameters, records config, placement and every evaluation through
-`search/trial_record.py`, lets Hyperband prune at evaluation steps (never a baseline: baselines
-run their full length so that reports compare like with like), and returns the objective metric.
+`search/trial_record.py`, lets Hyperband prune at evaluation steps (`search/pruning.py`: never a
+baseline, which runs its full length so that reports compare like with like), and returns the
+objective metric.
 Any failure is stored on the trial as one masked line before Optuna marks it FAIL.
 
 After each evaluation the trainer's checkpoint is uploaded to the artifact store
@@ -227,11 +228,12 @@ def make_objective(ctx: TrialContext) -> Callable[[optuna.Trial], float]:
                 if ctx.checkpoints is not None:
                     store = ctx.checkpoints
                     ctx.store(lambda: store.upload(trial, config.out, step), "the checkpoint")
-                # never a baseline, and never at the last step: the run is already paid for, and
-                # Hyperband would otherwise discard a finished result when the run length falls
-                # on one of its rungs (epochs 1, 3, 9, ... with reduction factor 3)
+                # never at the last step: the run is already paid for, and Hyperband would
+                # otherwise discard a finished result when the run length falls on one of its
+                # rungs (epochs 1, 3, 9, ... with reduction factor 3). Baselines are asked too, so
+                # that their values join the rungs; the pruner never stops them (search/pruning.py)
                 last_step = step >= config.epochs
-                prune = baseline is None and not last_step and ctx.store(trial.should_prune)
+                prune = not last_step and ctx.store(trial.should_prune)
             if prune:
                 raise optuna.TrialPruned(
                     f"pruned after {step} epochs at {metrics.eval.mAP50_95:.4f} mAP50-95"

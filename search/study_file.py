@@ -7,7 +7,7 @@ Layout (see `studies/loss-weights.toml`):
     [budget]     n_trials (COMPLETE + PRUNED, for the whole study), optional timeout (seconds)
     [trial]      data, model, epochs, imgsz, batch, eval_interval, device
     [sampler]    type = "TPE" | "Random", optional seed, n_startup_trials
-    [pruner]     type = "Hyperband" | "none", min_resource, reduction_factor
+    [pruner]     type = "Hyperband" | "none", min_resource, reduction_factor, n_min_trials
     [space]      see search/space.py
     [[baselines]] label plus a value for every [space] parameter (milestones as fractions)
 
@@ -28,6 +28,7 @@ from typing import Any
 
 import optuna
 
+from search.pruning import TuneHyperbandPruner
 from search.space import SearchSpace, SpaceError, parse_space
 from trainer.config import TrainConfig
 
@@ -80,6 +81,7 @@ class PrunerSpec:
     type: str = "Hyperband"
     min_resource: int = 1
     reduction_factor: int = 3
+    n_min_trials: int = 1  # trials evaluated at a step before any is stopped there (1: Optuna's)
 
 
 @dataclass(frozen=True)
@@ -129,13 +131,15 @@ class StudySpec:
         return optuna.samplers.TPESampler(seed=seed, n_startup_trials=self.sampler.n_startup_trials)
 
     def make_pruner(self) -> optuna.pruners.BasePruner:
-        """Hyperband over evaluation steps (epochs completed, up to `trial.epochs`)."""
+        """Hyperband over evaluation steps (epochs completed, up to `trial.epochs`), sparing
+        baselines and waiting for `n_min_trials` evaluations at a step (`search/pruning.py`)."""
         if self.pruner.type == "none":
             return optuna.pruners.NopPruner()
-        return optuna.pruners.HyperbandPruner(
+        return TuneHyperbandPruner(
             min_resource=self.pruner.min_resource,
             max_resource=self.trial.epochs,
             reduction_factor=self.pruner.reduction_factor,
+            n_min_trials=self.pruner.n_min_trials,
         )
 
 
@@ -338,7 +342,7 @@ def _sampler(t: dict[str, Any]) -> SamplerSpec:
 
 
 def _pruner(t: dict[str, Any], trial: TrialSettings) -> PrunerSpec:
-    _check_keys(t, ("type", "min_resource", "reduction_factor"), "[pruner]")
+    _check_keys(t, ("type", "min_resource", "reduction_factor", "n_min_trials"), "[pruner]")
     kind = _get(t, "pruner", "type", str, "Hyperband")
     if kind not in PRUNERS:
         raise StudyFileError(
@@ -353,7 +357,9 @@ def _pruner(t: dict[str, Any], trial: TrialSettings) -> PrunerSpec:
         )
     factor = _get(t, "pruner", "reduction_factor", int, 3)
     _positive("pruner", "reduction_factor", factor, 2)
-    return PrunerSpec(kind, min_resource, factor)
+    n_min_trials = _get(t, "pruner", "n_min_trials", int, 1)
+    _positive("pruner", "n_min_trials", n_min_trials)
+    return PrunerSpec(kind, min_resource, factor, n_min_trials)
 
 
 def _baselines(entries: Any, space: SearchSpace) -> tuple[Baseline, ...]:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import math
 import os
+from dataclasses import asdict
 from pathlib import Path
 
 import pytest
@@ -59,6 +60,50 @@ def test_budget_accounting() -> None:
     assert best_at(rows, 219) == 0.10  # trial 2 ended beyond this budget
     assert best_at(rows, 220) == 0.30
     assert math.isnan(best_at(rows, 50))
+
+
+def _results(path: Path, hand_tuned: float, **runs: list[list[TrialRow]]) -> Path:
+    """A results JSON as `bench.search_efficiency` writes it (settings abridged)."""
+    rows = {"hand-tuned": [[TrialRow(0, "COMPLETE", hand_tuned, 100, 100, 1.0, "first model")]]}
+    payload = {
+        "settings": {"epochs": 1},
+        "data": {"path": "shapes"},
+        "budget_iterations": 300,
+        "machine": {"host": path.stem},
+        "wall_seconds": 10.0,
+        "load_average_samples": [1.0],
+        "runs": {
+            method: [[asdict(r) for r in seed] for seed in seeds]
+            for method, seeds in {**rows, **runs}.items()
+        },
+    }
+    path.write_text(json.dumps(payload))
+    return path
+
+
+def test_search_efficiency_merges_runs_made_apart_only_when_they_compare(tmp_path: Path) -> None:
+    from bench.search_efficiency import merge_results
+
+    def study(*values: float) -> list[TrialRow]:
+        return [TrialRow(i, "COMPLETE", v, 100, 100 * (i + 1), 1.0) for i, v in enumerate(values)]
+
+    a = _results(tmp_path / "a.json", 0.2, random=[study(0.1, 0.3, 0.4)])
+    b = _results(tmp_path / "b.json", 0.2, **{"tpe+hyperband": [study(0.25, 0.1, 0.1)]})
+    merged = merge_results([a, b], tmp_path / "out")
+    assert list(merged["runs"]) == ["hand-tuned", "random", "tpe+hyperband"]
+    # random needs 200 iterations to pass the hand-tuned 0.2, TPE with Hyperband 100
+    assert (merged["goal"]["tpe_hyperband_budget"], merged["goal"]["random_budget"]) == (100, 200)
+    assert merged["goal"]["ratio"] == 0.5 and merged["machine"] == [{"host": "a"}, {"host": "b"}]
+    on_disk = json.loads((tmp_path / "out" / "search_efficiency.json").read_text())
+    assert on_disk["goal"]["ratio"] == 0.5
+    assert (tmp_path / "out" / "search_efficiency.html").exists()
+
+    # hand-tuned runs that differ come from another machine (or code): no comparison
+    other = _results(tmp_path / "c.json", 0.19, tpe=[study(0.3)])
+    with pytest.raises(SystemExit, match=r"c\.json: its hand-tuned runs \(0\.19\) differ"):
+        merge_results([a, other], tmp_path / "out")
+    with pytest.raises(SystemExit, match=r"method 'random' is in two of the parts"):
+        merge_results([a, a], tmp_path / "out")
 
 
 @pytest.mark.postgres

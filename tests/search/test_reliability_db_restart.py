@@ -198,7 +198,7 @@ def test_workers_give_up_when_the_database_stays_down(
                     w.signal(signal.SIGCONT)
         return caught
 
-    wait_for("a finished trial and a checkpointed running one", frozen_with_a_checkpointed_trial, 120)
+    wait_for("a finished and a checkpointed running trial", frozen_with_a_checkpointed_trial, 120)
     down_at = time.monotonic()
     own_postgres.stop()
     for w in workers:

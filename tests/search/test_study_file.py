@@ -207,6 +207,7 @@ BAD = [
     ("sampler.type", "CMA", r"sampler\.type must be one of.*type='CMA'"),
     ("pruner.type", "Median", r"pruner\.type must be one of.*type='Median'"),
     ("pruner.min_resource", 99, r"pruner\.min_resource.*<= trial\.epochs=4.*min_resource=99"),
+    ("pruner.n_min_trials", 0, r"pruner\.n_min_trials must be >= 1.*n_min_trials=0"),
     ("name", "has space", r"name must be.*name='has space'"),
     ("trial", 3, r"\[trial\] must be a table.*trial=3"),
 ]
