@@ -533,7 +533,6 @@ def merge_results(paths: list[Path], out_dir: Path | None = None) -> dict[str, A
         ],
     }
     payload["load_average_median"] = median(payload["load_average_samples"])
-    payload.pop("remeasure", None)
     return _summarise_into(payload, write_results("search_efficiency", payload, out_dir))
 
 

@@ -60,8 +60,9 @@ class TuneHyperbandPruner(optuna.pruners.HyperbandPruner):
         return step is not None and self._enough_evaluated(study, step)
 
     def _enough_evaluated(self, study: optuna.Study, step: int) -> bool:
-        # a step's count only grows, so once full it stays full: no more reads for it
-        if step in self._full_steps:
+        # a step's count only grows, so once full it stays full: no more reads for it (and with
+        # n_min_trials 1 the trial's own evaluation fills it: no read at all)
+        if self.n_min_trials <= 1 or step in self._full_steps:
             return True
         trials = study.get_trials(deepcopy=False, states=_COUNTED)
         if sum(step in t.intermediate_values for t in trials) >= self.n_min_trials:
