@@ -26,10 +26,9 @@ from typing import Any, Literal
 import torch
 import yaml
 from torch import Tensor
-from torchvision import tv_tensors
 from torchvision.ops import box_convert
-from torchvision.transforms.v2 import functional as TF
 
+from trainer.augment import AugmentSpec, augment_batch, mosaic_affine
 from trainer.letterbox import Letterbox, read_letterboxed
 from trainer.shapes import shapes_yaml
 
@@ -341,86 +340,46 @@ def iterate_batches(
     batch_size: int,
     *,
     shuffle: bool,
-    augment: bool,
+    augment: bool | AugmentSpec,
     generator: torch.Generator,
 ) -> Iterator[tuple[Tensor, Tensor, Tensor]]:
     """Batches `(images, targets, indices)` of a split, deterministic given `generator`.
 
     `images` float32 `[B, 3, S, S]` in [0, 1]; `targets` `[M, 6]` = (batch_index, cls, cx, cy, w,
-    h) normalised to the letterboxed image; `indices` `[B]` the samples' positions in `split`.
-    With `shuffle` (training) the last partial batch is dropped, unless the split is smaller than
-    one batch; without it (evaluation) every sample is served once, in order.
+    h) normalised to the letterboxed image; `indices` `[B]` the samples' positions in `split`
+    (with mosaic, the image whose tile is top-left). With `shuffle` (training) the last partial
+    batch is dropped, unless the split is smaller than one batch; without it (evaluation) every
+    sample is served once, in order. `augment=True` means `AugmentSpec()` (flip and HSV only).
     """
     if batch_size <= 0:
         raise ValueError(f"batch_size must be > 0, but got {batch_size=}")
+    spec = AugmentSpec() if augment is True else augment or None
     n = len(split)
     order = torch.randperm(n, generator=generator) if shuffle else torch.arange(n)
     stop = n - n % batch_size if shuffle and n >= batch_size else n
     size = split.imgsz
     for start in range(0, stop, batch_size):
         indices = order[start : start + batch_size]
-        images = split.images.index_select(0, indices)
-        boxes = [split.boxes[i] for i in indices.tolist()]
-        counts = torch.tensor([len(b) for b in boxes])
-        batch_index = torch.repeat_interleave(torch.arange(len(boxes)), counts)
-        labels = torch.cat(boxes) if boxes else torch.zeros((0, 5))
-        cls, xyxy = labels[:, 0], labels[:, 1:]
-        if augment:
-            images, xyxy = augment_batch(images, batch_index, xyxy, generator)
+        if spec is not None and (spec.mosaic > 0 or spec.scale > 0 or spec.translate > 0):
+            use_mosaic = spec.mosaic > 0 and float(torch.rand(1, generator=generator)) < spec.mosaic
+            pixels, batch_index, labels = mosaic_affine(
+                split.images, split.boxes, indices, generator,
+                mosaic=use_mosaic, scale=spec.scale, translate=spec.translate,
+            )  # fmt: skip
         else:
-            images = images.float().div_(255)
+            pixels = split.images.index_select(0, indices)
+            boxes = [split.boxes[i] for i in indices.tolist()]
+            counts = torch.tensor([len(b) for b in boxes])
+            batch_index = torch.repeat_interleave(torch.arange(len(boxes)), counts)
+            labels = torch.cat(boxes) if boxes else torch.zeros((0, 5))
+        cls, xyxy = labels[:, 0], labels[:, 1:]
+        if spec is not None:
+            images, xyxy = augment_batch(
+                pixels, batch_index, xyxy, generator,
+                flip_p=spec.fliplr, hue=spec.hsv_h, saturation=spec.hsv_s, value=spec.hsv_v,
+            )  # fmt: skip
+        else:
+            images = pixels.float().div_(255)
         cxcywh = box_convert(xyxy, "xyxy", "cxcywh") / size
         targets = torch.cat([batch_index[:, None].float(), cls[:, None], cxcywh], dim=1)
         yield images, targets, indices
-
-
-# RGB <-> YIQ: hue is a rotation of the (I, Q) chroma plane, saturation its length, value Y.
-_RGB_TO_YIQ = torch.tensor(
-    [[0.299, 0.587, 0.114], [0.596, -0.274, -0.322], [0.211, -0.523, 0.312]], dtype=torch.float32
-)
-_YIQ_TO_RGB = torch.linalg.inv(_RGB_TO_YIQ)
-_CHUNK = 4
-
-
-def augment_batch(
-    images: Tensor,
-    batch_index: Tensor,
-    xyxy: Tensor,
-    generator: torch.Generator,
-    *,
-    flip_p: float = 0.5,
-    hue: float = 0.05,
-    saturation: float = 0.5,
-    value: float = 0.3,
-) -> tuple[Tensor, Tensor]:
-    """Random horizontal flip and HSV-style colour jitter, drawn per image from `generator`.
-
-    `images` uint8 `[B, 3, S, S]` (flipped in place), `xyxy` `[M, 4]` letterboxed pixels of the
-    image `batch_index[m]`. Returns float images in [0, 1] and the moved boxes (a new tensor).
-    Flips go through torchvision.transforms.v2 with `tv_tensors.BoundingBoxes`. The colour jitter
-    is one 3x3 matrix per image (hue rotation in YIQ, saturation and value gains) applied by
-    batched matmul: per-image `v2.ColorJitter` costs about a millisecond an image, far over budget.
-    """
-    b, _, h, w = images.shape
-    flip = torch.rand(b, generator=generator) < flip_p
-    xyxy = xyxy.clone()
-    if bool(flip.any()):
-        for i in flip.nonzero().flatten().tolist():
-            images[i] = TF.horizontal_flip(tv_tensors.Image(images[i])).as_subclass(Tensor)
-        rows = flip[batch_index]
-        boxes = tv_tensors.BoundingBoxes(xyxy[rows], format="XYXY", canvas_size=(h, w))
-        xyxy[rows] = TF.horizontal_flip(boxes).as_subclass(Tensor)
-    angle = (torch.rand(b, generator=generator) * 2 - 1) * (hue * 2 * math.pi)
-    sat = 1 + (torch.rand(b, generator=generator) * 2 - 1) * saturation
-    val = 1 + (torch.rand(b, generator=generator) * 2 - 1) * value
-    cos, sin = torch.cos(angle) * sat, torch.sin(angle) * sat
-    yiq = torch.zeros((b, 3, 3))
-    yiq[:, 0, 0] = 1
-    yiq[:, 1, 1], yiq[:, 1, 2], yiq[:, 2, 1], yiq[:, 2, 2] = cos, -sin, sin, cos
-    matrix = (_YIQ_TO_RGB @ yiq @ _RGB_TO_YIQ) * (val / 255)[:, None, None]
-    flat = images.reshape(b, 3, h * w)
-    out = torch.empty((b, 3, h * w))
-    # A few images at a time: big temporaries cost page faults on every batch (slow on VMs).
-    for c in range(0, b, _CHUNK):
-        torch.bmm(matrix[c : c + _CHUNK], flat[c : c + _CHUNK].float(), out=out[c : c + _CHUNK])
-    return out.clamp_(0, 1).reshape(b, 3, h, w), xyxy

@@ -1,8 +1,14 @@
 """Training one detector: `train_one_epoch()` and `evaluate()` composed by `fit()`.
 
-Reads top to bottom like a recipe: set up (device, data, model, loss, optimizer, schedule, resume),
-then per epoch train, and every `eval_interval` epochs evaluate, write the run directory, save a
-checkpoint and call `report(step, metrics)`, which may raise to stop the run.
+Reads top to bottom like a recipe: set up (device, data, model and its EMA, loss, optimizer,
+schedule, resume), then per epoch train (mosaic until the last `close_mosaic` epochs), and every
+`eval_interval` epochs evaluate the EMA weights, write the run directory, save a checkpoint and
+call `report(step, metrics)`, which may raise to stop the run.
+
+A checkpoint holds everything the next epoch depends on: raw and EMA weights, optimizer and
+scheduler, the generator that draws shuffles and augmentations, torch's RNG, the counters. The
+epoch decides whether mosaic is on and an optimizer step always closes an epoch (no gradient is
+left half-accumulated across a checkpoint), so a resumed run repeats an uninterrupted one.
 """
 
 from __future__ import annotations
@@ -13,6 +19,7 @@ import math
 import statistics
 import sys
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,12 +27,20 @@ from typing import Any
 
 import torch
 
+from trainer.augment import AugmentSpec
 from trainer.config import TrainConfig
 from trainer.data import DetectionData, DetectionSplit, iterate_batches, load_data
+from trainer.ema import ModelEMA
 from trainer.evaluate import coco_map, coco_predictions, evaluate, inference_latency_ms
 from trainer.loss import DetectionLoss, LossWeights
 from trainer.model import Detector, build_detector, load_weights
-from trainer.optim import build_optimizer, build_scheduler
+from trainer.optim import (
+    DECAY_GROUP,
+    accumulate_at,
+    build_optimizer,
+    build_scheduler,
+    set_warmup_momentum,
+)
 from trainer.records import EvalLine, EvalReport, FitResult, NonFiniteLossError, TrainLine
 from trainer.run_dir import RunDir
 
@@ -61,7 +76,8 @@ class TrainState:
     """What moves forward during a run (and is saved in checkpoints)."""
 
     epoch: int = 0  # epochs completed
-    iteration: int = 0  # optimizer steps taken
+    iteration: int = 0  # batches trained (the notes' "iter")
+    last_step: int = 0  # the iteration of the last optimizer step (gradient accumulation)
     seconds_training: float = 0.0
     seconds_training_reported: float = 0.0  # seconds_training at the last report
     seconds_evaluating: float = 0.0
@@ -69,8 +85,24 @@ class TrainState:
     pending: list[TrainLine] = field(default_factory=list)  # lines since the last report
 
 
+def augment_spec(config: TrainConfig, epoch: int) -> AugmentSpec | None:
+    """The augmentation of epoch `epoch` (0-based): mosaic only before the last `close_mosaic`."""
+    if not config.augment:
+        return None
+    return AugmentSpec(
+        mosaic=config.mosaic if config.mosaic_on(epoch) else 0.0,
+        scale=config.scale,
+        translate=config.translate,
+        fliplr=config.fliplr,
+        hsv_h=config.hsv_h,
+        hsv_s=config.hsv_s,
+        hsv_v=config.hsv_v,
+    )
+
+
 def train_one_epoch(
     model: Detector,
+    ema: ModelEMA | None,
     loss_fn: DetectionLoss,
     optimizer: torch.optim.Optimizer,
     scheduler: torch.optim.lr_scheduler.LRScheduler,
@@ -81,26 +113,47 @@ def train_one_epoch(
     generator: torch.Generator,
     run: RunDir,
 ) -> None:
-    """One pass over the training split; logs a line every `log_interval` iterations."""
+    """One pass over the training split; logs a line every `log_interval` iterations.
+
+    Gradients of `accumulate_at(...)` batches are summed before each optimizer step (the EMA
+    follows every step); the epoch's last batch always steps.
+    """
     model.train()
     autocast = _autocast(device, config)
     sums = torch.zeros(4)  # weighted total, lbox, lobj, lcls since the last line
     interval_iters, interval_seconds = 0, 0.0
+    iters_per_epoch = max(len(split) // config.batch, 1)
+    warmup = config.resolved_warmup_iters(iters_per_epoch * config.epochs, iters_per_epoch)
+    spec = augment_spec(config, state.epoch)
     batches = iterate_batches(
-        split, config.batch, shuffle=True, augment=config.augment, generator=generator
+        split, config.batch, shuffle=True, augment=spec or False, generator=generator
     )
+    last_batch = state.iteration + iters_per_epoch
     for images, targets, _ in batches:
         start = time.perf_counter()
-        lr = optimizer.param_groups[0]["lr"]
+        set_warmup_momentum(optimizer, config, warmup, state.iteration)
+        lr = optimizer.param_groups[DECAY_GROUP]["lr"]
         images = images.to(device, non_blocking=True)
         images = images.contiguous(memory_format=torch.channels_last)
         with autocast():
             outputs = model(images)
         parts = loss_fn([o.float() for o in outputs], targets.to(device))
-        optimizer.zero_grad(set_to_none=True)
         (parts.total * images.shape[0]).backward()
-        optimizer.step()
-        scheduler.step()
+        batch_done = state.iteration + 1
+        if (
+            batch_done - state.last_step >= accumulate_at(config, warmup, state.iteration)
+            or batch_done >= last_batch
+        ):
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            state.last_step = batch_done
+            if ema is not None:
+                ema.update(model)
+        with warnings.catch_warnings():
+            # the schedule counts batches; while the first step is still being accumulated,
+            # torch warns that the scheduler stepped before the optimizer: intended here
+            warnings.filterwarnings("ignore", "Detected call of `lr_scheduler.step()`")
+            scheduler.step()
         values = torch.stack([parts.total.detach(), parts.lbox, parts.lobj, parts.lcls]).cpu()
         if device.type == "cuda":
             torch.cuda.synchronize(device)
@@ -160,6 +213,8 @@ def fit(
         load_weights(model, config.weights)
     # channels_last: faster convolutions on CUDA (tensor cores) and, measured, on CPU too
     model.to(device=device, memory_format=torch.channels_last)  # type: ignore[call-overload]
+    # the averaged weights are what the run evaluates, predicts with and keeps
+    ema = ModelEMA(model, config.ema_decay, config.ema_tau) if config.ema_decay > 0 else None
     loss_fn = DetectionLoss(
         model, LossWeights(lbox=config.lbox, lobj=config.lobj, lcls=config.lcls)
     )
@@ -172,14 +227,15 @@ def fit(
         )
     total_iters = iters_per_epoch * config.epochs
     optimizer = build_optimizer(model, config)
-    scheduler = build_scheduler(optimizer, config, total_iters)
+    optimizer.zero_grad(set_to_none=True)
+    scheduler = build_scheduler(optimizer, config, total_iters, iters_per_epoch)
     generator = torch.Generator().manual_seed(config.seed)
 
     run = RunDir(Path(config.out))
     state = TrainState()
     checkpoint = run.load_checkpoint() if config.resume else None
     if checkpoint is not None:
-        _restore(checkpoint, model, optimizer, scheduler, generator, state)
+        _restore(checkpoint, model, ema, optimizer, scheduler, generator, state)
         logger.info(
             f"resumed from {run.checkpoint} at epoch {state.epoch} / iter {state.iteration}"
         )
@@ -189,22 +245,26 @@ def fit(
     last_eval: EvalLine | None = None
     while state.epoch < config.epochs:
         train_one_epoch(
-            model, loss_fn, optimizer, scheduler, data.train, config, state, device, generator, run
-        )
+            model, ema, loss_fn, optimizer, scheduler, data.train, config, state, device,
+            generator, run,
+        )  # fmt: skip
         state.epoch += 1
         if state.epoch % config.eval_interval and state.epoch != config.epochs:
             continue
         last_eval, eval_report = _evaluate_and_record(
-            model, loss_fn, data, config, state, device, run
+            _final(model, ema), loss_fn, data, config, state, device, run
         )
-        run.save_checkpoint(_checkpoint(model, optimizer, scheduler, generator, state))
+        run.save_checkpoint(_checkpoint(model, ema, optimizer, scheduler, generator, state))
         if report is not None:
             report(state.epoch, eval_report)
 
     if last_eval is None:  # resumed from a finished run: evaluate once more to fill the summary
-        last_eval, _ = _evaluate_and_record(model, loss_fn, data, config, state, device, run)
+        last_eval, _ = _evaluate_and_record(
+            _final(model, ema), loss_fn, data, config, state, device, run
+        )
+    final = _final(model, ema)
     inference_ms = inference_latency_ms(
-        model, data.val.images[0], device, _autocast(device, config), channels_last=True
+        final, data.val.images[0], device, _autocast(device, config), channels_last=True
     )
     result = FitResult(
         mAP50=last_eval.mAP50,
@@ -290,15 +350,29 @@ def _check_data_matches(data: DetectionData, config: TrainConfig) -> None:
         raise ValueError(f"the data set was loaded at imgsz={size}, but got imgsz={config.imgsz}")
 
 
+def _final(model: Detector, ema: ModelEMA | None) -> Detector:
+    """The weights a run evaluates and keeps: the EMA's when there is one."""
+    if ema is None:
+        return model
+    assert isinstance(ema.module, Detector)
+    return ema.module
+
+
 def _checkpoint(
     model: Detector,
+    ema: ModelEMA | None,
     optimizer: torch.optim.Optimizer,
     scheduler: torch.optim.lr_scheduler.LRScheduler,
     generator: torch.Generator,
     state: TrainState,
 ) -> dict[str, Any]:
+    # "model" holds the weights to use (the EMA's, what `--weights` and exports load);
+    # "train_model" the raw weights training continues from
     return {
-        "model": model.state_dict(),
+        "model": _final(model, ema).state_dict(),
+        "train_model": model.state_dict(),
+        "ema_updates": ema.updates if ema is not None else 0,
+        "last_step": state.last_step,
         "optimizer": optimizer.state_dict(),
         "scheduler": scheduler.state_dict(),
         "generator": generator.get_state(),
@@ -314,12 +388,16 @@ def _checkpoint(
 def _restore(
     checkpoint: dict[str, Any],
     model: Detector,
+    ema: ModelEMA | None,
     optimizer: torch.optim.Optimizer,
     scheduler: torch.optim.lr_scheduler.LRScheduler,
     generator: torch.Generator,
     state: TrainState,
 ) -> None:
-    model.load_state_dict(checkpoint["model"])
+    model.load_state_dict(checkpoint.get("train_model", checkpoint["model"]))
+    if ema is not None:
+        ema.load_state_dict({"module": checkpoint["model"], "updates": checkpoint["ema_updates"]})
+    state.last_step = checkpoint.get("last_step", checkpoint["iteration"])
     optimizer.load_state_dict(checkpoint["optimizer"])
     scheduler.load_state_dict(checkpoint["scheduler"])
     generator.set_state(checkpoint["generator"])

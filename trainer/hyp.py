@@ -1,8 +1,9 @@
 """Hyperparameter files laid out like YOLOv5/Ultralytics `hyp.yaml`.
 
 `tune best --export` writes one, `tune train --hyp` reads one. The keys people already know
-(`lr0`, `momentum`, `weight_decay`, `box`, `obj`, `cls`) map onto `TrainConfig` fields; tune adds
-`optimizer`, `milestones` and `gamma`.
+(`lr0`, `momentum`, `weight_decay`, `box`, `obj`, `cls`, `lrf`, `warmup_*`, `hsv_*`, `mosaic`, ...)
+map onto `TrainConfig` fields; tune adds `optimizer`, `milestones`, `gamma`, `lr_decay` and
+`ema_decay`, so an exported file reproduces the whole recipe a trial ran with.
 """
 
 from __future__ import annotations
@@ -25,6 +26,22 @@ HYP_TO_CONFIG: dict[str, str] = {
     "optimizer": "optimizer",
     "milestones": "milestones",
     "gamma": "gamma",
+    # the recipe around them, under Ultralytics' names where it has one
+    "lrf": "lrf",
+    "lr_decay": "lr_decay",
+    "warmup_epochs": "warmup_epochs",
+    "warmup_momentum": "warmup_momentum",
+    "warmup_bias_lr": "warmup_bias_lr",
+    "nbs": "nbs",
+    "ema_decay": "ema_decay",
+    "hsv_h": "hsv_h",
+    "hsv_s": "hsv_s",
+    "hsv_v": "hsv_v",
+    "translate": "translate",
+    "scale": "scale",
+    "fliplr": "fliplr",
+    "mosaic": "mosaic",
+    "close_mosaic": "close_mosaic",
 }
 
 

@@ -8,6 +8,7 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -15,6 +16,7 @@ from PIL import Image
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
+import trainer.fit
 from trainer.config import TrainConfig
 from trainer.data import label_path, load_data, read_data_yaml, read_labels
 from trainer.evaluate import coco_map
@@ -141,16 +143,63 @@ def test_report_receives_every_evaluation_and_can_stop_the_run(
 
 
 def test_resume_continues_from_the_last_checkpoint(tiny_yaml: Path, tmp_path: Path) -> None:
-    base = TrainConfig(data=str(tiny_yaml), imgsz=64, batch=16, epochs=2, out=str(tmp_path / "a"))
+    # mosaic in epochs 0-1, closed for the last (epoch 2); the run stops after epoch 1 (its
+    # checkpoint holds the EMA, the generator that draws augmentations, the optimizer), so the
+    # resumed run crosses close_mosaic and must still end exactly where the straight run ends
+    base = TrainConfig(
+        data=str(tiny_yaml), imgsz=64, batch=16, epochs=3, close_mosaic=1, threads=1,
+        out=str(tmp_path / "a"),
+    )  # fmt: skip
     data = load_data(str(tiny_yaml), imgsz=64)
-    straight = fit(base.replace(epochs=3), data=data)
-    fit(base.replace(out=str(tmp_path / "b")), data=data)
-    resumed = fit(base.replace(epochs=3, out=str(tmp_path / "b"), resume=True), data=data)
+    straight = fit(base, data=data)
+
+    class Stop(Exception):
+        pass
+
+    def stop_after_first(step: int, metrics: EvalReport) -> None:
+        if step == 1:
+            raise Stop
+
+    with pytest.raises(Stop):
+        fit(base.replace(out=str(tmp_path / "b")), report=stop_after_first, data=data)
+    resumed = fit(base.replace(out=str(tmp_path / "b"), resume=True), data=data)
     assert resumed.iterations == straight.iterations == 12
-    # same data order, same weights: the resumed run ends where the straight run ends
+    # same data order, same augmentations, same weights and EMA: the same end
     assert resumed.mAP50_95 == pytest.approx(straight.mAP50_95, abs=1e-6)
+    a = torch.load(tmp_path / "a" / "last.pt", weights_only=True)
+    b = torch.load(tmp_path / "b" / "last.pt", weights_only=True)
+    assert a["ema_updates"] == b["ema_updates"] > 0
+    for key in ("model", "train_model"):
+        for name, value in a[key].items():
+            assert torch.allclose(value, b[key][name], atol=1e-6), (key, name)
     lines = (tmp_path / "b" / "metrics.jsonl").read_text().splitlines()
     assert [json.loads(line)["epoch"] for line in lines if "mAP50" in line] == [1, 2, 3]
+
+
+def test_close_mosaic_switches_at_the_right_epoch(
+    tiny_yaml: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    config = TrainConfig(data=str(tiny_yaml), epochs=5, close_mosaic=2)
+    assert [config.mosaic_on(e) for e in range(5)] == [True, True, True, False, False]
+    assert not any(config.replace(epochs=2).mosaic_on(e) for e in range(2))  # short: never
+    assert not config.replace(augment=False).mosaic_on(0)
+    assert not config.replace(mosaic=0.0).mosaic_on(0)
+    # fit asks for the augmentation of each epoch: mosaic, mosaic, then none
+    seen: list[float] = []
+    real = trainer.fit.iterate_batches
+
+    def spy(*args: Any, **kwargs: Any) -> Any:
+        spec = kwargs["augment"]
+        seen.append(spec.mosaic if spec else -1.0)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(trainer.fit, "iterate_batches", spy)
+    fit(
+        config.replace(imgsz=64, batch=32, epochs=3, close_mosaic=1, eval_interval=3,
+                       threads=1, out=str(tmp_path)),
+        data=load_data(str(tiny_yaml), imgsz=64),
+    )  # fmt: skip
+    assert seen[:3] == [1.0, 1.0, 0.0]  # training epochs (evaluation passes augment=False)
 
 
 def test_a_loss_that_explodes_stops_the_run_with_a_clear_error(
@@ -161,8 +210,10 @@ def test_a_loss_that_explodes_stops_the_run_with_a_clear_error(
         imgsz=64,
         batch=16,
         epochs=3,
+        optimizer="SGD",
         lr=1e30,
         warmup_iters=0,
+        nbs=16,  # a step every batch: the training loss explodes within the first epoch
         out=str(tmp_path),
     )
     with pytest.raises(NonFiniteLossError, match=r"non-finite at epoch \d+ / iter \d+"):
