@@ -28,6 +28,7 @@ from optuna.study import StudyDirection
 from optuna.trial import TrialState
 
 from search import trial_record
+from search.optuna_compat import trial_id
 from search.storage import (
     ENV_VAR,
     StateCounts,
@@ -329,7 +330,7 @@ def _fail_running_of(study: optuna.Study, worker_ids: set[str]) -> None:
     """Fail what our (now stopped) workers left RUNNING, e.g. after a worker had to be killed."""
     for frozen in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         if trial_record.read_placement(frozen).get("worker") in worker_ids:
-            trial_record.record_error(optuna.Trial(study, frozen._trial_id), "interrupted")
+            trial_record.record_error(optuna.Trial(study, trial_id(frozen)), "interrupted")
             study.tell(frozen.number, state=TrialState.FAIL)
 
 

@@ -34,6 +34,8 @@ from optuna.exceptions import UpdateFinishedTrialError
 
 from search import trial_record
 from search.checkpoints import CheckpointStore
+from search.failpoints import failpoint
+from search.optuna_compat import record_heartbeat, trial_id
 from search.outage import Outage, retry_while_down
 from search.storage import StorageDown, StudyLock, mask_text
 from search.study_file import StudySpec
@@ -190,7 +192,7 @@ def make_objective(ctx: TrialContext) -> Callable[[optuna.Trial], float]:
     """The function `study.optimize` calls for one trial."""
 
     def objective(trial: optuna.Trial) -> float:
-        ctx.active_trial_id = trial._trial_id
+        ctx.active_trial_id = trial_id(trial)
         try:
             return run(trial)
         except (optuna.TrialPruned, UpdateFinishedTrialError):
@@ -204,16 +206,22 @@ def make_objective(ctx: TrialContext) -> Callable[[optuna.Trial], float]:
             ctx.active_trial_id = None
 
     def run(trial: optuna.Trial) -> float:
+        ctx.current = trial
+        failpoint("trial-created")
+        # The first heartbeat and the placement, before anything else: a worker lost from here
+        # on leaves a trial that beat and says whose it was. (One lost before the beat is reaped
+        # by its start time: search/optuna_compat.py.) Optuna's heartbeat thread may be writing
+        # the first beat at the same moment; the storage keeps one of the two.
+        ctx.store(lambda: record_heartbeat(trial.study, trial_id(trial)))
+        ctx.store(lambda: trial_record.record_placement(trial, ctx.device_label, ctx.worker_id))
         if ctx.claim is not None:
             ctx.claim.release()  # the trial is RUNNING now: other workers may count it
-        ctx.current = trial
         if ctx.stop.requested:
             raise Interrupted("stop requested")
         params = ctx.spec.space.sample(trial)
         baseline = trial_record.read_baseline(trial)
         out = ctx.runs_dir / ctx.spec.name / f"trial-{trial.number:04d}"
         config = ctx.spec.train_config(params, out=str(out), device=ctx.device, threads=ctx.threads)
-        ctx.store(lambda: trial_record.record_placement(trial, ctx.device_label, ctx.worker_id))
         config = ctx.store(lambda: _resume_retry(trial, ctx, config))
         ctx.store(lambda: trial_record.record_config(trial, config.to_dict()))
         what = f"baseline {baseline!r}" if baseline else "sampled"
@@ -225,6 +233,7 @@ def make_objective(ctx: TrialContext) -> Callable[[optuna.Trial], float]:
                 # the evaluation first, then its checkpoint: a worker lost in between is resumed
                 # from the previous checkpoint and redoes this step, so the curve has no gap
                 ctx.store(lambda: trial_record.record_eval(trial, step, metrics))
+                failpoint("eval-recorded")
                 if ctx.checkpoints is not None:
                     store = ctx.checkpoints
                     ctx.store(lambda: store.upload(trial, config.out, step), "the checkpoint")
@@ -280,7 +289,7 @@ def make_objective(ctx: TrialContext) -> Callable[[optuna.Trial], float]:
 def _resume_retry(trial: optuna.Trial, ctx: TrialContext, config: TrainConfig) -> TrainConfig:
     """For a retry of a reaped trial: fetch the predecessor's checkpoint, re-record its
     evaluations up to it, and return the config with `resume=True` (else `config` unchanged)."""
-    frozen = trial.storage.get_trial(trial._trial_id)  # system attrs: Optuna's retry history
+    frozen = trial.storage.get_trial(trial_id(trial))  # system attrs: Optuna's retry history
     retry_of = trial_record.read_retry_of(frozen)
     if retry_of is None:
         return config

@@ -8,6 +8,7 @@ Any other error propagates at once.
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Callable
 from typing import TypeVar
@@ -29,12 +30,28 @@ def is_connection_error(exc: BaseException) -> bool:
     current: BaseException | None = exc
     while current is not None and id(current) not in seen:
         seen.add(id(current))
+        if _is_refusal(current):
+            return False
         if isinstance(current, sa.exc.OperationalError | sa.exc.InterfaceError):
             return True
         if isinstance(current, sa.exc.DBAPIError) and current.connection_invalidated:
             return True
         current = current.__cause__ or current.__context__
     return False
+
+
+# A server that answered and said no (waiting will not change its mind). psycopg2 gives no
+# SQLSTATE for errors while connecting, so its words are matched: no such database or role, bad
+# password, no pg_hba.conf entry. "The database system is starting up" stays an outage.
+_REFUSAL = re.compile(
+    r"FATAL: +(database .* does not exist|role .* does not exist|password authentication failed"
+    r"|no pg_hba\.conf entry)"
+)
+
+
+def _is_refusal(exc: BaseException) -> bool:
+    orig = getattr(exc, "orig", None)
+    return isinstance(exc, sa.exc.DBAPIError) and bool(_REFUSAL.search(str(orig)))
 
 
 class Outage:

@@ -1,11 +1,13 @@
 """A thread in every worker that reaps dead workers' trials and keeps its own trial alive.
 
-Optuna fails a stale trial (no heartbeat for the grace period) only when some process asks for
-a trial, and a busy study may have no process asking for minutes. The reaper calls
-`optuna.storages.fail_stale_trials` every heartbeat interval, so a killed worker's trial is FAIL
-(and re-enqueued by the storage's retry callback) within grace + interval < 2 x grace of its
-last heartbeat, whatever the other workers are doing. Several reapers may find the same trial;
-the storage lets only one of them fail it, so it is retried once.
+Optuna fails a stale trial (no heartbeat for the grace period, or, with tune's storage, no
+heartbeat at all and RUNNING that long: `search/optuna_compat.py`) only when some process asks
+for a trial, and a busy study may have no process asking for minutes. The reaper looks every
+heartbeat interval, so a killed worker's trial is FAIL (and re-enqueued by the storage's retry
+callback) within grace + interval < 2 x grace of its last heartbeat, whatever the other workers
+are doing. Re-enqueueing and failing happen under the study lock, in that order
+(`reap_stale_trials`), so that no worker counts the budget between the two and a reaper killed
+between them loses no retry; so each stale trial is retried once.
 
 It also records a heartbeat for the trial this worker is running. Optuna's own heartbeat thread
 dies at the first database error (a restart, say) and never beats again, after which the trial
@@ -16,17 +18,61 @@ before it reaps again: no worker could write a heartbeat while the database was 
 
 from __future__ import annotations
 
+import contextlib
+import copy
 import threading
 import time
-import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 import optuna
-from optuna.storages._heartbeat import BaseHeartbeat
+from optuna.exceptions import UpdateFinishedTrialError
+from optuna.trial import TrialState
 
+from search.optuna_compat import record_heartbeat, stale_trial_ids, study_id, study_storage
 from search.outage import connection_reason, is_connection_error
-from search.storage import mask_text
+from search.storage import StudyLock, mask_text
+
+
+def reap_stale_trials(
+    study: optuna.Study,
+    rdb: optuna.storages.RDBStorage,
+    *,
+    lock_held: bool = False,
+    log: Callable[[str], None] | None = None,
+) -> None:
+    """Enqueue the retry of each stale trial, then fail it, under the study lock.
+
+    Two things differ from `optuna.storages.fail_stale_trials`, which fails the trials first
+    and enqueues their retries after:
+
+    - the lock: a worker that counted the budget between the two steps saw a slot free that the
+      retry was about to fill, started a fresh trial instead, and the study ended with the retry
+      left WAITING. Workers count under the same lock, so nobody sees the in-between state;
+    - the order: a reaper killed between the steps leaves the stale trial RUNNING with its retry
+      already WAITING, and the next reaper only fails it (it sees the retry), where Optuna's order
+      left a FAIL trial that nothing would ever retry.
+
+    The lock is taken only when there is something to reap (one read otherwise); `lock_held`
+    says the caller holds it already.
+    """
+    sid = study_id(study)
+    if not stale_trial_ids(rdb, sid):
+        return
+    with contextlib.nullcontext() if lock_held else StudyLock(rdb, sid, log=log):
+        storage = study_storage(study)
+        retry = rdb.get_heartbeat_stale_trial_callback()
+        retried = {
+            chain[-1]
+            for t in study.get_trials(deepcopy=False)
+            if (chain := t.system_attrs.get("retry_history"))
+        }
+        for tid in stale_trial_ids(rdb, sid):  # looked at again, under the lock
+            stale = copy.deepcopy(storage.get_trial(tid))
+            if retry is not None and stale.number not in retried:
+                retry(study, stale)
+            with contextlib.suppress(UpdateFinishedTrialError):
+                storage.set_trial_state_values(tid, state=TrialState.FAIL)
 
 
 class Reaper:
@@ -39,6 +85,7 @@ class Reaper:
     def __init__(
         self,
         study: optuna.Study,
+        rdb: optuna.storages.RDBStorage,
         interval: float,
         current_trial_id: Callable[[], int | None] = lambda: None,
         log: Callable[[str], None] | None = None,
@@ -47,6 +94,7 @@ class Reaper:
         if interval <= 0:
             raise ValueError(f"interval must be > 0 s, but got {interval=}")
         self._study = study
+        self._rdb = rdb
         self._interval = interval
         self._current_trial_id = current_trial_id
         self._log = log
@@ -74,15 +122,12 @@ class Reaper:
 
     def tick(self) -> None:
         """One round: beat for our trial, then reap (public so that tests can drive it)."""
-        storage = self._study._storage  # Optuna's cache in front of the RDB storage
         trial_id = self._current_trial_id()
-        if trial_id is not None and isinstance(storage, BaseHeartbeat):
-            storage.record_heartbeat(trial_id)
+        if trial_id is not None:
+            record_heartbeat(self._study, trial_id)
         if time.monotonic() - self._answered_since < self._settle:
             return
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            optuna.storages.fail_stale_trials(self._study)
+        reap_stale_trials(self._study, self._rdb, log=self._log)
 
     def _run(self) -> None:
         while not self._stop.wait(self._interval):

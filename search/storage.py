@@ -23,6 +23,7 @@ import hashlib
 import os
 import re
 import tempfile
+import time
 import warnings
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
@@ -33,13 +34,15 @@ from typing import IO, Any
 import optuna
 import sqlalchemy as sa
 from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
-from optuna.storages._rdb import models
 from optuna.trial import FrozenTrial, TrialState
 from sqlalchemy import orm
+
+from search.optuna_compat import HeartbeatRDBStorage, TrialModel
 
 ENV_VAR = "TUNE_STORAGE"
 DEFAULT_URL = "sqlite:///tune.db"
 _LOCK_NAMESPACE = 0x74756E65  # "tune": first key of the PostgreSQL advisory lock
+_LOCK_NOT_AVAILABLE = "55P03"  # PostgreSQL: lock_timeout expired
 _CREDENTIALS = re.compile(r"(?P<head>[A-Za-z][\w+.-]*://[^:/@\s]*):[^@\s]*@")
 _PASSWORD_PARAM = re.compile(r"(?i)(password=)[^&\s'\"]+")
 # environment variables read by `StorageSettings.from_env` (tests use seconds, not minutes)
@@ -219,7 +222,8 @@ def _rdb_storage(
     with warnings.catch_warnings():
         # heartbeats and the retry callback are "experimental" in Optuna 5; tune depends on them
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        return RDBStorage(
+        # Optuna's storage, with a stale-trial rule that also reaps trials that never beat
+        return HeartbeatRDBStorage(
             url,
             engine_kwargs=kwargs,
             skip_table_creation=not create_schema,
@@ -294,7 +298,7 @@ def session(storage: RDBStorage) -> Iterator[orm.Session]:
 
 def count_states(storage: RDBStorage, study_id: int) -> StateCounts:
     """Trials by state, counted in the database (no trial is loaded)."""
-    trial = models.TrialModel
+    trial = TrialModel
     with session(storage) as s:
         rows = (
             s.query(trial.state, sa.func.count(trial.trial_id))
@@ -320,11 +324,24 @@ class StudyLock:
     a session advisory lock (released by the server if the process dies). SQLite (one machine): an
     flock on a file in the temporary folder named after the database. Other back ends: no lock.
     `release()` may be called early and more than once.
+
+    Waiting for it is never silent: every `say_every` seconds a line to `log` says how long this
+    process has waited and, on PostgreSQL, which server process holds the lock (a holder that is
+    paused or cut off keeps it until its connection drops).
     """
 
-    def __init__(self, storage: RDBStorage, study_id: int) -> None:
+    def __init__(
+        self,
+        storage: RDBStorage,
+        study_id: int,
+        *,
+        log: Callable[[str], None] | None = None,
+        say_every: float = 10.0,
+    ) -> None:
         self._storage = storage
         self._study_id = study_id
+        self._log = log
+        self._say_every = say_every
         self._conn: sa.Connection | None = None
         self._file: IO[bytes] | None = None
 
@@ -332,17 +349,62 @@ class StudyLock:
         backend = self._storage.engine.dialect.name
         if backend == "postgresql":
             self._conn = self._storage.engine.connect()
-            self._conn.execute(
-                sa.text("SELECT pg_advisory_lock(:a, :b)"),
-                {"a": _LOCK_NAMESPACE, "b": self._study_id},
-            )
-            self._conn.commit()
+            try:
+                self._acquire_advisory(self._conn)
+            except BaseException:
+                self._conn.close()
+                self._conn = None
+                raise
         elif backend == "sqlite":
             database = self._storage.engine.url.database or ":memory:"
             key = hashlib.sha1(f"{Path(database).resolve()}:{self._study_id}".encode()).hexdigest()
             self._file = open(Path(tempfile.gettempdir()) / f"tune-{key[:16]}.lock", "wb")  # noqa: SIM115
-            fcntl.flock(self._file, fcntl.LOCK_EX)
+            self._acquire_flock(self._file)
         return self
+
+    def _acquire_advisory(self, conn: sa.Connection) -> None:
+        keys = {"a": _LOCK_NAMESPACE, "b": self._study_id}
+        started = time.monotonic()
+        while True:
+            try:
+                # a blocking wait (the lock passes on at once), bounded so that we can say why
+                conn.execute(
+                    sa.text("SELECT set_config('lock_timeout', :t, true)"),
+                    {"t": f"{round(self._say_every * 1000)}ms"},
+                )
+                conn.execute(sa.text("SELECT pg_advisory_lock(:a, :b)"), keys)
+                conn.commit()  # the session-level lock outlives the transaction
+                return
+            except sa.exc.OperationalError as exc:
+                if getattr(exc.orig, "pgcode", None) != _LOCK_NOT_AVAILABLE:
+                    raise
+                conn.rollback()
+            holder = conn.execute(
+                sa.text(
+                    "SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND granted "
+                    "AND classid = :a AND objid = :b"
+                ),
+                {"a": _LOCK_NAMESPACE, "b": self._study_id},
+            ).scalar()
+            conn.rollback()
+            self._say(started, f"held by PostgreSQL server process {holder}")
+
+    def _acquire_flock(self, file: IO[bytes]) -> None:
+        started = next_line = time.monotonic()
+        while True:
+            try:
+                fcntl.flock(file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                return
+            except BlockingIOError:
+                pass
+            if time.monotonic() - next_line >= self._say_every:
+                next_line = time.monotonic()
+                self._say(started, f"held by another process on this machine ({file.name})")
+            time.sleep(0.01)
+
+    def _say(self, started: float, holder: str) -> None:
+        if self._log is not None:
+            self._log(f"waiting {time.monotonic() - started:.0f} s for the study lock, {holder}")
 
     def release(self) -> None:
         if self._conn is not None:

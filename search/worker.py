@@ -4,7 +4,8 @@ The loop, per trial:
 
 1. take the study lock, count trials in the storage: stop when COMPLETE + PRUNED >= n_trials
    (the budget of the whole study, shared by every process on every machine); when the trials
-   already RUNNING would fill it, release, reap stale trials and wait (one of them may fail);
+   already RUNNING would fill it, reap stale trials (one of them may have lost its worker),
+   release, say in the log what it waits for (`BudgetWait`) and look again;
 2. otherwise run one trial inside `study.optimize(n_trials=1)` (heartbeats act only there); the
    objective releases the lock once the trial is RUNNING, so no two workers take the last slot;
 3. whatever the trial does (exception, non-finite loss, out of memory, reaped by another worker),
@@ -22,12 +23,12 @@ seconds without it the worker exits with `StorageDown`.
 
 from __future__ import annotations
 
+import functools
 import importlib
 import os
 import socket
 import sys
 import time
-import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,6 +40,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from search import trial_record
 from search.checkpoints import CheckpointStore
+from search.failpoints import failpoint
 from search.log_masking import mask_library_logs
 from search.objective import (
     GracefulStop,
@@ -49,8 +51,9 @@ from search.objective import (
     describe_error,
     make_objective,
 )
+from search.optuna_compat import RunningTrial, running_trials, trial_id
 from search.outage import retry_while_down
-from search.reaper import Reaper, quiet_heartbeat_thread
+from search.reaper import Reaper, quiet_heartbeat_thread, reap_stale_trials
 from search.storage import (
     StorageDown,
     StorageError,
@@ -60,6 +63,7 @@ from search.storage import (
     load_study,
     mask_url,
     open_storage,
+    resolve_url,
 )
 from search.study_file import StudyFileError, StudySpec, parse_study, read_study_table
 
@@ -165,11 +169,20 @@ def run_worker(
     reaper: Reaper | None = None
     settings = settings or StorageSettings.from_env()
     try:
-        rdb = open_storage(storage, settings=settings, on_reap=say)
         name = study_name_of(study)
-        spec = _stored_spec(load_study(rdb, name), rdb.url)
         index = worker_index if worker_index is not None else os.getpid()
-        optuna_study = load_study(rdb, name, spec.make_sampler(index), spec.make_pruner())
+        # a worker may start while the database is still coming up (compose) or restarting:
+        # it retries, a line per attempt, for up to storage_down_limit (as Celery's workers
+        # retry their broker on start-up); a server that answers "no" fails at once
+        while_down = functools.partial(
+            retry_while_down,
+            limit=settings.storage_down_limit,
+            what=f"the storage {mask_url(resolve_url(storage))}",
+            sleep=stop.wait,
+            should_stop=lambda: stop.requested,
+            log=say,
+        )
+        rdb, spec, optuna_study = while_down(lambda: _join(storage, name, index, settings, say))
         if train_fn is None:
             train_fn, default_load = load_trainer(trainer_module)
             load_data = load_data or default_load
@@ -182,7 +195,8 @@ def run_worker(
         # ask loads the whole study while holding the lock every other worker waits on: measured
         # 23 s at 10,000 trials, so 32 workers starting together queued for minutes.
         loading = time.monotonic()
-        optuna_study.get_trials(deepcopy=False)
+        joined = optuna_study
+        while_down(lambda: joined.get_trials(deepcopy=False))
         stats.study_load_seconds = time.monotonic() - loading
         device = "cuda" if gpu is not None else spec.trial.device
         ctx = TrialContext(
@@ -202,6 +216,7 @@ def run_worker(
         )
         reaper = Reaper(
             optuna_study,
+            rdb,
             settings.heartbeat_interval,
             lambda: ctx.active_trial_id,
             say,
@@ -241,6 +256,7 @@ def _loop(
     max_consecutive_failures: int,
 ) -> str:
     failures_in_a_row = 0
+    waiting = BudgetWait(rdb, ctx.log)
     while True:
         if ctx.stop.requested:
             return "interrupted"
@@ -250,7 +266,7 @@ def _loop(
             # a round lost to the database (a restart, say) is simply done again: its trial,
             # if one had started, is reaped and resumed from its last checkpoint
             outcome = retry_while_down(
-                lambda: _one_round(study, rdb, ctx, poll_interval),
+                lambda: _one_round(study, rdb, ctx, poll_interval, waiting),
                 limit=ctx.storage_down_limit,
                 outage=ctx.outage,
                 sleep=ctx.stop.wait,
@@ -275,28 +291,88 @@ def _loop(
 
 
 def _one_round(
-    study: optuna.Study, rdb: optuna.storages.RDBStorage, ctx: TrialContext, poll_interval: float
+    study: optuna.Study,
+    rdb: optuna.storages.RDBStorage,
+    ctx: TrialContext,
+    poll_interval: float,
+    waiting: BudgetWait,
 ) -> Round:
     study_id = rdb.get_study_id_from_name(study.study_name)
-    lock = StudyLock(rdb, study_id)
+    lock = StudyLock(rdb, study_id, log=ctx.log)
     try:
         lock.acquire()
         n_trials = _budget(study, ctx.spec)
         counts = count_states(rdb, study_id)
         if counts.finished >= n_trials:
+            waiting.over("the budget is spent")
             return "budget"
         if counts.finished + counts.running >= n_trials:
-            # the budget is taken by running trials; one may still fail and free a slot
+            # the budget is taken by running trials; one may still fail (or its worker be dead)
+            # and free a slot: reap stale ones (Optuna reaps only when a worker asks for a
+            # trial, and a waiting worker asks for none), say what we wait for, look again
+            reap_stale_trials(study, rdb, lock_held=True)
             lock.release()
-            _reap_stale_trials(study)
+            waiting.still(study_id, counts.finished, n_trials)
             ctx.stop.wait(poll_interval)
             return "wait"
+        waiting.over("a slot is free")
+        failpoint("claim-taken")
+        # before Optuna's own reaping inside `ask`, which fails first and retries after: a
+        # worker lost between the two would leave a trial that nothing retries
+        reap_stale_trials(study, rdb, lock_held=True)
         ctx.claim = lock
         state = _run_one_trial(study, ctx)
         return "dropped" if state is None else state
     finally:
         lock.release()
         ctx.claim = None
+
+
+class BudgetWait:
+    """Says why a worker waits while running trials hold the rest of the budget.
+
+    A line when the wait starts and every `every` seconds while it lasts, naming each running
+    trial with the age of its heartbeat (on the database's clock) and the grace period after
+    which a silent one is reaped; a line when the wait ends. The wait itself is bounded by the
+    reaping: every RUNNING trial beats, finishes, or is failed within grace + interval of going
+    silent.
+    """
+
+    def __init__(
+        self, rdb: optuna.storages.RDBStorage, log: Callable[[str], None], every: float = 30.0
+    ) -> None:
+        self._rdb = rdb
+        self._log = log
+        self._every = every
+        self._since: float | None = None
+        self._next_line = 0.0
+
+    def still(self, study_id: int, finished: int, n_trials: int) -> None:
+        now = time.monotonic()
+        if self._since is None:
+            self._since = now
+        elif now < self._next_line:
+            return
+        self._next_line = now + self._every
+        grace = self._rdb.grace_period or 0
+        running = running_trials(self._rdb, study_id)
+        holding = ", ".join(_describe_running(t) for t in running)
+        self._log(
+            f"waiting {now - self._since:.0f} s: {finished}/{n_trials} finished and running "
+            f"trials hold the rest of the budget ({holding or 'none left'}); reaping silent ones "
+            f"after {grace} s without a heartbeat"
+        )
+
+    def over(self, why: str) -> None:
+        if self._since is not None:
+            self._log(f"waited {time.monotonic() - self._since:.0f} s: {why}")
+            self._since = None
+
+
+def _describe_running(trial: RunningTrial) -> str:
+    if trial.heartbeat_ago is None:
+        return f"trial {trial.number}: no heartbeat yet, started {trial.started_ago:.0f} s ago"
+    return f"trial {trial.number}: heartbeat {trial.heartbeat_ago:.0f} s ago"
 
 
 def _run_one_trial(study: optuna.Study, ctx: TrialContext) -> TrialState | None:
@@ -338,7 +414,20 @@ def _run_one_trial(study: optuna.Study, ctx: TrialContext) -> TrialState | None:
 
 
 def _finished_elsewhere(trial: optuna.Trial) -> bool:
-    return trial.storage.get_trial(trial._trial_id).state.is_finished()
+    return trial.storage.get_trial(trial_id(trial)).state.is_finished()
+
+
+def _join(
+    storage: str | None,
+    name: str,
+    index: int,
+    settings: StorageSettings,
+    say: Callable[[str], None],
+) -> tuple[optuna.storages.RDBStorage, StudySpec, optuna.Study]:
+    """Open the storage and the study with the settings stored with it."""
+    rdb = open_storage(storage, settings=settings, on_reap=say)
+    spec = _stored_spec(load_study(rdb, name), rdb.url)
+    return rdb, spec, load_study(rdb, name, spec.make_sampler(index), spec.make_pruner())
 
 
 def _budget(study: optuna.Study, spec: StudySpec) -> int:
@@ -372,20 +461,13 @@ def _load_data(load_data: LoadDataFn | None, spec: StudySpec) -> Any:
         ) from None
 
 
-def _reap_stale_trials(study: optuna.Study) -> None:
-    # Optuna reaps only when a worker asks for a trial; a waiting worker asks for none.
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        optuna.storages.fail_stale_trials(study)
-
-
 def _fail_own_running(study: optuna.Study, worker_id: str) -> None:
     """Safety net on exit: no trial of this worker stays RUNNING."""
     try:
         running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
         for frozen in running:
             if trial_record.read_placement(frozen).get("worker") == worker_id:
-                trial_record.record_error(optuna.Trial(study, frozen._trial_id), "interrupted")
+                trial_record.record_error(optuna.Trial(study, trial_id(frozen)), "interrupted")
                 study.tell(frozen.number, state=TrialState.FAIL)
     except Exception:
         pass  # best effort while exiting (the storage may be the reason we exit)

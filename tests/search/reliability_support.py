@@ -112,7 +112,13 @@ def start_worker(
 
 
 def work_here(
-    url: str, tmp_path: Path, env: dict[str, str], log: list[str], *, real_trainer: bool = False
+    url: str,
+    tmp_path: Path,
+    env: dict[str, str],
+    log: list[str],
+    *,
+    real_trainer: bool = False,
+    timeout: float | None = None,
 ) -> WorkerStats:
     """Run a worker in this process (no start-up cost) until the budget is spent.
 
@@ -130,6 +136,7 @@ def work_here(
         settings=StorageSettings.from_env(env),
         artifacts=env["TUNE_ARTIFACTS"],
         poll_interval=0.2,
+        timeout=timeout,
         log=log.append,
         **trainer,  # type: ignore[arg-type]
     )

@@ -1,25 +1,17 @@
 """The database goes away under running workers: a PostgreSQL server of the test's own.
 
-The module starts its own server (`initdb`/`pg_ctl` of the installed PostgreSQL, run as the
-`postgres` user when the tests run as root, since PostgreSQL refuses root) on a free port in a
-temporary folder, so that it can restart and stop it without disturbing the shared one. The
-workers are real `tune worker` processes with the fake trainer (checkpoints on).
+The module starts its own server (`tests/search/own_postgres.py`: `initdb`/`pg_ctl` of the
+installed PostgreSQL on a free port in a temporary folder), so that it can restart and stop it
+without disturbing the shared one. The workers are real `tune worker` processes with the fake
+trainer (checkpoints on).
 """
 
 from __future__ import annotations
 
-import contextlib
 import os
-import pwd
-import shutil
 import signal
-import socket
-import subprocess
-import tempfile
 import time
-import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -29,6 +21,8 @@ from optuna.trial import TrialState
 from search import trial_record
 from search.outage import is_connection_error, retry_while_down
 from search.storage import StorageDown, StorageSettings
+from tests.search.chaos import ChaosPlan, check_study, run_chaos
+from tests.search.own_postgres import NoPostgres, OwnPostgres, free_port, own_postgres_server
 from tests.search.reliability_support import (
     Worker,
     fast_env,
@@ -44,82 +38,15 @@ from tests.search.reliability_support import (
 pytestmark = [pytest.mark.postgres, pytest.mark.slow]
 
 
-def _pg_bin() -> Path | None:
-    found = sorted(Path("/usr/lib/postgresql").glob("*/bin/pg_ctl"))
-    if found:
-        return found[-1].parent
-    on_path = shutil.which("pg_ctl")
-    return Path(on_path).parent if on_path else None
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-@dataclass
-class OwnPostgres:
-    """A PostgreSQL server this module started (and may stop and start again)."""
-
-    bin: Path
-    base: Path
-    port: int
-    as_postgres: list[str]
-
-    @property
-    def admin_url(self) -> str:
-        return f"postgresql+psycopg2://postgres@127.0.0.1:{self.port}/postgres"
-
-    def pg_ctl(self, *args: str) -> None:
-        cmd = [*self.as_postgres, str(self.bin / "pg_ctl"), "-D", str(self.base / "data"), "-w"]
-        subprocess.run([*cmd, *args], check=True, capture_output=True, timeout=60)
-
-    def start(self) -> None:
-        options = f"-p {self.port} -k {self.base} -c listen_addresses=127.0.0.1 -c fsync=off"
-        self.pg_ctl("-l", str(self.base / "server.log"), "-o", options, "start")
-
-    def stop(self) -> None:
-        self.pg_ctl("-m", "fast", "stop")  # closes every client connection, as a restart does
-
-    def new_database(self) -> str:
-        name = f"tune_test_{uuid.uuid4().hex[:12]}"
-        engine = sa.create_engine(self.admin_url, isolation_level="AUTOCOMMIT")
-        try:
-            with engine.connect() as conn:
-                conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
-        finally:
-            engine.dispose()
-        return self.admin_url.rsplit("/", 1)[0] + f"/{name}"
-
-
 @pytest.fixture(scope="module")
 def own_postgres() -> Iterator[OwnPostgres]:
-    pg_bin = _pg_bin()
-    if pg_bin is None:
-        message = "no PostgreSQL server binaries (initdb, pg_ctl) are installed"
-        if os.environ.get("TUNE_REQUIRE_POSTGRES") == "1":
-            pytest.fail(message + " (TUNE_REQUIRE_POSTGRES=1)")
-        pytest.skip(message)
-    # PostgreSQL refuses to run as root; its folder must belong to the user that runs it
-    as_postgres = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
-    base = Path(tempfile.mkdtemp(prefix="tune-pg-"))
-    if as_postgres:
-        user = pwd.getpwnam("postgres")
-        os.chown(base, user.pw_uid, user.pw_gid)
-    server = OwnPostgres(pg_bin, base, _free_port(), as_postgres)
     try:
-        subprocess.run(
-            [*as_postgres, str(pg_bin / "initdb"), "-D", str(base / "data"), "-U", "postgres",
-             "-A", "trust", "--no-sync", "-E", "UTF8"],
-            check=True, capture_output=True, timeout=120,
-        )  # fmt: skip
-        server.start()
-        yield server
-    finally:
-        with contextlib.suppress(subprocess.CalledProcessError):  # not running: a test failed
-            server.pg_ctl("-m", "immediate", "stop")
-        shutil.rmtree(base, ignore_errors=True)
+        with own_postgres_server() as server:
+            yield server
+    except NoPostgres as exc:
+        if os.environ.get("TUNE_REQUIRE_POSTGRES") == "1":
+            pytest.fail(f"{exc} (TUNE_REQUIRE_POSTGRES=1)")
+        pytest.skip(str(exc))
 
 
 def _complete_curves(url: str, epochs: int) -> bool:
@@ -229,9 +156,28 @@ def test_workers_give_up_when_the_database_stays_down(
     print(f"\nstayed down: both workers exited (status 1) {gone_after:.1f} s after the stop")
 
 
+def test_a_study_survives_random_database_outages_and_kills(
+    own_postgres: OwnPostgres, tmp_path: Path
+) -> None:
+    # the chaos supervisor (tests/search/chaos.py) with its disruptions split between SIGKILLs
+    # and stops of this module's server at random instants, for 0.3 to 3 s each
+    seed = int(os.environ.get("TUNE_CHAOS_SEED", int.from_bytes(os.urandom(2))))
+    plan = ChaosPlan(seed=seed, kills=3, failpoint_deaths=2, outages=4, time_limit=240)
+
+    def outage(seconds: float) -> None:
+        own_postgres.stop()
+        time.sleep(seconds)
+        own_postgres.start()
+
+    run = run_chaos(own_postgres.new_database(), tmp_path, plan, outage)
+    print(f"\noutage chaos (seed {seed}): {run.summary()}")
+    check_study(run, plan.n_trials)
+    assert run.outages, run.summary()  # the outages really happened
+
+
 def _refused() -> sa.exc.OperationalError:
     """A real driver error: a connection to a port nobody listens on."""
-    engine = sa.create_engine(f"postgresql+psycopg2://postgres@127.0.0.1:{_free_port()}/x")
+    engine = sa.create_engine(f"postgresql+psycopg2://postgres@127.0.0.1:{free_port()}/x")
     try:
         engine.connect()
     except sa.exc.OperationalError as exc:
@@ -282,3 +228,17 @@ def test_storage_settings_come_from_the_environment_and_are_checked() -> None:
         StorageSettings.from_env({**env, "TUNE_GRACE_PERIOD": "1"})
     with pytest.raises(ValueError, match=r"\$TUNE_MAX_RETRY must be a number, but got"):
         StorageSettings.from_env({"TUNE_MAX_RETRY": "two"})
+
+
+def test_a_server_that_says_no_is_not_an_outage(own_postgres: OwnPostgres) -> None:
+    # a database that does not exist: the server answered, so a worker fails at once instead of
+    # retrying for storage_down_limit seconds
+    url = own_postgres.admin_url.rsplit("/", 1)[0] + "/tune_no_such_database"
+    engine = sa.create_engine(url)
+    try:
+        with pytest.raises(sa.exc.OperationalError) as caught:
+            engine.connect()
+    finally:
+        engine.dispose()
+    assert not is_connection_error(caught.value)
+    assert is_connection_error(_refused())

@@ -13,14 +13,18 @@ import json
 import signal
 import subprocess
 import time
+import warnings
 from pathlib import Path
 
+import optuna
 import pytest
 from optuna.trial import FrozenTrial, TrialState
 
 from search import trial_record
+from search.storage import open_storage
 from tests.search.reliability_support import (
     GRACE,
+    HEARTBEAT,
     TUNE,
     Worker,
     fast_env,
@@ -137,6 +141,46 @@ def test_a_killed_worker_is_reaped_without_asks_and_its_retry_resumes(
         f"{checkpoint_step}, last evaluation {evaluated}, resumed at "
         f"{trial_record.read_resumed_step(retry)}"
     )
+
+
+def test_a_trial_that_never_beat_is_reaped_and_the_study_finishes(
+    pg_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # What a worker killed between creating its trial and its first heartbeat leaves (the hang
+    # found in CI): a RUNNING trial with no heartbeat and no user attrs, here the enqueued
+    # baseline, holding the last slot of the budget while the other trial finishes.
+    make_study(pg_url, n_trials=2, epochs=2)
+    orphan_study = optuna.load_study(study_name="smoke", storage=open_storage(pg_url))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # heartbeats outside optimize()
+        orphan = orphan_study.ask()
+    assert trial_record.read_baseline(_by_number(pg_url, orphan.number)) == "first model"
+    env = fast_env(tmp_path, FAKE_STEP_SECONDS="0.1")
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    log: list[str] = []
+    stats = work_here(pg_url, tmp_path, env, log, timeout=60)  # it waited forever before
+
+    assert stats.stopped_because == "budget", log
+    all_trials = trials(pg_url)
+    assert finished(all_trials) == 2, states(all_trials)
+    assert not [t for t in all_trials if t.state in (TrialState.RUNNING, TrialState.WAITING)]
+    dead = _by_number(pg_url, orphan.number)
+    assert dead.state == TrialState.FAIL
+    assert dead.datetime_start is not None and dead.datetime_complete is not None
+    reaped_after = (dead.datetime_complete - dead.datetime_start).total_seconds()
+    # reaped within grace + one interval of its start (plus the reaping call itself)
+    assert GRACE < reaped_after <= GRACE + HEARTBEAT + 1.0, f"reaped after {reaped_after:.1f} s"
+    retry = _retry_of(pg_url, orphan.number)
+    assert retry is not None and retry.state == TrialState.COMPLETE, states(all_trials)
+    assert trial_record.read_baseline(retry) == "first model"  # the baseline kept its values
+    assert retry.params["lcls"] == 0.5 and retry.params["lbox"] == 0.05
+    # the worker said why it waited, and that the wait ended
+    assert any("running trials hold the rest of the budget" in line for line in log), log
+    assert any(f"trial {orphan.number}: no heartbeat yet, started" in line for line in log), log
+    assert any(f"trial {orphan.number} lost its worker (no heartbeat)" in line for line in log)
+    assert any(line.startswith("waited ") for line in log), log
+    print(f"\na trial that never beat was reaped {reaped_after:.1f} s after it started")
 
 
 def test_a_trial_that_keeps_killing_its_worker_is_given_up(

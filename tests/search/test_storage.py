@@ -160,3 +160,31 @@ def test_study_lock_excludes_other_holders(backend: str, pg_url: str, tmp_path: 
     first.release()  # releasing twice is harmless
     thread.join(timeout=10)
     assert events == ["first releases", "second acquired"]
+
+
+@pytest.mark.parametrize("backend", ["postgres", "sqlite"])
+def test_waiting_for_the_study_lock_says_who_holds_it(
+    backend: str, pg_url: str, tmp_path: Path
+) -> None:
+    url = pg_url if backend == "postgres" else f"sqlite:///{tmp_path / 'w.db'}"
+    storage = open_storage(url, create_schema=True)
+    other = open_storage(url)
+    study_id = optuna.create_study(storage=storage, study_name="w")._study_id
+    holder = StudyLock(storage, study_id).acquire()
+    said: list[str] = []
+    waiter = StudyLock(other, study_id, log=said.append, say_every=0.3)
+    thread = threading.Thread(target=waiter.acquire)
+    thread.start()
+    time.sleep(1.2)
+    assert thread.is_alive()  # still excluded while it talks
+    holder.release()
+    thread.join(timeout=10)
+    assert not thread.is_alive()
+    waiter.release()
+    assert len(said) >= 2, said
+    expected = "held by PostgreSQL server process " if backend == "postgres" else "held by another"
+    assert all("for the study lock, " + expected in line for line in said), said
+    if backend == "postgres":
+        assert not said[0].endswith("process None"), said  # the holder was found
+        with session(other) as s:  # the lock timeout did not leak into the pooled connection
+            assert s.execute(sqlalchemy.text("SHOW lock_timeout")).scalar() == "0"

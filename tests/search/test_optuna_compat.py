@@ -1,0 +1,148 @@
+"""Each Optuna private name tune uses (`search/optuna_compat.py`) still means what tune needs, and
+the stale-trial rule that also reaps trials that never beat. Both back ends; on PostgreSQL also
+with a session time zone other than UTC, where heartbeats and start times are stored in
+different zones."""
+
+from __future__ import annotations
+
+import datetime as dt
+import warnings
+from collections.abc import Iterator
+from pathlib import Path
+
+import optuna
+import pytest
+import sqlalchemy as sa
+from optuna.storages import RetryHeartbeatStaleTrialCallback
+from optuna.trial import TrialState
+
+from search import optuna_compat
+from search.optuna_compat import (
+    HeartbeatRDBStorage,
+    TrialHeartbeatModel,
+    TrialModel,
+    record_heartbeat,
+    running_trials,
+    study_storage,
+    trial_id,
+)
+from search.storage import count_states, session
+
+GRACE = 3
+
+
+def _storage(url: str, timezone: str | None = None) -> HeartbeatRDBStorage:
+    kwargs = {"connect_args": {"options": f"-c timezone={timezone}"}} if timezone else {}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        return HeartbeatRDBStorage(
+            url,
+            engine_kwargs=kwargs,
+            heartbeat_interval=1,
+            grace_period=GRACE,
+            heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=3),
+        )
+
+
+@pytest.fixture(params=["sqlite", "postgres", "postgres-seoul"])
+def storage(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[HeartbeatRDBStorage]:
+    if request.param == "sqlite":
+        yield _storage(f"sqlite:///{tmp_path / 'c.db'}")
+        return
+    url = request.getfixturevalue("pg_url")
+    # a zone far from UTC: heartbeats are local to the session's zone, start times UTC
+    rdb = _storage(url, "Asia/Seoul" if request.param == "postgres-seoul" else None)
+    yield rdb
+    rdb.engine.dispose()
+
+
+def _study(storage: HeartbeatRDBStorage) -> optuna.Study:
+    return optuna.create_study(storage=storage, study_name="compat")
+
+
+def _ask_quietly(study: optuna.Study) -> optuna.Trial:
+    # outside optimize(), as a worker that dies before its first beat leaves it: RUNNING, silent
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # "Heartbeat ... used with Study.optimize"
+        return study.ask()
+
+
+def _age_start(storage: HeartbeatRDBStorage, tid: int, seconds: float) -> None:
+    with session(storage) as s:
+        trial = s.get(TrialModel, tid)
+        assert trial is not None
+        trial._datetime_start_utc = trial._datetime_start_utc - dt.timedelta(seconds=seconds)
+
+
+def _age_heartbeat(storage: HeartbeatRDBStorage, tid: int, seconds: float) -> None:
+    with session(storage) as s:
+        beat = s.scalars(sa.select(TrialHeartbeatModel).filter_by(trial_id=tid)).one()
+        beat.heartbeat = beat.heartbeat - dt.timedelta(seconds=seconds)
+
+
+def test_trial_id_and_study_storage_name_the_trial_in_the_storage(
+    storage: HeartbeatRDBStorage,
+) -> None:
+    study = _study(storage)
+    study.enqueue_trial({"x": 1.0})
+    trial = _ask_quietly(study)
+    assert study_storage(study).get_trial(trial_id(trial)).number == trial.number
+    frozen = study.get_trials()[0]
+    assert trial_id(frozen) == trial_id(trial)
+    assert count_states(storage, study._study_id).running == 1  # TrialModel counts in SQL
+
+
+def test_running_trials_ages_are_on_the_databases_clock(storage: HeartbeatRDBStorage) -> None:
+    study = _study(storage)
+    trial = _ask_quietly(study)
+    (silent,) = running_trials(storage, study._study_id)
+    assert (silent.number, silent.heartbeat_ago) == (trial.number, None)
+    assert -2 < silent.started_ago < 5, silent  # a zone mix-up would be hours off
+
+    record_heartbeat(study, trial_id(trial))
+    (beating,) = running_trials(storage, study._study_id)
+    assert beating.heartbeat_ago is not None and -2 < beating.heartbeat_ago < 5, beating
+    record_heartbeat(study, trial_id(trial))  # the second beat updates the same row
+    assert len(running_trials(storage, study._study_id)) == 1
+
+
+def test_a_trial_that_never_beat_is_stale_after_the_grace_period(
+    storage: HeartbeatRDBStorage,
+) -> None:
+    study = _study(storage)
+    study.enqueue_trial({"x": 0.25})
+    silent_old = _ask_quietly(study)
+    silent_old.suggest_float("x", 0, 1)
+    silent_new = _ask_quietly(study)
+    beating = _ask_quietly(study)
+    beating_late = _ask_quietly(study)
+    for t in (beating, beating_late):
+        record_heartbeat(study, trial_id(t))
+    _age_start(storage, trial_id(silent_old), GRACE + 60)
+    _age_heartbeat(storage, trial_id(beating_late), GRACE + 60)
+    # Optuna's own rule would find only `beating_late`
+    stale = storage._get_stale_trial_ids(study._study_id)
+    assert sorted(stale) == sorted([trial_id(silent_old), trial_id(beating_late)])
+
+    # the reaper's call fails both and enqueues their retries, the silent one with its parameters
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        optuna.storages.fail_stale_trials(study)
+    by_number = {t.number: t for t in study.get_trials()}
+    assert by_number[silent_old.number].state == TrialState.FAIL
+    assert by_number[beating_late.number].state == TrialState.FAIL
+    assert by_number[silent_new.number].state == TrialState.RUNNING
+    waiting = study.get_trials(states=(TrialState.WAITING,))
+    assert len(waiting) == 2
+    retry = next(t for t in waiting if t.system_attrs.get("failed_trial") == silent_old.number)
+    assert retry.params == {"x": 0.25}
+
+
+def test_the_storage_tune_opens_uses_the_rule(tmp_path: Path) -> None:
+    from search.storage import open_storage
+
+    rdb = open_storage(f"sqlite:///{tmp_path / 't.db'}", create_schema=True)
+    assert isinstance(rdb, HeartbeatRDBStorage)
+    # the override must still override something: renamed upstream, it would never be called
+    assert callable(getattr(optuna.storages.RDBStorage, "_get_stale_trial_ids", None))
+    assert hasattr(optuna_compat.TrialModel, "_datetime_start_utc")
