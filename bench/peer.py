@@ -46,11 +46,13 @@ def value_at(curve: Sequence[dict[str, float]], seconds: float, key: str = "mAP5
     return done[-1] if done else 0.0
 
 
-def summarise(runs: dict[str, dict[str, Any]]) -> list[list[Any]]:
-    """Rows of a table: trainer, mAP50-95 at each checkpoint in seconds, final, time, img/s."""
+def summarise(runs: dict[str, dict[str, Any]], epochs: int | None = None) -> list[list[Any]]:
+    """Rows of a table: trainer, mAP50-95 at each checkpoint in seconds, final, time, img/s.
+
+    Points past `epochs` (a final re-validation some trainers report) are left out."""
     rows = []
     for trainer, run in runs.items():
-        curve = run["curve"]
+        curve = [p for p in run["curve"] if epochs is None or p["epoch"] <= epochs]
         last = curve[-1] if curve else {"mAP50_95": 0.0, "mAP50": 0.0, "seconds": 0.0}
         rows.append(
             [trainer]
@@ -113,6 +115,7 @@ def child_tune(
 
 def child_ultralytics(data: str, imgsz: int, batch: int, epochs: int, out: str) -> None:
     os.environ.setdefault("YOLO_OFFLINE", "1")
+    import ultralytics  # type: ignore[import-not-found]
     from ultralytics import YOLO  # type: ignore[import-not-found]
 
     model = YOLO("yolov8n.yaml")
@@ -126,6 +129,8 @@ def child_ultralytics(data: str, imgsz: int, batch: int, epochs: int, out: str) 
         train_seconds.append(time.perf_counter() - marks["epoch"])
 
     def on_fit_epoch_end(trainer: Any) -> None:
+        if trainer.epoch + 1 > epochs:  # the final validation of best.pt, not an epoch
+            return
         m = trainer.metrics
         _emit(
             "epoch",
@@ -160,6 +165,7 @@ def child_ultralytics(data: str, imgsz: int, batch: int, epochs: int, out: str) 
         train_images_per_s=n_train * len(train_seconds) / max(sum(train_seconds), 1e-9),
         gflops_640=info[3] if info else None,
         seconds=time.perf_counter() - marks["start"],
+        version=ultralytics.__version__,
     )
 
 
@@ -293,7 +299,7 @@ def run(args: argparse.Namespace) -> Path:
             "seconds",
             "train img/s",
         ]
-        print(table(headers, summarise(runs)), flush=True)
+        print(table(headers, summarise(runs, epochs)), flush=True)
     path = write_results(f"peer-{args.name}", results, Path(args.results) if args.results else None)
     figure(results, path.with_suffix(".html"))
     return path
@@ -304,14 +310,15 @@ def figure_data(results: dict[str, Any]) -> list[dict[str, Any]]:
     traces = []
     for name, entry in results["sets"].items():
         for trainer, run in entry["runs"].items():
+            curve = [p for p in run["curve"] if p["epoch"] <= entry["epochs"]]
             for axis in ("seconds", "epoch"):
                 traces.append(
                     {
                         "set": name,
                         "trainer": trainer,
                         "axis": axis,
-                        "x": [p[axis] for p in run["curve"]],
-                        "y": [p["mAP50_95"] for p in run["curve"]],
+                        "x": [p[axis] for p in curve],
+                        "y": [p["mAP50_95"] for p in curve],
                     }
                 )
     return traces
@@ -361,6 +368,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         help="also train tune with these TrainConfig overrides on shapes, e.g. model=nano",
     )  # fmt: skip
     parser.add_argument("--overrides", default="", help=argparse.SUPPRESS)
+    parser.add_argument("--report", help="print the tables of a results JSON, redraw its figure")
     parser.add_argument("--name", default="cpu")
     parser.add_argument("--work", default="/tmp/tune-peer")
     parser.add_argument("--results", default=None, help="folder for the JSON and HTML")
@@ -374,8 +382,23 @@ def main(argv: Sequence[str] | None = None) -> None:
         )
     elif args.child == "ultralytics":
         child_ultralytics(args.data, args.imgsz, args.batch, args.epochs, args.out)
+    elif args.report:
+        report(Path(args.report))
     else:
         print(run(args))
+
+
+def report(path: Path) -> None:
+    """The tables of a finished run, again (for docs/benchmarks.md), and its figure redrawn."""
+    results = json.loads(path.read_text())
+    headers = ["trainer", *(f"mAP50-95 @ {s:.0f} s" for s in CHECKPOINTS_S), "final mAP50-95",
+               "final mAP50", "seconds", "train img/s"]  # fmt: skip
+    for name, entry in results["sets"].items():
+        print(f"{name}: {entry['epochs']} epochs, {entry['imgsz']} px, batch {entry['batch']}")
+        print(table(headers, summarise(entry["runs"], entry["epochs"])))
+        for trainer, run in entry["runs"].items():
+            print(f"  {trainer}: load {run['load_before'][0]:.1f} -> {run['load_after'][0]:.1f}")
+    figure(results, path.with_suffix(".html"))
 
 
 if __name__ == "__main__":

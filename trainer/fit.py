@@ -396,7 +396,9 @@ def _restore(
 ) -> None:
     model.load_state_dict(checkpoint.get("train_model", checkpoint["model"]))
     if ema is not None:
-        ema.load_state_dict({"module": checkpoint["model"], "updates": checkpoint["ema_updates"]})
+        ema.load_state_dict(
+            {"module": checkpoint["model"], "updates": checkpoint.get("ema_updates", 0)}
+        )
     state.last_step = checkpoint.get("last_step", checkpoint["iteration"])
     optimizer.load_state_dict(checkpoint["optimizer"])
     scheduler.load_state_dict(checkpoint["scheduler"])

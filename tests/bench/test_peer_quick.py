@@ -10,12 +10,17 @@ from bench.peer import figure_data, main, summarise, value_at
 
 
 def test_value_at_reads_the_curve_by_wall_time() -> None:
-    curve = [{"seconds": 10.0, "mAP50_95": 0.1}, {"seconds": 20.0, "mAP50_95": 0.3}]
+    curve = [
+        {"epoch": 1, "seconds": 10.0, "mAP50_95": 0.1, "mAP50": 0.2},
+        {"epoch": 2, "seconds": 20.0, "mAP50_95": 0.3, "mAP50": 0.5},
+        {"epoch": 3, "seconds": 25.0, "mAP50_95": 0.2, "mAP50": 0.4},  # a re-validation after
+    ]
     assert value_at(curve, 5) == 0.0
     assert value_at(curve, 10) == 0.1 and value_at(curve, 19.9) == 0.1
-    assert value_at(curve, 600) == 0.3
-    rows = summarise({"tune": {"curve": curve, "train_images_per_s": 100.0}})
-    assert rows[0][0] == "tune" and rows[0][1:4] == [0.3, 0.3, 0.3]
+    assert value_at(curve[:2], 600) == 0.3 and value_at(curve, 600) == 0.2
+    rows = summarise({"tune": {"curve": curve, "train_images_per_s": 100.0}}, epochs=2)
+    assert rows[0][0] == "tune" and rows[0][1:4] == [0.3, 0.3, 0.3]  # the run's epochs only
+    assert rows[0][4:7] == [0.3, 0.5, 20.0]
 
 
 def test_quick_run_writes_both_curves_and_the_figure(tmp_path: Path) -> None:
@@ -33,3 +38,6 @@ def test_quick_run_writes_both_curves_and_the_figure(tmp_path: Path) -> None:
     traces = figure_data(results)
     assert {(t["set"], t["axis"]) for t in traces} >= {("shapes", "seconds"), ("small", "epoch")}
     assert "plotly" in (tmp_path / "peer-cpu.html").read_text()
+    (tmp_path / "peer-cpu.html").unlink()
+    main(["--report", str(tmp_path / "peer-cpu.json")])  # tables again, the figure redrawn
+    assert (tmp_path / "peer-cpu.html").is_file()
