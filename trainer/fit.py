@@ -152,7 +152,7 @@ def train_one_epoch(
         with warnings.catch_warnings():
             # the schedule counts batches; while the first step is still being accumulated,
             # torch warns that the scheduler stepped before the optimizer: intended here
-            warnings.filterwarnings("ignore", "Detected call of `lr_scheduler.step()`")
+            warnings.filterwarnings("ignore", r"Detected call of `lr_scheduler\.step\(\)`")
             scheduler.step()
         values = torch.stack([parts.total.detach(), parts.lbox, parts.lobj, parts.lcls]).cpu()
         if device.type == "cuda":
