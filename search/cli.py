@@ -8,6 +8,10 @@ from pathlib import Path
 
 import typer
 
+from trainer.config import TrainConfig  # light: no torch
+
+_RECIPE = TrainConfig()  # `tune train`'s defaults are the trainer's recipe, written once there
+
 app = typer.Typer(
     help="Hyperparameter search for YOLO-style detector training.",
     no_args_is_help=True,
@@ -26,24 +30,26 @@ def _fail(message: str, code: int = 2) -> typer.Exit:
 def train(
     ctx: typer.Context,
     data: str = typer.Option("shapes", help="'shapes' (built-in) or a path to a YOLO data.yaml"),
-    epochs: int = typer.Option(12, min=1),
-    imgsz: int = typer.Option(128, min=32, help="input size, a multiple of 32"),
-    batch: int = typer.Option(32, min=1),
-    model: str = typer.Option("nano", help="nano | small | medium"),
+    epochs: int = typer.Option(_RECIPE.epochs, min=1),
+    imgsz: int = typer.Option(_RECIPE.imgsz, min=32, help="input size, a multiple of 32"),
+    batch: int = typer.Option(_RECIPE.batch, min=1),
+    # the rest default to the trainer's recipe (trainer/config.py), shown in the help
+    model: str | None = typer.Option(None, help=f"nano | small | medium [{_RECIPE.model}]"),
     weights: str | None = typer.Option(None, help="local weights (.pt) to start from"),
-    lcls: float = typer.Option(0.5, help="classification loss weight"),
-    lobj: float = typer.Option(1.0, help="objectness loss weight"),
-    lbox: float = typer.Option(0.05, help="box loss weight"),
-    optimizer: str = typer.Option("SGD", help="SGD | Adam | AdamW"),
-    lr: float = typer.Option(0.001),
-    momentum: float = typer.Option(0.9),
-    nesterov: bool = typer.Option(False),
-    weight_decay: float = typer.Option(0.0005),
-    milestones: str = typer.Option(
-        "10000,20000,30000",
-        help="MultiStepLR milestones: iterations, or fractions of the run (e.g. 0.6,0.85)",
+    lcls: float | None = typer.Option(None, help=f"classification loss weight [{_RECIPE.lcls}]"),
+    lobj: float | None = typer.Option(None, help=f"objectness loss weight [{_RECIPE.lobj}]"),
+    lbox: float | None = typer.Option(None, help=f"box loss weight [{_RECIPE.lbox}]"),
+    optimizer: str | None = typer.Option(None, help=f"SGD | Adam | AdamW [{_RECIPE.optimizer}]"),
+    lr: float | None = typer.Option(None, help=f"[{_RECIPE.lr}]"),
+    momentum: float | None = typer.Option(None, help=f"[{_RECIPE.momentum}]"),
+    nesterov: bool = typer.Option(_RECIPE.nesterov),
+    weight_decay: float | None = typer.Option(None, help=f"[{_RECIPE.weight_decay}]"),
+    milestones: str | None = typer.Option(
+        None,
+        help="MultiStepLR milestones: iterations, or fractions of the run (e.g. 0.6,0.85) "
+        f"[{','.join(f'{m:g}' for m in _RECIPE.milestones) or 'none'}]",
     ),
-    gamma: float = typer.Option(0.5),
+    gamma: float | None = typer.Option(None, help=f"[{_RECIPE.gamma}]"),
     hyp: Path | None = typer.Option(
         None, help="a hyperparameter YAML (as written by 'tune best --export'); options override it"
     ),

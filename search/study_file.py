@@ -67,6 +67,13 @@ class TrialSettings:
     batch: int = 32
     eval_interval: int = 1
     device: str = "auto"
+    # any other `TrainConfig` field the study pins for every trial (e.g. lr_decay = "none");
+    # the rest follow the trainer's recipe. Not a [space] parameter: those are drawn.
+    recipe: tuple[tuple[str, Any], ...] = ()
+
+
+_SETTINGS = tuple(k for k in TrialSettings.__dataclass_fields__ if k != "recipe")
+_NOT_PINNABLE = ("out", "resume", "extra", "threads", "weights", "data", "seed")
 
 
 @dataclass(frozen=True)
@@ -120,7 +127,7 @@ class StudySpec:
 
     def train_config(self, params: dict[str, Any], **fields: Any) -> TrainConfig:
         """The `TrainConfig` of one trial: study settings, drawn `params`, then `fields`."""
-        settings = {k: getattr(self.trial, k) for k in TrialSettings.__dataclass_fields__}
+        settings = {k: getattr(self.trial, k) for k in _SETTINGS} | dict(self.trial.recipe)
         return TrainConfig(**{**settings, **self.space.to_overrides(params), **fields})
 
     def make_sampler(self, offset: int = 0) -> optuna.samplers.BaseSampler:
@@ -226,10 +233,12 @@ def _parse(raw: dict[str, Any], check_data: bool) -> StudySpec:
         )
     objective = _objective(_table(raw, "objective"))
     budget = _budget(_table(raw, "budget", required=True))
-    trial = _trial(_table(raw, "trial"), check_data)
+    space = parse_space(raw.get("space"))
+    # the TrainConfig fields the space draws (its milestone fractions make `milestones`)
+    drawn = tuple(space.to_overrides({name: 0.5 for name in space.names}))
+    trial = _trial(_table(raw, "trial"), check_data, drawn)
     sampler = _sampler(_table(raw, "sampler"))
     pruner = _pruner(_table(raw, "pruner"), trial)
-    space = parse_space(raw.get("space"))
     baselines = _baselines(raw.get("baselines", []), space)
     return StudySpec(
         name, objective, budget, trial, sampler, pruner, space, baselines, copy.deepcopy(raw)
@@ -304,9 +313,19 @@ def _budget(t: dict[str, Any]) -> Budget:
     return Budget(n_trials, timeout)
 
 
-def _trial(t: dict[str, Any], check_data: bool) -> TrialSettings:
-    keys = tuple(TrialSettings.__dataclass_fields__)
-    _check_keys(t, keys, "[trial]")
+def _trial(t: dict[str, Any], check_data: bool, space_names: tuple[str, ...]) -> TrialSettings:
+    pinnable = tuple(
+        k for k in TrainConfig.__dataclass_fields__ if k not in _SETTINGS + _NOT_PINNABLE
+    )
+    _check_keys(t, _SETTINGS + pinnable, "[trial]")
+    recipe = {k: v for k, v in t.items() if k in pinnable}
+    drawn = sorted(set(recipe) & set(space_names))
+    if drawn:
+        raise StudyFileError(
+            f"[trial] pins {', '.join(drawn)}, which [space] draws: keep one of the two"
+        )
+    if "milestones" in recipe:
+        recipe["milestones"] = tuple(recipe["milestones"])
     d = TrialSettings()
     values = {
         "data": _get(t, "trial", "data", str, d.data),
@@ -316,8 +335,9 @@ def _trial(t: dict[str, Any], check_data: bool) -> TrialSettings:
     for key in ("epochs", "imgsz", "batch", "eval_interval"):
         values[key] = _get(t, "trial", key, int, getattr(d, key))
     try:
-        TrainConfig(**values)  # the trainer's own checks (imgsz multiple of 32, model size, ...)
-    except ValueError as exc:
+        # the trainer's own checks (imgsz multiple of 32, model size, pinned values, ...)
+        TrainConfig(**values, **recipe)
+    except (ValueError, TypeError) as exc:
         raise StudyFileError(f"[trial] {exc}") from None
     data = values["data"]
     if check_data and data not in BUILTIN_DATA and not Path(data).is_file():
@@ -325,7 +345,7 @@ def _trial(t: dict[str, Any], check_data: bool) -> TrialSettings:
             f"trial.data: no such data set file (a data.yaml, or one of "
             f"{', '.join(BUILTIN_DATA)}), but got data={data!r}"
         )
-    return TrialSettings(**values)
+    return TrialSettings(**values, recipe=tuple(sorted(recipe.items())))
 
 
 def _sampler(t: dict[str, Any]) -> SamplerSpec:

@@ -20,8 +20,10 @@ def build_train_config(values: dict[str, Any], explicit: set[str]) -> TrainConfi
     `values` are every option's value, `explicit` the names the user typed; an option left at its
     default does not override what the hyp file says.
     """
-    options = {k: v for k, v in values.items() if k not in _NOT_CONFIG}
-    options["milestones"] = _parse_milestones(options["milestones"])
+    # an option given no default (None) leaves the field to TrainConfig's recipe
+    options = {k: v for k, v in values.items() if k not in _NOT_CONFIG and v is not None}
+    if "milestones" in options:
+        options["milestones"] = _parse_milestones(options["milestones"])
     options["out"] = str(options["out"])
     hyp_path = values.get("hyp")
     if hyp_path is not None:

@@ -210,6 +210,10 @@ BAD = [
     ("pruner.n_min_trials", 0, r"pruner\.n_min_trials must be >= 1.*n_min_trials=0"),
     ("name", "has space", r"name must be.*name='has space'"),
     ("trial", 3, r"\[trial\] must be a table.*trial=3"),
+    ("trial.lr_decay", "step", r"\[trial\] lr_decay must be one of.*'step'"),
+    ("trial.lr", 0.01, r"\[trial\] pins lr, which \[space\] draws: keep one of the two"),
+    ("trial.milestones", [0.5], r"\[trial\] pins milestones, which \[space\] draws"),
+    ("trial.out", "elsewhere", r"unknown key 'out' in \[trial\]"),
 ]
 
 
@@ -243,3 +247,18 @@ def test_a_space_may_leave_parameters_at_their_defaults() -> None:
     spec = parse_study(apply_overrides(raw, Overrides(epochs=2)))
     config = spec.train_config(spec.baselines[0].as_dict())
     assert config.lcls == 0.5 and config.lobj == TrainConfig().lobj and config.epochs == 2
+
+
+def test_trial_pins_reach_every_trial_and_the_rest_follows_the_recipe() -> None:
+    spec = parse_study(_raw(), "loss-weights")
+    baseline = spec.baselines[0]
+    config = spec.train_config(baseline.as_dict(), out="x")
+    # the study's pins: the notes' schedule (warmup, then MultiStepLR alone) for short trials
+    assert (config.lr_decay, config.warmup_iters, config.nbs, config.ema_decay) == (
+        "none",
+        7,
+        32,
+        0.0,
+    )
+    assert config.hsv_s == TrainConfig().hsv_s  # not pinned: the trainer's recipe
+    assert (config.lr, config.optimizer) == (0.001, "SGD")  # the baseline's own values
