@@ -1,6 +1,6 @@
 """The trainer's acceptance run: the five hand-tuned settings at the default run length.
 
-Trains the default nano model on `shapes` once per hand-tuned setting of DESIGN.md (taken from
+Trains the default model on `shapes` once per hand-tuned setting of DESIGN.md (taken from
 the `loss-weights` study's baselines, so there is one list of them) with every other option at
 `tune train`'s defaults, and prints a table of mAP, throughput and run time. The spread between
 the best and the worst setting is what shows that the data set makes loss weights matter.
