@@ -129,66 +129,67 @@ def train_one_epoch(
         split, config.batch, shuffle=True, augment=spec or False, generator=generator
     )
     last_batch = state.iteration + iters_per_epoch
-    for images, targets, _ in batches:
-        start = time.perf_counter()
-        set_warmup_momentum(optimizer, config, warmup, state.iteration)
-        lr = optimizer.param_groups[DECAY_GROUP]["lr"]
-        images = images.to(device, non_blocking=True)
-        images = images.contiguous(memory_format=torch.channels_last)
-        with autocast():
-            outputs = model(images)
-        parts = loss_fn([o.float() for o in outputs], targets.to(device))
-        (parts.total * images.shape[0]).backward()
-        batch_done = state.iteration + 1
-        if (
-            batch_done - state.last_step >= accumulate_at(config, warmup, state.iteration)
-            or batch_done >= last_batch
-        ):
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-            state.last_step = batch_done
-            if ema is not None:
-                ema.update(model)
-        with warnings.catch_warnings():
-            # the schedule counts batches; while the first step is still being accumulated,
-            # torch warns that the scheduler stepped before the optimizer: intended here
-            warnings.filterwarnings("ignore", r"Detected call of `lr_scheduler\.step\(\)`")
+    with warnings.catch_warnings():
+        # the schedule counts batches; while the first step is still being accumulated,
+        # torch warns that the scheduler stepped before the optimizer: intended here (set
+        # once for the epoch, not per batch)
+        warnings.filterwarnings("ignore", r"Detected call of `lr_scheduler\.step\(\)`")
+        for images, targets, _ in batches:
+            start = time.perf_counter()
+            set_warmup_momentum(optimizer, config, warmup, state.iteration)
+            lr = optimizer.param_groups[DECAY_GROUP]["lr"]
+            images = images.to(device, non_blocking=True)
+            images = images.contiguous(memory_format=torch.channels_last)
+            with autocast():
+                outputs = model(images)
+            parts = loss_fn([o.float() for o in outputs], targets.to(device))
+            (parts.total * images.shape[0]).backward()
+            batch_done = state.iteration + 1
+            if (
+                batch_done - state.last_step >= accumulate_at(config, warmup, state.iteration)
+                or batch_done >= last_batch
+            ):
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+                state.last_step = batch_done
+                if ema is not None:
+                    ema.update(model)
             scheduler.step()
-        values = torch.stack([parts.total.detach(), parts.lbox, parts.lobj, parts.lcls]).cpu()
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        elapsed = time.perf_counter() - start
-        state.iteration += 1
-        if not torch.isfinite(values).all():
-            total, lbox, lobj, lcls = values.tolist()
-            raise NonFiniteLossError(
-                f"loss became non-finite at epoch {state.epoch} / iter {state.iteration}: "
-                f"loss={total}, lbox={lbox}, lobj={lobj}, lcls={lcls} "
-                f"(lr={lr:g}, optimizer={config.optimizer}); try a lower learning rate"
-            )
-        sums += values
-        interval_iters += 1
-        interval_seconds += elapsed
-        state.seconds_training += elapsed
-        state.latencies.append(elapsed)
-        if state.iteration == 1 or state.iteration % config.log_interval == 0:
-            mean = (sums / interval_iters).tolist()
-            line = TrainLine(
-                epoch=state.epoch,
-                iter=state.iteration,
-                lr=lr,
-                loss=mean[0],
-                lbox=mean[1],
-                lobj=mean[2],
-                lcls=mean[3],
-                latency=interval_seconds / interval_iters,
-            )
-            logger.info(line.log_line())
-            run.append(line)
-            state.pending.append(line)
-            sums.zero_()
-            interval_iters, interval_seconds = 0, 0.0
-        _progress(state, config, len(split) // config.batch)
+            values = torch.stack([parts.total.detach(), parts.lbox, parts.lobj, parts.lcls]).cpu()
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            elapsed = time.perf_counter() - start
+            state.iteration += 1
+            if not torch.isfinite(values).all():
+                total, lbox, lobj, lcls = values.tolist()
+                raise NonFiniteLossError(
+                    f"loss became non-finite at epoch {state.epoch} / iter {state.iteration}: "
+                    f"loss={total}, lbox={lbox}, lobj={lobj}, lcls={lcls} "
+                    f"(lr={lr:g}, optimizer={config.optimizer}); try a lower learning rate"
+                )
+            sums += values
+            interval_iters += 1
+            interval_seconds += elapsed
+            state.seconds_training += elapsed
+            state.latencies.append(elapsed)
+            if state.iteration == 1 or state.iteration % config.log_interval == 0:
+                mean = (sums / interval_iters).tolist()
+                line = TrainLine(
+                    epoch=state.epoch,
+                    iter=state.iteration,
+                    lr=lr,
+                    loss=mean[0],
+                    lbox=mean[1],
+                    lobj=mean[2],
+                    lcls=mean[3],
+                    latency=interval_seconds / interval_iters,
+                )
+                logger.info(line.log_line())
+                run.append(line)
+                state.pending.append(line)
+                sums.zero_()
+                interval_iters, interval_seconds = 0, 0.0
+            _progress(state, config, len(split) // config.batch)
 
 
 def fit(
