@@ -36,9 +36,10 @@ from trainer.loss import DetectionLoss, LossWeights
 from trainer.model import Detector, build_detector, load_weights
 from trainer.optim import (
     DECAY_GROUP,
-    accumulate_at,
+    SCHEDULER_BEFORE_STEP_WARNING,
     build_optimizer,
     build_scheduler,
+    optimizer_steps,
     set_warmup_momentum,
 )
 from trainer.records import EvalLine, EvalReport, FitResult, NonFiniteLossError, TrainLine
@@ -133,7 +134,7 @@ def train_one_epoch(
         # the schedule counts batches; while the first step is still being accumulated,
         # torch warns that the scheduler stepped before the optimizer: intended here (set
         # once for the epoch, not per batch)
-        warnings.filterwarnings("ignore", r"Detected call of `lr_scheduler\.step\(\)`")
+        warnings.filterwarnings("ignore", SCHEDULER_BEFORE_STEP_WARNING)
         for images, targets, _ in batches:
             start = time.perf_counter()
             set_warmup_momentum(optimizer, config, warmup, state.iteration)
@@ -144,14 +145,10 @@ def train_one_epoch(
                 outputs = model(images)
             parts = loss_fn([o.float() for o in outputs], targets.to(device))
             (parts.total * images.shape[0]).backward()
-            batch_done = state.iteration + 1
-            if (
-                batch_done - state.last_step >= accumulate_at(config, warmup, state.iteration)
-                or batch_done >= last_batch
-            ):
+            if optimizer_steps(config, warmup, state.iteration, state.last_step, last_batch):
                 optimizer.step()
                 optimizer.zero_grad(set_to_none=True)
-                state.last_step = batch_done
+                state.last_step = state.iteration + 1
                 if ema is not None:
                     ema.update(model)
             scheduler.step()

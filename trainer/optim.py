@@ -33,6 +33,9 @@ from trainer.config import TrainConfig
 
 # param_groups order: the bias group is first, as in Ultralytics (its warmup starts elsewhere)
 BIAS_GROUP, DECAY_GROUP, BN_GROUP = 0, 1, 2
+# torch's warning when the schedule steps before the optimizer has: intended while the first
+# step is still being accumulated (the schedule counts batches, not optimizer steps)
+SCHEDULER_BEFORE_STEP_WARNING = r"Detected call of `lr_scheduler\.step\(\)`"
 
 
 def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict[str, object]]:
@@ -63,8 +66,7 @@ def build_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimi
     Weight decay is scaled by `batch * accumulate / nbs` (YOLOv5's `hyp['weight_decay'] *=
     batch_size * accumulate / nbs`): a step sums the gradients of `batch * accumulate` images.
     """
-    weight_decay = config.weight_decay * config.batch * config.accumulate() / config.nbs
-    groups = parameter_groups(model, weight_decay)
+    groups = parameter_groups(model, scaled_weight_decay(config))
     if config.optimizer == "SGD":
         return torch.optim.SGD(
             groups, lr=config.lr, momentum=config.momentum, nesterov=config.nesterov
@@ -76,6 +78,11 @@ def build_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimi
     if config.optimizer == "AdamW":
         return torch.optim.AdamW(groups, lr=config.lr, betas=betas)
     raise ValueError(f"unknown optimizer, but got optimizer={config.optimizer!r}")
+
+
+def scaled_weight_decay(config: TrainConfig) -> float:
+    """The decay group's weight decay: `weight_decay * batch * accumulate / nbs`."""
+    return config.weight_decay * config.batch * config.accumulate() / config.nbs
 
 
 def lr_decay(config: TrainConfig, total_iters: int) -> Callable[[int], float]:
@@ -134,3 +141,13 @@ def accumulate_at(config: TrainConfig, warmup: int, iteration: int) -> int:
     if iteration >= warmup or warmup == 0:
         return full
     return max(1, round(1 + (config.nbs / config.batch - 1) * iteration / warmup))
+
+
+def optimizer_steps(
+    config: TrainConfig, warmup: int, iteration: int, last_step: int, last_batch: int
+) -> bool:
+    """Whether batch `iteration` (0-based) closes an optimizer step: `accumulate_at` batches
+    since the last step (`last_step`, in batches done), or the epoch's last batch (`last_batch`,
+    batches done at its end), so no gradient is left half-accumulated across a checkpoint."""
+    done = iteration + 1
+    return done - last_step >= accumulate_at(config, warmup, iteration) or done >= last_batch
