@@ -18,6 +18,11 @@ import torch
 from torch import nn
 
 
+def ema_decay_at(decay: float, tau: float, updates: int) -> float:
+    """The weight kept from the average at update number `updates` (1-based): the ramp."""
+    return decay * (1 - math.exp(-updates / tau))
+
+
 class ModelEMA:
     """`module` holds the averaged weights; call `update(model)` after every optimizer step."""
 
@@ -34,7 +39,7 @@ class ModelEMA:
 
     def decay_at(self, updates: int) -> float:
         """The weight kept from the average at update number `updates` (1-based)."""
-        return self.decay * (1 - math.exp(-updates / self.tau))
+        return ema_decay_at(self.decay, self.tau, updates)
 
     @torch.no_grad()
     def update(self, model: nn.Module) -> None:

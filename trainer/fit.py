@@ -32,7 +32,7 @@ from trainer.config import TrainConfig
 from trainer.data import DetectionData, DetectionSplit, iterate_batches, load_data
 from trainer.ema import ModelEMA
 from trainer.evaluate import coco_map, coco_predictions, evaluate, inference_latency_ms
-from trainer.loss import DetectionLoss, LossWeights
+from trainer.loss import DetectionLoss, LossParts, LossWeights
 from trainer.model import Detector, build_detector, load_weights
 from trainer.optim import (
     DECAY_GROUP,
@@ -120,9 +120,8 @@ def train_one_epoch(
     follows every step); the epoch's last batch always steps.
     """
     model.train()
-    autocast = _autocast(device, config)
-    sums = torch.zeros(4)  # weighted total, lbox, lobj, lcls since the last line
-    interval_iters, interval_seconds = 0, 0.0
+    autocast = autocast_for(device, config)
+    interval = LogInterval()
     iters_per_epoch = max(len(split) // config.batch, 1)
     warmup = config.resolved_warmup_iters(iters_per_epoch * config.epochs, iters_per_epoch)
     spec = augment_spec(config, state.epoch)
@@ -152,41 +151,68 @@ def train_one_epoch(
                 if ema is not None:
                     ema.update(model)
             scheduler.step()
-            values = torch.stack([parts.total.detach(), parts.lbox, parts.lobj, parts.lcls]).cpu()
+            values = loss_values(parts)
             if device.type == "cuda":
                 torch.cuda.synchronize(device)
-            elapsed = time.perf_counter() - start
-            state.iteration += 1
-            if not torch.isfinite(values).all():
-                total, lbox, lobj, lcls = values.tolist()
-                raise NonFiniteLossError(
-                    f"loss became non-finite at epoch {state.epoch} / iter {state.iteration}: "
-                    f"loss={total}, lbox={lbox}, lobj={lobj}, lcls={lcls} "
-                    f"(lr={lr:g}, optimizer={config.optimizer}); try a lower learning rate"
-                )
-            sums += values
-            interval_iters += 1
-            interval_seconds += elapsed
-            state.seconds_training += elapsed
-            state.latencies.append(elapsed)
-            if state.iteration == 1 or state.iteration % config.log_interval == 0:
-                mean = (sums / interval_iters).tolist()
-                line = TrainLine(
-                    epoch=state.epoch,
-                    iter=state.iteration,
-                    lr=lr,
-                    loss=mean[0],
-                    lbox=mean[1],
-                    lobj=mean[2],
-                    lcls=mean[3],
-                    latency=interval_seconds / interval_iters,
-                )
-                logger.info(line.log_line())
-                run.append(line)
-                state.pending.append(line)
-                sums.zero_()
-                interval_iters, interval_seconds = 0, 0.0
+            record_iteration(values, time.perf_counter() - start, lr, config, state, interval, run)
             _progress(state, config, len(split) // config.batch)
+
+
+@dataclass
+class LogInterval:
+    """Loss sums and timing since the last training line."""
+
+    sums: torch.Tensor = field(default_factory=lambda: torch.zeros(4))
+    iters: int = 0
+    seconds: float = 0.0
+
+
+def loss_values(parts: LossParts) -> torch.Tensor:
+    """`[4]` on the CPU: weighted total, lbox, lobj, lcls (what a training line logs)."""
+    return torch.stack([parts.total.detach(), parts.lbox, parts.lobj, parts.lcls]).cpu()
+
+
+def record_iteration(
+    values: torch.Tensor,
+    elapsed: float,
+    lr: float,
+    config: TrainConfig,
+    state: TrainState,
+    interval: LogInterval,
+    run: RunDir,
+) -> None:
+    """Count a trained batch (`values` from `loss_values`, `elapsed` seconds) and log a line
+    every `log_interval` iterations; a non-finite loss raises `NonFiniteLossError`."""
+    state.iteration += 1
+    if not torch.isfinite(values).all():
+        total, lbox, lobj, lcls = values.tolist()
+        raise NonFiniteLossError(
+            f"loss became non-finite at epoch {state.epoch} / iter {state.iteration}: "
+            f"loss={total}, lbox={lbox}, lobj={lobj}, lcls={lcls} "
+            f"(lr={lr:g}, optimizer={config.optimizer}); try a lower learning rate"
+        )
+    interval.sums += values
+    interval.iters += 1
+    interval.seconds += elapsed
+    state.seconds_training += elapsed
+    state.latencies.append(elapsed)
+    if state.iteration == 1 or state.iteration % config.log_interval == 0:
+        mean = (interval.sums / interval.iters).tolist()
+        line = TrainLine(
+            epoch=state.epoch,
+            iter=state.iteration,
+            lr=lr,
+            loss=mean[0],
+            lbox=mean[1],
+            lobj=mean[2],
+            lcls=mean[3],
+            latency=interval.seconds / interval.iters,
+        )
+        logger.info(line.log_line())
+        run.append(line)
+        state.pending.append(line)
+        interval.sums.zero_()
+        interval.iters, interval.seconds = 0, 0.0
 
 
 def fit(
@@ -204,7 +230,7 @@ def fit(
     device = resolve_device(config.device)
     if data is None:
         data = load_data(config.data, config.imgsz, skip_bad=config.skip_bad)
-    _check_data_matches(data, config)
+    check_data_matches(data, config)
 
     model = build_detector(config.model, nc=len(data.names))
     if config.weights:
@@ -233,7 +259,7 @@ def fit(
     state = TrainState()
     checkpoint = run.load_checkpoint() if config.resume else None
     if checkpoint is not None:
-        _restore(checkpoint, model, ema, optimizer, scheduler, generator, state)
+        restore_state(checkpoint, model, ema, optimizer, scheduler, generator, state)
         logger.info(
             f"resumed from {run.checkpoint} at epoch {state.epoch} / iter {state.iteration}"
         )
@@ -249,20 +275,34 @@ def fit(
         state.epoch += 1
         if state.epoch % config.eval_interval and state.epoch != config.epochs:
             continue
-        last_eval, eval_report = _evaluate_and_record(
-            _final(model, ema), loss_fn, data, config, state, device, run
+        last_eval, eval_report = evaluate_and_record(
+            final_weights(model, ema), loss_fn, data, config, state, device, run
         )
-        run.save_checkpoint(_checkpoint(model, ema, optimizer, scheduler, generator, state))
+        run.save_checkpoint(checkpoint_state(model, ema, optimizer, scheduler, generator, state))
         if report is not None:
             report(state.epoch, eval_report)
 
+    return finish_run(
+        final_weights(model, ema), loss_fn, data, config, state, device, run, last_eval
+    )
+
+
+def finish_run(
+    final: Detector,
+    loss_fn: DetectionLoss,
+    data: DetectionData,
+    config: TrainConfig,
+    state: TrainState,
+    device: torch.device,
+    run: RunDir,
+    last_eval: EvalLine | None,
+) -> FitResult:
+    """The end of a run: an evaluation when none was made (resumed from a finished run), the
+    inference latency, `summary.json`; returns the `FitResult`."""
     if last_eval is None:  # resumed from a finished run: evaluate once more to fill the summary
-        last_eval, _ = _evaluate_and_record(
-            _final(model, ema), loss_fn, data, config, state, device, run
-        )
-    final = _final(model, ema)
+        last_eval, _ = evaluate_and_record(final, loss_fn, data, config, state, device, run)
     inference_ms = inference_latency_ms(
-        final, data.val.images[0], device, _autocast(device, config), channels_last=True
+        final, data.val.images[0], device, autocast_for(device, config), channels_last=True
     )
     result = FitResult(
         mAP50=last_eval.mAP50,
@@ -281,7 +321,7 @@ def fit(
     return result
 
 
-def _evaluate_and_record(
+def evaluate_and_record(
     model: Detector,
     loss_fn: DetectionLoss,
     data: DetectionData,
@@ -297,7 +337,7 @@ def _evaluate_and_record(
         data.val,
         config.batch,
         device,
-        _autocast(device, config),
+        autocast_for(device, config),
         channels_last=True,
     )
     mAP50, mAP50_95 = coco_map(data.val, result.detections, nc=len(data.names))
@@ -333,7 +373,7 @@ def _evaluate_and_record(
     return line, eval_report
 
 
-def _autocast(
+def autocast_for(
     device: torch.device, config: TrainConfig
 ) -> Callable[[], contextlib.AbstractContextManager[Any]]:
     """bf16 autocast on CUDA when `amp` is set (no loss scaling needed for bf16); none on CPU."""
@@ -342,13 +382,13 @@ def _autocast(
     return contextlib.nullcontext
 
 
-def _check_data_matches(data: DetectionData, config: TrainConfig) -> None:
+def check_data_matches(data: DetectionData, config: TrainConfig) -> None:
     size = data.val.images.shape[-1]
     if size != config.imgsz:
         raise ValueError(f"the data set was loaded at imgsz={size}, but got imgsz={config.imgsz}")
 
 
-def _final(model: Detector, ema: ModelEMA | None) -> Detector:
+def final_weights(model: Detector, ema: ModelEMA | None) -> Detector:
     """The weights a run evaluates and keeps: the EMA's when there is one."""
     if ema is None:
         return model
@@ -356,7 +396,7 @@ def _final(model: Detector, ema: ModelEMA | None) -> Detector:
     return ema.module
 
 
-def _checkpoint(
+def checkpoint_state(
     model: Detector,
     ema: ModelEMA | None,
     optimizer: torch.optim.Optimizer,
@@ -367,7 +407,7 @@ def _checkpoint(
     # "model" holds the weights to use (the EMA's, what `--weights` and exports load);
     # "train_model" the raw weights training continues from
     return {
-        "model": _final(model, ema).state_dict(),
+        "model": final_weights(model, ema).state_dict(),
         "train_model": model.state_dict(),
         "ema_updates": ema.updates if ema is not None else 0,
         "last_step": state.last_step,
@@ -383,7 +423,7 @@ def _checkpoint(
     }
 
 
-def _restore(
+def restore_state(
     checkpoint: dict[str, Any],
     model: Detector,
     ema: ModelEMA | None,

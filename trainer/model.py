@@ -16,6 +16,12 @@ with objects of roughly 8-120 px, and YOLOv5's own anchors (tuned for COCO at 64
 loss, these cover objects from about 2 px (P3) to about 740 px (P5).
 
 Outputs are raw (no sigmoid); `decode` turns them into boxes with YOLOv5's v5+ parameterisation.
+
+`trials=K` builds K independent copies fused into one network, as HFTA does (the packed trainer,
+`trainer.packed`): every convolution has K times the channels in K groups, BatchNorm K times the
+channels (so each copy keeps its own statistics), concatenations interleave per copy, and every
+parameter holds the K copies end to end along dim 0. Nothing mixes the copies; `trials=1` is
+the plain detector.
 """
 
 from __future__ import annotations
@@ -49,14 +55,24 @@ def _make_divisible(channels: float, divisor: int = 8) -> int:
     return max(divisor, int(math.ceil(channels / divisor) * divisor))
 
 
+def cat_channels(tensors: Sequence[Tensor], trials: int = 1) -> Tensor:
+    """Concatenate along channels, each of `trials` fused copies with its own channels."""
+    if trials == 1:
+        return torch.cat(tuple(tensors), 1)
+    return torch.cat([t.unflatten(1, (trials, -1)) for t in tensors], 2).flatten(1, 2)
+
+
 class Conv(nn.Module):
     """Conv2d (no bias) -> BatchNorm2d -> SiLU, padded to keep `H / stride`."""
 
-    def __init__(self, c1: int, c2: int, k: int = 1, s: int = 1, p: int | None = None) -> None:
+    def __init__(
+        self, c1: int, c2: int, k: int = 1, s: int = 1, p: int | None = None, trials: int = 1
+    ) -> None:
         super().__init__()
-        self.conv = nn.Conv2d(c1, c2, k, s, k // 2 if p is None else p, bias=False)
+        pad = k // 2 if p is None else p
+        self.conv = nn.Conv2d(c1 * trials, c2 * trials, k, s, pad, groups=trials, bias=False)
         # YOLOv5's BN settings: eps 1e-3, momentum 0.03
-        self.bn = nn.BatchNorm2d(c2, eps=1e-3, momentum=0.03)
+        self.bn = nn.BatchNorm2d(c2 * trials, eps=1e-3, momentum=0.03)
         self.act = nn.SiLU(inplace=True)
 
     def forward(self, x: Tensor) -> Tensor:
@@ -66,10 +82,10 @@ class Conv(nn.Module):
 class Bottleneck(nn.Module):
     """1x1 then 3x3 conv, with a residual connection when shapes allow and `shortcut` is set."""
 
-    def __init__(self, c1: int, c2: int, shortcut: bool = True) -> None:
+    def __init__(self, c1: int, c2: int, shortcut: bool = True, trials: int = 1) -> None:
         super().__init__()
-        self.cv1 = Conv(c1, c2, 1)
-        self.cv2 = Conv(c2, c2, 3)
+        self.cv1 = Conv(c1, c2, 1, trials=trials)
+        self.cv2 = Conv(c2, c2, 3, trials=trials)
         self.add = shortcut and c1 == c2
 
     def forward(self, x: Tensor) -> Tensor:
@@ -80,33 +96,37 @@ class Bottleneck(nn.Module):
 class C3(nn.Module):
     """CSP bottleneck with 3 convs: half the channels go through `n` bottlenecks, half bypass."""
 
-    def __init__(self, c1: int, c2: int, n: int = 1, shortcut: bool = True) -> None:
+    def __init__(
+        self, c1: int, c2: int, n: int = 1, shortcut: bool = True, trials: int = 1
+    ) -> None:
         super().__init__()
         c_ = c2 // 2
-        self.cv1 = Conv(c1, c_, 1)
-        self.cv2 = Conv(c1, c_, 1)
-        self.cv3 = Conv(2 * c_, c2, 1)
-        self.m = nn.Sequential(*(Bottleneck(c_, c_, shortcut) for _ in range(n)))
+        self.trials = trials
+        self.cv1 = Conv(c1, c_, 1, trials=trials)
+        self.cv2 = Conv(c1, c_, 1, trials=trials)
+        self.cv3 = Conv(2 * c_, c2, 1, trials=trials)
+        self.m = nn.Sequential(*(Bottleneck(c_, c_, shortcut, trials) for _ in range(n)))
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.cv3(torch.cat((self.m(self.cv1(x)), self.cv2(x)), 1))
+        return self.cv3(cat_channels((self.m(self.cv1(x)), self.cv2(x)), self.trials))
 
 
 class SPPF(nn.Module):
     """Spatial pyramid pooling (fast): three chained 5x5 max-pools, concatenated."""
 
-    def __init__(self, c1: int, c2: int, k: int = 5) -> None:
+    def __init__(self, c1: int, c2: int, k: int = 5, trials: int = 1) -> None:
         super().__init__()
         c_ = c1 // 2
-        self.cv1 = Conv(c1, c_, 1)
-        self.cv2 = Conv(c_ * 4, c2, 1)
+        self.trials = trials
+        self.cv1 = Conv(c1, c_, 1, trials=trials)
+        self.cv2 = Conv(c_ * 4, c2, 1, trials=trials)
         self.m = nn.MaxPool2d(kernel_size=k, stride=1, padding=k // 2)
 
     def forward(self, x: Tensor) -> Tensor:
         x = self.cv1(x)
         y1 = self.m(x)
         y2 = self.m(y1)
-        return self.cv2(torch.cat((x, y1, y2, self.m(y2)), 1))
+        return self.cv2(cat_channels((x, y1, y2, self.m(y2)), self.trials))
 
 
 class Detector(nn.Module):
@@ -114,6 +134,8 @@ class Detector(nn.Module):
 
     `forward(x)` with `x` of shape `[B, 3, S, S]` (S a multiple of 32) returns one tensor per
     level shaped `[B, na, S/stride, S/stride, 5 + nc]`: `(tx, ty, tw, th, obj, cls...)` logits.
+    With `trials=K > 1` (K fused copies, see the module docstring) every copy sees the same `x`
+    and each level is `[K, B, na, S/stride, S/stride, 5 + nc]`.
     """
 
     anchors: Tensor  # [nl, na, 2] pixels (a buffer: moves with .to(), saved in the state_dict)
@@ -124,11 +146,15 @@ class Detector(nn.Module):
         depth: float,
         width: float,
         anchors: Sequence[Sequence[tuple[float, float]]] = ANCHORS,
+        trials: int = 1,
     ) -> None:
         super().__init__()
         if nc < 1:
             raise ValueError(f"nc must be >= 1, but got {nc=}")
+        if trials < 1:
+            raise ValueError(f"trials must be >= 1, but got {trials=}")
         self.nc = nc
+        self.trials = trials
         self.strides: tuple[int, ...] = STRIDES
         self.register_buffer("anchors", torch.tensor(anchors, dtype=torch.float32))
         if self.anchors.ndim != 3 or self.anchors.shape[0] != len(self.strides):
@@ -143,26 +169,37 @@ class Detector(nn.Module):
             return max(round(k * depth), 1)
 
         c64, c128, c256, c512, c1024 = ch(64), ch(128), ch(256), ch(512), ch(1024)
+        t = trials
         # backbone
-        self.stem = Conv(3, c64, 6, 2, 2)  # P1/2
-        self.stage2 = nn.Sequential(Conv(c64, c128, 3, 2), C3(c128, c128, n(3)))  # P2/4
-        self.stage3 = nn.Sequential(Conv(c128, c256, 3, 2), C3(c256, c256, n(6)))  # P3/8
-        self.stage4 = nn.Sequential(Conv(c256, c512, 3, 2), C3(c512, c512, n(9)))  # P4/16
+        self.stem = Conv(3, c64, 6, 2, 2, trials=t)  # P1/2
+        self.stage2 = nn.Sequential(
+            Conv(c64, c128, 3, 2, trials=t), C3(c128, c128, n(3), trials=t)
+        )  # P2/4
+        self.stage3 = nn.Sequential(
+            Conv(c128, c256, 3, 2, trials=t), C3(c256, c256, n(6), trials=t)
+        )  # P3/8
+        self.stage4 = nn.Sequential(
+            Conv(c256, c512, 3, 2, trials=t), C3(c512, c512, n(9), trials=t)
+        )  # P4/16
         self.stage5 = nn.Sequential(
-            Conv(c512, c1024, 3, 2), C3(c1024, c1024, n(3)), SPPF(c1024, c1024)
+            Conv(c512, c1024, 3, 2, trials=t),
+            C3(c1024, c1024, n(3), trials=t),
+            SPPF(c1024, c1024, trials=t),
         )  # P5/32
         # neck: top-down (FPN) then bottom-up (PAN)
-        self.lat5 = Conv(c1024, c512, 1)
+        self.lat5 = Conv(c1024, c512, 1, trials=t)
         self.up = nn.Upsample(scale_factor=2.0, mode="nearest")
-        self.td4 = C3(c512 * 2, c512, n(3), shortcut=False)
-        self.lat4 = Conv(c512, c256, 1)
-        self.td3 = C3(c256 * 2, c256, n(3), shortcut=False)  # -> P3 out
-        self.down3 = Conv(c256, c256, 3, 2)
-        self.bu4 = C3(c256 * 2, c512, n(3), shortcut=False)  # -> P4 out
-        self.down4 = Conv(c512, c512, 3, 2)
-        self.bu5 = C3(c512 * 2, c1024, n(3), shortcut=False)  # -> P5 out
+        self.td4 = C3(c512 * 2, c512, n(3), shortcut=False, trials=t)
+        self.lat4 = Conv(c512, c256, 1, trials=t)
+        self.td3 = C3(c256 * 2, c256, n(3), shortcut=False, trials=t)  # -> P3 out
+        self.down3 = Conv(c256, c256, 3, 2, trials=t)
+        self.bu4 = C3(c256 * 2, c512, n(3), shortcut=False, trials=t)  # -> P4 out
+        self.down4 = Conv(c512, c512, 3, 2, trials=t)
+        self.bu5 = C3(c512 * 2, c1024, n(3), shortcut=False, trials=t)  # -> P5 out
         # head: one 1x1 conv per level
-        self.head = nn.ModuleList(nn.Conv2d(c, self.na * self.no, 1) for c in (c256, c512, c1024))
+        self.head = nn.ModuleList(
+            nn.Conv2d(c * t, self.na * self.no * t, 1, groups=t) for c in (c256, c512, c1024)
+        )
         self._init_weights()
 
     def _init_weights(self) -> None:
@@ -174,36 +211,43 @@ class Detector(nn.Module):
         with torch.no_grad():
             for conv, stride in zip(self.head, self.strides, strict=True):
                 assert isinstance(conv, nn.Conv2d) and conv.bias is not None
-                b = conv.bias.view(self.na, self.no)
-                b[:, 4] += math.log(8 / (640 / stride) ** 2)
-                b[:, 5:] += math.log(0.6 / (self.nc - 0.99))
+                b = conv.bias.view(self.trials, self.na, self.no)
+                b[..., 4] += math.log(8 / (640 / stride) ** 2)
+                b[..., 5:] += math.log(0.6 / (self.nc - 0.99))
 
     def forward(self, x: Tensor) -> list[Tensor]:
+        t = self.trials
+        if t > 1:  # every copy sees the same images: [B, 3, S, S] -> [B, K * 3, S, S]
+            x = x.repeat(1, t, 1, 1)
         x = self.stage2(self.stem(x))
         p3 = self.stage3(x)
         p4 = self.stage4(p3)
         p5 = self.stage5(p4)
         l5 = self.lat5(p5)
-        t4 = self.td4(torch.cat((self.up(l5), p4), 1))
+        t4 = self.td4(cat_channels((self.up(l5), p4), t))
         l4 = self.lat4(t4)
-        o3 = self.td3(torch.cat((self.up(l4), p3), 1))
-        o4 = self.bu4(torch.cat((self.down3(o3), l4), 1))
-        o5 = self.bu5(torch.cat((self.down4(o4), l5), 1))
+        o3 = self.td3(cat_channels((self.up(l4), p3), t))
+        o4 = self.bu4(cat_channels((self.down3(o3), l4), t))
+        o5 = self.bu5(cat_channels((self.down4(o4), l5), t))
         outputs = []
         for conv, feat in zip(self.head, (o3, o4, o5), strict=True):
             y = conv(feat)
             b, _, h, w = y.shape
             # [B, na*no, H, W] -> [B, na, H, W, no]; a view, so channels_last input stays cheap
-            outputs.append(y.view(b, self.na, self.no, h, w).permute(0, 1, 3, 4, 2))
+            if t == 1:
+                outputs.append(y.view(b, self.na, self.no, h, w).permute(0, 1, 3, 4, 2))
+            else:  # [B, K*na*no, H, W] -> [K, B, na, H, W, no]
+                outputs.append(y.view(b, t, self.na, self.no, h, w).permute(1, 0, 2, 4, 5, 3))
         return outputs
 
 
-def build_detector(size: str, nc: int) -> Detector:
-    """A randomly initialised detector of the given size (`nano`, `small` or `medium`)."""
+def build_detector(size: str, nc: int, trials: int = 1) -> Detector:
+    """A randomly initialised detector of the given size (`nano`, `small` or `medium`);
+    `trials=K` fuses K copies into one network (see the module docstring)."""
     if size not in SIZES:
         raise ValueError(f"size must be one of {', '.join(SIZES)}, but got {size=}")
     depth, width = SIZES[size]
-    return Detector(nc=nc, depth=depth, width=width)
+    return Detector(nc=nc, depth=depth, width=width, trials=trials)
 
 
 def _grid(h: int, w: int, device: torch.device) -> Tensor:
