@@ -126,9 +126,9 @@ def _instrument() -> None:
     from search.storage import StudyLock
 
     optuna.Study.ask = _timed("ask", optuna.Study.ask)  # type: ignore[method-assign]
-    tell = optimize_module._tell_with_warning  # type: ignore[attr-defined]
-    optimize_module._tell_with_warning = _timed("tell", tell)  # type: ignore[attr-defined]
-    worker_module.count_states = _timed("budget_check", worker_module.count_states)
+    tell = optimize_module._tell_with_warning
+    optimize_module._tell_with_warning = _timed("tell", tell)
+    worker_module.read_use = _timed("budget_check", worker_module.read_use)
     StudyLock.acquire = _timed("lock_wait", StudyLock.acquire)  # type: ignore[method-assign]
 
     def before(conn: Any, cursor: Any, statement: str, *args: Any) -> None:

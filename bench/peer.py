@@ -115,8 +115,8 @@ def child_tune(
 
 def child_ultralytics(data: str, imgsz: int, batch: int, epochs: int, out: str) -> None:
     os.environ.setdefault("YOLO_OFFLINE", "1")
-    import ultralytics  # type: ignore[import-not-found]
-    from ultralytics import YOLO  # type: ignore[import-not-found]
+    import ultralytics  # type: ignore[import-not-found,unused-ignore]
+    from ultralytics import YOLO  # type: ignore[import-not-found,unused-ignore]
 
     model = YOLO("yolov8n.yaml")
     marks: dict[str, float] = {}
@@ -229,7 +229,7 @@ def _data_sets(names: Sequence[str], quick: bool, work: Path) -> dict[str, str]:
 
 def _ultralytics_importable() -> bool:
     try:
-        import ultralytics  # type: ignore[import-not-found]  # noqa: F401
+        import ultralytics  # type: ignore[import-not-found,unused-ignore]  # noqa: F401
     except ImportError:
         return False
     return True

@@ -91,9 +91,14 @@ def launch(
     storage: str | None = typer.Option(None, help=_STORAGE_HELP),
     workers: int | None = typer.Option(None, min=0, help="CPU workers (0: only create the study)"),
     gpus: str | None = typer.Option(None, help="one worker per GPU, e.g. 0,1"),
-    n_trials: int | None = typer.Option(None, min=1, help="budget for the whole study"),
+    n_trials: int | None = typer.Option(
+        None, min=1, help="budget: finished trials for the whole study"
+    ),
+    budget_epochs: int | None = typer.Option(
+        None, min=1, help="budget: training epochs summed over the whole study's trials"
+    ),
     timeout: float | None = typer.Option(None, min=1, help="seconds to keep starting trials"),
-    epochs: int | None = typer.Option(None, min=1),
+    epochs: int | None = typer.Option(None, min=1, help="a trial's full length"),
     data: str | None = typer.Option(None, help="'shapes' or a path to a data.yaml"),
     seed: int | None = typer.Option(None, help="sampler seed"),
     runs_dir: Path = typer.Option(Path("runs/studies"), help="local run folders and worker logs"),
@@ -114,7 +119,12 @@ def launch(
             workers=workers,
             gpus=gpu_list,
             overrides=Overrides(
-                epochs=epochs, data=data, n_trials=n_trials, timeout=timeout, seed=seed
+                epochs=epochs,
+                data=data,
+                n_trials=n_trials,
+                budget_epochs=budget_epochs,
+                timeout=timeout,
+                seed=seed,
             ),
             runs_dir=runs_dir,
             progress_interval=progress_interval,

@@ -17,6 +17,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,6 +29,7 @@ from optuna.study import StudyDirection
 from optuna.trial import TrialState
 
 from search import trial_record
+from search.budget import BudgetUse, describe_plan, read_use, use_of
 from search.optuna_compat import trial_id
 from search.storage import (
     ENV_VAR,
@@ -56,6 +58,7 @@ class LaunchResult:
     best_value: float | None
     best_number: int | None
     wall_seconds: float
+    use: BudgetUse = field(default_factory=BudgetUse)
     exit_codes: list[int] = field(default_factory=list)
     interrupted: bool = False
 
@@ -119,7 +122,8 @@ def mps_running() -> bool:
 
 
 def prepare_study(spec: StudySpec, storage: RDBStorage) -> optuna.Study:
-    """Create or load the study, store its settings, and enqueue missing baselines exactly once.
+    """Create or load the study, store its settings, and enqueue missing baselines (and the
+    trainer-defaults start trial) exactly once.
 
     Holding the study lock makes this safe when launched twice or from two machines at once.
     """
@@ -139,12 +143,16 @@ def prepare_study(spec: StudySpec, storage: RDBStorage) -> optuna.Study:
                     "use the same settings, another study name, or another storage"
                 )
         trial_record.record_study_spec(study, spec.raw)
-        present = {trial_record.read_baseline(t) for t in study.get_trials(deepcopy=False)}
+        trials = study.get_trials(deepcopy=False)
+        present = {trial_record.read_baseline(t) for t in trials}
         for baseline in spec.baselines:
             if baseline.label not in present:
                 study.enqueue_trial(
                     baseline.as_dict(), user_attrs=trial_record.baseline_attrs(baseline.label)
                 )
+        start = spec.start_params()
+        if start is not None and not any(trial_record.read_start(t) for t in trials):
+            study.enqueue_trial(start, user_attrs=trial_record.start_attrs())
     return study
 
 
@@ -176,13 +184,10 @@ def launch(
     if warning:
         out(warning)
     shown = mask_url(url)
-    out(
-        f"study {spec.name!r} in {shown}: budget {spec.budget.n_trials} trials, "
-        f"{len(spec.baselines)} baselines"
-    )
+    out(f"study {spec.name!r} in {shown}: {describe_plan(spec)}")
     out(f"watch it: tune dashboard --storage '{shown}'   (or: tune status --study {spec.name})")
     if n_workers == 0:
-        return _result(optuna_study, rdb, started)
+        return _result(optuna_study, spec, rdb, started)
     log_dir = runs_dir / spec.name
     log_dir.mkdir(parents=True, exist_ok=True)
     # Ctrl-C / SIGTERM only set a flag that the watch loop reads between polls: an exception
@@ -201,9 +206,7 @@ def launch(
         )
         where = "GPUs " + ",".join(map(str, gpus)) if gpus else "CPU"
         out(f"started {n_workers} worker(s) on {where}; logs in {log_dir}/")
-        _watch(
-            optuna_study, rdb, procs, started, progress_interval, spec.budget.n_trials, out, stop
-        )
+        _watch(optuna_study, spec, procs, started, progress_interval, out, stop)
         interrupted = stop.is_set()
         if interrupted:
             out("stopping: the workers fail their current trial as 'interrupted' ...")
@@ -214,8 +217,9 @@ def launch(
             signal.signal(sig, handler)
         for _, log in procs:
             log.close()
-    result = _result(optuna_study, rdb, started, [p.returncode for p, _ in procs], interrupted)
-    out(_summary_line(result, spec.budget.n_trials))
+    codes = [p.returncode for p, _ in procs]
+    result = _result(optuna_study, spec, rdb, started, codes, interrupted)
+    out(_summary_line(result, spec))
     for i, code in enumerate(result.exit_codes):
         if code != 0 and not interrupted:
             log_path = log_dir / f"worker-{i}.log"
@@ -266,16 +270,14 @@ def _start_workers(
 
 def _watch(
     study: optuna.Study,
-    rdb: RDBStorage,
+    spec: StudySpec,
     procs: list[tuple[subprocess.Popen[bytes], IO[bytes]]],
     started: float,
     interval: float,
-    n_trials: int,
     out: Callable[[str], None],
     stop: threading.Event,
 ) -> None:
     """Print progress until every worker has exited or `stop` is set."""
-    study_id = rdb.get_study_id_from_name(study.study_name)
     last = ""
     next_line = time.monotonic() + interval
     while any(p.poll() is None for p, _ in procs):
@@ -284,13 +286,15 @@ def _watch(
         if time.monotonic() < next_line:
             continue
         next_line = time.monotonic() + interval
-        line = _progress_line(study, count_states(rdb, study_id), n_trials)
+        line = _progress_line(study, spec)
         if line != last:
             out(f"[{time.monotonic() - started:5.0f} s] {line}")
             last = line
 
 
-def _progress_line(study: optuna.Study, counts: StateCounts, n_trials: int) -> str:
+def _progress_line(study: optuna.Study, spec: StudySpec) -> str:
+    trials = study.get_trials(deepcopy=False)
+    counts = Counter(t.state for t in trials)
     value, number = _best(study)
     best = (
         f"best mAP50-95 {value:.4f} (trial {number})"
@@ -298,8 +302,10 @@ def _progress_line(study: optuna.Study, counts: StateCounts, n_trials: int) -> s
         else "no trial complete yet"
     )
     return (
-        f"done {counts.finished}/{n_trials} ({counts.complete} complete, {counts.pruned} pruned), "
-        f"failed {counts.fail}, running {counts.running}, waiting {counts.waiting} | {best}"
+        f"budget {use_of(spec, trials).describe(spec.budget)}: "
+        f"{counts[TrialState.COMPLETE]} complete, {counts[TrialState.PRUNED]} pruned, "
+        f"failed {counts[TrialState.FAIL]}, running {counts[TrialState.RUNNING]}, "
+        f"waiting {counts[TrialState.WAITING]} | {best}"
     )
 
 
@@ -336,6 +342,7 @@ def _fail_running_of(study: optuna.Study, worker_ids: set[str]) -> None:
 
 def _result(
     study: optuna.Study,
+    spec: StudySpec,
     rdb: RDBStorage,
     started: float,
     exit_codes: list[int | Any] | None = None,
@@ -344,10 +351,12 @@ def _result(
     counts = count_states(rdb, rdb.get_study_id_from_name(study.study_name))
     value, number = _best(study)
     codes = [int(c) if c is not None else -1 for c in (exit_codes or [])]
-    return LaunchResult(counts, value, number, time.monotonic() - started, codes, interrupted)
+    use = read_use(spec, study)
+    wall = time.monotonic() - started
+    return LaunchResult(counts, value, number, wall, use, codes, interrupted)
 
 
-def _summary_line(result: LaunchResult, n_trials: int) -> str:
+def _summary_line(result: LaunchResult, spec: StudySpec) -> str:
     c = result.counts
     best = (
         f"best mAP50-95 {result.best_value:.4f} (trial {result.best_number})"
@@ -356,7 +365,7 @@ def _summary_line(result: LaunchResult, n_trials: int) -> str:
     )
     how = "interrupted" if result.interrupted else "finished"
     return (
-        f"{how} in {result.wall_seconds:.0f} s: {c.finished}/{n_trials} done "
+        f"{how} in {result.wall_seconds:.0f} s: {result.use.describe(spec.budget)} "
         f"({c.complete} complete, {c.pruned} pruned), {c.fail} failed, {c.running} running | {best}"
     )
 

@@ -2,9 +2,9 @@
 
 The objective builds a `TrainConfig` from the study settings and the drawn (or, for a baseline,
 enqueued) parameters, records config, placement and every evaluation through
-`search/trial_record.py`, lets Hyperband prune at evaluation steps (`search/pruning.py`: never a
-baseline, which runs its full length so that reports compare like with like), and returns the
-objective metric.
+`search/trial_record.py`, lets the pruner stop it at evaluation steps (`search/pruning.py`: never
+a baseline, which trains `[budget] baseline_epochs` of the full-length schedule, or all of it, so
+that reports compare like with like), and returns the objective metric.
 Any failure is stored on the trial as one masked line before Optuna marks it FAIL.
 
 After each evaluation the trainer's checkpoint is uploaded to the artifact store
@@ -224,7 +224,11 @@ def make_objective(ctx: TrialContext) -> Callable[[optuna.Trial], float]:
         config = ctx.spec.train_config(params, out=str(out), device=ctx.device, threads=ctx.threads)
         config = ctx.store(lambda: _resume_retry(trial, ctx, config))
         ctx.store(lambda: trial_record.record_config(trial, config.to_dict()))
-        what = f"baseline {baseline!r}" if baseline else "sampled"
+        start = trial_record.read_start(trial)
+        what = f"baseline {baseline!r}" if baseline else (f"start: {start}" if start else "sampled")
+        # baselines train the first `baseline_epochs` of the full-length schedule, then stop:
+        # reports compare them with the trials at that length (search/report/gather.py)
+        baseline_length = ctx.spec.baseline_epochs if baseline else None
         ctx.log(f"trial {trial.number} ({what}) started: {_short(params)}")
 
         def report(step: int, metrics: EvalReport) -> None:
@@ -243,6 +247,10 @@ def make_objective(ctx: TrialContext) -> Callable[[optuna.Trial], float]:
                 # that their values join the rungs; the pruner never stops them (search/pruning.py)
                 last_step = step >= config.epochs
                 prune = not last_step and ctx.store(trial.should_prune)
+                if baseline_length is not None and step >= baseline_length and not last_step:
+                    why = f"stopped at its length, {step} epochs"
+                    ctx.store(lambda: trial_record.record_stopped(trial, why))
+                    raise optuna.TrialPruned(f"(baseline) {why}")
             if prune:
                 raise optuna.TrialPruned(
                     f"pruned after {step} epochs at {metrics.eval.mAP50_95:.4f} mAP50-95"

@@ -145,6 +145,17 @@ class SearchSpace:
                 )
         return {p.name: params[p.name] for p in self.params}
 
+    def params_of(self, config: TrainConfig, where: str) -> dict[str, Any]:
+        """This space's params for the values `config` trains with (its milestones as fractions;
+        none: at the end of the run). A `SpaceError` when one lies outside the space."""
+        values: dict[str, Any] = {
+            k: getattr(config, k) for k in self._baseline_keys() if k != "milestones"
+        }
+        if MILESTONE1 in self.names:
+            want = 2 if MILESTONE2_REST in self.names else 1
+            values["milestones"] = list(config.milestones) or [1.0] * want
+        return self.baseline_params(values, where)
+
     def _baseline_keys(self) -> list[str]:
         keys = [n for n in self.names if n not in (MILESTONE1, MILESTONE2_REST)]
         return [*keys, "milestones"] if MILESTONE1 in self.names else keys

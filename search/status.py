@@ -16,7 +16,9 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from search import trial_record
+from search.budget import use_of
 from search.storage import StateCounts
+from search.study_file import StudyFileError, parse_study
 
 
 @dataclass(frozen=True)
@@ -33,13 +35,15 @@ class TrialLine:
     retry_of: int | None
     resumed_step: int | None = None  # a retry: the checkpoint step it resumed from
     retried_by: int | None = None  # a trial that lost its worker: its retry, if any
+    stopped: str | None = None  # why it ended early without being pruned (a baseline's length)
+    last_value: float | None = None  # the objective at its last evaluation
 
 
 @dataclass(frozen=True)
 class StudyStatus:
     name: str
     counts: StateCounts
-    n_trials: int | None  # the stored budget
+    budget: str | None  # what the study spent of its stored budget, e.g. "81/120 epochs"
     best: TrialLine | None
     baselines: list[TrialLine]
     running: list[TrialLine]
@@ -68,19 +72,27 @@ def study_status(study: optuna.Study, now: dt.datetime | None = None) -> StudySt
         retry_of = trial_record.read_retry_of(t)
         if retry_of is not None:
             retried_by[retry_of] = t.number
-    raw = trial_record.read_study_spec(study) or {}
-    budget = raw.get("budget", {})
-    n_trials = budget.get("n_trials") if isinstance(budget, dict) else None
     return StudyStatus(
         name=study.study_name,
         counts=counts,
-        n_trials=n_trials if isinstance(n_trials, int) else None,
+        budget=_budget_line(study, trials),
         best=best,
         baselines=[_line(t, now) for t in trials if trial_record.read_baseline(t)],
         running=[_line(t, now) for t in by_state[TrialState.RUNNING]],
         failed=[_line(t, now, retried_by.get(t.number)) for t in by_state[TrialState.FAIL]],
         retries=[_line(t, now) for t in trials if trial_record.read_retry_of(t) is not None],
     )
+
+
+def _budget_line(study: optuna.Study, trials: list[FrozenTrial]) -> str | None:
+    raw = trial_record.read_study_spec(study)
+    if raw is None:
+        return None  # not a tune study
+    try:
+        spec = parse_study(raw, f"study {study.study_name!r} (as stored)", check_data=False)
+    except StudyFileError:
+        return None  # stored by another tune version: the counts still say what was done
+    return use_of(spec, trials).describe(spec.budget)
 
 
 def _line(t: FrozenTrial, now: dt.datetime, retried_by: int | None = None) -> TrialLine:
@@ -101,17 +113,19 @@ def _line(t: FrozenTrial, now: dt.datetime, retried_by: int | None = None) -> Tr
         retry_of=trial_record.read_retry_of(t),
         resumed_step=trial_record.read_resumed_step(t),
         retried_by=retried_by,
+        stopped=trial_record.read_stopped(t),
+        last_value=t.intermediate_values.get(t.last_step) if t.last_step is not None else None,
     )
 
 
 def format_status(status: StudyStatus, max_failed: int = 10) -> str:
     """The text `tune status` prints."""
     c = status.counts
-    budget = f"/{status.n_trials}" if status.n_trials is not None else ""
+    budget = f", budget {status.budget}" if status.budget else ""
     lines = [
-        f"study {status.name}: {c.finished}{budget} done "
+        f"study {status.name}: {c.finished} done "
         f"({c.complete} complete, {c.pruned} pruned), "
-        f"{c.fail} failed, {c.running} running, {c.waiting} waiting"
+        f"{c.fail} failed, {c.running} running, {c.waiting} waiting{budget}"
     ]
     if status.best is not None:
         b = status.best
@@ -123,7 +137,12 @@ def format_status(status: StudyStatus, max_failed: int = 10) -> str:
     if status.baselines:
         lines.append("baselines:")
         for t in status.baselines:
-            result = f"{t.value:.4f}" if t.value is not None else t.state.lower()
+            if t.value is not None:
+                result = f"{t.value:.4f}"
+            elif t.stopped is not None and t.last_value is not None:
+                result = f"{t.last_value:.4f} ({t.stopped})"
+            else:
+                result = t.state.lower()
             lines.append(f"  trial {t.number} {t.label}: {result}")
     if status.running:
         lines.append("running:")

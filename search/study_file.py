@@ -4,10 +4,13 @@ Layout (see `studies/loss-weights.toml`):
 
     name = "loss-weights"
     [objective]  metric = "mAP50_95", optional latency_budget_ms (a constraint, not an objective)
-    [budget]     n_trials (COMPLETE + PRUNED, for the whole study), optional timeout (seconds)
-    [trial]      data, model, epochs, imgsz, batch, eval_interval, device
+    [budget]     epochs (training epochs across all trials) and/or n_trials (COMPLETE + PRUNED),
+                 both for the whole study; optional timeout (seconds), baseline_epochs
+    [trial]      data, model, epochs (a trial's full length), imgsz, batch, eval_interval, device,
+                 plus any `TrainConfig` field pinned for every trial
     [sampler]    type = "TPE" | "Random", optional seed, n_startup_trials
-    [pruner]     type = "Hyperband" | "none", min_resource, reduction_factor, n_min_trials
+    [pruner]     type = "SuccessiveHalving" | "Hyperband" | "Median" | "None", min_resource,
+                 reduction_factor, n_min_trials (search/pruning.py)
     [space]      see search/space.py
     [[baselines]] label plus a value for every [space] parameter (milestones as fractions)
 
@@ -28,7 +31,7 @@ from typing import Any
 
 import optuna
 
-from search.pruning import TuneHyperbandPruner
+from search.pruning import PRUNER_TYPES, PrunerSpec, SparingPruner, build_pruner, stop_points
 from search.space import SearchSpace, SpaceError, parse_space
 from trainer.config import TrainConfig
 
@@ -36,7 +39,6 @@ STUDIES_DIR = Path("studies")
 BUILTIN_DATA: tuple[str, ...] = ("shapes",)
 METRICS: tuple[str, ...] = ("mAP50_95", "mAP50")
 SAMPLERS: tuple[str, ...] = ("TPE", "Random")
-PRUNERS: tuple[str, ...] = ("Hyperband", "none")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 _KIND_NAMES: dict[type, str] = {int: "an integer", float: "a number", str: "a string"}
 _TOP_KEYS = ("name", "objective", "budget", "trial", "sampler", "pruner", "space", "baselines")
@@ -54,8 +56,21 @@ class Objective:
 
 @dataclass(frozen=True)
 class Budget:
-    n_trials: int  # COMPLETE + PRUNED trials for the whole study, shared by every worker
+    """What the whole study may spend, shared by every worker on every machine (search/budget.py).
+
+    `epochs` counts training: the epochs every trial trained, summed over the study (a pruned
+    trial counts the epochs it ran, a retry only those after the checkpoint it resumed from).
+    It is the unit of compute that does not depend on the machine, and the one successive
+    halving allocates. `n_trials` counts COMPLETE + PRUNED trials. With both, the first spent
+    ends the study.
+    """
+
+    epochs: int | None = None
+    n_trials: int | None = None
     timeout: float | None = None  # seconds a launch (or a worker) keeps taking new trials
+    # baselines train this many epochs of the full-length schedule, then stop (None: the full
+    # length); the report compares them with the best trial at this length
+    baseline_epochs: int | None = None
 
 
 @dataclass(frozen=True)
@@ -81,14 +96,9 @@ class SamplerSpec:
     type: str = "TPE"
     seed: int | None = None
     n_startup_trials: int = 10
-
-
-@dataclass(frozen=True)
-class PrunerSpec:
-    type: str = "Hyperband"
-    min_resource: int = 1
-    reduction_factor: int = 3
-    n_min_trials: int = 1  # trials evaluated at a step before any is stopped there (1: Optuna's)
+    # the first sampled trial trains with the trainer's own defaults (a point the search starts
+    # from, enqueued after the baselines; pruned like any other sampled trial)
+    start_from_defaults: bool = False
 
 
 @dataclass(frozen=True)
@@ -107,6 +117,7 @@ class Overrides:
     epochs: int | None = None
     data: str | None = None
     n_trials: int | None = None
+    budget_epochs: int | None = None
     timeout: float | None = None
     seed: int | None = None
 
@@ -125,10 +136,22 @@ class StudySpec:
     baselines: tuple[Baseline, ...]
     raw: dict[str, Any]
 
+    @property
+    def baseline_epochs(self) -> int:
+        """How many epochs of the full-length schedule a baseline trains."""
+        return self.budget.baseline_epochs or self.trial.epochs
+
     def train_config(self, params: dict[str, Any], **fields: Any) -> TrainConfig:
         """The `TrainConfig` of one trial: study settings, drawn `params`, then `fields`."""
         settings = {k: getattr(self.trial, k) for k in _SETTINGS} | dict(self.trial.recipe)
         return TrainConfig(**{**settings, **self.space.to_overrides(params), **fields})
+
+    def start_params(self) -> dict[str, Any] | None:
+        """The [space] params of the trainer's defaults (with [trial]'s pins), when the sampler
+        starts from them; None otherwise."""
+        if not self.sampler.start_from_defaults:
+            return None
+        return self.space.params_of(self.train_config({}), "sampler.start_from_defaults")
 
     def make_sampler(self, offset: int = 0) -> optuna.samplers.BaseSampler:
         """The sampler; `offset` (a worker index) keeps parallel workers from drawing alike."""
@@ -137,17 +160,10 @@ class StudySpec:
             return optuna.samplers.RandomSampler(seed=seed)
         return optuna.samplers.TPESampler(seed=seed, n_startup_trials=self.sampler.n_startup_trials)
 
-    def make_pruner(self) -> optuna.pruners.BasePruner:
-        """Hyperband over evaluation steps (epochs completed, up to `trial.epochs`), sparing
+    def make_pruner(self) -> SparingPruner:
+        """The `[pruner]` over evaluation steps (epochs completed, up to `trial.epochs`), sparing
         baselines and waiting for `n_min_trials` evaluations at a step (`search/pruning.py`)."""
-        if self.pruner.type == "none":
-            return optuna.pruners.NopPruner()
-        return TuneHyperbandPruner(
-            min_resource=self.pruner.min_resource,
-            max_resource=self.trial.epochs,
-            reduction_factor=self.pruner.reduction_factor,
-            n_min_trials=self.pruner.n_min_trials,
-        )
+        return build_pruner(self.pruner, self.trial.epochs)
 
 
 def resolve_study_path(name_or_path: str, studies_dir: Path | None = None) -> Path:
@@ -195,6 +211,7 @@ def apply_overrides(raw: dict[str, Any], overrides: Overrides) -> dict[str, Any]
         ("trial", "epochs", overrides.epochs),
         ("trial", "data", overrides.data),
         ("budget", "n_trials", overrides.n_trials),
+        ("budget", "epochs", overrides.budget_epochs),
         ("budget", "timeout", overrides.timeout),
         ("sampler", "seed", overrides.seed),
     ):
@@ -202,13 +219,14 @@ def apply_overrides(raw: dict[str, Any], overrides: Overrides) -> dict[str, Any]
             section = raw.setdefault(table, {})
             if isinstance(section, dict):
                 section[key] = value
-    pruner = raw.get("pruner")
-    if overrides.epochs is not None and isinstance(pruner, dict):
-        # `--epochs` shorter than the pruner's first rung: the rung moves to the last epoch,
-        # where nothing is pruned, rather than refusing a setting the user did not write
-        first_rung = pruner.get("min_resource")
-        if isinstance(first_rung, int) and first_rung > overrides.epochs:
-            pruner["min_resource"] = overrides.epochs
+    # `--epochs` shorter than the pruner's first rung or the baselines' length: they move to the
+    # last epoch rather than refusing a setting the user did not write
+    for table, key in (("pruner", "min_resource"), ("budget", "baseline_epochs")):
+        section = raw.get(table)
+        if overrides.epochs is not None and isinstance(section, dict):
+            value = section.get(key)
+            if isinstance(value, int) and value > overrides.epochs:
+                section[key] = overrides.epochs
     return raw
 
 
@@ -232,17 +250,19 @@ def _parse(raw: dict[str, Any], check_data: bool) -> StudySpec:
             f"name must be letters, digits, '.', '_' or '-' (a folder name), but got name={name!r}"
         )
     objective = _objective(_table(raw, "objective"))
-    budget = _budget(_table(raw, "budget", required=True))
     space = parse_space(raw.get("space"))
     # the TrainConfig fields the space draws (its milestone fractions make `milestones`)
     drawn = tuple(space.to_overrides({name: 0.5 for name in space.names}))
     trial = _trial(_table(raw, "trial"), check_data, drawn)
     sampler = _sampler(_table(raw, "sampler"))
     pruner = _pruner(_table(raw, "pruner"), trial)
+    budget = _budget(_table(raw, "budget", required=True), trial, pruner)
     baselines = _baselines(raw.get("baselines", []), space)
-    return StudySpec(
+    spec = StudySpec(
         name, objective, budget, trial, sampler, pruner, space, baselines, copy.deepcopy(raw)
     )
+    spec.start_params()  # the trainer's defaults must lie inside [space]: say so now
+    return spec
 
 
 def _table(raw: dict[str, Any], key: str, required: bool = False) -> dict[str, Any]:
@@ -303,14 +323,33 @@ def _objective(t: dict[str, Any]) -> Objective:
     return Objective(metric, budget)
 
 
-def _budget(t: dict[str, Any]) -> Budget:
-    _check_keys(t, ("n_trials", "timeout"), "[budget]")
-    n_trials = _get(t, "budget", "n_trials", int, None, required=True)
+def _budget(t: dict[str, Any], trial: TrialSettings, pruner: PrunerSpec) -> Budget:
+    _check_keys(t, ("epochs", "n_trials", "timeout", "baseline_epochs"), "[budget]")
+    epochs = _get(t, "budget", "epochs", int, None)
+    n_trials = _get(t, "budget", "n_trials", int, None)
+    if epochs is None and n_trials is None:
+        raise StudyFileError(
+            "[budget] needs epochs (training epochs across all trials) or n_trials (finished "
+            f"trials), or both, but got {t!r}"
+        )
     _positive("budget", "n_trials", n_trials)
+    first_stop = stop_points(pruner, trial.epochs, trial.eval_interval)[0]
+    if epochs is not None and epochs < first_stop:
+        raise StudyFileError(
+            f"budget.epochs must be >= {first_stop}, the epochs a trial trains before it can "
+            f"first be stopped (pruner.min_resource, trial.eval_interval), but got {epochs=}"
+        )
     timeout = _get(t, "budget", "timeout", float, None)
     if timeout is not None and timeout <= 0:
         raise StudyFileError(f"budget.timeout must be > 0 seconds, but got timeout={timeout}")
-    return Budget(n_trials, timeout)
+    baseline_epochs = _get(t, "budget", "baseline_epochs", int, None)
+    _positive("budget", "baseline_epochs", baseline_epochs)
+    if baseline_epochs is not None and baseline_epochs > trial.epochs:
+        raise StudyFileError(
+            f"budget.baseline_epochs must be <= trial.epochs={trial.epochs}, "
+            f"but got {baseline_epochs=}"
+        )
+    return Budget(epochs, n_trials, timeout, baseline_epochs)
 
 
 def _trial(t: dict[str, Any], check_data: bool, space_names: tuple[str, ...]) -> TrialSettings:
@@ -349,7 +388,7 @@ def _trial(t: dict[str, Any], check_data: bool, space_names: tuple[str, ...]) ->
 
 
 def _sampler(t: dict[str, Any]) -> SamplerSpec:
-    _check_keys(t, ("type", "seed", "n_startup_trials"), "[sampler]")
+    _check_keys(t, ("type", "seed", "n_startup_trials", "start_from_defaults"), "[sampler]")
     kind = _get(t, "sampler", "type", str, "TPE")
     if kind not in SAMPLERS:
         raise StudyFileError(
@@ -358,15 +397,22 @@ def _sampler(t: dict[str, Any]) -> SamplerSpec:
     seed = _get(t, "sampler", "seed", int, None)
     startup = _get(t, "sampler", "n_startup_trials", int, 10)
     _positive("sampler", "n_startup_trials", startup, 0)
-    return SamplerSpec(kind, seed, startup)
+    defaults = t.get("start_from_defaults", False)
+    if not isinstance(defaults, bool):
+        raise StudyFileError(
+            f"sampler.start_from_defaults must be true or false, but got {defaults=}"
+        )
+    return SamplerSpec(kind, seed, startup, defaults)
 
 
 def _pruner(t: dict[str, Any], trial: TrialSettings) -> PrunerSpec:
     _check_keys(t, ("type", "min_resource", "reduction_factor", "n_min_trials"), "[pruner]")
-    kind = _get(t, "pruner", "type", str, "Hyperband")
-    if kind not in PRUNERS:
+    given = _get(t, "pruner", "type", str, PrunerSpec.type)
+    # case-insensitive: studies stored before SuccessiveHalving and Median spelled "none"
+    kind = next((k for k in PRUNER_TYPES if k.lower() == given.lower()), None)
+    if kind is None:
         raise StudyFileError(
-            f"pruner.type must be one of {', '.join(PRUNERS)}, but got type={kind!r}"
+            f"pruner.type must be one of {', '.join(PRUNER_TYPES)}, but got type={given!r}"
         )
     min_resource = _get(t, "pruner", "min_resource", int, 1)
     _positive("pruner", "min_resource", min_resource)

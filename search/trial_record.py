@@ -11,6 +11,8 @@ Layout on an Optuna trial:
 - user attrs
   - ``config``: the resolved `TrainConfig` as a dict;
   - ``baseline``: the hand-tuned setting's label, only on baseline trials;
+  - ``start``: on the sampled trial enqueued with the trainer's defaults (`[sampler]
+    start_from_defaults`), what it is: "trainer defaults";
   - ``host``, ``device``, ``worker``: where it ran (worker is ``host:pid``);
   - ``curve:NNNN``: one `EvalReport.to_dict()` per evaluation step NNNN (training lines since
     the previous evaluation plus the evaluation itself), written as it happens so pruned and
@@ -23,7 +25,10 @@ Layout on an Optuna trial:
   - ``checkpoint``: ``{"artifact_id", "step"}`` of the latest evaluation checkpoint uploaded to the
     artifact store (`search/checkpoints.py`); copied to a retry, which resumes from it;
   - ``resumed_from``: ``{"trial", "step"}`` on a retry that resumed from its predecessor's
-    checkpoint at evaluation step ``step``.
+    checkpoint at evaluation step ``step``;
+  - ``stopped``: why a trial that the pruner did not stop ended early, e.g. "stopped at its
+    length, 9 epochs" on a baseline (`[budget] baseline_epochs`); its state is PRUNED, so that
+    samplers weigh it by the step it reached, as a pruned trial.
 - system attrs ``artifacts:<id>``: Optuna's own record of uploaded artifacts.
 
 Layout on the Optuna study (study user attrs):
@@ -46,6 +51,8 @@ from trainer.records import EvalReport
 
 CONFIG = "config"
 BASELINE = "baseline"
+START = "start"
+START_FROM_DEFAULTS = "trainer defaults"
 HOST = "host"
 DEVICE = "device"
 WORKER = "worker"
@@ -55,6 +62,7 @@ ERROR = "error"
 RETRY_OF = "retry_of"
 CHECKPOINT = "checkpoint"
 RESUMED_FROM = "resumed_from"
+STOPPED = "stopped"
 STUDY_SPEC = "tune:spec"
 
 
@@ -103,6 +111,11 @@ def record_resume(trial: optuna.Trial, retry_of: int, step: int | None) -> None:
     trial.set_user_attr(RESUMED_FROM, {"trial": retry_of, "step": step})
 
 
+def record_stopped(trial: optuna.Trial, why: str) -> None:
+    """The trial ends early, not pruned: `why`, one line (shown in reports)."""
+    trial.set_user_attr(STOPPED, why)
+
+
 def restore_curve(trial: optuna.Trial, points: list[dict[str, Any]]) -> None:
     """Re-record a predecessor's evaluations (curve points and intermediate values) on a retry
     that resumes after them, so that its curve is complete and the pruner sees every step."""
@@ -115,6 +128,11 @@ def restore_curve(trial: optuna.Trial, points: list[dict[str, Any]]) -> None:
 def baseline_attrs(label: str) -> dict[str, Any]:
     """The user attrs a baseline trial is enqueued with."""
     return {BASELINE: label}
+
+
+def start_attrs() -> dict[str, Any]:
+    """The user attrs the trainer-defaults start trial is enqueued with."""
+    return {START: START_FROM_DEFAULTS}
 
 
 def record_study_spec(study: optuna.Study, raw: dict[str, Any]) -> None:
@@ -157,6 +175,12 @@ def read_baseline(trial: FrozenTrial | optuna.Trial) -> str | None:
     return label if isinstance(label, str) else None
 
 
+def read_start(trial: FrozenTrial | optuna.Trial) -> str | None:
+    """What an enqueued start trial is ("trainer defaults"), or None."""
+    start = trial.user_attrs.get(START)
+    return start if isinstance(start, str) else None
+
+
 def read_config(trial: FrozenTrial) -> dict[str, Any] | None:
     """The resolved `TrainConfig.to_dict()` of the trial, when it got that far."""
     config = trial.user_attrs.get(CONFIG)
@@ -172,6 +196,12 @@ def read_placement(trial: FrozenTrial) -> dict[str, str | None]:
 def read_error(trial: FrozenTrial) -> str | None:
     error = trial.user_attrs.get(ERROR)
     return error if isinstance(error, str) else None
+
+
+def read_stopped(trial: FrozenTrial) -> str | None:
+    """Why a trial the pruner did not stop ended early, or None."""
+    why = trial.user_attrs.get(STOPPED)
+    return why if isinstance(why, str) else None
 
 
 def read_retry_history(trial: FrozenTrial) -> list[int]:

@@ -2,10 +2,11 @@
 
 The loop, per trial:
 
-1. take the study lock, count trials in the storage: stop when COMPLETE + PRUNED >= n_trials
-   (the budget of the whole study, shared by every process on every machine); when the trials
-   already RUNNING would fill it, reap stale trials (one of them may have lost its worker),
-   release, say in the log what it waits for (`BudgetWait`) and look again;
+1. take the study lock, read the study's budget use from the storage (`search/budget.py`: trials
+   finished, epochs trained and promised to running trials, for every process on every
+   machine): stop when it is spent; when the trials already RUNNING hold the rest, reap stale
+   trials (one of them may have lost its worker), release, say in the log what it waits for
+   (`BudgetWait`) and look again;
 2. otherwise run one trial inside `study.optimize(n_trials=1)` (heartbeats act only there); the
    objective releases the lock once the trial is RUNNING, so no two workers take the last slot;
 3. whatever the trial does (exception, non-finite loss, out of memory, reaped by another worker),
@@ -23,6 +24,7 @@ seconds without it the worker exits with `StorageDown`.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import importlib
 import os
@@ -39,6 +41,7 @@ from optuna.exceptions import UpdateFinishedTrialError
 from optuna.trial import FrozenTrial, TrialState
 
 from search import trial_record
+from search.budget import decide, read_use
 from search.checkpoints import CheckpointStore
 from search.failpoints import failpoint
 from search.log_masking import mask_library_logs
@@ -59,7 +62,6 @@ from search.storage import (
     StorageError,
     StorageSettings,
     StudyLock,
-    count_states,
     load_study,
     mask_url,
     open_storage,
@@ -301,18 +303,19 @@ def _one_round(
     lock = StudyLock(rdb, study_id, log=ctx.log)
     try:
         lock.acquire()
-        n_trials = _budget(study, ctx.spec)
-        counts = count_states(rdb, study_id)
-        if counts.finished >= n_trials:
+        spec = _current_budget(study, ctx.spec)
+        decision, why = decide(spec, read_use(spec, study))
+        if decision == "spent":
             waiting.over("the budget is spent")
+            ctx.log(f"the budget is spent: {why}")
             return "budget"
-        if counts.finished + counts.running >= n_trials:
-            # the budget is taken by running trials; one may still fail (or its worker be dead)
-            # and free a slot: reap stale ones (Optuna reaps only when a worker asks for a
+        if decision == "wait":
+            # running trials hold the rest of the budget; one may still fail (or its worker be
+            # dead) and free it: reap stale ones (Optuna reaps only when a worker asks for a
             # trial, and a waiting worker asks for none), say what we wait for, look again
             reap_stale_trials(study, rdb, lock_held=True)
             lock.release()
-            waiting.still(study_id, counts.finished, n_trials)
+            waiting.still(study_id, why)
             ctx.stop.wait(poll_interval)
             return "wait"
         waiting.over("a slot is free")
@@ -347,7 +350,7 @@ class BudgetWait:
         self._since: float | None = None
         self._next_line = 0.0
 
-    def still(self, study_id: int, finished: int, n_trials: int) -> None:
+    def still(self, study_id: int, why: str) -> None:
         now = time.monotonic()
         if self._since is None:
             self._since = now
@@ -358,9 +361,8 @@ class BudgetWait:
         running = running_trials(self._rdb, study_id)
         holding = ", ".join(_describe_running(t) for t in running)
         self._log(
-            f"waiting {now - self._since:.0f} s: {finished}/{n_trials} finished and running "
-            f"trials hold the rest of the budget ({holding or 'none left'}); reaping silent ones "
-            f"after {grace} s without a heartbeat"
+            f"waiting {now - self._since:.0f} s: {why} ({holding or 'none left'}); reaping "
+            f"silent ones after {grace} s without a heartbeat"
         )
 
     def over(self, why: str) -> None:
@@ -430,12 +432,14 @@ def _join(
     return rdb, spec, load_study(rdb, name, spec.make_sampler(index), spec.make_pruner())
 
 
-def _budget(study: optuna.Study, spec: StudySpec) -> int:
-    # re-read each time: a later `tune launch --n-trials N` may have raised the study's budget
+def _current_budget(study: optuna.Study, spec: StudySpec) -> StudySpec:
+    # re-read each round: a later `tune launch --n-trials N` (or --budget-epochs) may have
+    # raised the study's budget
     raw = trial_record.read_study_spec(study)
-    budget = raw.get("budget", {}) if raw else {}
-    n_trials = budget.get("n_trials") if isinstance(budget, dict) else None
-    return n_trials if isinstance(n_trials, int) else spec.budget.n_trials
+    if raw is None:
+        return spec
+    stored = parse_study(raw, f"study {study.study_name!r} (as stored)", check_data=False)
+    return dataclasses.replace(spec, budget=stored.budget)
 
 
 def _stored_spec(study: optuna.Study, url: str) -> StudySpec:

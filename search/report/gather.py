@@ -54,6 +54,17 @@ class TrialRow:
     feasible: bool | None  # None when the study sets no constraint
     last_iter: int | None
     retry_of: int | None
+    # evaluation lines by step (epochs completed): mAP50_95, mAP50, val_lbox, ...
+    evals: dict[int, dict[str, Any]] = dataclasses.field(default_factory=dict)
+    stopped: str | None = None  # why a trial that was not pruned ended early (a baseline's length)
+
+    def metric_at(self, step: int, metric: str = "mAP50_95") -> float | None:
+        """The evaluation metric at `step`, if the trial was evaluated there."""
+        return _finite(self.evals.get(step, {}).get(metric))
+
+    @property
+    def last_step(self) -> int | None:
+        return max(self.evals) if self.evals else None
 
 
 @dataclass(frozen=True)
@@ -179,7 +190,13 @@ def _label(trial: FrozenTrial, role: str) -> str:
         parts.append("best")
     if baseline is not None:
         parts.append(f"baseline: {baseline}")
-    if trial.state != TrialState.COMPLETE:
+    start = trial_record.read_start(trial)
+    if start is not None:
+        parts.append(f"start: {start}")
+    stopped = trial_record.read_stopped(trial)
+    if stopped is not None:
+        parts.append(stopped)
+    elif trial.state != TrialState.COMPLETE:
         parts.append(trial.state.name.lower())
     return " ".join(parts)
 
@@ -231,6 +248,8 @@ def trial_row(trial: FrozenTrial, role: str, now: datetime) -> TrialRow:
         feasible=_feasible(trial),
         last_iter=max(iters) if iters else None,
         retry_of=_retry_of(trial),
+        evals={int(e["epoch"]): e for e in evals},
+        stopped=trial_record.read_stopped(trial),
     )
 
 
@@ -324,48 +343,93 @@ def _fmt(value: Any) -> str:
     return str(value)
 
 
+@dataclass(frozen=True)
+class Comparison:
+    """The best sampled trial against the best hand-tuned baseline, both at `step` epochs."""
+
+    best: TrialRow
+    baseline: TrialRow
+    step: int  # the baselines' length: the longest step a baseline reached
+    best_value: float
+    baseline_value: float
+
+
+def compare_at_equal_length(
+    rows: Sequence[TrialRow], ranked: Sequence[int], metric: str = "mAP50_95"
+) -> Comparison | None:
+    """The best complete sampled trial and the best baseline, at the baselines' length.
+
+    Baselines may train a shorter part of the full-length schedule than the trials (`[budget]
+    baseline_epochs`); a gain is only stated between equal lengths, so the best trial is read at
+    the step the baselines reached, not at its own end. None until both exist.
+    """
+    by_number = {r.number: r for r in rows}
+    sampled = [by_number[n] for n in ranked if by_number[n].baseline is None]
+    baselines = [r for r in rows if r.baseline is not None and r.last_step is not None]
+    if not sampled or not baselines:
+        return None
+    best = sampled[0]
+    # the baselines' length: the longest any reached (one that failed early is left out below)
+    step = max(r.last_step for r in baselines if r.last_step is not None)
+    best_value = best.metric_at(step, metric)
+    scored = [(v, r) for r in baselines if (v := r.metric_at(step, metric)) is not None]
+    if best_value is None or not scored:
+        return None
+    baseline_value, baseline = max(scored, key=lambda vr: (vr[0], -vr[1].number))
+    return Comparison(best, baseline, step, best_value, baseline_value)
+
+
 def headline(rows: Sequence[TrialRow], ranked: Sequence[int], direction: str) -> str:
-    """One sentence: the best trial's gain over the best baseline, or why it can't be said yet."""
+    """One sentence: the best trial's gain over the best baseline at equal length, or why it
+    can't be said yet."""
     if not rows:
         return "The study has no trials yet: nothing to compare."
     by_number = {r.number: r for r in rows}
+    if ranked and by_number[ranked[0]].baseline is not None:
+        best = by_number[ranked[0]]
+        return (
+            f"The best trial so far is the hand-tuned baseline '{best.baseline}' (#{best.number}, "
+            f"mAP50-95 {best.value:.4f}): the search has not beaten hand tuning yet."
+        )
     if not ranked:
         return (
             f"No trial has completed yet ({len(rows)} so far), so no gain over the hand-tuned "
             "baselines can be stated."
         )
     best = by_number[ranked[0]]
-    baselines = [by_number[n] for n in ranked if by_number[n].baseline is not None]
-    if best.baseline is not None:
-        return (
-            f"The best trial so far is the hand-tuned baseline '{best.baseline}' (#{best.number}, "
-            f"mAP50-95 {best.value:.4f}): the search has not beaten hand tuning yet."
-        )
-    if not baselines:
+    comparison = compare_at_equal_length(rows, ranked)
+    if comparison is None:
         return (
             f"Best trial #{best.number} reaches mAP50-95 {best.value:.4f}; no hand-tuned baseline "
-            "has completed, so its gain over hand tuning can't be stated yet."
+            "has been evaluated at a length it reached, so its gain over hand tuning can't be "
+            "stated yet."
         )
-    base = baselines[0]
-    assert best.value is not None and base.value is not None
-    gain = best.value - base.value if direction == "maximize" else base.value - best.value
-    relative = f" ({gain / abs(base.value):+.0%})" if base.value else ""
+    c = comparison
+    gain = c.best_value - c.baseline_value
+    if direction != "maximize":
+        gain = -gain
+    relative = f" ({gain / abs(c.baseline_value):+.0%})" if c.baseline_value else ""
+    versus = (
+        f"{gain:+.4f}{relative} over the best hand-tuned baseline '{c.baseline.baseline}' "
+        f"(#{c.baseline.number}, {c.baseline_value:.4f})"
+    )
+    full = best.last_step
+    if full is None or c.step >= full:
+        return f"Best trial #{best.number} reaches mAP50-95 {best.value:.4f}, {versus}."
     return (
-        f"Best trial #{best.number} reaches mAP50-95 {best.value:.4f}, {gain:+.4f}{relative} over "
-        f"the best hand-tuned baseline '{base.baseline}' (#{base.number}, {base.value:.4f})."
+        f"Best trial #{best.number} reaches mAP50-95 {best.value:.4f} after {full} epochs. At "
+        f"equal length, {c.step} epochs (what the baselines train), it had {c.best_value:.4f}: "
+        f"{versus}."
     )
 
 
 def reasons(rows: Sequence[TrialRow], ranked: Sequence[int]) -> list[str]:
     """Why the best trial won: the settings that differ from the best baseline, and how its
-    unweighted validation losses compare (the weighted total can't tell)."""
-    by_number = {r.number: r for r in rows}
-    if not ranked:
+    unweighted validation losses compare at equal length (the weighted total can't tell)."""
+    c = compare_at_equal_length(rows, ranked)
+    if c is None:
         return []
-    best = by_number[ranked[0]]
-    base = next((by_number[n] for n in ranked if by_number[n].baseline is not None), None)
-    if base is None or base is best:
-        return []
+    best, base = c.best, c.baseline
     changed = [
         f"{k} {_fmt(base.params.get(k, '-'))} → {_fmt(best.params[k])}"
         for k in best.params
@@ -375,12 +439,17 @@ def reasons(rows: Sequence[TrialRow], ranked: Sequence[int]) -> list[str]:
     if changed:
         out.append("Changed from that baseline: " + ", ".join(changed) + ".")
     losses = [
-        f"{k} {base.val_losses[k]:.4g} → {best.val_losses[k]:.4g}"
+        f"{k} {base_loss:.4g} → {best_loss:.4g}"
         for k in ("box", "obj", "cls")
-        if k in best.val_losses and k in base.val_losses
+        if (base_loss := base.metric_at(c.step, f"val_l{k}")) is not None
+        and (best_loss := best.metric_at(c.step, f"val_l{k}")) is not None
     ]
     if losses:
-        out.append("Unweighted validation losses, baseline → best: " + ", ".join(losses) + ".")
+        out.append(
+            f"Unweighted validation losses at {c.step} epochs, baseline → best: "
+            + ", ".join(losses)
+            + "."
+        )
     if best.inference_ms is not None and base.inference_ms is not None:
         out.append(
             f"Inference latency {base.inference_ms:.2f} ms → {best.inference_ms:.2f} ms per image."

@@ -91,7 +91,7 @@ class ChaosRun:
         for t in self.lost():
             if t.datetime_complete is None or t.datetime_start is None:
                 continue
-            since = died.get(trial_record.read_placement(t).get("worker", ""), t.datetime_start)
+            since = died.get(trial_record.read_placement(t).get("worker") or "", t.datetime_start)
             seconds[t.number] = (t.datetime_complete - since).total_seconds()
         return seconds
 

@@ -78,7 +78,7 @@ def _report(params: dict, final: float, epoch: int, epochs: int) -> EvalReport:
     m = final * (epoch + 1) / epochs
     return EvalReport(
         eval=EvalLine(
-            epoch=epoch,
+            epoch=epoch + 1,  # epochs completed, as `trainer.fit` reports it
             iter=(epoch + 1) * ITERS_PER_EPOCH,
             mAP50=min(1.0, m * 1.6),
             mAP50_95=m,
@@ -204,7 +204,41 @@ def test_headline_states_the_gain_and_why(study: optuna.Study) -> None:
     )
     assert data.reasons[0].startswith("Changed from that baseline: lcls 0.05 → 0.03")
     assert "optimizer SGD → Adam" in data.reasons[0] and "lobj 1 → 0.8" in data.reasons[0]
-    assert data.reasons[1].startswith("Unweighted validation losses, baseline → best: box")
+    assert data.reasons[1].startswith(
+        "Unweighted validation losses at 6 epochs, baseline → best: box"
+    )
+
+
+def test_the_gain_is_stated_at_the_baselines_length_when_they_stop_early() -> None:
+    study = optuna.create_study(direction="maximize")
+    for label, params, final, reached in (
+        ("first model", PLAN[0][1], 0.30, 2),
+        ("judged clearly better", PLAN[1][1], 0.36, 2),
+        (None, PLAN[3][1], 0.42, 6),
+    ):
+        study.enqueue_trial(params)
+        trial = study.ask(DISTRIBUTIONS)
+        if label is not None:
+            trial.set_user_attr(trial_record.BASELINE, label)
+        for epoch in range(reached):
+            report = _report(params, final, epoch, 6)
+            trial_record.record_eval(trial, epoch + 1, report)
+            trial.report(report.eval.mAP50_95, epoch + 1)
+        if label is None:
+            study.tell(trial, final)
+        else:
+            trial_record.record_stopped(trial, "stopped at its length, 2 epochs")
+            study.tell(trial, state=TrialState.PRUNED)
+    data = gather_study(study)
+    # at 2 epochs the best trial had 0.42 * 2 / 6 = 0.14, the better baseline 0.36 * 2 / 6 = 0.12
+    assert data.headline == (
+        "Best trial #2 reaches mAP50-95 0.4200 after 6 epochs. At equal length, 2 epochs (what "
+        "the baselines train), it had 0.1400: +0.0200 (+17%) over the best hand-tuned baseline "
+        "'judged clearly better' (#1, 0.1200)."
+    )
+    assert "Unweighted validation losses at 2 epochs" in data.reasons[1]
+    labels = {r.number: r.label for r in data.rows}
+    assert labels[1] == "#1 baseline: judged clearly better stopped at its length, 2 epochs"
 
 
 @pytest.mark.postgres

@@ -10,6 +10,7 @@ from typing import Any
 import optuna
 import pytest
 
+from search.pruning import stop_points
 from search.space import ChoiceParam, FloatParam
 from search.study_file import (
     Overrides,
@@ -60,7 +61,7 @@ def test_loss_weights_holds_the_five_hand_tuned_settings() -> None:
     spec = load_study_file("loss-weights")
     assert spec.name == "loss-weights"
     assert spec.objective.metric == "mAP50_95"
-    assert spec.sampler.type == "TPE" and spec.pruner.type == "Hyperband"
+    assert spec.sampler.type == "TPE" and spec.pruner.type == "SuccessiveHalving"
     got = []
     for b in spec.baselines:
         config = spec.train_config(b.as_dict())
@@ -101,14 +102,18 @@ def test_overrides_replace_the_files_values(tmp_path: Path) -> None:
     assert (spec.trial.epochs, spec.trial.data) == (2, str(data))
     assert (spec.budget.n_trials, spec.budget.timeout, spec.sampler.seed) == (7, 30.0, 5)
     assert spec.raw["trial"]["epochs"] == 2  # what launch stores for the workers
-    assert spec.make_pruner()._max_resource == 2  # type: ignore[attr-defined]
+    assert stop_points(spec.pruner, spec.trial.epochs, spec.trial.eval_interval) == (2,)
+    spec = load_study_file("loss-weights", Overrides(budget_epochs=500))
+    assert (spec.budget.epochs, spec.raw["budget"]["epochs"]) == (500, 500)
 
 
 def test_an_epochs_override_below_the_first_rung_moves_the_rung_instead_of_failing() -> None:
-    assert load_study_file("loss-weights").pruner.min_resource == 2
-    spec = load_study_file("loss-weights", Overrides(epochs=1))
-    assert (spec.trial.epochs, spec.pruner.min_resource) == (1, 1)
-    assert load_study_file("loss-weights", Overrides(epochs=3)).pruner.min_resource == 2
+    spec = load_study_file("loss-weights")
+    assert (spec.pruner.min_resource, spec.baseline_epochs) == (6, 6)
+    spec = load_study_file("loss-weights", Overrides(epochs=4))
+    assert (spec.trial.epochs, spec.pruner.min_resource, spec.baseline_epochs) == (4, 4, 4)
+    spec = load_study_file("loss-weights", Overrides(epochs=9))
+    assert (spec.pruner.min_resource, spec.baseline_epochs) == (6, 6)
 
 
 def test_data_override_to_a_missing_file_is_named() -> None:
@@ -200,13 +205,25 @@ BAD = [
     ("trial.imgsz", 100, r"imgsz must be a multiple of 32.*imgsz=100"),
     ("trial.model", "huge", r"model must be one of.*model='huge'"),
     ("budget.n_trials", 0, r"budget\.n_trials must be >= 1.*n_trials=0"),
-    ("budget.n_trials", _DELETE, r"budget\.n_trials is required"),
+    ("budget.epochs", _DELETE, r"\[budget\] needs epochs .* or n_trials"),
+    ("budget.epochs", 2.5, r"budget\.epochs must be an integer.*epochs=2\.5"),
+    ("budget.epochs", 5, r"budget\.epochs must be >= 6, the epochs a trial trains before.*=5"),
+    ("budget.baseline_epochs", 0, r"budget\.baseline_epochs must be >= 1.*baseline_epochs=0"),
+    ("budget.baseline_epochs", 28, r"baseline_epochs must be <= trial\.epochs=27.*=28"),
+    ("budget.rungs", 3, r"unknown key 'rungs' in \[budget\]"),
     ("budget.timeout", -5, r"budget\.timeout must be > 0.*timeout=-5"),
     ("objective.metric", "loss", r"objective\.metric must be one of.*metric='loss'"),
     ("objective.latency_budget_ms", 0, r"latency_budget_ms must be > 0"),
     ("sampler.type", "CMA", r"sampler\.type must be one of.*type='CMA'"),
-    ("pruner.type", "Median", r"pruner\.type must be one of.*type='Median'"),
-    ("pruner.min_resource", 99, r"pruner\.min_resource.*<= trial\.epochs=4.*min_resource=99"),
+    ("pruner.type", "ASHA", r"pruner\.type must be one of SuccessiveHalving, .*type='ASHA'"),
+    ("pruner.min_resource", 99, r"pruner\.min_resource.*<= trial\.epochs=27.*min_resource=99"),
+    ("pruner.reduction_factor", 1, r"pruner\.reduction_factor must be >= 2.*=1"),
+    ("sampler.start_from_defaults", "yes", r"start_from_defaults must be true or false.*'yes'"),
+    (
+        "space.lr",
+        {"low": 0.0001, "high": 0.005, "log": True},
+        r"sampler\.start_from_defaults: lr=0\.01 is outside the space \[0\.0001, 0\.005\]",
+    ),
     ("pruner.n_min_trials", 0, r"pruner\.n_min_trials must be >= 1.*n_min_trials=0"),
     ("name", "has space", r"name must be.*name='has space'"),
     ("trial", 3, r"\[trial\] must be a table.*trial=3"),
@@ -250,10 +267,12 @@ def test_a_space_may_leave_parameters_at_their_defaults() -> None:
 
 
 def test_trial_pins_reach_every_trial_and_the_rest_follows_the_recipe() -> None:
-    spec = parse_study(_raw(), "loss-weights")
+    raw = _raw()
+    raw["trial"].update(lr_decay="none", warmup_iters=7, nbs=32, ema_decay=0.0)
+    spec = parse_study(raw, "loss-weights")
     baseline = spec.baselines[0]
     config = spec.train_config(baseline.as_dict(), out="x")
-    # the study's pins: the notes' schedule (warmup, then MultiStepLR alone) for short trials
+    # pinned: the notes' schedule (warmup, then MultiStepLR alone), as for short trials
     assert (config.lr_decay, config.warmup_iters, config.nbs, config.ema_decay) == (
         "none",
         7,

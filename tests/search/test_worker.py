@@ -281,9 +281,15 @@ def test_baselines_are_enqueued_once_even_when_launched_concurrently(tmp_path: P
     prepare_study(spec, open_storage(url))  # and once more, later
     assert not errors
     trials = _trials(url, "loss-weights")
-    assert [trial_record.read_baseline(t) for t in trials] == [b.label for b in spec.baselines]
+    labels = [b.label for b in spec.baselines]
+    # the baselines, then the trial that starts the search from the trainer's defaults
+    assert [trial_record.read_baseline(t) for t in trials] == [*labels, None]
+    assert [trial_record.read_start(t) for t in trials] == [None] * len(labels) + [
+        "trainer defaults"
+    ]
     assert all(t.state == TrialState.WAITING for t in trials)
-    assert [t.system_attrs["fixed_params"] for t in trials] == [b.as_dict() for b in spec.baselines]
+    expected = [b.as_dict() for b in spec.baselines] + [spec.start_params()]
+    assert [t.system_attrs["fixed_params"] for t in trials] == expected
 
 
 def test_relaunching_with_other_settings_is_refused(tmp_path: Path) -> None:
@@ -301,3 +307,21 @@ def test_a_worker_refuses_a_study_tune_did_not_create(tmp_path: Path) -> None:
     optuna.create_study(storage=open_storage(url, create_schema=True), study_name="plain")
     with pytest.raises(WorkerError, match=r"study 'plain'.*was not created by `tune launch`"):
         run_worker("plain", url, train_fn=fake_trainer.fit, log=lambda _: None)
+
+
+def test_baselines_stop_at_their_length_and_the_budget_counts_epochs(tmp_path: Path) -> None:
+    url, _ = _study(
+        tmp_path,
+        n_trials=10,
+        epochs=6,
+        budget={"epochs": 20, "baseline_epochs": 2},
+        pruner={"type": "None"},
+    )
+    stats = _work(url, tmp_path)
+    trials = _trials(url)
+    baseline, *sampled = trials
+    assert baseline.state == TrialState.PRUNED and baseline.last_step == 2
+    assert trial_record.read_stopped(baseline) == "stopped at its length, 2 epochs"
+    # 18 epochs left pay for three 6-epoch trials, and nothing is left for a fourth
+    assert [(t.state, t.last_step) for t in sampled] == [(TrialState.COMPLETE, 6)] * 3
+    assert stats.stopped_because == "budget"

@@ -1,0 +1,140 @@
+"""The study's budget: may a worker start another trial? Counted from the storage.
+
+A study spends its `[budget]` (search/study_file.py `Budget`) in two units:
+
+- **trials**: COMPLETE + PRUNED trials, at most `n_trials`;
+- **epochs**: training epochs, summed over every trial of the study, at most `epochs`. A trial's
+  epochs are its last evaluation step (epochs completed) minus, for a retry, the step of the
+  checkpoint it resumed from (those epochs were trained, and counted, by its predecessor). A
+  failed trial's epochs count too: they were spent.
+
+A new trial starts only when the epochs still free cover what it will surely train: up to its
+first stop point (the pruner's first rung, or its full length without a pruner). Epochs already
+promised count as taken: every running trial holds the epochs up to *its* next stop point. So
+the study never starts a trial it cannot pay for; what it may spend beyond `epochs` is only what
+trials already running train after passing a rung (a promoted trial is never cut short), and with
+`[pruner] type = "None"` nothing at all. A waiting retry of a reaped trial always starts: it
+continues a trial the budget already admitted.
+
+`decide` is a pure function of the trials' states and progress, so workers, `tune launch`,
+`tune status` and the tests read the budget the same way (`read_use` reads it from a study).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+import optuna
+from optuna.trial import FrozenTrial, TrialState
+
+from search import trial_record
+from search.pruning import stop_points
+from search.study_file import Budget, StudySpec
+
+Decision = Literal["start", "wait", "spent"]
+
+
+@dataclass(frozen=True)
+class BudgetUse:
+    """What a study has spent and promised, read from its trials."""
+
+    finished: int = 0  # COMPLETE + PRUNED
+    running: int = 0
+    epochs_spent: int = 0  # epochs trained, all trials
+    epochs_promised: int = 0  # epochs running trials will train up to their next stop point
+    retries_waiting: int = 0  # WAITING retries of reaped trials
+    baseline_next: bool = False  # the next trial a worker gets (the oldest WAITING) is a baseline
+
+    def describe(self, budget: Budget) -> str:
+        """`12/24 trials, 81/120 epochs (+9 promised to running trials)` (what is set)."""
+        parts = []
+        if budget.n_trials is not None:
+            parts.append(f"{self.finished}/{budget.n_trials} trials")
+        if budget.epochs is not None:
+            promised = f" (+{self.epochs_promised} promised)" if self.epochs_promised else ""
+            parts.append(f"{self.epochs_spent}/{budget.epochs} epochs{promised}")
+        return ", ".join(parts)
+
+
+def describe_plan(spec: StudySpec) -> str:
+    """One line on what the study may spend and where trials may stop, for `tune launch`."""
+    budget, trial = spec.budget, spec.trial
+    amounts = [
+        f"{n} {unit}" for n, unit in ((budget.epochs, "epochs"), (budget.n_trials, "trials")) if n
+    ]
+    parts = [f"budget {' or '.join(amounts)}", f"trials of {trial.epochs} epochs"]
+    points = stop_points(spec.pruner, trial.epochs, trial.eval_interval)[:-1]
+    if points:
+        shown = ", ".join(map(str, points[:8])) + (", ..." if len(points) > 8 else "")
+        parts.append(f"{spec.pruner.type} may stop them at epochs {shown}")
+    if spec.baselines:
+        length = stop_points(spec.pruner, trial.epochs, trial.eval_interval, spec.baseline_epochs)
+        n = len(spec.baselines)
+        parts.append(f"{n} baseline{'s' if n > 1 else ''} of {length[0]} epochs")
+    return ", ".join(parts)
+
+
+def trial_epochs(trial: FrozenTrial) -> int:
+    """Epochs this trial trained itself (a retry: only those after its resumed checkpoint)."""
+    last = trial.last_step or 0
+    return max(0, last - (trial_record.read_resumed_step(trial) or 0))
+
+
+def use_of(spec: StudySpec, trials: Sequence[FrozenTrial]) -> BudgetUse:
+    """Spent and promised budget of a study with these trials (any states)."""
+    finished = running = spent = promised = retries = 0
+    oldest_waiting: FrozenTrial | None = None
+    full = stop_points(spec.pruner, spec.trial.epochs, spec.trial.eval_interval)
+    baseline = stop_points(
+        spec.pruner, spec.trial.epochs, spec.trial.eval_interval, spec.baseline_epochs
+    )
+    for t in trials:
+        spent += trial_epochs(t)
+        if t.state in (TrialState.COMPLETE, TrialState.PRUNED):
+            finished += 1
+        elif t.state == TrialState.RUNNING:
+            running += 1
+            points = baseline if trial_record.read_baseline(t) is not None else full
+            last = t.last_step or 0
+            promised += next((p for p in points if p > last), last) - last
+        elif t.state == TrialState.WAITING:
+            retries += bool(trial_record.read_retry_history(t))
+            if oldest_waiting is None or t.number < oldest_waiting.number:
+                oldest_waiting = t
+    baseline_next = oldest_waiting is not None and trial_record.read_baseline(oldest_waiting)
+    return BudgetUse(finished, running, spent, promised, retries, bool(baseline_next))
+
+
+def read_use(spec: StudySpec, study: optuna.Study) -> BudgetUse:
+    """`use_of` the study's trials as the storage has them now."""
+    return use_of(spec, study.get_trials(deepcopy=False))
+
+
+def decide(spec: StudySpec, use: BudgetUse) -> tuple[Decision, str]:
+    """Start a trial, wait (running trials hold what is left; one may still fail and free it),
+    or stop (spent); with the reason, for the worker's log."""
+    budget = spec.budget
+    verdicts: list[tuple[Decision, str]] = []
+    if budget.n_trials is not None:
+        if use.finished >= budget.n_trials:
+            verdicts.append(("spent", f"{use.finished}/{budget.n_trials} trials finished"))
+        elif use.finished + use.running >= budget.n_trials:
+            verdicts.append(("wait", "running trials hold the last trials of the budget"))
+    if budget.epochs is not None and not use.retries_waiting:
+        # what the next trial will surely train (Optuna hands out the oldest WAITING one first)
+        length = spec.baseline_epochs if use.baseline_next else None
+        first = stop_points(spec.pruner, spec.trial.epochs, spec.trial.eval_interval, length)[0]
+        free = budget.epochs - use.epochs_spent - use.epochs_promised
+        if free < first:
+            held = f"{use.epochs_spent} epochs spent, {use.epochs_promised} promised"
+            if use.running:
+                verdicts.append(("wait", f"{held}: running trials hold the rest"))
+            else:
+                verdicts.append(("spent", f"{held} of {budget.epochs}"))
+    for decision in ("spent", "wait"):
+        for verdict in verdicts:
+            if verdict[0] == decision:
+                return verdict
+    return "start", "budget left"

@@ -1,0 +1,145 @@
+"""The study's compute budget (`search/budget.py`): what is spent, what is promised, who may start.
+
+The accounting on hand-made trials, then the real thing: two `tune worker` processes on
+PostgreSQL racing for an epoch budget that must not be overshot.
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any
+
+import optuna
+from optuna.distributions import BaseDistribution, FloatDistribution
+from optuna.trial import FrozenTrial, TrialState, create_trial
+
+from search import trial_record
+from search.budget import BudgetUse, decide, trial_epochs, use_of
+from search.launch import prepare_study
+from search.storage import open_storage
+from search.study_file import StudySpec, load_study_file, parse_study
+from tests.search.reliability_support import fast_env, start_worker, trials
+
+_DIST: dict[str, BaseDistribution] = {"lr": FloatDistribution(0.0001, 0.02, log=True)}
+
+
+def _spec(**tables: dict[str, Any]) -> StudySpec:
+    """The smoke study (fake-trainer sized) with some tables changed."""
+    raw = copy.deepcopy(load_study_file("smoke").raw)
+    for table, values in tables.items():
+        raw[table] = {**raw.get(table, {}), **values}
+        raw[table] = {k: v for k, v in raw[table].items() if v is not None}
+    return parse_study(raw)
+
+
+def _trial(
+    state: TrialState,
+    steps: int,
+    number: int = 0,
+    system_attrs: dict[str, Any] | None = None,
+    **user_attrs: Any,
+) -> FrozenTrial:
+    frozen = create_trial(
+        state=state,
+        value=0.1 if state == TrialState.COMPLETE else None,
+        params={"lr": 0.001},
+        distributions=_DIST,
+        intermediate_values={s: 0.01 * s for s in range(1, steps + 1)},
+        user_attrs=user_attrs,
+        system_attrs=system_attrs,
+    )
+    frozen.number = number
+    return frozen
+
+
+# 12-epoch trials, successive halving with rungs at 2 and 6, baselines of 4 epochs
+SPEC = _spec(
+    budget={"epochs": 30, "n_trials": None, "baseline_epochs": 4},
+    trial={"epochs": 12},
+    pruner={"type": "SuccessiveHalving", "min_resource": 2, "reduction_factor": 3},
+)
+
+
+def test_spent_epochs_count_every_trial_once() -> None:
+    resumed = {"trial": 2, "step": 3}
+    retry = {"failed_trial": 2, "retry_history": [2]}  # Optuna's marks on a retry
+    spent = [
+        _trial(TrialState.COMPLETE, 12),
+        _trial(TrialState.PRUNED, 2),
+        _trial(TrialState.FAIL, 5),  # a failed trial's epochs were trained: they count
+        # its retry re-records steps 1-3 from the checkpoint: only 4..8 were trained by it
+        _trial(TrialState.COMPLETE, 8, system_attrs=retry, retry_of=2, resumed_from=resumed),
+    ]
+    assert [trial_epochs(t) for t in spent] == [12, 2, 5, 5]
+    use = use_of(SPEC, spent)
+    assert (use.epochs_spent, use.finished, use.running, use.epochs_promised) == (24, 3, 0, 0)
+
+
+def test_running_trials_hold_the_epochs_up_to_their_next_stop_point() -> None:
+    running = [
+        _trial(TrialState.RUNNING, 0),  # to the first rung: 2
+        _trial(TrialState.RUNNING, 3),  # past rung 2, to rung 6: 3 more
+        _trial(TrialState.RUNNING, 7),  # past the last rung, to the end: 5 more
+        _trial(TrialState.RUNNING, 1, baseline="hand-tuned"),  # a baseline, to its length 4
+    ]
+    use = use_of(SPEC, running)
+    assert (use.epochs_spent, use.epochs_promised, use.running) == (11, 2 + 3 + 5 + 3, 4)
+
+
+def test_a_trial_starts_only_when_its_first_rung_is_paid_for() -> None:
+    # 30 epochs; the next trial needs 2 (the first rung)
+    assert decide(SPEC, BudgetUse(epochs_spent=26, epochs_promised=2))[0] == "start"
+    assert decide(SPEC, BudgetUse(epochs_spent=27, epochs_promised=2, running=1))[0] == "wait"
+    decision, why = decide(SPEC, BudgetUse(epochs_spent=29))
+    assert decision == "spent" and "29 epochs spent" in why
+    # a retry of a reaped trial continues a trial the budget admitted: it always starts
+    assert decide(SPEC, BudgetUse(epochs_spent=30, retries_waiting=1))[0] == "start"
+    # the next trial a baseline: it needs its length, 4
+    assert decide(SPEC, BudgetUse(epochs_spent=27, baseline_next=True))[0] == "spent"
+    assert decide(SPEC, BudgetUse(epochs_spent=26, baseline_next=True))[0] == "start"
+
+
+def test_with_a_trial_count_too_the_first_budget_spent_ends_the_study() -> None:
+    spec = _spec(
+        budget={"epochs": 30, "n_trials": 3}, trial={"epochs": 12}, pruner={"type": "None"}
+    )
+    assert decide(spec, BudgetUse(finished=3, epochs_spent=10))[0] == "spent"
+    assert decide(spec, BudgetUse(finished=2, running=1, epochs_spent=10))[0] == "wait"
+    assert decide(spec, BudgetUse(finished=1, epochs_spent=20))[0] == "spent"  # 10 < 12 free
+    assert decide(spec, BudgetUse(finished=1, epochs_spent=18))[0] == "start"
+    assert BudgetUse(finished=1, epochs_spent=18).describe(spec.budget) == (
+        "1/3 trials, 18/30 epochs"
+    )
+
+
+def test_the_launch_plan_names_the_budget_and_the_stop_points() -> None:
+    from search.budget import describe_plan
+
+    assert describe_plan(SPEC) == (
+        "budget 30 epochs, trials of 12 epochs, SuccessiveHalving may stop them at epochs 2, 6, "
+        "1 baseline of 4 epochs"
+    )
+
+
+def test_two_workers_on_postgresql_never_overshoot_an_epoch_budget(
+    pg_url: str, tmp_path: Path
+) -> None:
+    # no pruner: every trial trains its full 4 epochs, so 4 are promised the moment it starts;
+    # 18 epochs pay for 4 trials (16), and the 2 left cannot pay for a fifth
+    spec = _spec(
+        budget={"epochs": 18, "n_trials": None}, trial={"epochs": 4}, pruner={"type": "None"}
+    )
+    prepare_study(spec, open_storage(pg_url, create_schema=True))
+    env = fast_env(tmp_path, FAKE_STEP_SECONDS="0.5")
+    racing = [start_worker(pg_url, tmp_path, env, f"w{i}") for i in range(2)]
+    for worker in racing:
+        assert worker.wait(120) == 0, worker.text()
+        assert "the budget is spent: 16 epochs spent, 0 promised of 18" in worker.text()
+    done = trials(pg_url)
+    assert [t.state for t in done] == [TrialState.COMPLETE] * 4
+    assert sum(t.last_step or 0 for t in done) == 16  # counted from the storage: no overshoot
+    workers = {trial_record.read_placement(t)["worker"] for t in done}
+    assert len(workers) == 2  # both took part
+    study = optuna.load_study(study_name="smoke", storage=pg_url)
+    assert use_of(spec, study.get_trials()).epochs_spent == 16
