@@ -28,7 +28,7 @@ K times the channels, every convolution in K groups and BatchNorm over K times t
 each trial keeps its own statistics and nothing mixes trials; the number of kernels an iteration
 launches does not grow with K (what a launch-bound GPU needs: one nano trial keeps an H200 busy
 22% of the time). Measured on this VM's CPU (1 thread, nano; forward + loss + backward, median
-ms per iteration; `uv run python bench/packing.py --fusion`):
+ms per iteration; `uv run python -m bench.packing --fusion`):
 
     64 px batch 8         K=1    K=2    K=4
     separate models      24.1   52.4  110.1
@@ -48,6 +48,11 @@ so figures move by 10-20%.) On 2 CPU cores no fusion beats separate runs: the CP
 bound and fusion only saves overhead. Grouped is the fastest fused form at K=4 and at small
 sizes, and vmap adds a per-op cost that is worst at K=1 (2x); grouped keeps one plain
 `nn.Module` (channels_last, autocast, state_dicts as usual), so it is the pack's form.
+
+End to end on this CPU (`uv run python -m bench.packing --k 1,2,4`, 1 thread, nano, 128 px,
+batch 32), a pack is slower than separate runs: aggregate trial-images/s 0.86x of one solo `fit`
+at K=1, 0.62x at K=2, 0.53x at K=4 (bench/results/packing-cpu.json). Packing is for the GPU,
+where it has not been measured yet (`--device cuda`).
 """
 
 from __future__ import annotations

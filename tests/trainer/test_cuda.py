@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from trainer.config import TrainConfig
-from trainer.fit import _autocast, fit, resolve_device
+from trainer.fit import autocast_for, fit, resolve_device
 from trainer.model import build_detector
 from trainer.shapes import shapes_yaml
 
@@ -72,10 +72,10 @@ def test_autocast_runs_the_model_in_bf16_on_channels_last_weights() -> None:
     conv = next(m for m in model.modules() if isinstance(m, torch.nn.Conv2d))
     assert conv.weight.is_contiguous(memory_format=torch.channels_last)
     images = torch.rand(2, 3, 64, 64, device=device).contiguous(memory_format=torch.channels_last)
-    with _autocast(device, config)():
+    with autocast_for(device, config)():
         outputs = model(images)
     assert all(o.dtype == torch.bfloat16 for o in outputs)
-    with _autocast(device, TrainConfig(device="cuda", amp=False))():
+    with autocast_for(device, TrainConfig(device="cuda", amp=False))():
         assert all(o.dtype == torch.float32 for o in model(images))
 
 
