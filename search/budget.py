@@ -10,11 +10,13 @@ A study spends its `[budget]` (search/study_file.py `Budget`) in two units:
 
 A new trial starts only when the epochs still free cover what it will surely train: up to its
 first stop point (the pruner's first rung, or its full length without a pruner). Epochs already
-promised count as taken: every running trial holds the epochs up to *its* next stop point. So
-the study never starts a trial it cannot pay for; what it may spend beyond `epochs` is only what
-trials already running train after passing a rung (a promoted trial is never cut short), and with
-`[pruner] type = "None"` nothing at all. A waiting retry of a reaped trial always starts: it
-continues a trial the budget already admitted.
+promised count as taken: a running trial holds the epochs up to its first stop point and, once it
+has passed that first rung, up to its full length (a trial the pruner kept once is the kind that
+runs to the end; holding only its next rung let the last trials of a measured study overshoot its
+budget by two full-length runs, docs/benchmarks.md). What a study may spend beyond `epochs` is
+only what a trial promoted at its first rung trains when the budget was already promised (a
+promoted trial is never cut short); with `[pruner] type = "None"`, nothing. A waiting retry of a
+reaped trial always starts: it continues a trial the budget already admitted.
 
 `decide` is a pure function of the trials' states and progress, so workers, `tune launch`,
 `tune status` and the tests read the budget the same way (`read_use` reads it from a study).
@@ -43,7 +45,7 @@ class BudgetUse:
     finished: int = 0  # COMPLETE + PRUNED
     running: int = 0
     epochs_spent: int = 0  # epochs trained, all trials
-    epochs_promised: int = 0  # epochs running trials will train up to their next stop point
+    epochs_promised: int = 0  # epochs running trials hold: to their first stop point, then the end
     retries_waiting: int = 0  # WAITING retries of reaped trials
     baseline_next: bool = False  # the next trial a worker gets (the oldest WAITING) is a baseline
 
@@ -98,7 +100,9 @@ def use_of(spec: StudySpec, trials: Sequence[FrozenTrial]) -> BudgetUse:
             running += 1
             points = baseline if trial_record.read_baseline(t) is not None else full
             last = t.last_step or 0
-            promised += next((p for p in points if p > last), last) - last
+            # before its first stop point: up to it; past it: to its end
+            end = points[0] if last < points[0] else points[-1]
+            promised += max(0, end - last)
         elif t.state == TrialState.WAITING:
             retries += bool(trial_record.read_retry_history(t))
             if oldest_waiting is None or t.number < oldest_waiting.number:

@@ -76,15 +76,16 @@ def test_spent_epochs_count_every_trial_once() -> None:
     assert (use.epochs_spent, use.finished, use.running, use.epochs_promised) == (24, 3, 0, 0)
 
 
-def test_running_trials_hold_the_epochs_up_to_their_next_stop_point() -> None:
+def test_running_trials_hold_their_first_rung_then_their_full_length() -> None:
     running = [
         _trial(TrialState.RUNNING, 0),  # to the first rung: 2
-        _trial(TrialState.RUNNING, 3),  # past rung 2, to rung 6: 3 more
-        _trial(TrialState.RUNNING, 7),  # past the last rung, to the end: 5 more
+        _trial(TrialState.RUNNING, 1),  # to the first rung: 1 more
+        _trial(TrialState.RUNNING, 3),  # kept at the first rung: to the end, 9 more
+        _trial(TrialState.RUNNING, 7),  # 5 more
         _trial(TrialState.RUNNING, 1, baseline="hand-tuned"),  # a baseline, to its length 4
     ]
     use = use_of(SPEC, running)
-    assert (use.epochs_spent, use.epochs_promised, use.running) == (11, 2 + 3 + 5 + 3, 4)
+    assert (use.epochs_spent, use.epochs_promised, use.running) == (12, 2 + 1 + 9 + 5 + 3, 5)
 
 
 def test_a_trial_starts_only_when_its_first_rung_is_paid_for() -> None:

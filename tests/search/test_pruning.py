@@ -119,6 +119,6 @@ def test_the_loss_weights_study_prunes_with_successive_halving_after_warmup() ->
     assert isinstance(pruner, SparingPruner) and pruner.n_min_trials == 4
     assert isinstance(pruner.wrapped, optuna.pruners.SuccessiveHalvingPruner)
     points = stop_points(spec.pruner, spec.trial.epochs, spec.trial.eval_interval)
-    assert points == (6, 18, 27)
+    assert points == (6, 18, 33)
     # after warmup: the first rung lies beyond the recipe's warmup of 3 epochs
     assert points[0] > spec.train_config({}).warmup_epochs
