@@ -4,26 +4,72 @@ call; the work lives in `trainer/` and `search/`.
 
 from __future__ import annotations
 
+import sys
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import typer
+
+# Typer vendors Click; its exception classes are not re-exported (only BadParameter is)
+from typer._click.exceptions import ClickException, NoArgsIsHelpError
+from typer.core import TyperGroup
 
 from trainer.config import TrainConfig  # light: no torch
 
 _RECIPE = TrainConfig()  # `tune train`'s defaults are the trainer's recipe, written once there
-
-app = typer.Typer(
-    help="Hyperparameter search for YOLO-style detector training.",
-    no_args_is_help=True,
-    pretty_exceptions_enable=False,
-    add_completion=False,
-)
 
 
 def _fail(message: str, code: int = 2) -> typer.Exit:
     """Print one clear line to stderr and return the exit to raise."""
     typer.secho(f"error: {message}", err=True, fg=typer.colors.RED)
     return typer.Exit(code)
+
+
+class _OneLineErrors(TyperGroup):
+    """The command group, with the parser's mistakes (an option out of its range, a missing or
+    unknown option) reported like every other mistake: one `error: ...` line, exit 2.
+
+    Typer draws those in a box of several lines, which scripts and log readers had to treat apart.
+    `--help` and a bare `tune` (which prints the help) are unchanged.
+    """
+
+    def main(
+        self,
+        args: Sequence[str] | None = None,
+        prog_name: str | None = None,
+        complete_var: str | None = None,
+        standalone_mode: bool = True,
+        windows_expand_args: bool = True,
+        **extra: Any,
+    ) -> Any:
+        call = (args, prog_name, complete_var)
+        if not standalone_mode:
+            return super().main(*call, False, windows_expand_args, **extra)
+        try:
+            code = super().main(*call, False, windows_expand_args, **extra)
+        except NoArgsIsHelpError as exc:
+            exc.show()
+            sys.exit(exc.exit_code)
+        except ClickException as exc:
+            ctx = getattr(exc, "ctx", None)  # usage errors know the command they belong to
+            where = ctx.command_path if ctx is not None else "tune"
+            _fail(f"{exc.format_message()} (see `{where} --help`)", exc.exit_code)
+            sys.exit(exc.exit_code)
+        except typer.Abort:
+            typer.echo("Aborted!", err=True)
+            sys.exit(1)
+        # without standalone mode, Typer returns the code of a `typer.Exit` instead of exiting
+        sys.exit(code if isinstance(code, int) else 0)
+
+
+app = typer.Typer(
+    cls=_OneLineErrors,
+    help="Hyperparameter search for YOLO-style detector training.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
 
 
 @app.command()
@@ -245,7 +291,7 @@ def dashboard(
     host: str = typer.Option("127.0.0.1", help="address to bind (the dashboard has no login)"),
     port: int = typer.Option(8080, min=1, max=65535),
     artifacts: Path | None = typer.Option(
-        None, help="artifact folder; default tune-artifacts/ when it exists"
+        None, help="artifact folder; default $TUNE_ARTIFACTS, else tune-artifacts/ if it exists"
     ),
 ) -> None:
     """Run optuna-dashboard on the study storage, bound to loopback unless --host says otherwise."""

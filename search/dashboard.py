@@ -8,14 +8,15 @@ the artifact folder, so files attached to trials can be opened there).
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Callable
+import os
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
+from search.checkpoints import ARTIFACTS_ENV, DEFAULT_ARTIFACTS, artifacts_dir
 from search.storage import mask_url, open_storage, resolve_url
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8080
-DEFAULT_ARTIFACTS = Path("tune-artifacts")  # the folder artifact store, when one exists here
 
 
 def is_loopback(host: str) -> bool:
@@ -46,6 +47,27 @@ def dashboard_command(storage_url: str | None = None) -> str:
     return f"tune dashboard --storage '{mask_url(storage_url)}'"
 
 
+def artifact_folder(
+    artifacts: Path | None = None, environ: Mapping[str, str] | None = None
+) -> Path | None:
+    """The artifact folder the dashboard serves: the workers' own (`search.checkpoints`).
+
+    `artifacts` (`--artifacts`) must exist. Else `$TUNE_ARTIFACTS`, the folder workers upload to,
+    created when missing (a dashboard may start before the first checkpoint is uploaded). Else
+    `tune-artifacts/` when it exists here, or None (no artifact store).
+    """
+    if artifacts is not None:
+        if not Path(artifacts).is_dir():
+            raise ValueError(f"artifacts must be an existing folder, but got {artifacts=}")
+        return Path(artifacts)
+    environ = os.environ if environ is None else environ
+    if environ.get(ARTIFACTS_ENV):
+        folder = artifacts_dir(environ[ARTIFACTS_ENV])
+        folder.mkdir(parents=True, exist_ok=True)
+        return folder
+    return DEFAULT_ARTIFACTS if DEFAULT_ARTIFACTS.is_dir() else None
+
+
 def serve(
     storage_url: str | None = None,
     host: str = DEFAULT_HOST,
@@ -56,7 +78,8 @@ def serve(
     """Run optuna-dashboard on the storage until interrupted (blocks).
 
     `storage_url` resolves like every command (`--storage`, `$TUNE_STORAGE`, `sqlite:///tune.db`).
-    `artifacts` is the folder artifact store; by default `tune-artifacts/` when it exists.
+    `artifacts` is the folder artifact store (see `artifact_folder`: by default the workers'
+    `$TUNE_ARTIFACTS`, else `tune-artifacts/` when it exists).
     Raises `search.storage.StorageError` for a storage that can't be opened, `ValueError` for a
     bad port or a missing artifact folder, `OSError` when the port is taken.
     """
@@ -65,10 +88,7 @@ def serve(
 
     if not 0 < port < 65536:
         raise ValueError(f"port must be in 1..65535, but got {port=}")
-    if artifacts is None and DEFAULT_ARTIFACTS.is_dir():
-        artifacts = DEFAULT_ARTIFACTS
-    if artifacts is not None and not Path(artifacts).is_dir():
-        raise ValueError(f"artifacts must be an existing folder, but got {artifacts=}")
+    artifacts = artifact_folder(artifacts)
     url = resolve_url(storage_url)
     storage = open_storage(url)  # fails early, in one line, for a missing or empty storage
     store = FileSystemArtifactStore(str(artifacts)) if artifacts is not None else None

@@ -17,6 +17,7 @@ import subprocess
 import sys
 import threading
 import time
+import warnings
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -122,8 +123,8 @@ def mps_running() -> bool:
 
 
 def prepare_study(spec: StudySpec, storage: RDBStorage) -> optuna.Study:
-    """Create or load the study, store its settings, and enqueue missing baselines (and the
-    trainer-defaults start trial) exactly once.
+    """Create or load the study, name its objective (the study file's metric), store its settings,
+    and enqueue missing baselines (and the trainer-defaults start trial) exactly once.
 
     Holding the study lock makes this safe when launched twice or from two machines at once.
     """
@@ -132,6 +133,11 @@ def prepare_study(spec: StudySpec, storage: RDBStorage) -> optuna.Study:
     )
     if study.direction != StudyDirection.MAXIMIZE:
         raise LaunchError(f"study {spec.name!r} exists but minimises; tune studies maximise mAP")
+    if study.metric_names != [spec.objective.metric]:
+        # optuna-dashboard (and `trials_dataframe`) label the objective by it, not "Objective 0"
+        with warnings.catch_warnings():  # "experimental" since Optuna 3.2
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            study.set_metric_names([spec.objective.metric])
     with StudyLock(storage, storage.get_study_id_from_name(spec.name)):
         stored = trial_record.read_study_spec(study)
         if stored is not None:
