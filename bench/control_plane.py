@@ -2,6 +2,7 @@
 
     uv run python -m bench.control_plane            # 1, 8, 32 workers x 100, 1,000, 10,000 trials
     uv run python -m bench.control_plane --quick    # 1 and 4 workers x 100 trials
+    uv run python -m bench.control_plane --load     # study load, status, report by record layout
 
 Each cell of the grid gets a fresh PostgreSQL database (created and dropped here, like the tests'
 `pg_url`), a study made by `search.launch.prepare_study` from `studies/loss-weights.toml` (no
@@ -28,6 +29,12 @@ How each call is timed (inside the worker processes, with `time.perf_counter`):
   alone (no other load) after each cell, to show its growth with the study.
 
 Connections in use: `pg_stat_activity` rows for the benchmark database, sampled every 0.25 s.
+
+`--load` (issue 16) measures instead what reading a study costs by the layout of tune's trial
+records (`RECORDS`): for each layout a fresh database with N trials, then `--repeats` fresh
+processes that each open the study and load its trials (`study.get_trials()`, a cold cache, as a
+joining worker), and as many runs of the real `tune status` and `tune report` commands
+(subprocesses: Python start-up and imports included).
 """
 
 from __future__ import annotations
@@ -210,11 +217,23 @@ def bench_study_table(sampler: str, epochs: int) -> dict[str, Any]:
     return raw
 
 
-def populate(storage: optuna.storages.RDBStorage, study: optuna.Study, n: int, seed: int) -> None:
+RECORDS = ("compact", "legacy", "none")  # tune's layout now, before issue 16, Optuna's rows only
+
+
+def populate(
+    storage: optuna.storages.RDBStorage,
+    study: optuna.Study,
+    n: int,
+    seed: int,
+    records: str = "compact",
+) -> None:
     """Insert `n` finished trials (1 in 3 COMPLETE, the others PRUNED) in a few bulk statements.
 
     Each carries what a tune trial carries: ten params, one intermediate value per epoch reached,
-    the curve, config, placement and (if complete) summary user attrs, and a value.
+    a value, and tune's user attrs laid out as `records` says: "compact" (`search.trial_record`
+    now: the curve in segments, placement in one attribute), "legacy" (before issue 16: one
+    attribute per curve point, host, device and worker apart) or "none" (Optuna's own rows only,
+    the yardstick for the study load). Config and (if complete) summary in both tune layouts.
     """
     from search import trial_record
     from search.study_file import parse_study
@@ -243,11 +262,19 @@ def populate(storage: optuna.storages.RDBStorage, study: optuna.Study, n: int, s
             }
         )
         config = spec.train_config(drawn, out=f"runs/trial-{number:04d}").to_dict()
-        user = {"config": config, "host": "bench", "device": "cpu", "worker": "bench:0"}
-        for step in range(1, reached + 1):
-            report = _eval_report(step, score * step / epochs, config["lr"])
-            user[trial_record.curve_key(step)] = report.to_dict()
-        if complete:
+        points = [
+            _eval_report(step, score * step / epochs, config["lr"]).to_dict()
+            for step in range(1, reached + 1)
+        ]
+        placement = {"host": "bench", "device": "cpu", "worker": "bench:0"}
+        user: dict[str, Any] = {}
+        if records == "compact":
+            user = {"config": config, trial_record.PLACEMENT: placement}
+            user.update(trial_record.curve_attrs(points))
+        elif records == "legacy":
+            user = {"config": config, **placement}
+            user.update({trial_record.curve_key(i + 1): p for i, p in enumerate(points)})
+        if complete and records != "none":
             user["summary"] = trivial_fit(TrainConfig(**{**config, "epochs": 1})).to_dict()
         params.append([(k, trial.distributions[k], v) for k, v in drawn.items()])
         values.append(score if complete else None)
@@ -308,7 +335,8 @@ def _bulk_insert(
         if value_rows:
             conn.execute(sa.insert(models.TrialValueModel.__table__), value_rows)
         conn.execute(sa.insert(models.TrialIntermediateValueModel.__table__), step_rows)
-        conn.execute(sa.insert(models.TrialUserAttributeModel.__table__), attr_rows)
+        if attr_rows:
+            conn.execute(sa.insert(models.TrialUserAttributeModel.__table__), attr_rows)
 
 
 def numbering_query_alone(storage: optuna.storages.RDBStorage, repeats: int = 30) -> list[float]:
@@ -415,6 +443,151 @@ def run_cell(
     return cell
 
 
+# --- study load by record layout (issue 16) ------------------------------------------------------
+
+
+def _load_process(url: str, out: str) -> None:
+    """In a fresh process (a cold cache, as a worker joining): open the study, load its trials."""
+    from search.storage import load_study, open_storage
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    started = time.perf_counter()
+    study = load_study(open_storage(url), STUDY)
+    opened = time.perf_counter()
+    trials = study.get_trials(deepcopy=False)
+    loaded = time.perf_counter()
+    result = {"open_seconds": opened - started, "load_seconds": loaded - opened, "n": len(trials)}
+    Path(out).write_text(json.dumps(result))
+
+
+def _rows_per_table(storage: optuna.storages.RDBStorage) -> dict[str, int]:
+    tables = {
+        "trials": models.TrialModel,
+        "params": models.TrialParamModel,
+        "values": models.TrialValueModel,
+        "intermediate_values": models.TrialIntermediateValueModel,
+        "user_attrs": models.TrialUserAttributeModel,
+        "system_attrs": models.TrialSystemAttributeModel,
+    }
+    with storage.engine.connect() as conn:
+        return {
+            name: int(conn.execute(sa.select(sa.func.count()).select_from(model)).scalar_one())
+            for name, model in tables.items()
+        }
+
+
+def _timed_command(args: list[str], cwd: str) -> float:
+    import subprocess
+    import sys
+
+    tune = Path(sys.executable).parent / "tune"
+    command = [str(tune)] if tune.exists() else [sys.executable, "-m", "search.cli"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    started = time.perf_counter()
+    subprocess.run([*command, *args], cwd=cwd, env=env, check=True, capture_output=True)
+    return time.perf_counter() - started
+
+
+def run_load(existing: int, records: str, repeats: int, epochs: int) -> dict[str, Any]:
+    """Study load, `tune status` and `tune report` on `existing` trials laid out as `records`."""
+    from search.launch import prepare_study
+    from search.storage import open_storage
+    from search.study_file import parse_study
+
+    with throwaway_database() as (url, database), tempfile.TemporaryDirectory() as tmp:
+        storage = open_storage(url, create_schema=True)
+        raw = bench_study_table("TPE", epochs)
+        study = prepare_study(parse_study(raw, "bench", check_data=False), storage)
+        populate(storage, study, existing, seed=existing, records=records)
+        rows = _rows_per_table(storage)
+        storage.engine.dispose()
+        spawn = mp.get_context("spawn")
+        loads = []
+        for i in range(repeats):
+            out = str(Path(tmp) / f"load-{i}.json")
+            proc = spawn.Process(target=_load_process, args=(url, out))
+            proc.start()
+            proc.join(1200)
+            loads.append(json.loads(Path(out).read_text()))
+        cell: dict[str, Any] = {
+            "records": records,
+            "existing_trials": existing,
+            "database": database,
+            "rows": rows,
+            "rows_per_trial": sum(rows.values()) / existing,
+            "user_attr_rows_per_trial": rows["user_attrs"] / existing,
+            "load_seconds": [r["load_seconds"] for r in loads],
+            "open_seconds": [r["open_seconds"] for r in loads],
+            "load_median_s": median([r["load_seconds"] for r in loads]),
+        }
+        cell["load_ms_per_trial"] = 1000 * cell["load_median_s"] / existing
+        if records != "none":  # a study without tune's attrs is no tune study to report on
+            storage_args = ["--study", STUDY, "--storage", url]
+            status = [_timed_command(["status", *storage_args], tmp) for _ in range(repeats)]
+            report = [
+                _timed_command(["report", *storage_args, "-o", "report.html"], tmp)
+                for _ in range(repeats)
+            ]
+            cell.update(
+                status_seconds=status,
+                report_seconds=report,
+                status_median_s=median(status),
+                report_median_s=median(report),
+                report_mb=(Path(tmp) / "report.html").stat().st_size / 1e6,
+            )
+        cell["load_average"] = load_average()
+    return cell
+
+
+def main_load(args: argparse.Namespace) -> dict[str, Any]:
+    """`--load`: the study-load cells, their table, bench/results/control_plane-load[-NAME].json."""
+    sizes = [int(n) for n in (args.existing or "10000").split(",")]
+    cells = []
+    for existing in sizes:
+        for records in RECORDS:
+            print(f"-- {existing} trials, {records} records ...", flush=True)
+            cells.append(run_load(existing, records, args.repeats, args.epochs))
+    yardstick = {c["existing_trials"]: c["load_median_s"] for c in cells if c["records"] == "none"}
+    print(
+        table(
+            [
+                "records",
+                "trials",
+                "rows per trial (user attrs)",
+                "study load s (median)",
+                "ms per trial",
+                "vs Optuna's rows alone",
+                "tune status s",
+                "tune report s",
+                "report MB",
+            ],
+            [
+                [
+                    c["records"],
+                    c["existing_trials"],
+                    f"{c['rows_per_trial']:.1f} ({c['user_attr_rows_per_trial']:.1f})",
+                    c["load_median_s"],
+                    c["load_ms_per_trial"],
+                    f"{c['load_median_s'] / yardstick[c['existing_trials']]:.2f}x",
+                    c.get("status_median_s", "-"),
+                    c.get("report_median_s", "-"),
+                    c.get("report_mb", "-"),
+                ]
+                for c in cells
+            ],
+        )
+    )
+    payload = {
+        "bench": "control_plane-load",
+        "machine": machine(),
+        "settings": {"epochs": args.epochs, "repeats": args.repeats},
+        "cells": cells,
+    }
+    name = "control_plane-load" + (f"-{args.name}" if args.name else "")
+    print(f"results: {write_results(name, payload, args.out)}")
+    return payload
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     """Run the grid, print the tables, write bench/results/control_plane[-quick].json."""
     parser = argparse.ArgumentParser(prog="python -m bench.control_plane", description=__doc__)
@@ -428,8 +601,16 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--epochs", type=int, default=6, help="reports per trial (epochs)")
     parser.add_argument("--out", type=Path, default=None, help="results folder")
     parser.add_argument("--name", default="", help="suffix of the results file name")
+    parser.add_argument(
+        "--load",
+        action="store_true",
+        help="instead of the grid: study load, tune status and tune report by record layout",
+    )
+    parser.add_argument("--repeats", type=int, default=3, help="--load: runs of each timing")
     args = parser.parse_args(argv)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
+    if args.load:
+        return main_load(args)
     default_workers, default_existing = (
         ("1,4", "100") if args.quick else ("1,8,32", "100,1000,10000")
     )

@@ -111,7 +111,8 @@ def _study_table(settings: Settings, data: str, method: str, seed: int) -> dict[
         return raw
     raw.pop("baselines", None)
     sampler, pruner, pruner_settings = METHODS[method]
-    raw["sampler"] = {**raw["sampler"], "type": sampler, "seed": seed}
+    # from nothing: the trainer-defaults start trial would hand every method the same good point
+    raw["sampler"] = {**raw["sampler"], "type": sampler, "seed": seed, "start_from_defaults": False}
     if settings.n_startup_trials is not None:
         raw["sampler"]["n_startup_trials"] = settings.n_startup_trials
     raw["pruner"] = {**raw["pruner"], "type": pruner, **pruner_settings}
