@@ -1,0 +1,84 @@
+"""The confirm statistics on fixed inputs, against closed forms, t tables and hand computation."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from search.confirm_stats import gain, spread, t_cdf, t_quantile, t_two_sided_p
+
+# two-sided 95% critical values of Student's t (any table; scipy.stats.t.ppf(0.975, df))
+T_975 = {1: 12.706204736174698, 2: 4.302652729911275, 4: 2.7764451051977987, 9: 2.2621571627409915}
+
+
+@pytest.mark.parametrize("t", [-7.5, -1.2, 0.0, 0.3, 1.7, 4.0, 30.0])
+def test_t_cdf_matches_the_closed_forms_at_one_and_two_degrees_of_freedom(t: float) -> None:
+    assert t_cdf(t, 1) == pytest.approx(0.5 + math.atan(t) / math.pi, abs=1e-13)  # Cauchy
+    assert t_cdf(t, 2) == pytest.approx(0.5 + t / (2 * math.sqrt(2 + t * t)), abs=1e-13)
+
+
+@pytest.mark.parametrize(("df", "expected"), T_975.items())
+def test_t_quantile_matches_the_table(df: int, expected: float) -> None:
+    assert t_quantile(0.975, df) == pytest.approx(expected, rel=1e-9)
+    assert t_quantile(0.025, df) == pytest.approx(-expected, rel=1e-9)
+
+
+def test_large_degrees_of_freedom_approach_the_normal() -> None:
+    assert t_quantile(0.975, 1e6) == pytest.approx(1.959963984540054, rel=1e-5)
+    assert t_two_sided_p(1.959963984540054, 1e6) == pytest.approx(0.05, rel=1e-4)
+
+
+def test_spread_is_the_sample_statistics() -> None:
+    s = spread([0.5, 0.52, 0.49])
+    assert (s.n, s.min, s.max) == (3, 0.49, 0.52)
+    assert s.mean == pytest.approx(0.503333333333333)
+    # sqrt(((-1/300)^2 + (5/300)^2 + (-4/300)^2) / 2)
+    assert s.std == pytest.approx(math.sqrt(42 / 300**2 / 2))
+    assert spread([0.4]).std == 0.0
+    with pytest.raises(ValueError, match="at least one"):
+        spread([])
+
+
+def test_the_gain_pairs_runs_by_seed() -> None:
+    trial = {1: 0.50, 2: 0.52, 3: 0.49}
+    baseline = {1: 0.45, 2: 0.47, 3: 0.46}
+    g = gain(trial, baseline)
+    assert g is not None and g.method == "paired t" and g.n == 3 and g.df == 2
+    # differences 0.05, 0.05, 0.03: mean 0.04333, sd 0.011547, se 0.0066667, t = 6.5
+    se = math.sqrt(0.0002 / 6 * 4) / math.sqrt(3)
+    assert g.mean == pytest.approx(0.13 / 3)
+    assert g.low == pytest.approx(0.13 / 3 - T_975[2] * se, rel=1e-9)
+    assert g.high == pytest.approx(0.13 / 3 + T_975[2] * se, rel=1e-9)
+    # df = 2: P(|T| >= t) = 1 - t / sqrt(2 + t^2)
+    assert g.p_value == pytest.approx(1 - 6.5 / math.sqrt(2 + 6.5**2), rel=1e-9)
+
+
+def test_without_common_seeds_the_gain_is_welchs() -> None:
+    trial = {1: 0.50, 2: 0.52, 3: 0.49}
+    baseline = {4: 0.45, 5: 0.47}
+    g = gain(trial, baseline)
+    assert g is not None and g.method == "Welch t" and g.n == 2
+    va, vb = (42 / 300**2 / 2) / 3, 0.0002 / 2
+    se = math.sqrt(va + vb)
+    df = (va + vb) ** 2 / (va**2 / 2 + vb**2 / 1)
+    assert g.df == pytest.approx(df) and g.df == pytest.approx(2.42654, rel=1e-5)
+    assert g.mean == pytest.approx(0.503333333 - 0.46)
+    half = t_quantile(0.975, df) * se
+    assert (g.low, g.high) == (pytest.approx(g.mean - half), pytest.approx(g.mean + half))
+    assert g.p_value == pytest.approx(t_two_sided_p(g.mean / se, df))
+    # between the df = 2 and df = 3 values for |t| = 3.25
+    assert 1 - 3.25 / math.sqrt(2 + 3.25**2) > g.p_value > 0.04736
+
+
+def test_degenerate_inputs() -> None:
+    # every paired difference equal: an exact gain, no interval to speak of
+    g = gain({1: 0.6, 2: 0.7}, {1: 0.5, 2: 0.6})
+    assert g is not None and g.low == g.high == pytest.approx(0.1) and g.p_value == 0.0
+    same = gain({1: 0.5, 2: 0.6}, {1: 0.5, 2: 0.6})
+    assert same is not None and same.mean == 0 and same.p_value == 1.0
+    assert gain({1: 0.5}, {1: 0.4, 2: 0.3}) is None  # one run: no spread
+    with pytest.raises(ValueError, match="df="):
+        t_cdf(1.0, 0)
+    with pytest.raises(ValueError, match="p="):
+        t_quantile(1.0, 3)
