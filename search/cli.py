@@ -252,6 +252,52 @@ def best(
         raise _fail(str(exc)) from None
 
 
+@app.command()
+def confirm(
+    study: str = typer.Option(..., help="the study's name"),
+    storage: str | None = typer.Option(None, help=_STORAGE_HELP),
+    top: int = typer.Option(3, help="the study's best sampled trials to retrain (at least 1)"),
+    seeds: int = typer.Option(3, help="fresh seeds per trial, the same for each (at least 2)"),
+    epochs: int | None = typer.Option(
+        None, help="each run's length (default: the study's full length)"
+    ),
+    trial: list[int] | None = typer.Option(None, help="also confirm this trial (repeatable)"),
+    workers: int | None = typer.Option(None, min=0, help="CPU workers (0: only enqueue the runs)"),
+    gpus: str | None = typer.Option(None, help="one worker per GPU, e.g. 0,1"),
+    runs_dir: Path = typer.Option(Path("runs/studies"), help="local run folders and worker logs"),
+    progress_interval: float = typer.Option(5.0, min=0.1, hidden=True),
+    trainer_module: str | None = typer.Option(None, hidden=True, help=_TRAINER_HELP),
+) -> None:
+    """Retrain the top trials and the best baseline with fresh seeds; state the gain with its
+    spread. Resumable: run it again, or `tune worker --study NAME:confirm` on other machines."""
+    from search.launch import confirm as run_confirm
+
+    try:
+        gpu_list = _parse_gpus(gpus)
+        if gpu_list and workers is not None:
+            raise ValueError(f"give --workers or --gpus, not both, but got {workers=}, {gpus=}")
+        result = run_confirm(
+            study,
+            storage,
+            top=top,
+            seeds=seeds,
+            epochs=epochs,
+            trials=tuple(trial or ()),
+            workers=workers,
+            gpus=gpu_list,
+            runs_dir=runs_dir,
+            progress_interval=progress_interval,
+            trainer_module=trainer_module,
+            out=typer.echo,
+        )
+    except _search_errors() as exc:
+        raise _fail(str(exc)) from None
+    if result.interrupted:
+        raise typer.Exit(130)
+    if not result.ok:
+        raise typer.Exit(1)
+
+
 def _parse_gpus(gpus: str | None) -> list[int] | None:
     if gpus is None:
         return None

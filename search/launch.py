@@ -1,4 +1,5 @@
 """`tune launch`: create (or load) a study, enqueue its baselines once, run local workers, watch.
+`tune confirm` (`confirm` below) runs a study's confirm study the same way (search/confirm.py).
 
 The study row, the schema and the baselines are made here, once, before any worker starts
 (workers racing to create tables fail). Workers are `tune worker` subprocesses:
@@ -31,12 +32,20 @@ from optuna.trial import TrialState
 
 from search import trial_record
 from search.budget import BudgetUse, describe_plan, read_use, use_of
+from search.confirm import plan_confirm, prepare_confirm
+from search.confirm_results import (
+    Confirmation,
+    confirmed_sentence,
+    format_confirmation,
+    read_confirmation,
+)
 from search.optuna_compat import trial_id
 from search.storage import (
     ENV_VAR,
     StateCounts,
     StudyLock,
     count_states,
+    load_study,
     mask_url,
     open_storage,
     resolve_url,
@@ -195,7 +204,142 @@ def launch(
     if n_workers == 0:
         return _result(optuna_study, spec, rdb, started)
     log_dir = runs_dir / spec.name
+    run = run_local_workers(
+        optuna_study,
+        spec,
+        url,
+        n_workers,
+        gpus,
+        log_dir,
+        timeout=overrides.timeout,
+        trainer_module=trainer_module,
+        progress_interval=progress_interval,
+        out=out,
+        started=started,
+    )
+    result = _result(optuna_study, spec, rdb, started, run.exit_codes, run.interrupted)
+    out(_summary_line(result, spec))
+    run.say_failures(out)
+    return result
+
+
+@dataclass
+class ConfirmResult:
+    confirmation: Confirmation | None
+    enqueued: int  # runs enqueued by this call (0: all were done or under way already)
+    exit_codes: list[int] = field(default_factory=list)
+    interrupted: bool = False
+
+    @property
+    def ok(self) -> bool:
+        return not self.interrupted and all(code == 0 for code in self.exit_codes)
+
+
+def confirm(
+    study: str,
+    storage: str | None = None,
+    *,
+    top: int = 3,
+    seeds: int = 3,
+    epochs: int | None = None,
+    trials: tuple[int, ...] = (),
+    workers: int | None = None,
+    gpus: list[int] | None = None,
+    runs_dir: Path = DEFAULT_RUNS_DIR,
+    progress_interval: float = 5.0,
+    trainer_module: str | None = None,
+    out: Callable[[str], None] = print,
+) -> ConfirmResult:
+    """Retrain study `study`'s top trials and best baseline with `seeds` fresh seeds (its confirm
+    study, search/confirm.py) with local workers until every run is done; print the result.
+
+    Crash-safe and resumable like a study: run it again (or `tune worker --study NAME:confirm`
+    anywhere) and it goes on where it stopped. `workers=0` only enqueues the runs.
+    """
+    started = time.monotonic()
+    url = resolve_url(storage)
+    rdb = open_storage(url)
+    parent = load_study(rdb, study)
+    plan = plan_confirm(parent, top=top, seeds=seeds, epochs=epochs, trials=trials)
+    prepared = prepare_confirm(rdb, parent, plan)
+    check_data_set(prepared.spec)
+    name = prepared.study.study_name
+    plan = prepared.plan
+    baseline = f" and baseline trial {plan.baseline}" if plan.baseline is not None else ""
+    out(
+        f"confirming trials {', '.join(map(str, plan.trials))}{baseline} of study {study!r} in "
+        f"{mask_url(url)}: {len(plan.seeds)} seeds ({', '.join(map(str, plan.seeds))}) of "
+        f"{plan.epochs} epochs each, {len(plan.runs)} runs ({prepared.enqueued} enqueued now)"
+    )
+    out(f"other machines may run them too: tune worker --study '{name}'")
+    n_workers, gpus, warning = plan_workers(workers, gpus, visible_gpus(prepared.spec.trial.device))
+    if warning:
+        out(warning)
+    result = ConfirmResult(None, prepared.enqueued)
+    pending = prepared.study.get_trials(
+        deepcopy=False, states=(TrialState.WAITING, TrialState.RUNNING)
+    )
+    if n_workers and pending:
+        run = run_local_workers(
+            prepared.study,
+            prepared.spec,
+            url,
+            n_workers,
+            gpus,
+            runs_dir / name,
+            timeout=None,
+            trainer_module=trainer_module,
+            progress_interval=progress_interval,
+            out=out,
+            started=started,
+        )
+        result.exit_codes, result.interrupted = [_code(c) for c in run.exit_codes], run.interrupted
+        run.say_failures(out)
+    result.confirmation = read_confirmation(rdb, study)
+    if result.confirmation is not None:
+        out(format_confirmation(result.confirmation))
+        out(confirmed_sentence(result.confirmation))
+    return result
+
+
+def _code(code: int | None) -> int:
+    return int(code) if code is not None else -1
+
+
+@dataclass
+class WorkersRun:
+    """How local workers ended: their exit codes, whether they were stopped, their logs."""
+
+    exit_codes: list[int | Any]
+    interrupted: bool
+    log_dir: Path
+
+    def say_failures(self, out: Callable[[str], None]) -> None:
+        """A line per worker that exited with an error (not when stopped), with its log."""
+        for i, code in enumerate(self.exit_codes):
+            if code != 0 and not self.interrupted:
+                log_path = self.log_dir / f"worker-{i}.log"
+                out(f"worker {i} exited with status {code}: {_last_error(log_path)}see {log_path}")
+
+
+def run_local_workers(
+    study: optuna.Study,
+    spec: StudySpec,
+    url: str,
+    n_workers: int,
+    gpus: list[int] | None,
+    log_dir: Path,
+    *,
+    timeout: float | None,
+    trainer_module: str | None,
+    progress_interval: float,
+    out: Callable[[str], None],
+    started: float,
+) -> WorkersRun:
+    """Run `n_workers` `tune worker` processes on the prepared `study` (a study or a confirm
+    study), print progress until they exit, forward Ctrl-C/SIGTERM to them."""
     log_dir.mkdir(parents=True, exist_ok=True)
+    interrupted = False
     # Ctrl-C / SIGTERM only set a flag that the watch loop reads between polls: an exception
     # raised inside a database call (psycopg2 turns SIGINT into a cancelled query) could be
     # swallowed by the storage's retries and the stop lost. Installed before the workers start,
@@ -208,32 +352,26 @@ def launch(
     procs: list[tuple[subprocess.Popen[bytes], IO[bytes]]] = []
     try:
         procs = _start_workers(
-            spec, url, n_workers, gpus, log_dir, overrides.timeout, trainer_module
+            study.study_name, spec, url, n_workers, gpus, log_dir, timeout, trainer_module
         )
         where = "GPUs " + ",".join(map(str, gpus)) if gpus else "CPU"
         out(f"started {n_workers} worker(s) on {where}; logs in {log_dir}/")
-        _watch(optuna_study, spec, procs, started, progress_interval, out, stop)
+        _watch(study, spec, procs, started, progress_interval, out, stop)
         interrupted = stop.is_set()
         if interrupted:
             out("stopping: the workers fail their current trial as 'interrupted' ...")
             _stop_workers(procs)
-            _fail_running_of(optuna_study, {f"{socket.gethostname()}:{p.pid}" for p, _ in procs})
+            _fail_running_of(study, {f"{socket.gethostname()}:{p.pid}" for p, _ in procs})
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
         for _, log in procs:
             log.close()
-    codes = [p.returncode for p, _ in procs]
-    result = _result(optuna_study, spec, rdb, started, codes, interrupted)
-    out(_summary_line(result, spec))
-    for i, code in enumerate(result.exit_codes):
-        if code != 0 and not interrupted:
-            log_path = log_dir / f"worker-{i}.log"
-            out(f"worker {i} exited with status {code}: {_last_error(log_path)}see {log_path}")
-    return result
+    return WorkersRun([p.returncode for p, _ in procs], interrupted, log_dir)
 
 
 def _start_workers(
+    name: str,
     spec: StudySpec,
     url: str,
     n: int,
@@ -256,7 +394,7 @@ def _start_workers(
             "from search.cli import app; app()",
             "worker",
             "--study",
-            spec.name,
+            name,
         ]
         cmd += ["--local-workers", str(n), "--worker-index", str(i), "--threads", str(threads)]
         child_env = dict(env)
@@ -356,7 +494,7 @@ def _result(
 ) -> LaunchResult:
     counts = count_states(rdb, rdb.get_study_id_from_name(study.study_name))
     value, number = _best(study)
-    codes = [int(c) if c is not None else -1 for c in (exit_codes or [])]
+    codes = [_code(c) for c in (exit_codes or [])]
     use = read_use(spec, study)
     wall = time.monotonic() - started
     return LaunchResult(counts, value, number, wall, use, codes, interrupted)

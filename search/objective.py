@@ -154,6 +154,8 @@ class TrialContext:
     storage_down_limit: float = 300.0  # seconds to retry a write while the database is down
     active_trial_id: int | None = None  # set while the objective runs (the reaper beats for it)
     outage: Outage = field(default_factory=Outage)  # shared with the worker loop
+    # a confirm study's worker runs only enqueued runs and never samples (search/confirm.py)
+    enqueued_only: bool = False
 
     def store(self, call: Callable[[], T], what: str = "the storage") -> T:
         """`call()` (a storage write), retried while the database is unreachable."""
@@ -220,12 +222,22 @@ def make_objective(ctx: TrialContext) -> Callable[[optuna.Trial], float]:
             raise Interrupted("stop requested")
         params = ctx.spec.space.sample(trial)
         baseline = trial_record.read_baseline(trial)
-        out = ctx.runs_dir / ctx.spec.name / f"trial-{trial.number:04d}"
-        config = ctx.spec.train_config(params, out=str(out), device=ctx.device, threads=ctx.threads)
+        # the Optuna study's name, not the spec's: a confirm study (`<study>:confirm`) runs its
+        # parent's spec, and its runs must not share the parent trials' folders
+        out = ctx.runs_dir / trial.study.study_name / f"trial-{trial.number:04d}"
+        confirm = trial_record.read_confirm(trial)
+        # a confirm run retrains a parent trial with its own seed (its length is the confirm
+        # study's trial.epochs, search/confirm.py); every other trial keeps the recipe's seed
+        seed = {} if confirm is None else {"seed": confirm[1]}
+        config = ctx.spec.train_config(
+            params, out=str(out), device=ctx.device, threads=ctx.threads, **seed
+        )
         config = ctx.store(lambda: _resume_retry(trial, ctx, config))
         ctx.store(lambda: trial_record.record_config(trial, config.to_dict()))
         start = trial_record.read_start(trial)
         what = f"baseline {baseline!r}" if baseline else (f"start: {start}" if start else "sampled")
+        if confirm is not None:
+            what = f"confirms trial {confirm[0]}, seed {confirm[1]}"
         # baselines train the first `baseline_epochs` of the full-length schedule, then stop:
         # reports compare them with the trials at that length (search/report/gather.py)
         baseline_length = ctx.spec.baseline_epochs if baseline else None

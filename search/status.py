@@ -2,7 +2,8 @@
 
 Trials by state, the budget, the best trial with its parameters, the baselines, running trials
 with their host and age, retries of trials that lost their worker (which trial each retries and
-the step it resumed from), and failed trials with their error. `study_status` gathers (tested),
+the step it resumed from), failed trials with their error, and the study's confirmation when
+`tune confirm` ran (search/confirm_results.py). `study_status` gathers (tested),
 `format_status` writes the text.
 """
 
@@ -17,6 +18,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from search import trial_record
 from search.budget import use_of
+from search.confirm_results import Confirmation, format_confirmation, read_confirmation_of
 from search.storage import StateCounts
 from search.study_file import StudyFileError, parse_study
 
@@ -49,6 +51,7 @@ class StudyStatus:
     running: list[TrialLine]
     failed: list[TrialLine]
     retries: list[TrialLine] = field(default_factory=list)
+    confirmation: Confirmation | None = None  # `tune confirm`'s runs, from the confirm study
 
 
 def study_status(study: optuna.Study, now: dt.datetime | None = None) -> StudyStatus:
@@ -81,6 +84,7 @@ def study_status(study: optuna.Study, now: dt.datetime | None = None) -> StudySt
         running=[_line(t, now) for t in by_state[TrialState.RUNNING]],
         failed=[_line(t, now, retried_by.get(t.number)) for t in by_state[TrialState.FAIL]],
         retries=[_line(t, now) for t in trials if trial_record.read_retry_of(t) is not None],
+        confirmation=read_confirmation_of(study),
     )
 
 
@@ -164,6 +168,8 @@ def format_status(status: StudyStatus, max_failed: int = 10) -> str:
         for t in status.failed[-max_failed:]:
             retry = f" (retry of trial {t.retry_of})" if t.retry_of is not None else ""
             lines.append(f"  trial {t.number}{retry}: {_failure(t)}")
+    if status.confirmation is not None:
+        lines.append(format_confirmation(status.confirmation))
     return "\n".join(lines)
 
 

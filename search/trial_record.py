@@ -28,13 +28,17 @@ Layout on an Optuna trial:
     checkpoint at evaluation step ``step``;
   - ``stopped``: why a trial that the pruner did not stop ended early, e.g. "stopped at its
     length, 9 epochs" on a baseline (`[budget] baseline_epochs`); its state is PRUNED, so that
-    samplers weigh it by the step it reached, as a pruned trial.
+    samplers weigh it by the step it reached, as a pruned trial;
+  - ``confirm``: ``{"of", "seed"}`` on a run of a confirm study (`search/confirm.py`): the number
+    of the parent study's trial it retrains and the trainer seed it runs with (copied to a retry).
 - system attrs ``artifacts:<id>``: Optuna's own record of uploaded artifacts.
 
 Layout on the Optuna study (study user attrs):
 
 - ``tune:spec``: the validated study file (a TOML table, CLI overrides applied), written by
-  `tune launch`, read by every worker so that all machines run the same settings.
+  `tune launch`, read by every worker so that all machines run the same settings;
+- ``tune:confirm``: on a confirm study only (`search/confirm.py`), its plan: the parent study, the
+  confirm length, the seeds and the trials it retrains. Workers run only its enqueued runs.
 """
 
 from __future__ import annotations
@@ -64,6 +68,8 @@ CHECKPOINT = "checkpoint"
 RESUMED_FROM = "resumed_from"
 STOPPED = "stopped"
 STUDY_SPEC = "tune:spec"
+CONFIRM = "confirm"
+CONFIRM_PLAN = "tune:confirm"
 
 
 def curve_key(step: int) -> str:
@@ -138,6 +144,31 @@ def start_attrs() -> dict[str, Any]:
 def record_study_spec(study: optuna.Study, raw: dict[str, Any]) -> None:
     """Store the validated study table with the study (launch)."""
     study.set_user_attr(STUDY_SPEC, raw)
+
+
+def confirm_attrs(of: int, seed: int) -> dict[str, Any]:
+    """The user attrs a confirm run is enqueued with: the parent trial it retrains, its seed."""
+    return {CONFIRM: {"of": of, "seed": seed}}
+
+
+def record_confirm_plan(study: optuna.Study, plan: dict[str, Any]) -> None:
+    """Store a confirm study's plan with it (`tune confirm`)."""
+    study.set_user_attr(CONFIRM_PLAN, plan)
+
+
+def read_confirm_plan(study: optuna.Study) -> dict[str, Any] | None:
+    """A confirm study's plan, or None for any other study."""
+    plan = study.user_attrs.get(CONFIRM_PLAN)
+    return plan if isinstance(plan, dict) else None
+
+
+def read_confirm(trial: FrozenTrial | optuna.Trial) -> tuple[int, int] | None:
+    """(parent trial number, seed) of a confirm run, or None."""
+    mark = trial.user_attrs.get(CONFIRM)
+    if not isinstance(mark, dict):
+        return None
+    of, seed = mark.get("of"), mark.get("seed")
+    return (of, seed) if isinstance(of, int) and isinstance(seed, int) else None
 
 
 def read_study_spec(study: optuna.Study) -> dict[str, Any] | None:

@@ -6,7 +6,8 @@ The loop, per trial:
    finished, epochs trained and promised to running trials, for every process on every
    machine): stop when it is spent; when the trials already RUNNING hold the rest, reap stale
    trials (one of them may have lost its worker), release, say in the log what it waits for
-   (`BudgetWait`) and look again;
+   (`BudgetWait`) and look again. A confirm study's worker (`search/confirm.py`) never samples:
+   it starts only while an enqueued run waits, waits while runs are running, else stops;
 2. otherwise run one trial inside `study.optimize(n_trials=1)` (heartbeats act only there); the
    objective releases the lock once the trial is RUNNING, so no two workers take the last slot;
 3. whatever the trial does (exception, non-finite loss, out of memory, reaped by another worker),
@@ -43,6 +44,7 @@ from optuna.trial import FrozenTrial, TrialState
 from search import trial_record
 from search.budget import decide, read_use
 from search.checkpoints import CheckpointStore
+from search.confirm import decide_enqueued
 from search.failpoints import failpoint
 from search.log_masking import mask_library_logs
 from search.objective import (
@@ -215,6 +217,7 @@ def run_worker(
             log=say,
             checkpoints=CheckpointStore(artifacts),
             storage_down_limit=settings.storage_down_limit,
+            enqueued_only=trial_record.read_confirm_plan(optuna_study) is not None,
         )
         reaper = Reaper(
             optuna_study,
@@ -305,6 +308,8 @@ def _one_round(
         lock.acquire()
         spec = _current_budget(study, ctx.spec)
         decision, why = decide(spec, read_use(spec, study))
+        if decision == "start" and ctx.enqueued_only:
+            decision, why = decide_enqueued(study)
         if decision == "spent":
             waiting.over("the budget is spent")
             ctx.log(f"the budget is spent: {why}")

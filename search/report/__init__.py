@@ -10,6 +10,7 @@ from pathlib import Path
 
 import optuna
 
+from search.confirm_results import read_confirmation_of
 from search.report.draw import latency_figure, panels_figure
 from search.report.gather import ReportData, gather
 from search.report.html import render_page
@@ -19,8 +20,14 @@ __all__ = ["ReportData", "gather", "gather_study", "write_report"]
 
 
 def gather_study(study: optuna.Study, top_k: int = 5) -> ReportData:
-    """Gather the report data of `study` (a single-objective study)."""
-    return gather(study.study_name, study.get_trials(deepcopy=False), study.direction, top_k)
+    """Gather the report data of `study` (a single-objective study) and its confirmation."""
+    return gather(
+        study.study_name,
+        study.get_trials(deepcopy=False),
+        study.direction,
+        top_k,
+        confirmation=read_confirmation_of(study),
+    )
 
 
 def write_report(study: optuna.Study, path: Path, top_k: int = 5) -> Path:

@@ -4,7 +4,9 @@ The report compares trials the way the hand-tuning notes did: seven panels over 
 unweighted box, cls and obj losses, the weighted total, the learning rate, the training latency
 and the evaluation), a few log lines per run, and a table. Everything here is read from the
 Optuna storage through `search.trial_record`, so a report drawn on machine A needs nothing
-written on machine B. `draw` and `html` turn the result into a page.
+written on machine B; so is the study's confirmation (`tune confirm`, its confirm study in the same
+storage), whose figure becomes the headline when there is one. `draw` and `html` turn the result
+into a page.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from optuna.study import StudyDirection
 from optuna.trial import FrozenTrial, TrialState
 
 from search import trial_record
+from search.confirm_results import Confirmation, confirmed_sentence
 from trainer.records import TrainLine
 
 # The roles a trial plays in the figures; `draw` styles lines by role.
@@ -129,6 +132,8 @@ class ReportData:
     latency: list[LatencyPoint] | None  # None when no trial carries a constraint
     contour_params: list[str] | None
     generated: datetime
+    confirmation: Confirmation | None = None  # `tune confirm`'s runs, when it ran
+    single_run: str | None = None  # the single-run headline, when the confirmed one replaces it
 
     @property
     def empty(self) -> bool:
@@ -423,6 +428,16 @@ def headline(rows: Sequence[TrialRow], ranked: Sequence[int], direction: str) ->
     )
 
 
+def confirmed_headline(
+    confirmation: Confirmation, rows: Sequence[TrialRow], ranked: Sequence[int]
+) -> str:
+    """The headline from the confirm runs: the search's best trial over fresh seeds against the
+    baseline, with its interval and p-value, or that it did not hold up."""
+    by_number = {r.number: r for r in rows}
+    best = next((n for n in ranked if by_number[n].baseline is None), None)
+    return confirmed_sentence(confirmation, best)
+
+
 def reasons(rows: Sequence[TrialRow], ranked: Sequence[int]) -> list[str]:
     """Why the best trial won: the settings that differ from the best baseline, and how its
     unweighted validation losses compare at equal length (the weighted total can't tell)."""
@@ -477,12 +492,14 @@ def gather(
     direction: StudyDirection,
     top_k: int = 5,
     now: datetime | None = None,
+    confirmation: Confirmation | None = None,
 ) -> ReportData:
     """Gather everything the report shows from `trials` (any states, possibly none).
 
     Shown by default: the hand-tuned baselines and the search's `top_k` best complete trials
     (baselines not counted); every other trial is in the data too, drawn hidden (one legend
     click away). With a constraint, feasible trials rank first. `now` dates running trials.
+    With a `confirmation`, its figure is the headline and the single-run one follows it.
     """
     if top_k < 0:
         raise ValueError(f"top_k must be >= 0, but got {top_k=}")
@@ -511,11 +528,15 @@ def gather(
             for r in row_list
             if r.inference_ms is not None and r.mAP50_95 is not None and r.feasible is not None
         ]
+    single_run = headline(row_list, ranked, direction_name)
+    confirmed = None
+    if confirmation is not None:
+        confirmed = confirmed_headline(confirmation, row_list, ranked)
     return ReportData(
         study_name=study_name,
         direction=direction_name,
         counts=dict(Counter(r.state for r in row_list)),
-        headline=headline(row_list, ranked, direction_name),
+        headline=confirmed or single_run,
         reasons=reasons(row_list, ranked),
         rows=row_list,
         panels=gather_panels(trials, rows, shown),
@@ -523,4 +544,6 @@ def gather(
         latency=latency,
         contour_params=_contour_params(trials),
         generated=now,
+        confirmation=confirmation,
+        single_run=single_run if confirmed else None,
     )

@@ -1,6 +1,7 @@
 """Assembling the report page: one self-contained HTML file (plotly.js inlined, opens offline).
 
-Top to bottom: the verdict (the best trial's gain over the best hand-tuned baseline and why), the
+Top to bottom: the verdict (the best trial's gain over the best hand-tuned baseline and why; over
+fresh seeds when `tune confirm` ran, then the single-run figure), the confirmed table, the
 seven panels, a sortable table of every trial, the log lines of the shown trials in the notes'
 format, the mAP-latency plot of a constrained study, and Optuna's own views.
 """
@@ -13,6 +14,8 @@ from typing import Any
 import plotly.graph_objects as go
 from plotly.offline import get_plotlyjs
 
+from search.confirm_results import METRICS, Confirmation
+from search.confirm_stats import LEVEL
 from search.report.draw import trial_colors
 from search.report.gather import ReportData, TrialRow
 from search.report.views import View
@@ -26,6 +29,7 @@ h1 { font-size: 1.5em; margin: 0.2em 0; } h2 { font-size: 1.2em; margin: 1.6em 0
   margin: 12px 0; }
 .verdict .headline { font-size: 1.25em; font-weight: 600; margin: 0 0 4px; }
 .verdict ul { margin: 4px 0; padding-left: 20px; }
+.verdict .single-run { color: #555; margin: 0 0 4px; }
 .howto { color: #444; font-size: 0.9em; }
 .empty { font-size: 1.2em; padding: 24px; background: #f4f4f4; }
 table { border-collapse: collapse; font-size: 0.85em; width: 100%; }
@@ -150,6 +154,40 @@ def trials_table(rows: list[TrialRow]) -> str:
     return "\n".join(lines)
 
 
+def confirmed_table(c: Confirmation) -> str:
+    """Each confirmed setting over its fresh seeds: the spread of both metrics, its single run,
+    and its gain over the baseline with the interval and p-value."""
+    head = ["trial", "runs"]
+    for metric in METRICS:
+        name = metric.replace("_", "-")
+        head += [f"{name} mean", f"{name} std", f"{name} min", f"{name} max"]
+    head += ["single run", "gain", f"{LEVEL:.0%} CI", "p", "test"]
+    lines = ["<table id='confirmed-table'><thead><tr>"]
+    lines += [f"<th{' class=text' if h in ('trial', 'test') else ''}>{_e(h)}</th>" for h in head]
+    lines.append("</tr></thead><tbody>")
+    for row in c.rows:
+        cells = [f"<td class=text>{_e(row.name)}</td>", f"<td>{len(row.runs)}/{row.planned}</td>"]
+        for metric in METRICS:
+            s = row.spreads.get(metric)
+            values = (s.mean, s.std, s.min, s.max) if s else (None, None, None, None)
+            cells += [f"<td>{_num(v, 4)[1]}</td>" for v in values]
+        cells.append(f"<td>{_num(row.single, 4)[1]}</td>")
+        g = row.gain
+        if g is None:
+            cells += ["<td>-</td>"] * 4 + ["<td class=text>-</td>"]
+        else:
+            cells += [
+                f"<td>{g.mean:+.4f}</td>",
+                f"<td>{g.low:+.4f}..{g.high:+.4f}</td>",
+                f"<td>{g.p_value:.2g}</td>",
+                f"<td class=text>{_e(g.method)}</td>",
+            ]
+        css = "baseline" if row.baseline else ""
+        lines.append(f"<tr class='{css}'>{''.join(cells)}</tr>")
+    lines.append("</tbody></table>")
+    return "\n".join(lines)
+
+
 def _figure(fig: go.Figure, div_id: str) -> str:
     return fig.to_html(
         full_html=False,
@@ -185,9 +223,21 @@ def render_page(
         "<div class='verdict' id='verdict'>",
         f"<p class='headline'>{_e(data.headline)}</p>",
     ]
+    if data.single_run:
+        out.append(f"<p class='single-run' id='single-run'>Single runs: {_e(data.single_run)}</p>")
     if data.reasons:
         out.append("<ul>" + "".join(f"<li>{_e(r)}</li>" for r in data.reasons) + "</ul>")
     out.append("</div>")
+    c = data.confirmation
+    if c is not None:
+        out.append("<h2 id='confirmed'>Confirmed over fresh seeds</h2>")
+        out.append(
+            f"<p class='howto'>The study's top trials and best baseline retrained with the same "
+            f"{len(c.seeds)} fresh seeds ({', '.join(map(str, c.seeds))}) at {c.epochs} epochs "
+            f"each ({c.done}/{c.planned} runs done). The gain is over the baseline, in "
+            f"{c.metric.replace('_', '-')}; paired t: by seed.</p>"
+        )
+        out.append(f"<div class='tablewrap'>{confirmed_table(c)}</div>")
     if data.empty:
         out.append("<p class='empty' id='empty'>This study is empty: no trial has started yet. ")
         out.append("Run <code>tune launch</code> or <code>tune worker</code>, then rerun the ")

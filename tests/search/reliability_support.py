@@ -98,11 +98,18 @@ class Worker:
 
 
 def start_worker(
-    url: str, tmp_path: Path, env: dict[str, str], name: str, *, real_trainer: bool = False
+    url: str,
+    tmp_path: Path,
+    env: dict[str, str],
+    name: str,
+    *,
+    real_trainer: bool = False,
+    study: str = "smoke",
 ) -> Worker:
-    """Start `tune worker --study smoke` against `url`, logging to `tmp_path/<name>.log`."""
+    """Start `tune worker --study smoke` (or `study`) against `url`, logging to
+    `tmp_path/<name>.log`."""
     log = tmp_path / f"{name}.log"
-    args = [*TUNE, "worker", "--study", "smoke", "--runs-dir", str(tmp_path / "runs")]
+    args = [*TUNE, "worker", "--study", study, "--runs-dir", str(tmp_path / "runs")]
     args += ["--threads", "1"] + ([] if real_trainer else FAKE)
     with log.open("ab") as out:
         proc = subprocess.Popen(
@@ -119,6 +126,7 @@ def work_here(
     *,
     real_trainer: bool = False,
     timeout: float | None = None,
+    study: str = "smoke",
 ) -> WorkerStats:
     """Run a worker in this process (no start-up cost) until the budget is spent.
 
@@ -129,7 +137,7 @@ def work_here(
 
     trainer = {} if real_trainer else {"train_fn": fake_trainer.fit, "load_data": None}
     return run_worker(
-        "smoke",
+        study,
         url,
         runs_dir=tmp_path / "runs",
         threads=1,
