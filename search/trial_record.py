@@ -13,10 +13,11 @@ Layout on an Optuna trial:
   - ``baseline``: the hand-tuned setting's label, only on baseline trials;
   - ``start``: on the sampled trial enqueued with the trainer's defaults (`[sampler]
     start_from_defaults`), what it is: "trainer defaults";
-  - ``host``, ``device``, ``worker``: where it ran (worker is ``host:pid``);
-  - ``curve:NNNN``: one `EvalReport.to_dict()` per evaluation step NNNN (training lines since
-    the previous evaluation plus the evaluation itself), written as it happens so pruned and
-    failed trials keep their curves;
+  - ``placement``: ``{"host", "device", "worker"}``, where it ran (worker is ``host:pid``);
+  - ``curve/NNN``: the evaluations in step order, one `EvalReport.to_dict()` each (training
+    lines since the previous evaluation plus the evaluation itself), packed into segments of
+    about `SEGMENT_CHARS` of JSON: each evaluation rewrites the last segment (or starts the
+    next), written as it happens so pruned and failed trials keep their curves;
   - ``summary``: `FitResult.to_dict()` of a finished run (inference latency among it);
   - ``error``: the reason a trial failed, one line, credentials masked;
   - ``retry_of``: the trial number this one retries (set by tune when the retry starts; Optuna's
@@ -33,6 +34,15 @@ Layout on an Optuna trial:
     of the parent study's trial it retrains and the trainer seed it runs with (copied to a retry).
 - system attrs ``artifacts:<id>``: Optuna's own record of uploaded artifacts.
 
+Why the curve is packed (issue 16): every worker, the dashboard and the report load whole studies,
+and Optuna turns each attribute into a database row and an ORM object. One attribute per
+evaluation plus three for the placement made tune's attributes about a third of a study's rows.
+Segments stay small enough for any back end's text column (MySQL's TEXT holds 64 KB; PostgreSQL's
+and SQLite's are unbounded) and bound what one evaluation rewrites. Studies written before this
+layout (``curve:NNNN``, one attribute per evaluation; ``host``/``device``/``worker`` apart) stay
+readable: the readers accept both, and the new layout wins where a trial has both (a retry of an
+old trial).
+
 Layout on the Optuna study (study user attrs):
 
 - ``tune:spec``: the validated study file (a TOML table, CLI overrides applied), written by
@@ -43,8 +53,10 @@ Layout on the Optuna study (study user attrs):
 
 from __future__ import annotations
 
+import json
 import socket
 import warnings
+from collections.abc import Mapping
 from typing import Any
 
 import optuna
@@ -57,6 +69,10 @@ CONFIG = "config"
 BASELINE = "baseline"
 START = "start"
 START_FROM_DEFAULTS = "trainer defaults"
+PLACEMENT = "placement"
+CURVE_SEGMENT = "curve/"  # + 3 digits: curve/000, curve/001, ...
+SEGMENT_CHARS = 32_000  # a segment is closed once its JSON is this long
+# the layout before issue 16, still read
 HOST = "host"
 DEVICE = "device"
 WORKER = "worker"
@@ -73,8 +89,27 @@ CONFIRM_PLAN = "tune:confirm"
 
 
 def curve_key(step: int) -> str:
-    """The user-attr key of evaluation `step`, zero-padded so keys sort by step."""
+    """The old layout's user-attr key of evaluation `step` (read, no longer written)."""
     return f"{CURVE_PREFIX}{step:04d}"
+
+
+def segment_key(index: int) -> str:
+    """The user-attr key of curve segment `index`, zero-padded so keys sort in order."""
+    return f"{CURVE_SEGMENT}{index:03d}"
+
+
+def curve_attrs(points: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
+    """The curve segments holding `points` (in step order), as user attrs."""
+    segments: list[list[dict[str, Any]]] = []
+    size = SEGMENT_CHARS  # start a first segment
+    for point in points:
+        chars = len(json.dumps(point))
+        if size >= SEGMENT_CHARS:
+            segments.append([])
+            size = 0
+        segments[-1].append(point)
+        size += chars + 2
+    return {segment_key(i): segment for i, segment in enumerate(segments)}
 
 
 # --- writing (worker side) ---------------------------------------------------------------------
@@ -82,9 +117,7 @@ def curve_key(step: int) -> str:
 
 def record_placement(trial: optuna.Trial, device: str, worker: str) -> None:
     """Where this trial runs: host name, device string and worker id."""
-    trial.set_user_attr(HOST, socket.gethostname())
-    trial.set_user_attr(DEVICE, device)
-    trial.set_user_attr(WORKER, worker)
+    trial.set_user_attr(PLACEMENT, {HOST: socket.gethostname(), DEVICE: device, WORKER: worker})
 
 
 def record_config(trial: optuna.Trial, config: dict[str, Any]) -> None:
@@ -93,8 +126,25 @@ def record_config(trial: optuna.Trial, config: dict[str, Any]) -> None:
 
 def record_eval(trial: optuna.Trial, step: int, report: EvalReport) -> None:
     """Store one evaluation's curve points and report mAP50-95 to the pruner."""
-    trial.set_user_attr(curve_key(step), report.to_dict())
+    _record_point(trial, step, report.to_dict())
     trial.report(report.eval.mAP50_95, step)
+
+
+def _record_point(trial: optuna.Trial, step: int, point: dict[str, Any]) -> None:
+    # `trial.user_attrs` is the trial object's own copy: no database read
+    segments = _segments(trial.user_attrs)
+    if all(_step(p) < step for points in segments.values() for p in points):
+        # the usual case: append to the last segment, or start the next one
+        last = max(segments, default=None)
+        if last is not None and len(json.dumps(segments[last])) < SEGMENT_CHARS:
+            trial.set_user_attr(last, [*segments[last], point])
+        else:
+            trial.set_user_attr(segment_key(len(segments)), [point])
+        return
+    # a step recorded again (a retry that restarted, copying its predecessor's curve): the
+    # curve up to here, repacked; segments left over are emptied (user attrs cannot be deleted)
+    kept = [p for points in segments.values() for p in points if _step(p) < step]
+    _write_curve(trial, [*kept, point], segments)
 
 
 def record_summary(trial: optuna.Trial, summary: dict[str, Any]) -> None:
@@ -124,11 +174,38 @@ def record_stopped(trial: optuna.Trial, why: str) -> None:
 
 def restore_curve(trial: optuna.Trial, points: list[dict[str, Any]]) -> None:
     """Re-record a predecessor's evaluations (curve points and intermediate values) on a retry
-    that resumes after them, so that its curve is complete and the pruner sees every step."""
+    that resumes after them, so that its curve is complete and the pruner sees every step.
+
+    The retry's curve becomes exactly `points` (user attrs copied from the predecessor may hold
+    later ones, which the retry redoes)."""
+    _write_curve(trial, points, _segments(trial.user_attrs))
     for point in points:
-        step = int(point["eval"]["epoch"])
-        trial.set_user_attr(curve_key(step), point)
-        trial.report(float(point["eval"]["mAP50_95"]), step)
+        trial.report(float(point["eval"]["mAP50_95"]), _step(point))
+
+
+def _write_curve(
+    trial: optuna.Trial, points: list[dict[str, Any]], old: Mapping[str, list[Any]]
+) -> None:
+    new = curve_attrs(points)
+    for key, segment in new.items():
+        if old.get(key) != segment:
+            trial.set_user_attr(key, segment)
+    for key in old.keys() - new.keys():
+        if old[key]:
+            trial.set_user_attr(key, [])
+
+
+def _step(point: Mapping[str, Any]) -> int:
+    return int(point["eval"]["epoch"])
+
+
+def _segments(attrs: Mapping[str, Any]) -> dict[str, list[dict[str, Any]]]:
+    """The curve segments among a trial's user attrs, by key (in order)."""
+    return {
+        key: attrs[key]
+        for key in sorted(attrs)
+        if key.startswith(CURVE_SEGMENT) and isinstance(attrs[key], list)
+    }
 
 
 def baseline_attrs(label: str) -> dict[str, Any]:
@@ -181,9 +258,14 @@ def read_study_spec(study: optuna.Study) -> dict[str, Any] | None:
 
 
 def read_curve(trial: FrozenTrial) -> list[dict[str, Any]]:
-    """The trial's evaluation reports in step order (each an `EvalReport.to_dict()`)."""
-    keys = sorted(k for k in trial.user_attrs if k.startswith(CURVE_PREFIX))
-    return [trial.user_attrs[k] for k in keys]
+    """The trial's evaluation reports in step order (each an `EvalReport.to_dict()`), from the
+    curve segments, else from the old layout's one attribute per evaluation."""
+    attrs = trial.user_attrs
+    segments = _segments(attrs)
+    if segments:
+        return [point for points in segments.values() for point in points]
+    keys = sorted(k for k in attrs if k.startswith(CURVE_PREFIX))
+    return [attrs[k] for k in keys]
 
 
 def read_train_lines(trial: FrozenTrial) -> list[dict[str, Any]]:
@@ -221,7 +303,10 @@ def read_config(trial: FrozenTrial) -> dict[str, Any] | None:
 def read_placement(trial: FrozenTrial) -> dict[str, str | None]:
     """Where the trial ran: host, device, worker (None where unknown)."""
     attrs = trial.user_attrs
-    return {key: attrs.get(key) for key in (HOST, DEVICE, WORKER)}
+    placement = attrs.get(PLACEMENT)
+    if not isinstance(placement, dict):
+        placement = attrs  # the old layout: one attribute each
+    return {key: placement.get(key) for key in (HOST, DEVICE, WORKER)}
 
 
 def read_error(trial: FrozenTrial) -> str | None:

@@ -229,7 +229,7 @@ def trial_row(trial: FrozenTrial, role: str, now: datetime) -> TrialRow:
     if train_latency is None and train:
         train_latency = statistics.median(float(t["latency"]) for t in train)
     iters = [int(t["iter"]) for t in train] + [int(e["iter"]) for e in evals]
-    host = trial.user_attrs.get(trial_record.HOST)
+    host = trial_record.read_placement(trial)["host"]
     return TrialRow(
         number=trial.number,
         state=trial.state.name,
