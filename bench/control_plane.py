@@ -207,12 +207,13 @@ def throwaway_database(admin_url: str = ADMIN_URL) -> Iterator[tuple[str, str]]:
 
 def bench_study_table(sampler: str, epochs: int) -> dict[str, Any]:
     """studies/loss-weights.toml as a table, without baselines, with `sampler` and `epochs`."""
-    from search.study_file import read_study_table
+    from search.study_file import Overrides, apply_overrides, read_study_table
 
-    raw, _ = read_study_table(STUDY)
+    # through the overrides, as `--epochs` does: a first rung beyond `epochs` moves to its end
+    raw = apply_overrides(read_study_table(STUDY)[0], Overrides(epochs=epochs))
     raw.pop("baselines", None)
     raw["sampler"] = {**raw.get("sampler", {}), "type": sampler}
-    raw["trial"] = {**raw["trial"], "epochs": epochs, "device": "cpu"}
+    raw["trial"] = {**raw["trial"], "device": "cpu"}
     raw["budget"] = {"n_trials": 1}
     return raw
 

@@ -125,7 +125,7 @@ def decide(spec: StudySpec, use: BudgetUse) -> tuple[Decision, str]:
         if use.finished >= budget.n_trials:
             verdicts.append(("spent", f"{use.finished}/{budget.n_trials} trials finished"))
         elif use.finished + use.running >= budget.n_trials:
-            verdicts.append(("wait", "running trials hold the last trials of the budget"))
+            verdicts.append(("wait", "running trials hold the rest of the budget"))
     if budget.epochs is not None and not use.retries_waiting:
         # what the next trial will surely train (Optuna hands out the oldest WAITING one first)
         length = spec.baseline_epochs if use.baseline_next else None

@@ -120,7 +120,8 @@ def test_two_workers_share_one_study_and_the_tools_read_it(pg_url: str, tmp_path
     assert "COMPLETE" in outputs["trials"][1] and "PRUNED" in outputs["trials"][1]
     assert str(best.value)[:6] in outputs["best-trial"][1]
     status = outputs["status"][1]
-    assert "study smoke: 10/10 done" in status and "1 failed" in status
+    assert "study smoke: 10 done" in status and "budget 10/10 trials" in status
+    assert "1 failed" in status
     assert f"best: trial {best.number}" in status
     assert "first model" in status and "fake failure in trial 3" in status
     assert f"best trial {best.number}" in outputs["best"][1]
@@ -139,8 +140,8 @@ def test_launch_runs_workers_shows_progress_and_summary(pg_url: str, tmp_path: P
     code, out, err = _finish(proc)
     assert code == 0, err
     assert "started 2 worker(s) on CPU" in out
-    assert "done " in out and "running" in out  # progress lines
-    assert "finished in" in out and "6/6 done" in out and "best mAP50-95" in out
+    assert "budget " in out and "running" in out  # progress lines
+    assert "finished in" in out and "6/6 trials" in out and "best mAP50-95" in out
     logs = sorted((tmp_path / "runs" / "smoke").glob("worker-*.log"))
     assert len(logs) == 2
     text = out + err + "".join(p.read_text() for p in logs)

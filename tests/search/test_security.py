@@ -179,7 +179,7 @@ def test_the_password_is_never_shown_or_stored(pg_url: str, tmp_path: Path) -> N
     code, outputs["status from $TUNE_STORAGE"] = _run(
         ["status", "--study", "smoke"], tmp_path, _env(TUNE_STORAGE=url)
     )
-    assert code == 0 and "study smoke: 4/4 done" in outputs["status from $TUNE_STORAGE"]
+    assert code == 0 and "budget 4/4 trials" in outputs["status from $TUNE_STORAGE"]
 
     port = _free_port()
     dashboard = Dashboard(["--storage", url, "--port", str(port)], tmp_path)
