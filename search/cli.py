@@ -350,3 +350,22 @@ def dashboard(
         raise _fail(str(exc)) from None
     except OSError as exc:
         raise _fail(f"cannot serve on {host}:{port}: {exc.strerror or exc}") from None
+
+
+@app.command()
+def proxy(
+    storage: str | None = typer.Option(None, help=_STORAGE_HELP),
+    host: str = typer.Option("127.0.0.1", help="address to bind (workers connect to it)"),
+    port: int = typer.Option(13000, min=1, max=65535),
+) -> None:
+    """Serve the storage to many workers (`tune worker --storage grpc://HOST:PORT`) through
+    Optuna's gRPC proxy: one bounded pool of database connections, heartbeats and reaping."""
+    from search.proxy import serve
+    from search.storage import StorageError
+
+    try:
+        serve(storage, host=host, port=port, echo=typer.echo)
+    except StorageError as exc:
+        raise _fail(str(exc)) from None
+    except OSError as exc:
+        raise _fail(str(exc)) from None

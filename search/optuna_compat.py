@@ -12,7 +12,11 @@ What tune needs beyond Optuna's public API:
 - `RDBStorage._get_stale_trial_ids`, overridden by `HeartbeatRDBStorage` below: Optuna's version
   skips a RUNNING trial that never recorded a heartbeat, so a worker that died between creating
   a trial and its first beat left a trial that no reaper ever failed, and a study whose last
-  budget slot it held waited forever.
+  budget slot it held waited forever;
+- `optuna.storages._CachedStorage` (`CachedStorage`), the cache `optuna.storages.get_storage`
+  puts in front of an RDB storage, which `tune proxy` subclasses (`search/proxy.py`);
+- `GrpcStorageProxy._setup` and the generated gRPC stub, to open the proxy's channel with short
+  reconnect backoffs (`ReconnectingGrpcStorageProxy`).
 """
 
 from __future__ import annotations
@@ -23,7 +27,8 @@ from typing import Any
 
 import optuna
 import sqlalchemy as sa
-from optuna.storages import BaseStorage, RDBStorage
+from optuna.storages import BaseStorage, GrpcStorageProxy, RDBStorage
+from optuna.storages._cached_storage import _CachedStorage
 from optuna.storages._heartbeat import BaseHeartbeat
 from optuna.storages._rdb import models
 from optuna.trial import FrozenTrial, TrialState
@@ -31,6 +36,36 @@ from sqlalchemy import orm
 
 TrialModel = models.TrialModel
 TrialHeartbeatModel = models.TrialHeartbeatModel
+CachedStorage = _CachedStorage
+# Through `tune proxy`, a heartbeat is this trial system attr written through Optuna's gRPC proxy
+# (which carries no heartbeat call); the proxy records a real heartbeat instead of storing it.
+HEARTBEAT_ATTR = "tune:heartbeat"
+
+
+class ReconnectingGrpcStorageProxy(GrpcStorageProxy):
+    """Optuna's gRPC proxy client on a channel that retries a lost server every second at most.
+
+    gRPC's default reconnect backoff grows to two minutes: a worker whose proxy restarted after a
+    long outage could not beat for that long once the proxy was back, and the proxy would reap its
+    live trial after the grace period.
+    """
+
+    def _setup(self) -> None:
+        import grpc
+        from optuna.storages._grpc.auto_generated import api_pb2_grpc
+        from optuna.storages._grpc.client import GrpcClientCache
+
+        self._channel = grpc.insecure_channel(
+            f"{self._host}:{self._port}",
+            options=[
+                ("grpc.max_receive_message_length", -1),  # as Optuna's own channel
+                ("grpc.initial_reconnect_backoff_ms", 200),
+                ("grpc.min_reconnect_backoff_ms", 200),
+                ("grpc.max_reconnect_backoff_ms", 1000),
+            ],
+        )
+        self._stub = api_pb2_grpc.StorageServiceStub(self._channel)
+        self._cache = GrpcClientCache(self._stub)
 
 
 def trial_id(trial: optuna.Trial | FrozenTrial) -> int:
@@ -58,6 +93,8 @@ def record_heartbeat(study: optuna.Study, trial_id: int) -> None:
     storage = study_storage(study)
     if isinstance(storage, BaseHeartbeat) and storage.get_heartbeat_interval() is not None:
         storage.record_heartbeat(trial_id)
+    elif isinstance(storage, GrpcStorageProxy):
+        storage.set_trial_system_attr(trial_id, HEARTBEAT_ATTR, True)
 
 
 @dataclass(frozen=True)

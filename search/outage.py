@@ -36,8 +36,22 @@ def is_connection_error(exc: BaseException) -> bool:
             return True
         if isinstance(current, sa.exc.DBAPIError) and current.connection_invalidated:
             return True
+        if _proxy_unreachable(current):
+            return True
         current = current.__cause__ or current.__context__
     return False
+
+
+def _proxy_unreachable(exc: BaseException) -> bool:
+    """A `tune proxy` that does not answer (gRPC's UNAVAILABLE: not started yet, restarting), or
+    one whose database does not (the server's error comes back as UNKNOWN with its text)."""
+    code = getattr(exc, "code", None)
+    if not callable(code) or not type(exc).__module__.startswith("grpc"):
+        return False
+    status = getattr(code(), "name", "")
+    details = getattr(exc, "details", None)
+    text = str(details()) if callable(details) else ""
+    return status == "UNAVAILABLE" or (status == "UNKNOWN" and "OperationalError" in text)
 
 
 # A server that answered and said no (waiting will not change its mind). psycopg2 gives no

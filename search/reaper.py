@@ -79,13 +79,14 @@ class Reaper:
     """Every `interval` seconds: heartbeat `current_trial_id()` (when not None), reap stale trials.
 
     Errors (the database is down) are logged once per run of failures and never end the thread;
-    after one, reaping resumes only when the database has answered for `settle` seconds.
+    after one, reaping resumes only when the database has answered for `settle` seconds. With
+    `rdb` None (a worker behind `tune proxy`, which reaps for everyone) it only beats.
     """
 
     def __init__(
         self,
         study: optuna.Study,
-        rdb: optuna.storages.RDBStorage,
+        rdb: optuna.storages.RDBStorage | None,
         interval: float,
         current_trial_id: Callable[[], int | None] = lambda: None,
         log: Callable[[str], None] | None = None,
@@ -125,7 +126,7 @@ class Reaper:
         trial_id = self._current_trial_id()
         if trial_id is not None:
             record_heartbeat(self._study, trial_id)
-        if time.monotonic() - self._answered_since < self._settle:
+        if self._rdb is None or time.monotonic() - self._answered_since < self._settle:
             return
         reap_stale_trials(self._study, self._rdb, log=self._log)
 

@@ -160,6 +160,11 @@ def open_storage(
     url = resolve_url(url)
     settings = settings or StorageSettings.from_env()
     shown = mask_url(url)
+    if url.startswith("grpc://"):
+        raise StorageError(
+            f"{shown} is a tune proxy, which only workers use (`tune worker --storage {shown}`); "
+            "give this command the database URL the proxy serves"
+        )
     try:
         parsed = sa.engine.make_url(url)
     except sa.exc.ArgumentError:
@@ -266,7 +271,7 @@ def _reason(exc: BaseException) -> str:
 
 
 def load_study(
-    storage: RDBStorage,
+    storage: optuna.storages.BaseStorage,
     name: str,
     sampler: optuna.samplers.BaseSampler | None = None,
     pruner: optuna.pruners.BasePruner | None = None,
@@ -276,8 +281,9 @@ def load_study(
         return optuna.load_study(study_name=name, storage=storage, sampler=sampler, pruner=pruner)
     except KeyError:
         known = ", ".join(optuna.get_all_study_names(storage)) or "none"
+        where = mask_url(getattr(storage, "url", "the storage"))
         raise StorageError(
-            f"no study named {name!r} in {mask_url(storage.url)} (studies there: {known}; "
+            f"no study named {name!r} in {where} (studies there: {known}; "
             f"create it with `tune launch --study {name}`)"
         ) from None
 
@@ -322,7 +328,8 @@ class StudyLock:
     Workers hold it from "is there budget left?" until their new trial is RUNNING, so that two
     workers never both take the last trial; launch holds it while enqueueing baselines. PostgreSQL:
     a session advisory lock (released by the server if the process dies). SQLite (one machine): an
-    flock on a file in the temporary folder named after the database. Other back ends: no lock.
+    flock on a file in the temporary folder named after the database. A worker behind `tune proxy`:
+    a lease held in the proxy (`search/proxy.py`). Other back ends: no lock.
     `release()` may be called early and more than once.
 
     Waiting for it is never silent: every `say_every` seconds a line to `log` says how long this
@@ -332,7 +339,7 @@ class StudyLock:
 
     def __init__(
         self,
-        storage: RDBStorage,
+        storage: optuna.storages.BaseStorage,
         study_id: int,
         *,
         log: Callable[[str], None] | None = None,
@@ -344,8 +351,17 @@ class StudyLock:
         self._say_every = say_every
         self._conn: sa.Connection | None = None
         self._file: IO[bytes] | None = None
+        self._lease: Any = None  # a `search.proxy.ProxyLock`
 
     def acquire(self) -> StudyLock:
+        if not isinstance(self._storage, RDBStorage):
+            from search.proxy import ProxyClient, ProxyLock
+
+            if isinstance(self._storage, ProxyClient):
+                holder = f"{os.getpid()}:{id(self)}:{time.monotonic()}"
+                self._lease = ProxyLock(self._storage, self._study_id, holder, log=self._log)
+                self._lease.acquire()
+            return self
         backend = self._storage.engine.dialect.name
         if backend == "postgresql":
             self._conn = self._storage.engine.connect()
@@ -407,6 +423,9 @@ class StudyLock:
             self._log(f"waiting {time.monotonic() - started:.0f} s for the study lock, {holder}")
 
     def release(self) -> None:
+        if self._lease is not None:
+            lease, self._lease = self._lease, None
+            lease.release()
         if self._conn is not None:
             conn, self._conn = self._conn, None
             try:

@@ -56,8 +56,15 @@ from search.objective import (
     describe_error,
     make_objective,
 )
-from search.optuna_compat import RunningTrial, running_trials, trial_id
+from search.optuna_compat import (
+    RunningTrial,
+    running_trials,
+    study_id,
+    study_storage,
+    trial_id,
+)
 from search.outage import retry_while_down
+from search.proxy import connect, is_proxy_url
 from search.reaper import Reaper, quiet_heartbeat_thread, reap_stale_trials
 from search.storage import (
     StorageDown,
@@ -186,13 +193,14 @@ def run_worker(
             should_stop=lambda: stop.requested,
             log=say,
         )
+        # rdb is None behind `tune proxy`, which does the database's side (search/proxy.py)
         rdb, spec, optuna_study = while_down(lambda: _join(storage, name, index, settings, say))
         if train_fn is None:
             train_fn, default_load = load_trainer(trainer_module)
             load_data = load_data or default_load
         threads = threads or max(1, (os.cpu_count() or 1) // max(1, local_workers))
         _set_torch_threads(threads)
-        say(f"joined study {name!r} at {mask_url(rdb.url)} ({threads} threads)")
+        say(f"joined study {name!r} at {mask_url(resolve_url(storage))} ({threads} threads)")
         with stop.interruptible():
             data = _load_data(load_data, spec)
         # Fill Optuna's per-process trial cache now, outside the study lock. Otherwise the first
@@ -254,7 +262,7 @@ def run_worker(
 
 def _loop(
     study: optuna.Study,
-    rdb: optuna.storages.RDBStorage,
+    rdb: optuna.storages.RDBStorage | None,
     ctx: TrialContext,
     deadline: float | None,
     poll_interval: float,
@@ -297,13 +305,12 @@ def _loop(
 
 def _one_round(
     study: optuna.Study,
-    rdb: optuna.storages.RDBStorage,
+    rdb: optuna.storages.RDBStorage | None,
     ctx: TrialContext,
     poll_interval: float,
     waiting: BudgetWait,
 ) -> Round:
-    study_id = rdb.get_study_id_from_name(study.study_name)
-    lock = StudyLock(rdb, study_id, log=ctx.log)
+    lock = StudyLock(rdb or study_storage(study), study_id(study), log=ctx.log)
     try:
         lock.acquire()
         spec = _current_budget(study, ctx.spec)
@@ -318,16 +325,19 @@ def _one_round(
             # running trials hold the rest of the budget; one may still fail (or its worker be
             # dead) and free it: reap stale ones (Optuna reaps only when a worker asks for a
             # trial, and a waiting worker asks for none), say what we wait for, look again
-            reap_stale_trials(study, rdb, lock_held=True)
+            # (behind a proxy, the proxy reaps)
+            if rdb is not None:
+                reap_stale_trials(study, rdb, lock_held=True)
             lock.release()
-            waiting.still(study_id, why)
+            waiting.still(study, why)
             ctx.stop.wait(poll_interval)
             return "wait"
         waiting.over("a slot is free")
         failpoint("claim-taken")
         # before Optuna's own reaping inside `ask`, which fails first and retries after: a
         # worker lost between the two would leave a trial that nothing retries
-        reap_stale_trials(study, rdb, lock_held=True)
+        if rdb is not None:
+            reap_stale_trials(study, rdb, lock_held=True)
         ctx.claim = lock
         state = _run_one_trial(study, ctx)
         return "dropped" if state is None else state
@@ -347,7 +357,10 @@ class BudgetWait:
     """
 
     def __init__(
-        self, rdb: optuna.storages.RDBStorage, log: Callable[[str], None], every: float = 30.0
+        self,
+        rdb: optuna.storages.RDBStorage | None,
+        log: Callable[[str], None],
+        every: float = 30.0,
     ) -> None:
         self._rdb = rdb
         self._log = log
@@ -355,16 +368,25 @@ class BudgetWait:
         self._since: float | None = None
         self._next_line = 0.0
 
-    def still(self, study_id: int, why: str) -> None:
+    def still(self, study: optuna.Study, why: str) -> None:
         now = time.monotonic()
         if self._since is None:
             self._since = now
         elif now < self._next_line:
             return
         self._next_line = now + self._every
+        if self._rdb is None:
+            # behind a proxy: no heartbeat ages (tune's SQL does not go through it)
+            running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+            holding = ", ".join(f"trial {t.number}" for t in running)
+            self._log(
+                f"waiting {now - self._since:.0f} s: {why} ({holding or 'none left'}); "
+                "the proxy reaps silent ones"
+            )
+            return
         grace = self._rdb.grace_period or 0
-        running = running_trials(self._rdb, study_id)
-        holding = ", ".join(_describe_running(t) for t in running)
+        running_now = running_trials(self._rdb, study_id(study))
+        holding = ", ".join(_describe_running(t) for t in running_now)
         self._log(
             f"waiting {now - self._since:.0f} s: {why} ({holding or 'none left'}); reaping "
             f"silent ones after {grace} s without a heartbeat"
@@ -430,11 +452,14 @@ def _join(
     index: int,
     settings: StorageSettings,
     say: Callable[[str], None],
-) -> tuple[optuna.storages.RDBStorage, StudySpec, optuna.Study]:
-    """Open the storage and the study with the settings stored with it."""
-    rdb = open_storage(storage, settings=settings, on_reap=say)
-    spec = _stored_spec(load_study(rdb, name), rdb.url)
-    return rdb, spec, load_study(rdb, name, spec.make_sampler(index), spec.make_pruner())
+) -> tuple[optuna.storages.RDBStorage | None, StudySpec, optuna.Study]:
+    """Open the storage (None for the RDB storage behind a proxy) and the study with the
+    settings stored with it."""
+    url = resolve_url(storage)
+    rdb = None if is_proxy_url(url) else open_storage(url, settings=settings, on_reap=say)
+    opened = rdb if rdb is not None else connect(url)
+    spec = _stored_spec(load_study(opened, name), url)
+    return rdb, spec, load_study(opened, name, spec.make_sampler(index), spec.make_pruner())
 
 
 def _current_budget(study: optuna.Study, spec: StudySpec) -> StudySpec:

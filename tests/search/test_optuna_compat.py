@@ -146,3 +146,10 @@ def test_the_storage_tune_opens_uses_the_rule(tmp_path: Path) -> None:
     # the override must still override something: renamed upstream, it would never be called
     assert callable(getattr(optuna.storages.RDBStorage, "_get_stale_trial_ids", None))
     assert hasattr(optuna_compat.TrialModel, "_datetime_start_utc")
+
+
+def test_cached_storage_is_what_get_storage_puts_in_front_of_an_rdb_storage(
+    tmp_path: Path,
+) -> None:
+    rdb = _storage(f"sqlite:///{tmp_path / 'c.db'}")
+    assert type(optuna.storages.get_storage(rdb)) is optuna_compat.CachedStorage
