@@ -360,10 +360,47 @@ def numbering_query_alone(storage: optuna.storages.RDBStorage, repeats: int = 30
     return seconds
 
 
+@contextlib.contextmanager
+def proxy_in_front(url: str, folder: str) -> Iterator[str]:
+    """A `tune proxy` subprocess serving `url` on a free port; its `grpc://` URL."""
+    import socket
+    import subprocess
+    import sys
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    log = Path(folder) / "proxy.log"
+    tune = Path(sys.executable).parent / "tune"
+    command = [str(tune)] if tune.exists() else [sys.executable, "-m", "search.cli"]
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            [*command, "proxy", "--storage", url, "--port", str(port)],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        deadline = time.monotonic() + 120
+        while "tune proxy for" not in log.read_text():
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"tune proxy did not start: {log.read_text()[-500:]}")
+            time.sleep(0.2)
+        yield f"grpc://127.0.0.1:{port}"
+    finally:
+        proc.terminate()
+        proc.wait(30)
+
+
 def run_cell(
-    workers: int, existing: int, trials_per_worker: int, sampler: str, epochs: int
+    workers: int,
+    existing: int,
+    trials_per_worker: int,
+    sampler: str,
+    epochs: int,
+    proxy: bool = False,
 ) -> dict[str, Any]:
-    """One grid cell: fresh database, `existing` trials, `workers` processes; the measurements."""
+    """One grid cell: fresh database, `existing` trials, `workers` processes; the measurements.
+    With `proxy`, the workers reach the database through a `tune proxy`."""
     from search import trial_record
     from search.launch import prepare_study
     from search.storage import count_states, open_storage
@@ -383,10 +420,11 @@ def run_cell(
 
         spawn = mp.get_context("spawn")
         ready, go = spawn.Queue(), spawn.Event()
-        with tempfile.TemporaryDirectory() as tmp:
+        with tempfile.TemporaryDirectory() as tmp, contextlib.ExitStack() as stack:
+            worker_url = stack.enter_context(proxy_in_front(url, tmp)) if proxy else url
             outs = [str(Path(tmp) / f"worker-{i}.json") for i in range(workers)]
             procs = [
-                spawn.Process(target=_worker_process, args=(url, i, outs[i], ready, go))
+                spawn.Process(target=_worker_process, args=(worker_url, i, outs[i], ready, go))
                 for i in range(workers)
             ]
             for p in procs:
@@ -417,6 +455,7 @@ def run_cell(
     done = sum(r["trials"] for r in results)
     cell: dict[str, Any] = {
         "workers": workers,
+        "proxy": proxy,
         "existing_trials": existing,
         "database": database,
         "trials_measured": done,
@@ -495,7 +534,9 @@ def _timed_command(args: list[str], cwd: str) -> float:
     return time.perf_counter() - started
 
 
-def run_load(existing: int, records: str, repeats: int, epochs: int) -> dict[str, Any]:
+def run_load(
+    existing: int, records: str, repeats: int, epochs: int, report: bool = True
+) -> dict[str, Any]:
     """Study load, `tune status` and `tune report` on `existing` trials laid out as `records`."""
     from search.launch import prepare_study
     from search.storage import open_storage
@@ -533,15 +574,15 @@ def run_load(existing: int, records: str, repeats: int, epochs: int) -> dict[str
         if records != "none":  # a study without tune's attrs is no tune study to report on
             storage_args = ["--study", STUDY, "--storage", url]
             status = [_timed_command(["status", *storage_args], tmp) for _ in range(repeats)]
-            report = [
+            cell.update(status_seconds=status, status_median_s=median(status))
+        if records != "none" and report:
+            reports = [
                 _timed_command(["report", *storage_args, "-o", "report.html"], tmp)
                 for _ in range(repeats)
             ]
             cell.update(
-                status_seconds=status,
-                report_seconds=report,
-                status_median_s=median(status),
-                report_median_s=median(report),
+                report_seconds=reports,
+                report_median_s=median(reports),
                 report_mb=(Path(tmp) / "report.html").stat().st_size / 1e6,
             )
         cell["load_average"] = load_average()
@@ -555,7 +596,9 @@ def main_load(args: argparse.Namespace) -> dict[str, Any]:
     for existing in sizes:
         for records in RECORDS:
             print(f"-- {existing} trials, {records} records ...", flush=True)
-            cells.append(run_load(existing, records, args.repeats, args.epochs))
+            cells.append(
+                run_load(existing, records, args.repeats, args.epochs, not args.skip_report)
+            )
     # the yardstick: Optuna's own load (its ORM) of the same trials without tune's attributes
     yardstick = {
         c["existing_trials"]: c["optuna_load_min_s"] for c in cells if c["records"] == "none"
@@ -619,6 +662,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         help="instead of the grid: study load, tune status and tune report by record layout",
     )
     parser.add_argument("--repeats", type=int, default=3, help="--load: runs of each timing")
+    parser.add_argument("--skip-report", action="store_true", help="--load: no `tune report`")
+    parser.add_argument(
+        "--proxy", action="store_true", help="the grid's workers go through a `tune proxy`"
+    )
     args = parser.parse_args(argv)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     if args.load:
@@ -634,7 +681,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         for workers in worker_counts:
             per_worker = max(2, math.ceil(args.samples / workers))
             print(f"-- {workers} worker(s), {existing} trials in the study ...", flush=True)
-            cell = run_cell(workers, existing, per_worker, args.sampler, args.epochs)
+            cell = run_cell(workers, existing, per_worker, args.sampler, args.epochs, args.proxy)
             print(
                 f"   {cell['trials_measured']} trials in {cell['wall_seconds']:.1f} s, "
                 f"ask median {cell['ask_median_ms']:.1f} ms, load {cell['load_average'][0]:.2f}",
@@ -652,6 +699,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     }
     name = "control_plane" + ("-quick" if args.quick else "")
     name += "" if args.sampler == "TPE" else f"-{args.sampler.lower()}"
+    name += "-proxy" if args.proxy else ""
     name += f"-{args.name}" if args.name else ""
     print(f"results: {write_results(name, payload, args.out)}")
     return payload

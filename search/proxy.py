@@ -37,6 +37,7 @@ Leases die with the server (a lease held across a restart is simply gone).
 from __future__ import annotations
 
 import contextlib
+import random
 import threading
 import time
 import warnings
@@ -127,6 +128,9 @@ class ProxyLock:
 
     def acquire(self) -> None:
         started = next_line = time.monotonic()
+        # each try is a request to the proxy: dozens of waiting workers polling every few ms
+        # flooded it (64 workers on 2 cores: waits of a minute), so waits grow to half a second
+        pause = 0.02
         while True:
             try:
                 self._proxy.set_study_system_attr(
@@ -140,7 +144,8 @@ class ProxyLock:
                 next_line = time.monotonic()
                 waited = time.monotonic() - started
                 self._log(f"waiting {waited:.0f} s for the study lock, held through the proxy")
-            time.sleep(0.02)
+            time.sleep(pause * random.uniform(0.5, 1.5))
+            pause = min(0.5, pause * 1.5)
 
     def release(self) -> None:
         if self._held:
