@@ -91,7 +91,7 @@ def test_a_retry_that_restarts_replaces_the_copied_curve(monkeypatch: pytest.Mon
 def test_a_study_in_the_old_layout_still_reads() -> None:
     """Before issue 16: `curve:NNNN` per evaluation, `host`/`device`/`worker` apart."""
     points = [_report(s).to_dict() for s in (1, 2, 3)]
-    old = {trial_record.curve_key(i + 1): p for i, p in enumerate(points)}
+    old: dict[str, Any] = {trial_record.curve_key(i + 1): p for i, p in enumerate(points)}
     old.update(host="gpu-7", device="cuda:0", worker="gpu-7:42", config={"lcls": 0.5})
     study = optuna.create_study(direction="maximize")
     study.add_trial(
