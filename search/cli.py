@@ -7,7 +7,7 @@ from __future__ import annotations
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import typer
 
@@ -16,6 +16,9 @@ from typer._click.exceptions import ClickException, NoArgsIsHelpError
 from typer.core import TyperGroup
 
 from trainer.config import TrainConfig  # light: no torch
+
+if TYPE_CHECKING:
+    from search.launch import ConfirmResult, LaunchResult  # lazily at run time (optuna)
 
 _RECIPE = TrainConfig()  # `tune train`'s defaults are the trainer's recipe, written once there
 
@@ -156,9 +159,7 @@ def launch(
     from search.study_file import Overrides
 
     try:
-        gpu_list = _parse_gpus(gpus)
-        if gpu_list and workers is not None:
-            raise ValueError(f"give --workers or --gpus, not both, but got {workers=}, {gpus=}")
+        gpu_list = _parse_gpus(gpus, workers)
         result = run_launch(
             study,
             storage,
@@ -178,10 +179,7 @@ def launch(
         )
     except _search_errors() as exc:
         raise _fail(str(exc)) from None
-    if result.interrupted:
-        raise typer.Exit(130)
-    if not result.ok:
-        raise typer.Exit(1)
+    _exit_like(result)
 
 
 @app.command()
@@ -273,9 +271,7 @@ def confirm(
     from search.launch import confirm as run_confirm
 
     try:
-        gpu_list = _parse_gpus(gpus)
-        if gpu_list and workers is not None:
-            raise ValueError(f"give --workers or --gpus, not both, but got {workers=}, {gpus=}")
+        gpu_list = _parse_gpus(gpus, workers)
         result = run_confirm(
             study,
             storage,
@@ -292,13 +288,21 @@ def confirm(
         )
     except _search_errors() as exc:
         raise _fail(str(exc)) from None
+    _exit_like(result)
+
+
+def _exit_like(result: LaunchResult | ConfirmResult) -> None:
+    """launch and confirm: 130 when interrupted, 1 when a worker failed, else return."""
     if result.interrupted:
         raise typer.Exit(130)
     if not result.ok:
         raise typer.Exit(1)
 
 
-def _parse_gpus(gpus: str | None) -> list[int] | None:
+def _parse_gpus(gpus: str | None, workers: int | None = None) -> list[int] | None:
+    """`--gpus 0,1` as indices; a clear error for a bad list or for `--workers` beside it."""
+    if gpus is not None and workers is not None:
+        raise ValueError(f"give --workers or --gpus, not both, but got {workers=}, {gpus=}")
     if gpus is None:
         return None
     try:
