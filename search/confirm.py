@@ -46,7 +46,7 @@ from optuna.trial import FrozenTrial, TrialState
 from search import trial_record
 from search.budget import Decision
 from search.storage import StudyLock
-from search.study_file import StudyFileError, StudySpec, parse_study
+from search.study_file import StudyFileError, StudySpec, parse_study, read_stored_spec
 
 SUFFIX = ":confirm"
 FIRST_SEED = 1  # the parent's trials train with TrainConfig's default seed, 0
@@ -120,12 +120,12 @@ class ConfirmPlan:
 
 def stored_spec(study: optuna.Study) -> StudySpec:
     """The validated spec stored with a tune study (the parent of a confirmation)."""
-    raw = trial_record.read_study_spec(study)
-    if raw is None:
+    spec = read_stored_spec(study)
+    if spec is None:
         raise ConfirmError(
             f"study {study.study_name!r} was not created by `tune launch` (no stored study file)"
         )
-    return parse_study(raw, f"study {study.study_name!r} (as stored)", check_data=False)
+    return spec
 
 
 def plan_confirm(

@@ -20,7 +20,7 @@ from search import trial_record
 from search.budget import use_of
 from search.confirm_results import Confirmation, format_confirmation, read_confirmation_of
 from search.storage import StateCounts
-from search.study_file import StudyFileError, parse_study
+from search.study_file import StudyFileError, read_stored_spec
 
 
 @dataclass(frozen=True)
@@ -89,14 +89,11 @@ def study_status(study: optuna.Study, now: dt.datetime | None = None) -> StudySt
 
 
 def _budget_line(study: optuna.Study, trials: list[FrozenTrial]) -> str | None:
-    raw = trial_record.read_study_spec(study)
-    if raw is None:
-        return None  # not a tune study
     try:
-        spec = parse_study(raw, f"study {study.study_name!r} (as stored)", check_data=False)
+        spec = read_stored_spec(study)
     except StudyFileError:
         return None  # stored by another tune version: the counts still say what was done
-    return use_of(spec, trials).describe(spec.budget)
+    return None if spec is None else use_of(spec, trials).describe(spec.budget)
 
 
 def _line(t: FrozenTrial, now: dt.datetime, retried_by: int | None = None) -> TrialLine:

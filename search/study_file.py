@@ -31,6 +31,7 @@ from typing import Any
 
 import optuna
 
+from search import trial_record
 from search.pruning import PRUNER_TYPES, PrunerSpec, SparingPruner, build_pruner, stop_points
 from search.space import SearchSpace, SpaceError, parse_space
 from trainer.config import TrainConfig
@@ -240,6 +241,15 @@ def parse_study(
         raise StudyFileError(f"{source}: {exc}") from None
     except SpaceError as exc:
         raise StudyFileError(f"{source}: {exc}") from None
+
+
+def read_stored_spec(study: optuna.Study, *, check_data: bool = False) -> StudySpec | None:
+    """The validated study table `tune launch` stored with `study` (so that every machine runs
+    the same settings), or None for a study tune did not create."""
+    raw = trial_record.read_study_spec(study)
+    if raw is None:
+        return None
+    return parse_study(raw, f"study {study.study_name!r} (as stored)", check_data=check_data)
 
 
 def _parse(raw: dict[str, Any], check_data: bool) -> StudySpec:

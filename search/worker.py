@@ -76,7 +76,7 @@ from search.storage import (
     open_storage,
     resolve_url,
 )
-from search.study_file import StudyFileError, StudySpec, parse_study, read_study_table
+from search.study_file import StudyFileError, StudySpec, read_stored_spec, read_study_table
 
 LoadDataFn = Callable[[str, int, bool], Any]
 TRAINER_MODULE_ENV = "TUNE_TRAINER_MODULE"  # for tests and soak runs only (see `load_trainer`)
@@ -465,21 +465,18 @@ def _join(
 def _current_budget(study: optuna.Study, spec: StudySpec) -> StudySpec:
     # re-read each round: a later `tune launch --n-trials N` (or --budget-epochs) may have
     # raised the study's budget
-    raw = trial_record.read_study_spec(study)
-    if raw is None:
-        return spec
-    stored = parse_study(raw, f"study {study.study_name!r} (as stored)", check_data=False)
-    return dataclasses.replace(spec, budget=stored.budget)
+    stored = read_stored_spec(study)
+    return spec if stored is None else dataclasses.replace(spec, budget=stored.budget)
 
 
 def _stored_spec(study: optuna.Study, url: str) -> StudySpec:
-    raw = trial_record.read_study_spec(study)
-    if raw is None:
+    spec = read_stored_spec(study, check_data=True)
+    if spec is None:
         raise WorkerError(
             f"study {study.study_name!r} in {mask_url(url)} was not created by `tune launch` "
             "(it has no stored study file)"
         )
-    return parse_study(raw, f"study {study.study_name!r} (as stored)")
+    return spec
 
 
 def _load_data(load_data: LoadDataFn | None, spec: StudySpec) -> Any:
