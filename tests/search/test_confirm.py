@@ -47,6 +47,9 @@ def _work(url: str, tmp_path: Path, study: str) -> Any:
         load_data=None,
         runs_dir=tmp_path / "runs",
         threads=1,
+        # a fixed index: the sampler's seed is offset by it (by the pid when unset), so the
+        # study's sampled trials, and the sign of their confirmed gain, are the same every run
+        worker_index=0,
         poll_interval=0.05,
         handle_signals=False,
         log=lambda _: None,
