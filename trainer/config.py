@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
+
+from trainer.params import ParamRegistry, param, registry_of
 
 Optimizer = Literal["SGD", "Adam", "AdamW"]
 OPTIMIZERS: tuple[str, ...] = ("SGD", "Adam", "AdamW")
@@ -20,6 +21,8 @@ MODEL_SIZES: tuple[str, ...] = ("nano", "small", "medium")
 # lr decay over the run, multiplied by MultiStepLR's gamma at each milestone (trainer.optim)
 LR_DECAYS: tuple[str, ...] = ("none", "linear", "cosine")
 WARMUP_MIN_ITERS = 100  # the field's floor on warmup length (Ultralytics, YOLOv5)
+# parameter groups (trainer/params.py): the report plots the loss weights against each other
+LOSS_WEIGHT, OPT, SCHED, AUG = "loss weight", "optimisation", "schedule", "augmentation"
 
 
 @dataclass(frozen=True)
@@ -36,142 +39,133 @@ class TrainConfig:
     """
 
     # data and model
-    data: str = "shapes"
-    model: str = "small"  # YOLOv5n-like, 0.17 GFLOPs at 128 px (YOLOv8n: 0.35); nano is 0.05
-    weights: str | None = None
-    imgsz: int = 128
-    batch: int = 32
-    epochs: int = 12
-    skip_bad: bool = False
-    augment: bool = True
+    data: str = param("shapes", "'shapes' (built-in) or a path to a YOLO data.yaml", group="data")
+    # nano is 0.05 GFLOPs at 128 px, small (YOLOv5n-like) 0.17, YOLOv8n 0.35
+    model: str = param("small", "model size", choices=MODEL_SIZES, group="model")
+    weights: str | None = param(None, "local weights (.pt) to start from", group="model")
+    imgsz: int = param(128, "input size, a multiple of 32", low=32, group="data")
+    batch: int = param(32, "images per batch", low=1, group="data")
+    epochs: int = param(12, "epochs to train", low=1, group=SCHED)
+    skip_bad: bool = param(False, "skip bad samples with a warning, don't stop", group="data")
+    augment: bool = param(True, "training augmentation (off: none of it)", group="augmentation")
 
     # loss weights: applied once, in trainer.loss, to the unweighted components
     # (YOLOv5's hyp.scratch 0.05 / 1.0 / 0.5 with its scaling for 128 px and a few classes:
     # obj * (imgsz / 640)^2, cls * nc / 80; the notes' first model is 0.05 / 1.0 / 0.5)
-    lbox: float = 0.05
-    lobj: float = 0.04
-    lcls: float = 0.03
+    lbox: float = param(0.05, "box loss weight", low=0, hyp="box", group=LOSS_WEIGHT)
+    lobj: float = param(0.04, "objectness loss weight", low=0, hyp="obj", group=LOSS_WEIGHT)
+    lcls: float = param(0.03, "classification loss weight", low=0, hyp="cls", group=LOSS_WEIGHT)
 
     # optimisation
-    optimizer: str = "AdamW"
-    lr: float = 0.01  # measured: 0.001 learns ~10x slower in 10 epochs here (benchmarks.md)
-    momentum: float = 0.9
-    nesterov: bool = False
-    weight_decay: float = 0.0005
+    optimizer: str = param("AdamW", "optimizer", choices=OPTIMIZERS, hyp="optimizer", group=OPT)
+    # measured: 0.001 learns ~10x slower in 10 epochs here (benchmarks.md)
+    lr: float = param(0.01, "initial learning rate", low=0, low_open=True, hyp="lr0", group=OPT)
+    momentum: float = param(
+        0.9, "SGD momentum (Adam: beta1)", low=0, high=1, high_open=True, hyp="momentum", group=OPT
+    )
+    nesterov: bool = param(False, "Nesterov momentum (SGD)", group=OPT)
+    weight_decay: float = param(
+        0.0005, "weight decay", low=0, high=1, high_open=True, hyp="weight_decay", group=OPT
+    )
     # warmup: lr from 0 (biases: from warmup_bias_lr) and SGD momentum from warmup_momentum, over
     # warmup_iters iterations, or when None over max(warmup_epochs of iterations, 100)
-    warmup_iters: int | None = None
-    warmup_epochs: float = 3.0
-    warmup_bias_lr: float = 0.0  # Ultralytics: 0.1 for SGD, 0 for Adam (lr is a step size)
-    warmup_momentum: float = 0.8
+    warmup_iters: int | None = param(None, "warmup iterations (unset: from warmup_epochs)", low=0)
+    warmup_epochs: float = param(3.0, "warmup epochs", low=0, hyp="warmup_epochs", group=SCHED)
+    # Ultralytics: 0.1 for SGD, 0 for Adam (lr is a step size)
+    warmup_bias_lr: float = param(
+        0.0, "bias lr at the start of warmup", low=0, hyp="warmup_bias_lr", group=SCHED
+    )
+    warmup_momentum: float = param(
+        0.8,
+        "momentum at the start of warmup",
+        low=0,
+        high=1,
+        high_open=True,
+        hyp="warmup_momentum",
+        group=SCHED,
+    )
     # the lr falls from lr to lr * lrf over the run ("none": constant, the notes' schedule) ...
-    lr_decay: str = "linear"
-    lrf: float = 0.01
+    lr_decay: str = param("linear", "lr decay over the run", choices=LR_DECAYS, group=SCHED)
+    lrf: float = param(
+        0.01, "final lr, a fraction of lr", low=0, low_open=True, high=1, hyp="lrf", group=SCHED
+    )
     # ... times gamma at each MultiStepLR milestone: iterations, or fractions of the run when
     # every value is <= 1 (a fraction of 1.0 falls at the very end of the run, i.e. no decay)
-    milestones: tuple[float, ...] = ()
-    gamma: float = 0.5
+    milestones: tuple[float, ...] = param(
+        (),
+        "MultiStepLR milestones: iterations, or fractions of the run (e.g. 0.6,0.85)",
+        low=0,
+        low_open=True,
+        hyp="milestones",
+        group=SCHED,
+    )
+    gamma: float = param(
+        0.5, "lr factor at each milestone", low=0, low_open=True, high=1, hyp="gamma", group=SCHED
+    )
     # nominal batch: gradients of ceil(nbs / batch) batches are summed before a step, and weight
     # decay is scaled by batch * accumulate / nbs, so lr and weight decay mean the same at any
     # batch size (YOLOv5, Ultralytics). nbs <= batch: a step every batch.
-    nbs: int = 64
+    nbs: int = param(64, "nominal batch size", low=1, hyp="nbs", group=OPT)
     # exponential moving average of the weights, used for evaluation, predictions, checkpoints:
     # decay ema_decay * (1 - exp(-updates / ema_tau)), ramped so early weights fade fast; 0: off
-    ema_decay: float = 0.9999
-    ema_tau: float = 2000.0
+    ema_decay: float = param(
+        0.9999, "EMA decay of the weights (0: off)", low=0, high=1, high_open=True, group=OPT
+    )
+    ema_tau: float = param(2000.0, "EMA ramp, in updates", low=0, low_open=True, group=OPT)
 
     # augmentation (training only; `augment=False` turns all of it off)
-    mosaic: float = 1.0  # probability that a batch is built of 2x2 mosaics
-    close_mosaic: int = 10  # no mosaic in the last N epochs (none at all when epochs <= N)
-    scale: float = 0.5  # random zoom factor in [1 - scale, 1 + scale]
-    translate: float = 0.1  # random shift, fraction of the image size
-    fliplr: float = 0.5
-    hsv_h: float = 0.015  # hue rotation, fraction of the colour circle
-    hsv_s: float = 0.7  # saturation gain in [1 - hsv_s, 1 + hsv_s]
-    hsv_v: float = 0.4  # value gain in [1 - hsv_v, 1 + hsv_v]
+    mosaic: float = param(
+        1.0, "probability of a 2x2 mosaic batch", low=0, high=1, hyp="mosaic", group=AUG
+    )
+    close_mosaic: int = param(
+        10, "no mosaic in the last N epochs", low=0, hyp="close_mosaic", group=AUG
+    )
+    scale: float = param(
+        0.5,
+        "random zoom in [1 - scale, 1 + scale]",
+        low=0,
+        high=1,
+        high_open=True,
+        hyp="scale",
+        group=AUG,
+    )
+    translate: float = param(
+        0.1, "random shift, fraction of the image", low=0, hyp="translate", group=AUG
+    )
+    fliplr: float = param(0.5, "horizontal flip chance", low=0, high=1, hyp="fliplr", group=AUG)
+    hsv_h: float = param(
+        0.015, "hue jitter, fraction of the circle", low=0, high=1, hyp="hsv_h", group=AUG
+    )
+    hsv_s: float = param(0.7, "saturation gain jitter", low=0, high=1, hyp="hsv_s", group=AUG)
+    hsv_v: float = param(0.4, "value gain jitter", low=0, high=1, hyp="hsv_v", group=AUG)
 
     # bookkeeping
-    eval_interval: int = 1  # evaluate (and call report) every N epochs, and after the last
-    log_interval: int = 20  # print a training line every N iterations
-    device: str = "auto"  # auto | cpu | cuda | cuda:N
-    amp: bool = True  # bf16 autocast on CUDA; ignored on CPU
-    threads: int | None = None  # torch intra-op threads; None leaves torch's default
-    seed: int = 0
+    eval_interval: int = param(1, "evaluate (and report) every N epochs, and after the last", low=1)
+    log_interval: int = param(20, "print a training line every N iterations", low=1)
+    device: str = param("auto", "auto | cpu | cuda | cuda:N")
+    amp: bool = param(True, "bf16 autocast on CUDA; ignored on CPU")
+    threads: int | None = param(None, "torch intra-op threads (unset: torch's default)", low=1)
+    seed: int = param(0, "random seed")
     out: str = "runs/train"
     resume: bool = False  # continue from `out`/last.pt when it exists
     extra: dict[str, Any] = field(default_factory=dict, compare=False)  # free-form labels
 
     def __post_init__(self) -> None:
         # milestones may arrive as a list (JSON, CLI); keep the frozen object hashable-ish
+        if isinstance(self.milestones, list | tuple):
+            object.__setattr__(self, "milestones", tuple(self.milestones))
+        # each parameter's own range (declared once, with the field), then what ties them
+        for p in TRAIN_PARAMS:
+            p.check(getattr(self, p.name))
         object.__setattr__(self, "milestones", tuple(float(m) for m in self.milestones))
-        _check_positive_int("imgsz", self.imgsz)
         if self.imgsz % 32:
             raise ValueError(f"imgsz must be a multiple of 32, but got imgsz={self.imgsz}")
-        _check_positive_int("batch", self.batch)
-        _check_positive_int("epochs", self.epochs)
-        _check_positive_int("eval_interval", self.eval_interval)
-        _check_positive_int("log_interval", self.log_interval)
-        for name in ("lbox", "lobj", "lcls"):
-            value = getattr(self, name)
-            if not (math.isfinite(value) and value >= 0):
-                raise ValueError(f"{name} must be a finite number >= 0, but got {name}={value}")
         if self.lbox + self.lobj + self.lcls <= 0:
             raise ValueError(
                 "at least one loss weight must be > 0, but got "
                 f"lbox={self.lbox}, lobj={self.lobj}, lcls={self.lcls}"
             )
-        if self.optimizer not in OPTIMIZERS:
-            raise ValueError(
-                f"optimizer must be one of {', '.join(OPTIMIZERS)}, but got "
-                f"optimizer={self.optimizer!r}"
-            )
-        if self.model not in MODEL_SIZES:
-            raise ValueError(
-                f"model must be one of {', '.join(MODEL_SIZES)}, but got model={self.model!r}"
-            )
-        if not (math.isfinite(self.lr) and self.lr > 0):
-            raise ValueError(f"lr must be > 0, but got lr={self.lr}")
-        if not 0 <= self.momentum < 1:
-            raise ValueError(f"momentum must be in [0, 1), but got momentum={self.momentum}")
-        if not 0 <= self.weight_decay < 1:
-            raise ValueError(
-                f"weight_decay must be in [0, 1), but got weight_decay={self.weight_decay}"
-            )
-        if not 0 < self.gamma <= 1:
-            raise ValueError(f"gamma must be in (0, 1], but got gamma={self.gamma}")
-        if self.warmup_iters is not None and self.warmup_iters < 0:
-            raise ValueError(f"warmup_iters must be >= 0, but got warmup_iters={self.warmup_iters}")
-        for name in ("warmup_epochs", "warmup_bias_lr", "ema_tau", "scale", "translate"):
-            value = getattr(self, name)
-            if not (isinstance(value, int | float) and math.isfinite(value) and value >= 0):
-                raise ValueError(f"{name} must be a finite number >= 0, but got {name}={value!r}")
-        if self.ema_tau <= 0:
-            raise ValueError(f"ema_tau must be > 0, but got ema_tau={self.ema_tau}")
-        for name in ("warmup_momentum", "ema_decay"):
-            value = getattr(self, name)
-            if not 0 <= value < 1:
-                raise ValueError(f"{name} must be in [0, 1), but got {name}={value}")
-        for name in ("mosaic", "fliplr", "hsv_h", "hsv_s", "hsv_v"):
-            value = getattr(self, name)
-            if not 0 <= value <= 1:
-                raise ValueError(f"{name} must be in [0, 1], but got {name}={value}")
-        if not 0 < self.lrf <= 1:
-            raise ValueError(f"lrf must be in (0, 1], but got lrf={self.lrf}")
-        if self.scale >= 1:
-            raise ValueError(f"scale must be in [0, 1), but got scale={self.scale}")
-        if self.lr_decay not in LR_DECAYS:
-            raise ValueError(
-                f"lr_decay must be one of {', '.join(LR_DECAYS)}, but got "
-                f"lr_decay={self.lr_decay!r}"
-            )
-        _check_positive_int("nbs", self.nbs)
-        if not isinstance(self.close_mosaic, int) or self.close_mosaic < 0:
-            raise ValueError(
-                f"close_mosaic must be an integer >= 0, but got close_mosaic={self.close_mosaic!r}"
-            )
         ms = self.milestones
-        if any(not math.isfinite(m) or m <= 0 for m in ms):
-            raise ValueError(f"milestones must be > 0, but got milestones={list(ms)}")
         if list(ms) != sorted(ms):
             raise ValueError(
                 f"milestones must be in increasing order, but got milestones={list(ms)}"
@@ -181,8 +175,6 @@ class TrainConfig:
                 "milestones must be all fractions of the run (<= 1) or all iterations (> 1), "
                 f"but got milestones={list(ms)}"
             )
-        if self.threads is not None:
-            _check_positive_int("threads", self.threads)
         if not (self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:")):
             raise ValueError(
                 f"device must be auto, cpu, cuda or cuda:N, but got device={self.device!r}"
@@ -243,6 +235,5 @@ class TrainConfig:
         return cls.from_dict(json.loads(Path(path).read_text()))
 
 
-def _check_positive_int(name: str, value: object) -> None:
-    if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
-        raise ValueError(f"{name} must be a positive integer, but got {name}={value!r}")
+# tune's own trainer's parameters: every `param(...)` field above, in declaration order
+TRAIN_PARAMS: ParamRegistry = registry_of(TrainConfig, "tune")

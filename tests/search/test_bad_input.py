@@ -238,11 +238,11 @@ CASES = [
         _train("--milestones", "0.9,0.5"),
         r"milestones must be in increasing order, but got milestones=\[0\.9, 0\.5\]",
     ),
-    Case("train-lr-zero", _train("--lr", "0"), r"lr must be > 0, but got lr=0\.0"),
+    Case("train-lr-zero", _train("--lr", "0"), r"lr must be in \(0, inf\), but got lr=0\.0"),
     Case(
         "train-optimizer-unknown",
         _train("--optimizer", "Lion"),
-        r"optimizer must be one of SGD, Adam, AdamW, but got optimizer='Lion'",
+        r"optimizer must be one of {SGD, Adam, AdamW}, but got optimizer=.Lion.",
     ),
 ]
 

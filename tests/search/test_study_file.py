@@ -201,7 +201,7 @@ BAD = [
         r"trial\.data: no such data set.*data='missing/data\.yaml'",
     ),
     ("trial.epochs", "ten", r"trial\.epochs must be an integer.*epochs='ten'"),
-    ("trial.epochs", 0, r"epochs must be a positive integer.*epochs=0"),
+    ("trial.epochs", 0, r"epochs must be in \[1, inf\).*epochs=0"),
     ("trial.imgsz", 100, r"imgsz must be a multiple of 32.*imgsz=100"),
     ("trial.model", "huge", r"model must be one of.*model='huge'"),
     ("budget.n_trials", 0, r"budget\.n_trials must be >= 1.*n_trials=0"),

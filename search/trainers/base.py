@@ -1,0 +1,140 @@
+"""What the search needs of a trainer, and nothing more.
+
+A trainer is whatever trains one detector per trial: tune's own (`builtin.py`), Ultralytics
+(`ultralytics.py`) or any command (`command.py`). The search side (objective, study file, space,
+report) depends on this module only:
+
+- `params`: the parameters it accepts, one `trainer.params.Param` each (name, kind, range or
+  choices, default, help). A study's `[space]` and `[trial]` pins are checked against them.
+- `components`: the names of the unweighted loss components it reports ("box", "obj", "cls" for
+  tune's detector; "box", "cls", "dfl" for Ultralytics). A training line carries component `c`
+  as `l<c>`, an evaluation as `val_l<c>` (so `lbox`, `val_lbox`): the report draws one panel each.
+- `run(job, report)`: trains one trial from `job.values`, calls `report(evaluation)` after each
+  evaluation, and returns a `TrialOutcome`. `report` may raise (`optuna.TrialPruned` when the
+  pruner stops the trial, `Interrupted` when the worker stops): the trainer lets it through, after
+  stopping whatever it started.
+- `checkpoint`: the file, relative to `job.out`, the trainer saves after each evaluation (before
+  it reports). The search uploads it, and a retry of a lost trial finds it there again with
+  `job.resume` set; None: the trainer cannot resume, a retry starts over.
+
+A trainer never sees Optuna: it receives frozen values and a callback (DESIGN.md, "Contracts").
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+from trainer.params import ParamRegistry
+
+TRAIN_KEYS: tuple[str, ...] = ("epoch", "iter", "lr", "loss", "latency")  # besides l<component>
+
+
+class TrainerError(ValueError):
+    """A trainer cannot run as asked: not installed, a bad option. One line for the user."""
+
+
+def train_key(component: str) -> str:
+    """A training line's key for loss component `component` (`box` -> `lbox`)."""
+    return f"l{component}"
+
+
+def val_key(component: str) -> str:
+    """An evaluation's key for the unweighted validation loss `component` (`box` -> `val_lbox`)."""
+    return f"val_l{component}"
+
+
+@dataclass(frozen=True)
+class TrialJob:
+    """One trial as the trainer receives it."""
+
+    values: Mapping[str, Any]  # every parameter of the trainer: its defaults, the pins, the draw
+    data: str  # "shapes" or a data.yaml path
+    epochs: int  # the full length; the search may stop the trial at an evaluation before it
+    eval_interval: int  # evaluate (and report) every N epochs, and after the last
+    out: Path  # the trial's own folder: run files, the checkpoint
+    resume: bool = False  # continue from `out / checkpoint` (a retry of a lost trial)
+    seed: int | None = None  # None: the trainer's own seed
+    device: str = "auto"
+    threads: int | None = None  # CPU threads this trial may use
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """What a trainer reports after each evaluation.
+
+    `step` counts epochs completed (the pruner's step). `metrics` holds the evaluation's numbers
+    by name, the objective metric (`mAP50_95`, `mAP50`) among them; `losses` the unweighted
+    validation loss components by name; `train` the training lines logged since the previous
+    evaluation (`TRAIN_KEYS` plus `l<component>`). `iter` places the evaluation on the training
+    curves' axis (iterations; None: the trainer does not count them, the step is used).
+    """
+
+    step: int
+    metrics: Mapping[str, float]
+    losses: Mapping[str, float] = field(default_factory=dict)
+    train: Sequence[Mapping[str, float]] = ()
+    iter: int | None = None
+    seconds_training: float = 0.0
+    seconds_evaluating: float = 0.0
+
+    def to_point(self) -> dict[str, Any]:
+        """The curve point stored on the trial (`search/trial_record.py`), in the layout
+        `trainer.records.EvalReport.to_dict()` has always had."""
+        evaluation: dict[str, Any] = {
+            "epoch": self.step,
+            "iter": self.iter if self.iter is not None else self.step,
+            **{k: float(v) for k, v in self.metrics.items()},
+            **{val_key(k): float(v) for k, v in self.losses.items()},
+        }
+        return {
+            "eval": evaluation,
+            "train": [dict(line) for line in self.train],
+            "seconds_training": self.seconds_training,
+            "seconds_evaluating": self.seconds_evaluating,
+        }
+
+    def metric(self, name: str) -> float:
+        """The evaluation's `name` metric; a `TrainerError` when the trainer did not report it,
+        a `ValueError` when it is not finite (never a score of 0: DESIGN.md)."""
+        if name not in self.metrics:
+            raise TrainerError(
+                f"the trainer's evaluation at step {self.step} has no {name} "
+                f"(it reported: {', '.join(self.metrics) or 'nothing'})"
+            )
+        value = float(self.metrics[name])
+        if not math.isfinite(value):
+            raise ValueError(f"{name} at step {self.step} is not finite, but got {name}={value}")
+        return value
+
+
+@dataclass(frozen=True)
+class TrialOutcome:
+    """The end of a trial that ran to its full length."""
+
+    metrics: Mapping[str, float]  # the final evaluation's numbers, the objective among them
+    summary: Mapping[str, Any]  # stored as the trial's summary (JSON-ready)
+    inference_ms: float | None = None  # per image, batch 1; needed by a latency budget
+
+
+ReportFn = Callable[[Evaluation], None]
+
+
+class Trainer(Protocol):
+    """A trainer the search can run (see the module docstring)."""
+
+    name: str
+    params: ParamRegistry
+    components: tuple[str, ...]
+    checkpoint: str | None
+
+    def prepare(self, job: TrialJob) -> None:
+        """Once per worker, before its first trial: load what every trial shares (data)."""
+        ...
+
+    def run(self, job: TrialJob, report: ReportFn) -> TrialOutcome:
+        """Train one trial (see the module docstring)."""
+        ...

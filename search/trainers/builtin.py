@@ -1,0 +1,140 @@
+"""tune's own detector as a trainer (`[trial] trainer = "tune"`, the default).
+
+Its parameters are `TrainConfig`'s (`trainer/config.py`, each declared once with `param(...)`),
+less the ones the search sets for every trial (`JOB_FIELDS`: data, length, device, threads,
+seed) and `weights` (a local file that other machines would not have). The training function is
+`trainer.fit.fit`, or one with the same signature: tests and soak runs pass fakes
+(`train_fn`, `load_data`, or `[trial.tune] module` naming a module with `fit` and `load_data`).
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+from collections.abc import Callable, Mapping
+from typing import Any, Protocol
+
+from search.trainers.base import Evaluation, ReportFn, TrainerError, TrialJob, TrialOutcome
+from trainer.config import TRAIN_PARAMS, TrainConfig
+from trainer.params import ParamRegistry
+from trainer.records import EvalReport, FitResult
+
+# set from the TrialJob, never pinned or drawn
+JOB_FIELDS: tuple[str, ...] = ("data", "epochs", "eval_interval", "device", "threads", "seed")
+PARAMS = ParamRegistry(
+    "tune", tuple(p for p in TRAIN_PARAMS if p.name not in (*JOB_FIELDS, "weights"))
+)
+COMPONENTS: tuple[str, ...] = ("box", "obj", "cls")
+# for tests and soak runs: a module with fit(config, report, data) and optionally load_data()
+TRAINER_MODULE_ENV = "TUNE_TRAINER_MODULE"
+
+LoadDataFn = Callable[[str, int, bool], Any]
+
+
+class TrainFn(Protocol):
+    """What `trainer.fit.fit` looks like (tests and soak runs pass fakes)."""
+
+    def __call__(
+        self,
+        config: TrainConfig,
+        report: Callable[[int, EvalReport], None] | None = ...,
+        data: Any = ...,
+    ) -> FitResult: ...
+
+
+def load_fit(module: str | None = None) -> tuple[TrainFn, LoadDataFn | None]:
+    """`fit` and `load_data` of the real trainer, or of `module` (or `$TUNE_TRAINER_MODULE`).
+    Imported lazily: the trainer pulls in torch, which fakes never need."""
+    module = module or os.environ.get(TRAINER_MODULE_ENV)
+    if module:
+        mod = importlib.import_module(module)
+        return mod.fit, getattr(mod, "load_data", None)
+    from trainer.data import load_data
+    from trainer.fit import fit
+
+    return fit, load_data
+
+
+class TuneTrainer:
+    """Runs `fit(TrainConfig, report, data)` for each trial; the data set is loaded once."""
+
+    name = "tune"
+    params = PARAMS
+    components = COMPONENTS
+    checkpoint: str | None = "last.pt"  # trainer/run_dir.py saves it after each evaluation
+
+    def __init__(
+        self,
+        train_fn: TrainFn | None = None,
+        load_data: LoadDataFn | None = None,
+        module: str | None = None,
+    ) -> None:
+        self._train_fn = train_fn
+        self._load_data = load_data
+        self._module = module
+        self._data: Any = None
+
+    def _fns(self) -> tuple[TrainFn, LoadDataFn | None]:
+        if self._train_fn is None:
+            self._train_fn, default_load = load_fit(self._module)
+            self._load_data = self._load_data or default_load
+        return self._train_fn, self._load_data
+
+    def config(self, job: TrialJob) -> TrainConfig:
+        """The `TrainConfig` a job trains with."""
+        fields = {
+            "data": job.data,
+            "epochs": job.epochs,
+            "eval_interval": job.eval_interval,
+            "device": job.device,
+            "threads": job.threads,
+            "out": str(job.out),
+            "resume": job.resume,
+        }
+        if job.seed is not None:
+            fields["seed"] = job.seed
+        return TrainConfig(**{**job.values, **fields})
+
+    def prepare(self, job: TrialJob) -> None:
+        _, load_data = self._fns()
+        if load_data is not None:
+            imgsz = job.values.get("imgsz", PARAMS.defaults()["imgsz"])
+            self._data = load_data(job.data, imgsz, False)
+
+    def run(self, job: TrialJob, report: ReportFn) -> TrialOutcome:
+        train_fn, _ = self._fns()
+
+        def on_eval(step: int, metrics: EvalReport) -> None:
+            report(evaluation_of(step, metrics))
+
+        result = train_fn(self.config(job), on_eval, self._data)
+        return TrialOutcome(
+            metrics={"mAP50": result.mAP50, "mAP50_95": result.mAP50_95},
+            summary=result.to_dict(),
+            inference_ms=result.inference_ms,
+        )
+
+
+def evaluation_of(step: int, metrics: EvalReport) -> Evaluation:
+    """tune's `EvalReport` as the search's `Evaluation` (the same stored point)."""
+    e = metrics.eval
+    return Evaluation(
+        step=step,
+        metrics={"mAP50": e.mAP50, "mAP50_95": e.mAP50_95, "val_loss": e.val_loss},
+        losses={"box": e.val_lbox, "obj": e.val_lobj, "cls": e.val_lcls},
+        train=[line.to_dict() for line in metrics.train],
+        iter=e.iter,
+        seconds_training=metrics.seconds_training,
+        seconds_evaluating=metrics.seconds_evaluating,
+    )
+
+
+def from_options(options: Mapping[str, Any], where: str) -> TuneTrainer:
+    """`[trial.tune]`: only `module` (tests and soak runs: a fake `fit`)."""
+    unknown = sorted(set(options) - {"module"})
+    if unknown:
+        raise TrainerError(f"unknown key {where}.{unknown[0]} (known: module)")
+    module = options.get("module")
+    if module is not None and not isinstance(module, str):
+        raise TrainerError(f"{where}.module must be a module name, but got module={module!r}")
+    return TuneTrainer(module=module)
