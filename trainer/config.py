@@ -85,7 +85,9 @@ class TrainConfig:
         group=SCHED,
     )
     # the lr falls from lr to lr * lrf over the run ("none": constant, the notes' schedule) ...
-    lr_decay: str = param("linear", "lr decay over the run", choices=LR_DECAYS, group=SCHED)
+    lr_decay: str = param(
+        "linear", "lr decay over the run", choices=LR_DECAYS, hyp="lr_decay", group=SCHED
+    )
     lrf: float = param(
         0.01, "final lr, a fraction of lr", low=0, low_open=True, high=1, hyp="lrf", group=SCHED
     )
@@ -109,7 +111,13 @@ class TrainConfig:
     # exponential moving average of the weights, used for evaluation, predictions, checkpoints:
     # decay ema_decay * (1 - exp(-updates / ema_tau)), ramped so early weights fade fast; 0: off
     ema_decay: float = param(
-        0.9999, "EMA decay of the weights (0: off)", low=0, high=1, high_open=True, group=OPT
+        0.9999,
+        "EMA decay of the weights (0: off)",
+        low=0,
+        high=1,
+        high_open=True,
+        hyp="ema_decay",
+        group=OPT,
     )
     ema_tau: float = param(2000.0, "EMA ramp, in updates", low=0, low_open=True, group=OPT)
 

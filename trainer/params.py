@@ -30,7 +30,8 @@ class Param:
 
     `low`/`high` bound a number (or, for `floats`, each of its numbers); `low_open`/`high_open`
     exclude the bound itself, so "momentum in [0, 1)" is `low=0, high=1, high_open=True`.
-    `hyp` is the parameter's key in YOLOv5/Ultralytics `hyp.yaml` files, when they have one.
+    `hyp` is its key in the hyp file `tune best --export` writes (trainer/hyp.py): YOLOv5's and
+    Ultralytics' name where they have one (`box`, `lr0`), else tune's own (`milestones`).
     `group` gathers parameters for people: the report plots "loss weight" ones against each other.
     """
 
