@@ -1,20 +1,25 @@
-"""`tune best`: the best trial's parameters, and its hyperparameter file for `tune train --hyp`.
+"""`tune best`: the best trial's parameters, and a file of them for the trainer you use.
 
-The exported file is laid out like YOLOv5/Ultralytics `hyp` files (`lr0`, `momentum`,
-`weight_decay`, `box`, `obj`, `cls`, plus `optimizer`, `milestones`, `gamma`), written by
-`trainer/hyp.py` from the trial's stored `TrainConfig`, so it reproduces exactly what ran.
+`tune best --export FILE` writes the trial's values as a file its target takes as it is
+(search/export.py): a complete YOLOv5 hyp file for a study of tune's own trainer (`tune train
+--hyp FILE` reads it back, YOLOv5's `train.py --hyp FILE` trains with it), an Ultralytics cfg
+(`yolo train cfg=FILE`) for a study of the Ultralytics trainer or when `--format ultralytics`
+asks for one. The values come from the trial's stored config, so the file holds what ran.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import optuna
 from optuna.trial import FrozenTrial
 
 from search import trial_record
+from search.export import RUN_SETTINGS, Export, export_values
+from search.trainers import DEFAULT_TRAINER
 from trainer.config import TrainConfig
-from trainer.hyp import config_to_hyp, write_hyp
+from trainer.hyp import config_to_hyp
 
 
 class NoBestTrialError(RuntimeError):
@@ -31,35 +36,57 @@ def best_trial(study: optuna.Study) -> FrozenTrial:
         ) from None
 
 
-def trial_config(trial: FrozenTrial) -> TrainConfig:
-    """The `TrainConfig` the trial trained with, as stored on it."""
+def study_trainer(study: optuna.Study) -> str:
+    """The trainer the study's stored table names (`[trial] trainer`), tune's by default."""
+    trial = (trial_record.read_study_spec(study) or {}).get("trial")
+    name = trial.get("trainer") if isinstance(trial, dict) else None
+    return name if isinstance(name, str) else DEFAULT_TRAINER
+
+
+def trial_values(trial: FrozenTrial) -> dict[str, Any]:
+    """What the trial trained with, as stored on it: the trainer's values and the job's settings
+    (for tune's trainer, the fields of its `TrainConfig`)."""
     stored = trial_record.read_config(trial)
     if stored is None:
         raise NoBestTrialError(f"trial {trial.number} has no stored config (not run by tune?)")
-    return TrainConfig.from_dict(stored)
+    return stored
+
+
+def trial_config(trial: FrozenTrial) -> TrainConfig:
+    """The `TrainConfig` a trial of tune's trainer trained with."""
+    return TrainConfig.from_dict(trial_values(trial))
 
 
 def format_best(study: optuna.Study, trial: FrozenTrial) -> str:
-    """The text `tune best` prints: value, origin and hyp values of the best trial."""
+    """The text `tune best` prints: value, origin and parameter values of the best trial."""
     label = trial_record.read_baseline(trial)
     origin = f"baseline {label!r}" if label else "sampled"
     lines = [
         f"study {study.study_name}: best trial {trial.number} ({origin}) mAP50-95 {trial.value:.4f}"
     ]
-    hyp = config_to_hyp(trial_config(trial))
-    lines.extend(f"  {k}: {_fmt(v)}" for k, v in hyp.items())
+    values = trial_values(trial)
+    if study_trainer(study) == DEFAULT_TRAINER:
+        shown = config_to_hyp(TrainConfig.from_dict(values))
+    else:
+        shown = {k: v for k, v in values.items() if k not in RUN_SETTINGS}
+    lines.extend(f"  {k}: {_fmt(v)}" for k, v in shown.items())
     return "\n".join(lines)
 
 
-def export_best(study: optuna.Study, trial: FrozenTrial, path: Path) -> Path:
-    """Write the best trial's hyp YAML to `path`."""
+def export_best(
+    study: optuna.Study, trial: FrozenTrial, path: Path, fmt: str | None = None
+) -> Export:
+    """Write the best trial's values to `path` in format `fmt` (None: the study's trainer's
+    default, search/export.py); an `ExportError` (a ValueError) when it cannot be."""
+    trainer = study_trainer(study)
     header = (
-        f"tune best --study {study.study_name}: trial {trial.number}, "
-        f"mAP50-95 {trial.value:.4f}\nuse with: tune train --hyp {path}"
+        f"tune best --study {study.study_name}: trial {trial.number} of trainer {trainer}, "
+        f"mAP50-95 {trial.value:.4f}"
     )
+    exported = export_values(trainer, trial_values(trial), fmt, header)
     path.parent.mkdir(parents=True, exist_ok=True)
-    write_hyp(path, trial_config(trial), header=header)
-    return path
+    path.write_text(exported.text)
+    return exported
 
 
 def _fmt(value: object) -> str:

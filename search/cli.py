@@ -234,18 +234,29 @@ def status(
 def best(
     study: str = typer.Option(..., help="the study's name"),
     storage: str | None = typer.Option(None, help=_STORAGE_HELP),
-    export: Path | None = typer.Option(None, help="write a hyp YAML for `tune train --hyp`"),
+    export: Path | None = typer.Option(
+        None, help="write the best trial's values to this file, in --format"
+    ),
+    fmt: str | None = typer.Option(
+        None,
+        "--format",
+        help="yolov5: a complete YOLOv5 hyp file, which `tune train --hyp` reads too (the default "
+        "for tune's trainer); ultralytics: a cfg for `yolo train cfg=FILE` (the default for the "
+        "Ultralytics trainer)",
+    ),
 ) -> None:
-    """The best trial's parameters; --export writes them as a YOLOv5-style hyp file."""
+    """The best trial's parameters; --export writes them as a file the target trainer takes."""
     from search.best import best_trial, export_best, format_best
     from search.storage import load_study, open_storage
 
+    if fmt is not None and export is None:
+        raise _fail("--format needs --export FILE")
     try:
         found = load_study(open_storage(storage), study)
         trial = best_trial(found)
         typer.echo(format_best(found, trial))
         if export is not None:
-            typer.echo(f"wrote {export_best(found, trial, export)}")
+            typer.echo(export_best(found, trial, export, fmt).describe(export))
     except _search_errors() as exc:
         raise _fail(str(exc)) from None
 

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from trainer.config import TrainConfig
-from trainer.hyp import read_hyp
+from trainer.hyp import load_hyp
 
 # CLI option -> TrainConfig field, where the names differ or need parsing
 _NOT_CONFIG = {"hyp", "ctx"}
@@ -27,8 +27,11 @@ def build_train_config(values: dict[str, Any], explicit: set[str]) -> TrainConfi
     options["out"] = str(options["out"])
     hyp_path = values.get("hyp")
     if hyp_path is not None:
-        from_hyp = read_hyp(Path(hyp_path))
-        for key, value in from_hyp.items():
+        hyp = load_hyp(Path(hyp_path))
+        notice = hyp.notice()  # YOLOv5 keys tune's trainer cannot use: say so, don't stop
+        if notice:
+            print(f"note: {notice}", file=sys.stderr)
+        for key, value in hyp.overrides.items():
             if key not in explicit:
                 options[key] = value
     return TrainConfig.from_dict(options)
