@@ -82,8 +82,8 @@ def export_values(
             f"but got format={fmt!r}"
         )
     if fmt == "yolov5":
-        config = _tune_config(values)
-        return Export(fmt, yolov5_text(config, header), "tune train --hyp FILE (or YOLOv5's --hyp)")
+        usage = "tune train --hyp FILE, or YOLOv5's train.py --hyp FILE"
+        return Export(fmt, yolov5_text(_tune_config(values), header), usage)
     if trainer == "tune":
         args, notes = _tune_to_ultralytics(_tune_config(values))
     else:
