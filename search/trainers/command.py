@@ -1,0 +1,520 @@
+"""Any script as a trainer (`[trial] trainer = "command"`, options in `[trial.command]`).
+
+tune writes the trial's values to `OUT/hyp.yaml` (and substitutes them into the command, a
+template), starts the command in its own process group (`process_group.py`), follows its metrics
+file and stdout (`command_protocol.py`), and reports each evaluation. A prune or a worker stop
+(an exception from `report`, or `Interrupted` from the worker's signal handler) ends the group,
+SIGTERM then SIGKILL; so do a hang (no output and no metrics line for `hang_timeout` seconds) and
+the end of the command: when `run` returns or raises, nothing it started is left. A non-zero exit
+is a failed trial whose reason has the exit status and the command's last lines. The protocol,
+for users, is `docs/own-trainer.md`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import string
+import time
+from collections import deque
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from search.trainers import process_group
+from search.trainers.base import Evaluation, ReportFn, TrainerError, TrialJob, TrialOutcome
+from search.trainers.command_protocol import (
+    EvalLine,
+    MetricsLineError,
+    MetricsTail,
+    TrainPoint,
+    parse_metrics_line,
+    parse_notes_line,
+)
+from trainer.params import Kind, Param, ParamRegistry
+
+# placeholders tune fills from the job; a parameter `p` adds `{p}`
+JOB_PLACEHOLDERS: tuple[str, ...] = (
+    "hyp", "out", "metrics", "data", "epochs", "eval_interval", "seed", "device", "resume",
+    "threads",
+)  # fmt: skip
+OPTIONS: tuple[str, ...] = (
+    "command", "params", "components", "metrics", "hang_timeout", "grace", "checkpoint",
+    "resume_args",
+)  # fmt: skip
+PARAM_KEYS: tuple[str, ...] = ("default", "kind", "low", "high", "choices", "help", "group", "hyp")
+_KINDS: dict[str, Kind] = {
+    "float": "float", "int": "int", "bool": "bool", "choice": "choice", "str": "str"
+}  # fmt: skip
+HYP_FILE, LOG_FILE, SUMMARY_FILE = "hyp.yaml", "command.log", "summary.json"
+DEFAULT_METRICS = "metrics.jsonl"  # tune's own run folder's name: `tune train` needs no option
+# Evaluations can run long and silent on a CPU; a shorter hang timeout is one line in the file.
+DEFAULT_HANG_TIMEOUT = 900.0
+DEFAULT_GRACE = 10.0  # as `docker stop`: time to save a checkpoint and exit
+DEFAULT_SEED = 0  # `{seed}` when the search sets none
+# A script that saves its checkpoint just after its evaluation line (as `tune train` does) gets
+# this long to do it before the evaluation is reported and the checkpoint uploaded.
+CHECKPOINT_WAIT = 5.0
+_POLL = 0.05  # seconds between looks at the output and the metrics file
+_TAIL_LINES, _TAIL_CHARS = 8, 300  # of the output, in a failure's reason (stored: 500 chars)
+
+
+class CommandFailed(RuntimeError):
+    """The command ended a trial badly: a non-zero exit, a signal, a hang, a broken metrics
+    line. The message is the trial's stored reason."""
+
+
+@dataclass(frozen=True)
+class CommandOptions:
+    """`[trial.command]`, validated."""
+
+    command: tuple[str, ...]
+    metrics: str = DEFAULT_METRICS
+    components: tuple[str, ...] = ()
+    hang_timeout: float = DEFAULT_HANG_TIMEOUT
+    grace: float = DEFAULT_GRACE
+    checkpoint: str | None = None
+    resume_args: tuple[str, ...] = ()
+
+
+class CommandTrainer:
+    """Runs `options.command` once per trial (see the module docstring)."""
+
+    name = "command"
+
+    def __init__(self, options: CommandOptions, params: ParamRegistry) -> None:
+        self.options = options
+        self.params = params
+        self.components = options.components
+        self.checkpoint = options.checkpoint
+
+    def prepare(self, job: TrialJob) -> None:
+        """Nothing to share between trials: each is a process of its own."""
+
+    def argv(self, job: TrialJob) -> list[str]:
+        """The command line for `job`, placeholders filled (resume arguments appended)."""
+        fill = self._placeholders(job)
+        extra = self.options.resume_args if job.resume else ()
+        return [_substitute(part, fill) for part in (*self.options.command, *extra)]
+
+    def env(self, job: TrialJob) -> dict[str, str]:
+        """The command's environment: the worker's, plus `TUNE_<PLACEHOLDER>` for each job
+        placeholder."""
+        fill = self._placeholders(job)
+        env = {**os.environ, **{f"TUNE_{k.upper()}": fill[k] for k in JOB_PLACEHOLDERS}}
+        env["PYTHONUNBUFFERED"] = "1"  # a Python script's lines arrive as printed, not at exit
+        if job.threads is not None:
+            # the worker's share of the cores: torch, numpy and OpenMP read it at start
+            env["OMP_NUM_THREADS"] = str(job.threads)
+        return env
+
+    def _placeholders(self, job: TrialJob) -> dict[str, str]:
+        out = Path(job.out).resolve()
+        return {
+            "hyp": str(out / HYP_FILE),
+            "out": str(out),
+            "metrics": str(out / self.options.metrics),
+            "data": job.data,
+            "epochs": str(job.epochs),
+            "eval_interval": str(job.eval_interval),
+            "seed": str(job.seed if job.seed is not None else DEFAULT_SEED),
+            "device": job.device,
+            "resume": "1" if job.resume else "0",
+            "threads": str(job.threads if job.threads is not None else os.cpu_count() or 1),
+            **{name: _format(value) for name, value in self._values(job).items()},
+        }
+
+    def _values(self, job: TrialJob) -> dict[str, Any]:
+        values = {**self.params.defaults(), **job.values}
+        try:
+            self.params.check(values, "trial.command.params")
+        except ValueError as exc:
+            raise TrainerError(str(exc)) from None
+        return values
+
+    def run(self, job: TrialJob, report: ReportFn) -> TrialOutcome:
+        out = Path(job.out)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / HYP_FILE).write_text(yaml.safe_dump(self._values(job), sort_keys=False))
+        metrics_path = out / self.options.metrics
+        # the trial's folder: a metrics file left by an earlier attempt holds evaluations the
+        # storage already has (a retry re-records them); the command starts a fresh one
+        metrics_path.unlink(missing_ok=True)
+        argv, env = self.argv(job), self.env(job)
+        try:
+            proc, reader = process_group.start(argv, env, out / LOG_FILE)
+        except (FileNotFoundError, PermissionError) as exc:
+            raise TrainerError(
+                f"trial.command.command cannot start {argv[0]!r}: {exc.strerror} (command={argv!r})"
+            ) from None
+        try:
+            watch = _Watch(self, job, report, reader, MetricsTail(metrics_path))
+            returncode, last = watch.follow(proc)
+        finally:
+            process_group.end_group(proc, self.options.grace)
+            reader.join(timeout=2.0)
+        if returncode != 0:
+            raise CommandFailed(f"{_exit_reason(returncode)}; {watch.tail()}")
+        if last is None:
+            raise CommandFailed(
+                f"the command exited 0 without an evaluation line in {self.options.metrics} "
+                f"(a line with mAP50_95); {watch.tail()}"
+            )
+        summary = _read_summary(out / SUMMARY_FILE)
+        inference_ms = summary.get("inference_ms", last.metrics.get("inference_ms"))
+        return TrialOutcome(
+            metrics=dict(last.metrics),
+            summary={"command": argv, "epochs_completed": last.step, **summary},
+            inference_ms=float(inference_ms) if inference_ms is not None else None,
+        )
+
+
+class _Watch:
+    """One run's reading of output and metrics, and its reports (on the calling thread, so
+    that `report` and the worker's signal handler raise where `run` can end the group)."""
+
+    def __init__(
+        self,
+        trainer: CommandTrainer,
+        job: TrialJob,
+        report: ReportFn,
+        reader: process_group.OutputReader,
+        tail: MetricsTail,
+    ) -> None:
+        self.options = trainer.options
+        self.report = report
+        self.reader = reader
+        self.metrics = tail
+        self.checkpoint = Path(job.out) / trainer.checkpoint if trainer.checkpoint else None
+        self.output: deque[str] = deque(maxlen=_TAIL_LINES)
+        self.from_file: list[dict[str, float | int]] = []
+        self.from_stdout: list[dict[str, float | int]] = []
+        self.file_has_training = False
+        self.last: EvalLine | None = None
+        self.last_iter = 0
+        self.last_activity = time.monotonic()
+        self.last_report = time.monotonic()
+        self.checkpoint_seen = self._checkpoint_state()
+
+    def follow(self, proc: Any) -> tuple[int, EvalLine | None]:
+        """Until the command exits: report its evaluations; raise on a hang."""
+        while (returncode := proc.poll()) is None:
+            self._step(final=False, running=True)
+            idle = time.monotonic() - max(self.last_activity, self.reader.last_output)
+            if idle > self.options.hang_timeout:
+                raise CommandFailed(
+                    f"the command printed nothing and wrote no metrics line for "
+                    f"{self.options.hang_timeout:g} s (trial.command.hang_timeout): killed; "
+                    f"{self.tail()}"
+                )
+            time.sleep(_POLL)
+        # the last lines: output still in the pipe, the metrics written just before the exit
+        process_group.end_group(proc, self.options.grace)
+        self.reader.join(timeout=2.0)
+        self._step(final=True, running=False)
+        return returncode, self.last
+
+    def _step(self, final: bool, running: bool) -> None:
+        for text in self.reader.drain():
+            self.output.append(text)
+            point = parse_notes_line(text)
+            if point is not None:
+                self.from_stdout.append(point.values)
+        lines = self.metrics.read(final=final)
+        if lines:
+            self.last_activity = time.monotonic()
+        where = self.options.metrics
+        for lineno, text in lines:
+            try:
+                parsed = parse_metrics_line(text, f"{where} line {lineno}", self.options.components)
+            except MetricsLineError as exc:
+                raise CommandFailed(str(exc)) from None
+            if isinstance(parsed, TrainPoint):
+                self._train(parsed)
+            elif isinstance(parsed, EvalLine):
+                self._evaluate(parsed, running)
+
+    def _train(self, point: TrainPoint) -> None:
+        # after a rewrite of the file (a resumed script keeping its earlier lines), lines read
+        # before are not stored twice
+        if self.metrics.rewritten and point.iter <= self.last_iter:
+            return
+        self.last_iter = max(self.last_iter, point.iter)
+        self.file_has_training = True
+        self.from_file.append(point.values)
+
+    def _evaluate(self, line: EvalLine, running: bool) -> None:
+        if self.last is not None and line.step <= self.last.step:
+            return  # reported already (the file was rewritten from its start)
+        if running:
+            self._wait_for_checkpoint()
+        now = time.monotonic()
+        pending = self.from_file if self.file_has_training else self.from_stdout
+        # stdout and the file are two channels, read in turns: the evaluation's iter says which
+        # training lines came before it
+        train = [p for p in pending if line.iter is None or p["iter"] <= line.iter]
+        later = [p for p in pending if line.iter is not None and p["iter"] > line.iter]
+        evaluation = Evaluation(
+            step=line.step,
+            metrics=line.metrics,
+            losses=line.losses,
+            train=list(train),
+            iter=line.iter,
+            # the command's own split is unknown: its whole wall time counts as training
+            seconds_training=now - self.last_report,
+        )
+        self.from_file, self.from_stdout = (later, []) if self.file_has_training else ([], later)
+        self.last, self.last_report = line, now
+        self.report(evaluation)
+
+    def _checkpoint_state(self) -> tuple[int, int, int] | None:
+        if self.checkpoint is None:
+            return None
+        try:
+            stat = os.stat(self.checkpoint)
+        except FileNotFoundError:
+            return None
+        return (stat.st_ino, stat.st_mtime_ns, stat.st_size)
+
+    def _wait_for_checkpoint(self) -> None:
+        """Before a report (after which the search uploads the checkpoint): wait, briefly, for
+        a checkpoint newer than the one of the previous report."""
+        if self.checkpoint is None:
+            return
+        deadline = time.monotonic() + CHECKPOINT_WAIT
+        while (state := self._checkpoint_state()) == self.checkpoint_seen or state is None:
+            if time.monotonic() >= deadline:
+                break
+            time.sleep(0.01)
+        self.checkpoint_seen = state
+
+    def tail(self) -> str:
+        """The command's last output lines, newest kept whole, for a failure's reason."""
+        self.output.extend(self.reader.drain())
+        kept: list[str] = []
+        for text in reversed(self.output):
+            if sum(len(k) + 3 for k in kept) + len(text) > _TAIL_CHARS and kept:
+                break
+            kept.insert(0, text.strip()[-_TAIL_CHARS:])
+        return "last output: " + " | ".join(kept) if kept else "no output"
+
+
+def _exit_reason(returncode: int) -> str:
+    if returncode < 0:
+        try:
+            name = signal.Signals(-returncode).name
+        except ValueError:
+            name = f"signal {-returncode}"
+        # SIGKILL from nobody in tune: most often the kernel's out-of-memory killer
+        hint = " (out of memory?)" if returncode == -signal.SIGKILL else ""
+        return f"the command was killed by {name}{hint}"
+    return f"the command exited with code {returncode}"
+
+
+def _read_summary(path: Path) -> dict[str, Any]:
+    """The command's own `summary.json`, when it writes one (tune train does)."""
+    try:
+        summary = json.loads(path.read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        return {}
+    return summary if isinstance(summary, dict) else {}
+
+
+def _format(value: Any) -> str:
+    """A value as a command-line argument: TOML/YAML spelling for booleans, round-trip floats."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return repr(value) if isinstance(value, float) else str(value)
+
+
+def _substitute(template: str, fill: Mapping[str, str]) -> str:
+    return "".join(
+        literal + (fill[name] if name is not None else "")
+        for literal, name, _, _ in string.Formatter().parse(template)
+    )
+
+
+# --- [trial.command], validated ----------------------------------------------------------------
+
+
+def from_options(options: Mapping[str, Any], where: str) -> CommandTrainer:
+    """`[trial.command]` as a trainer; a `TrainerError` naming the first bad key and value."""
+    unknown = sorted(set(options) - set(OPTIONS))
+    if unknown:
+        raise TrainerError(f"unknown key {where}.{unknown[0]} (known: {', '.join(OPTIONS)})")
+    params = ParamRegistry("command", tuple(_params(options.get("params", {}), where)))
+    placeholders = (*JOB_PLACEHOLDERS, *params.names)
+    command = _strings(options, "command", where, required=True)
+    resume_args = _strings(options, "resume_args", where)
+    for key, parts in (("command", command), ("resume_args", resume_args)):
+        for i, part in enumerate(parts):
+            _check_template(part, f"{where}.{key}[{i}]", placeholders)
+    checkpoint = _relative_file(options, "checkpoint", where, None)
+    if resume_args and checkpoint is None:
+        raise TrainerError(
+            f"{where}.resume_args needs {where}.checkpoint (the file a retry resumes from), "
+            f"but got resume_args={list(resume_args)!r} and no checkpoint"
+        )
+    components = _strings(options, "components", where)
+    for name in components:
+        if not name.isidentifier():
+            raise TrainerError(f"{where}.components: each must be a name, but got {name!r}")
+    return CommandTrainer(
+        CommandOptions(
+            command=command,
+            metrics=_relative_file(options, "metrics", where, DEFAULT_METRICS) or DEFAULT_METRICS,
+            components=components,
+            hang_timeout=_seconds(options, "hang_timeout", where, DEFAULT_HANG_TIMEOUT, 0.0),
+            grace=_seconds(options, "grace", where, DEFAULT_GRACE, None),
+            checkpoint=checkpoint,
+            resume_args=resume_args,
+        ),
+        params,
+    )
+
+
+def _strings(
+    options: Mapping[str, Any], key: str, where: str, required: bool = False
+) -> tuple[str, ...]:
+    value = options.get(key)
+    if value is None and not required:
+        return ()
+    if not (isinstance(value, list) and all(isinstance(v, str) for v in value)) or (
+        required and not value
+    ):
+        hint = f" (e.g. {value.split()!r})" if isinstance(value, str) else ""
+        missing = "is required: " if value is None else ""
+        raise TrainerError(
+            f"{where}.{key} {missing}must be a {'non-empty ' if required else ''}list of "
+            f"strings{hint}, but got {key}={value!r}"
+        )
+    return tuple(value)
+
+
+def _check_template(part: str, where: str, known: Sequence[str]) -> None:
+    try:
+        fields = list(string.Formatter().parse(part))
+    except ValueError as exc:
+        raise TrainerError(
+            f"{where}: {exc} in {part!r} (write a literal brace as {{{{ or }}}})"
+        ) from None
+    for _, name, spec, conversion in fields:
+        if name is None:
+            continue
+        if name not in known:
+            raise TrainerError(
+                f"{where}: unknown placeholder {{{name}}} in {part!r} "
+                f"(known: {', '.join('{' + k + '}' for k in known)})"
+            )
+        if spec or conversion:
+            raise TrainerError(
+                f"{where}: placeholders take no format or conversion, but got {part!r}"
+            )
+
+
+def _relative_file(
+    options: Mapping[str, Any], key: str, where: str, default: str | None
+) -> str | None:
+    value = options.get(key, default)
+    if value is None:
+        return None
+    if not isinstance(value, str) or not value or Path(value).is_absolute() or ".." in value:
+        raise TrainerError(
+            f"{where}.{key} must be a file name inside the trial's folder, but got {key}={value!r}"
+        )
+    return value
+
+
+def _seconds(
+    options: Mapping[str, Any], key: str, where: str, default: float, above: float | None
+) -> float:
+    value = options.get(key, default)
+    ok = isinstance(value, int | float) and not isinstance(value, bool)
+    if not ok or (above is not None and value <= above) or value < 0:
+        bound = f"> {above:g}" if above is not None else ">= 0"
+        raise TrainerError(f"{where}.{key} must be seconds {bound}, but got {key}={value!r}")
+    return float(value)
+
+
+def _params(table: Any, where: str) -> list[Param]:
+    if not isinstance(table, dict):
+        raise TrainerError(
+            f"{where}.params must be a table of parameters, e.g. "
+            f"{{ lr0 = {{ default = 0.01, low = 0, high = 1 }} }}, but got params={table!r}"
+        )
+    return [_param(name, spec, f"{where}.params.{name}") for name, spec in table.items()]
+
+
+def _param(name: str, spec: Any, at: str) -> Param:
+    """One `[trial.command.params]` entry; its kind follows from `default` (and `choices`)."""
+    if not name.isidentifier():
+        raise TrainerError(f"{at}: a parameter's name must be an identifier, but got {name!r}")
+    if name in JOB_PLACEHOLDERS:
+        raise TrainerError(f"{at}: {name!r} is a placeholder tune sets; name the parameter else")
+    if not isinstance(spec, dict) or "default" not in spec:
+        raise TrainerError(
+            f"{at} must be a table with a default, e.g. {{ default = 0.01, low = 0, high = 1 }} "
+            f'or {{ default = "SGD", choices = ["SGD", "Adam"] }}, but got {name}={spec!r}'
+        )
+    unknown = sorted(set(spec) - set(PARAM_KEYS))
+    if unknown:
+        raise TrainerError(f"unknown key {at}.{unknown[0]} (known: {', '.join(PARAM_KEYS)})")
+    default, choices = spec["default"], spec.get("choices")
+    kind = spec.get("kind", _kind_of(default, choices))
+    if not isinstance(kind, str) or kind not in _KINDS:
+        raise TrainerError(f"{at}.kind must be one of {', '.join(_KINDS)}, but got kind={kind!r}")
+    if choices is not None and (
+        kind != "choice"
+        or not isinstance(choices, list)
+        or not choices
+        or not all(isinstance(c, str) for c in choices)
+    ):
+        raise TrainerError(f"{at}.choices must be a non-empty list of strings, got {choices=}")
+    if kind == "choice" and choices is None:
+        raise TrainerError(f"{at}: a choice needs choices = [...], but got {spec!r}")
+    bounds = {k: spec[k] for k in ("low", "high") if k in spec}
+    for key, bound in bounds.items():
+        if (
+            kind not in ("float", "int")
+            or not isinstance(bound, int | float)
+            or (isinstance(bound, bool))
+        ):
+            raise TrainerError(f"{at}.{key} bounds a number parameter, but got {key}={bound!r}")
+    if "low" in bounds and "high" in bounds and bounds["low"] > bounds["high"]:
+        raise TrainerError(f"{at}: low must not exceed high, but got {bounds}")
+    for key in ("help", "group", "hyp"):
+        if key in spec and not isinstance(spec[key], str):
+            raise TrainerError(f"{at}.{key} must be a string, but got {key}={spec[key]!r}")
+    if kind == "float" and isinstance(default, int) and not isinstance(default, bool):
+        default = float(default)  # `default = 1` of a float parameter
+    param = Param(
+        name,
+        _KINDS[kind],
+        default,
+        help=spec.get("help", ""),
+        low=bounds.get("low"),
+        high=bounds.get("high"),
+        choices=tuple(choices or ()),
+        hyp=spec.get("hyp"),
+        group=spec.get("group", ""),
+    )
+    problem = param.problem(default)
+    if problem is not None:
+        raise TrainerError(f"{at}.default {problem}, but got default={default!r}")
+    return param
+
+
+def _kind_of(default: Any, choices: Any) -> str:
+    if choices is not None:
+        return "choice"
+    if isinstance(default, bool):
+        return "bool"
+    if isinstance(default, int):
+        return "int"
+    if isinstance(default, float):
+        return "float"
+    return "str"
