@@ -351,3 +351,31 @@ def test_tune_train_as_a_command_matches_the_builtin_trainer(tmp_path: Path) -> 
                 {k: tb[k] for k in ("loss", "lbox", "lobj", "lcls")}, abs=1e-6
             )
     assert (tmp_path / "command" / "last.pt").is_file()
+
+
+# --- docs/own-trainer.md: its study file and example script, as a user copies them -------------
+
+DOC = Path(__file__).parents[2] / "docs" / "own-trainer.md"
+
+
+def doc_block(language: str, index: int = 0) -> str:
+    return DOC.read_text().split(f"```{language}\n")[index + 1].split("```")[0]
+
+
+def test_the_documented_example_runs_as_documented(tmp_path: Path) -> None:
+    import tomllib
+
+    script = tmp_path / "train.py"
+    script.write_text(doc_block("python"))
+    options = tomllib.loads(doc_block("toml", 1))["trial"]["command"]
+    assert options["command"][:2] == ["python", "train.py"]
+    options["command"][:2] = [sys.executable, str(script)]
+    trainer = from_options(options, "trial.command")
+    values = {"lr0": 0.02, "lbox": 0.1, "lcls": 0.3, "optimizer": "Adam"}
+    reported: list[Evaluation] = []
+    trainer.run(TrialJob(values, "shapes", 3, 1, tmp_path / "trial"), reported.append)
+
+    assert [e.step for e in reported] == [1, 2, 3]
+    assert all(0 < e.metric("mAP50_95") < 1 and set(e.losses) == {"box", "cls"} for e in reported)
+    assert [t["iter"] for t in reported[1].train] == list(range(21, 41))
+    assert trainer.params.in_group("loss weight") == ("lbox", "lcls")
