@@ -10,6 +10,7 @@ from pathlib import Path
 
 import optuna
 
+from search import trial_record
 from search.confirm_results import read_confirmation_of
 from search.report.draw import latency_figure, panels_figure
 from search.report.gather import ReportData, gather
@@ -20,13 +21,15 @@ __all__ = ["ReportData", "gather", "gather_study", "write_report"]
 
 
 def gather_study(study: optuna.Study, top_k: int = 5) -> ReportData:
-    """Gather the report data of `study` (a single-objective study) and its confirmation."""
+    """Gather the report data of `study` (a single-objective study), its confirmation and its
+    stored table (whose trainer names the loss weights)."""
     return gather(
         study.study_name,
         study.get_trials(deepcopy=False),
         study.direction,
         top_k,
         confirmation=read_confirmation_of(study),
+        spec=trial_record.read_study_spec(study),
     )
 
 

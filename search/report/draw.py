@@ -1,9 +1,9 @@
-"""Drawing the gathered report data with Plotly: the seven panels and the mAP-latency plot.
+"""Drawing the gathered report data with Plotly: the panels and the mAP-latency plot.
 
 Styling says what a trial is at a glance: the best trial is a thick red line, the hand-tuned
 baselines are dashed, the other top trials solid, and a pruned or failed trial's line ends in an
 x. All lines of one trial share a legend group, so one legend click shows or hides that trial in
-every panel.
+every panel. The grid follows from the list of panels (`panels.grid_of`).
 """
 
 from __future__ import annotations
@@ -13,7 +13,9 @@ from typing import Any
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from search.report.gather import BASELINE, BEST, TOP, Line, Panel, ReportData, TrialRow
+from search.report.gather import BASELINE, BEST, TOP, Line, ReportData, TrialRow
+from search.report.key_params import KeyParams
+from search.report.panels import grid_of
 
 BEST_COLOR = "#d62728"
 _BASELINE_COLORS = ("#1f77b4", "#2ca02c", "#9467bd", "#8c564b", "#17becf", "#7f7f7f")
@@ -32,17 +34,9 @@ _OTHER_COLORS = (
 )
 _LEGEND_RANK = {BEST: 1000, BASELINE: 2000, TOP: 3000}
 _WIDTH = {BEST: 4.0, TOP: 2.0, BASELINE: 2.0}
-# panel key -> (row, col) in a 4 x 2 grid; evaluation (it decides) comes first, the legend sits
-# in the cell beside it so every panel keeps the full width
-_GRID = {
-    "eval": (1, 1),
-    "box": (2, 1),
-    "cls": (2, 2),
-    "obj": (3, 1),
-    "total": (3, 2),
-    "lr": (4, 1),
-    "latency": (4, 2),
-}
+# a row of panels, the gap between rows and the legend's height (in the first row), in pixels:
+# the sizes the seven panels of tune's detector (four rows, 1250 px) were tuned at
+_ROW_PX, _GAP_PX, _LEGEND_PX = 312.5, 87.5, 287.5
 
 
 def trial_colors(rows: list[TrialRow]) -> dict[int, str]:
@@ -68,17 +62,21 @@ def _params_text(params: dict[str, Any]) -> str:
     return ", ".join(parts)
 
 
-def legend_name(row: TrialRow) -> str:
-    """The trial's label and its setting in a few words, so the legend says what each line is."""
+def legend_name(row: TrialRow, named: KeyParams) -> str:
+    """The trial's label and its setting in a few words, so the legend says what each line is:
+    its loss weights, then its optimizer and learning rate (`named.legend`), in the order its
+    study's space names them."""
+    keys = [k for k in row.params if k in named.legend]
+    keys.sort(key=lambda k: k not in named.loss_weights)  # stable: the weights first
     short = []
-    for k in ("lcls", "lobj", "lbox", "optimizer", "lr"):
-        v = row.params.get(k)
-        if v is not None:
-            short.append(
-                f"{k} {v:.2g}"
-                if isinstance(v, float)
-                else (str(v) if k == "optimizer" else f"{k} {v}")
-            )
+    for k in keys:
+        v = row.params[k]
+        if v is None:
+            continue
+        # a choice (the optimizer) speaks for itself: "Adam", not "optimizer Adam"
+        short.append(
+            f"{k} {v:.2g}" if isinstance(v, float) else (v if isinstance(v, str) else f"{k} {v}")
+        )
     return row.label + (" · " + " ".join(short) if short else "")
 
 
@@ -125,26 +123,26 @@ def _line_traces(
 
 
 def panels_figure(data: ReportData) -> go.Figure:
-    """The seven panels over iterations in one figure, one legend entry per trial."""
-    by_key = {p.key: p for p in data.panels}
-    order = list(_GRID)
+    """The panels over iterations in one figure, one legend entry per trial."""
+    grid = grid_of([p.spec for p in data.panels])
+    height = grid.rows * _ROW_PX
     fig = make_subplots(
-        rows=4,
-        cols=2,
-        specs=[[{}, None], [{}, {}], [{}, {}], [{}, {}]],
-        subplot_titles=[by_key[k].title for k in order],
-        vertical_spacing=0.07,
+        rows=grid.rows,
+        cols=grid.cols,
+        specs=grid.specs(),
+        # make_subplots titles the cells row by row, the order grid_of fills them in
+        subplot_titles=[p.title for p in data.panels],
+        vertical_spacing=_GAP_PX / height,
         horizontal_spacing=0.07,
     )
     colors = trial_colors(data.rows)
     hover = {r.number: _params_text(r.params) for r in data.rows}
-    names = {r.number: legend_name(r) for r in data.rows}
+    names = {r.number: legend_name(r, data.key_params) for r in data.rows}
     in_legend: set[int] = set()
     # draw hidden trials first so the shown ones sit on top, and the best one last
     rank = {"other": 0, "top": 1, "baseline": 2, "best": 3}
-    for key in order:
-        panel: Panel = by_key[key]
-        row, col = _GRID[key]
+    for panel in data.panels:
+        row, col = grid.cells[panel.key]
         for line in sorted(panel.lines, key=lambda ln: (rank.get(ln.role, 0), ln.trial)):
             legend = line.trial not in in_legend
             in_legend.add(line.trial)
@@ -162,7 +160,7 @@ def panels_figure(data: ReportData) -> go.Figure:
         )
         fig.update_xaxes(title_text="iteration", title_standoff=2, row=row, col=col)
     fig.update_layout(
-        height=1250,
+        height=height,
         margin={"l": 60, "r": 20, "t": 40, "b": 40},
         template="plotly_white",
         hovermode="closest",
@@ -175,7 +173,7 @@ def panels_figure(data: ReportData) -> go.Figure:
             "xanchor": "left",
             "y": 1.0,
             "yanchor": "top",
-            "maxheight": 0.23,  # of the figure: the first row; longer legends scroll
+            "maxheight": _LEGEND_PX / height,  # of the figure: the first row; longer ones scroll
             "bgcolor": "rgba(250,250,250,0.9)",
             "bordercolor": "#ddd",
             "borderwidth": 1,

@@ -1,12 +1,12 @@
 """What each part of the report shows, gathered from a study's trials: pure functions, no drawing.
 
-The report compares trials the way the hand-tuning notes did: seven panels over iterations (the
-unweighted box, cls and obj losses, the weighted total, the learning rate, the training latency
-and the evaluation), a few log lines per run, and a table. Everything here is read from the
-Optuna storage through `search.trial_record`, so a report drawn on machine A needs nothing
-written on machine B; so is the study's confirmation (`tune confirm`, its confirm study in the same
-storage), whose figure becomes the headline when there is one. `draw` and `html` turn the result
-into a page.
+The report compares trials the way the hand-tuning notes did: panels over iterations (the
+evaluation, one unweighted loss per component the trials recorded, the weighted total, the
+learning rate and the training latency: `panels.py` describes them), a few log lines per run,
+and a table. Everything here is read from the Optuna storage through `search.trial_record`, so a
+report drawn on machine A needs nothing written on machine B; so is the study's confirmation
+(`tune confirm`, its confirm study in the same storage), whose figure becomes the headline when
+there is one. `draw` and `html` turn the result into a page.
 """
 
 from __future__ import annotations
@@ -27,11 +27,13 @@ from optuna.trial import FrozenTrial, TrialState
 
 from search import trial_record
 from search.confirm_results import Confirmation, confirmed_sentence
+from search.report.key_params import KeyParams, key_params
+from search.report.panels import PanelSpec, components_of, panel_specs
+from search.trainers.base import val_key
 from trainer.records import TrainLine
 
 # The roles a trial plays in the figures; `draw` styles lines by role.
 BEST, TOP, BASELINE, OTHER = "best", "top", "baseline", "other"
-LOSS_WEIGHTS: tuple[str, ...] = ("lcls", "lbox", "lobj")
 _TRAIN_FIELDS = tuple(f.name for f in dataclasses.fields(TrainLine))
 
 
@@ -48,7 +50,7 @@ class TrialRow:
     value: float | None  # the objective (COMPLETE only)
     mAP50_95: float | None  # final, or the last evaluation of a pruned/running/failed trial
     mAP50: float | None
-    val_losses: dict[str, float]  # last unweighted validation losses: box, obj, cls
+    val_losses: dict[str, float]  # last unweighted validation loss by component: box, cls, ...
     inference_ms: float | None
     train_latency: float | None  # seconds per training iteration (median)
     duration_s: float | None
@@ -87,13 +89,26 @@ class Line:
 
 @dataclass(frozen=True)
 class Panel:
-    """One of the seven panels: a title, a y axis and one line per trial."""
+    """One panel as drawn: its description and one line per trial (and field)."""
 
-    key: str
-    title: str
-    y_title: str
+    spec: PanelSpec
     lines: list[Line]
-    log_y: bool = False
+
+    @property
+    def key(self) -> str:
+        return self.spec.key
+
+    @property
+    def title(self) -> str:
+        return self.spec.title
+
+    @property
+    def y_title(self) -> str:
+        return self.spec.y_title
+
+    @property
+    def log_y(self) -> bool:
+        return self.spec.log_y
 
 
 @dataclass(frozen=True)
@@ -127,6 +142,8 @@ class ReportData:
     headline: str
     reasons: list[str]  # why the best trial won: what changed, which losses dropped
     rows: list[TrialRow]
+    components: tuple[str, ...]  # the loss components the trials recorded, in panel order
+    key_params: KeyParams  # the loss weights and the legend's parameters
     panels: list[Panel]
     logs: list[LogExcerpt]
     latency: list[LatencyPoint] | None  # None when no trial carries a constraint
@@ -149,13 +166,14 @@ def _finite(value: Any) -> float | None:
     return None
 
 
-def _params(trial: FrozenTrial) -> dict[str, Any]:
-    """The trial's sampled parameters; a baseline without them falls back to its config."""
+def _params(trial: FrozenTrial, named: Sequence[str]) -> dict[str, Any]:
+    """The trial's sampled parameters; a baseline without them falls back to the `named` ones
+    of its config (the loss weights, the optimizer, the learning rate)."""
     if trial.params:
         return dict(trial.params)
     config = trial.user_attrs.get(trial_record.CONFIG)
     if isinstance(config, dict):
-        return {k: config[k] for k in (*LOSS_WEIGHTS, "optimizer", "lr") if k in config}
+        return {k: config[k] for k in named if k in config}
     return {}
 
 
@@ -213,8 +231,16 @@ def _retry_of(trial: FrozenTrial) -> int | None:
         return trial_record.read_retry_of(trial)
 
 
-def trial_row(trial: FrozenTrial, role: str, now: datetime) -> TrialRow:
-    """The table row of one trial; numbers missing from an unfinished trial are None."""
+def trial_row(
+    trial: FrozenTrial,
+    role: str,
+    now: datetime,
+    components: Sequence[str],
+    named: Sequence[str],
+) -> TrialRow:
+    """The table row of one trial; numbers missing from an unfinished trial are None.
+    `components` are the loss components whose last validation loss it keeps, `named` the
+    parameters a baseline without sampled ones shows from its config."""
     summary = trial_record.read_summary(trial) or {}
     evals = trial_record.read_eval_lines(trial)
     train = trial_record.read_train_lines(trial)
@@ -236,14 +262,14 @@ def trial_row(trial: FrozenTrial, role: str, now: datetime) -> TrialRow:
         label=_label(trial, role),
         role=role,
         baseline=trial_record.read_baseline(trial),
-        params=_params(trial),
+        params=_params(trial, named),
         value=_finite(trial.value) if trial.state == TrialState.COMPLETE else None,
         mAP50_95=mAP50_95,
         mAP50=mAP50,
         val_losses={
-            k: float(last_eval[f"val_l{k}"])
-            for k in ("box", "obj", "cls")
-            if _finite(last_eval.get(f"val_l{k}")) is not None
+            c: float(last_eval[val_key(c)])
+            for c in components
+            if _finite(last_eval.get(val_key(c))) is not None
         },
         inference_ms=_finite(summary.get("inference_ms")),
         train_latency=train_latency,
@@ -259,23 +285,6 @@ def trial_row(trial: FrozenTrial, role: str, now: datetime) -> TrialRow:
 
 
 # --- panels ------------------------------------------------------------------------------------
-
-# key, title, y axis, source field, log scale; training lines unless the field is an eval one
-_TRAIN_PANELS: tuple[tuple[str, str, str, str, bool], ...] = (
-    ("box", "Box loss (unweighted)", "lbox", "lbox", False),
-    ("cls", "Cls loss (unweighted)", "lcls", "lcls", False),
-    ("obj", "Obj loss (unweighted)", "lobj", "lobj", False),
-    (
-        "total",
-        "Total loss (weighted: NOT comparable across different loss weights)",
-        "weighted loss",
-        "loss",
-        False,
-    ),
-    ("lr", "Learning rate", "lr", "lr", True),
-    ("latency", "Training latency per iteration", "seconds / iter", "latency", False),
-)
-PANEL_KEYS: tuple[str, ...] = ("eval", *(p[0] for p in _TRAIN_PANELS))
 
 
 def _lines_for(
@@ -305,26 +314,39 @@ def _lines_for(
 
 
 def gather_panels(
-    trials: Sequence[FrozenTrial], rows: dict[int, TrialRow], shown: set[int]
+    trials: Sequence[FrozenTrial],
+    rows: dict[int, TrialRow],
+    shown: set[int],
+    specs: Sequence[PanelSpec],
 ) -> list[Panel]:
-    """The seven panels: evaluation first (it decides), then the notes' six training curves."""
-    train = {t.number: trial_record.read_train_lines(t) for t in trials}
-    evals = {t.number: trial_record.read_eval_lines(t) for t in trials}
-    eval_lines: list[Line] = []
-    for t in trials:
-        for field, variant in (("mAP50_95", ""), ("mAP50", "mAP50")):
-            line = _lines_for(t, rows[t.number], t.number in shown, evals[t.number], field, variant)
-            if line is not None:
-                eval_lines.append(line)
-    panels = [Panel("eval", "Evaluation: mAP50-95 (solid), mAP50 (dotted)", "mAP", eval_lines)]
-    for key, title, y_title, field, log_y in _TRAIN_PANELS:
+    """One panel per description in `specs`, each with a line per trial and field."""
+    records = {
+        "train": {t.number: trial_record.read_train_lines(t) for t in trials},
+        "eval": {t.number: trial_record.read_eval_lines(t) for t in trials},
+    }
+    panels = []
+    for spec in specs:
+        points = records[spec.source]
         lines = [
             line
             for t in trials
-            if (line := _lines_for(t, rows[t.number], t.number in shown, train[t.number], field))
+            for field, variant in spec.fields
+            if (
+                line := _lines_for(
+                    t, rows[t.number], t.number in shown, points[t.number], field, variant
+                )
+            )
         ]
-        panels.append(Panel(key, title, y_title, lines, log_y))
+        panels.append(Panel(spec, lines))
     return panels
+
+
+def study_components(trials: Sequence[FrozenTrial]) -> tuple[str, ...]:
+    """The loss components the trials recorded (in any of their lines), in panel order."""
+    return components_of(
+        (line for t in trials for line in trial_record.read_train_lines(t)),
+        (line for t in trials for line in trial_record.read_eval_lines(t)),
+    )
 
 
 # --- words -------------------------------------------------------------------------------------
@@ -337,7 +359,11 @@ def log_excerpt(train_lines: Sequence[dict[str, Any]], points: int = 5) -> list[
         return []
     n = len(train_lines)
     picks = sorted({round(i * (n - 1) / max(1, points - 1)) for i in range(points)})
-    return [TrainLine(**{f: train_lines[i][f] for f in _TRAIN_FIELDS}).log_line() for i in picks]
+    # the notes' line names no component: another trainer's lines (no `lobj`) print the same way
+    return [
+        TrainLine(**{f: train_lines[i].get(f, math.nan) for f in _TRAIN_FIELDS}).log_line()
+        for i in picks
+    ]
 
 
 def _fmt(value: Any) -> str:
@@ -438,9 +464,12 @@ def confirmed_headline(
     return confirmed_sentence(confirmation, best)
 
 
-def reasons(rows: Sequence[TrialRow], ranked: Sequence[int]) -> list[str]:
+def reasons(
+    rows: Sequence[TrialRow], ranked: Sequence[int], components: Sequence[str]
+) -> list[str]:
     """Why the best trial won: the settings that differ from the best baseline, and how its
-    unweighted validation losses compare at equal length (the weighted total can't tell)."""
+    unweighted validation losses (of `components`) compare at equal length (the weighted total
+    can't tell)."""
     c = compare_at_equal_length(rows, ranked)
     if c is None:
         return []
@@ -455,9 +484,9 @@ def reasons(rows: Sequence[TrialRow], ranked: Sequence[int]) -> list[str]:
         out.append("Changed from that baseline: " + ", ".join(changed) + ".")
     losses = [
         f"{k} {base_loss:.4g} → {best_loss:.4g}"
-        for k in ("box", "obj", "cls")
-        if (base_loss := base.metric_at(c.step, f"val_l{k}")) is not None
-        and (best_loss := best.metric_at(c.step, f"val_l{k}")) is not None
+        for k in components
+        if (base_loss := base.metric_at(c.step, val_key(k))) is not None
+        and (best_loss := best.metric_at(c.step, val_key(k))) is not None
     ]
     if losses:
         out.append(
@@ -472,15 +501,25 @@ def reasons(rows: Sequence[TrialRow], ranked: Sequence[int]) -> list[str]:
     return out
 
 
-def _contour_params(trials: Sequence[FrozenTrial]) -> list[str] | None:
-    """Two loss weights that the search actually varied (lcls and lbox first, as in the notes)."""
-    varied = [
-        k
-        for k in LOSS_WEIGHTS
-        if len({t.params[k] for t in trials if k in t.params and t.state == TrialState.COMPLETE})
-        > 1
-    ]
-    return varied[:2] if len(varied) >= 2 else None
+def _spread(values: set[float]) -> float:
+    low, high = min(values), max(values)
+    return high / low if low > 0 else math.inf  # a weight switched off spreads the widest
+
+
+def _contour_params(trials: Sequence[FrozenTrial], loss_weights: Sequence[str]) -> list[str] | None:
+    """Two loss weights that vary across complete trials: the two the search spread widest
+    (largest over smallest value), where it looked the most (in the notes: lcls and lbox)."""
+    complete = [t for t in trials if t.state == TrialState.COMPLETE]
+    spreads = []
+    for i, k in enumerate(loss_weights):
+        values = {
+            float(v)
+            for t in complete
+            if isinstance(v := t.params.get(k), int | float) and not isinstance(v, bool)
+        }
+        if len(values) > 1:
+            spreads.append((-_spread(values), i, k))
+    return [k for _, _, k in sorted(spreads)[:2]] if len(spreads) >= 2 else None
 
 
 # --- the whole report --------------------------------------------------------------------------
@@ -493,6 +532,7 @@ def gather(
     top_k: int = 5,
     now: datetime | None = None,
     confirmation: Confirmation | None = None,
+    spec: dict[str, Any] | None = None,
 ) -> ReportData:
     """Gather everything the report shows from `trials` (any states, possibly none).
 
@@ -500,6 +540,8 @@ def gather(
     (baselines not counted); every other trial is in the data too, drawn hidden (one legend
     click away). With a constraint, feasible trials rank first. `now` dates running trials.
     With a `confirmation`, its figure is the headline and the single-run one follows it.
+    `spec` is the study table launch stored (`trial_record.read_study_spec`): its trainer says
+    which parameters are loss weights; the loss panels follow the components the trials recorded.
     """
     if top_k < 0:
         raise ValueError(f"top_k must be >= 0, but got {top_k=}")
@@ -512,7 +554,9 @@ def gather(
     # the baselines are shown anyway: the top K are the search's own best trials
     top = set([n for n in ranked if n not in baselines][:top_k])
     shown = top | baselines
-    row_list = [trial_row(t, _role(t, best, top), now) for t in trials]
+    components = study_components(trials)
+    named = key_params(spec, trials)
+    row_list = [trial_row(t, _role(t, best, top), now, components, named.legend) for t in trials]
     rows = {r.number: r for r in row_list}
     logs = [
         LogExcerpt(t.number, rows[t.number].label, rows[t.number].params, excerpt)
@@ -537,12 +581,14 @@ def gather(
         direction=direction_name,
         counts=dict(Counter(r.state for r in row_list)),
         headline=confirmed or single_run,
-        reasons=reasons(row_list, ranked),
+        reasons=reasons(row_list, ranked, components),
         rows=row_list,
-        panels=gather_panels(trials, rows, shown),
+        components=components,
+        key_params=named,
+        panels=gather_panels(trials, rows, shown, panel_specs(components)),
         logs=logs,
         latency=latency,
-        contour_params=_contour_params(trials),
+        contour_params=_contour_params(trials, named.loss_weights),
         generated=now,
         confirmation=confirmation,
         single_run=single_run if confirmed else None,

@@ -2,13 +2,15 @@
 
 Top to bottom: the verdict (the best trial's gain over the best hand-tuned baseline and why; over
 fresh seeds when `tune confirm` ran, then the single-run figure), the confirmed table, the
-seven panels, a sortable table of every trial, the log lines of the shown trials in the notes'
-format, the mAP-latency plot of a constrained study, and Optuna's own views.
+panels (as many as `gather` describes), a sortable table of every trial, the log lines of the
+shown trials in the notes' format, the mAP-latency plot of a constrained study, and Optuna's
+own views.
 """
 
 from __future__ import annotations
 
 import html
+from collections.abc import Sequence
 from typing import Any
 
 import plotly.graph_objects as go
@@ -19,6 +21,7 @@ from search.confirm_stats import LEVEL
 from search.report.draw import trial_colors
 from search.report.gather import ReportData, TrialRow
 from search.report.views import View
+from search.trainers.base import val_key
 
 _CSS = """
 body { font-family: system-ui, -apple-system, "Segoe UI", sans-serif; margin: 0; color: #222; }
@@ -106,12 +109,14 @@ def _param_cell(value: Any) -> tuple[str, str]:
     return str(value), str(value)
 
 
-def trials_table(rows: list[TrialRow]) -> str:
-    """The trials as a sortable table, best-first by mAP50-95; baselines and the best marked."""
+def trials_table(rows: list[TrialRow], components: Sequence[str]) -> str:
+    """The trials as a sortable table, best-first by mAP50-95; baselines and the best marked.
+    One column per loss component: the trial's last unweighted validation loss."""
     param_names: list[str] = []
     for row in rows:
         param_names += [k for k in row.params if k not in param_names]
-    head = ["trial", "state", "role", *param_names, "mAP50-95", "mAP50", "inference ms"]
+    head = ["trial", "state", "role", *param_names, "mAP50-95", "mAP50"]
+    head += [val_key(c) for c in components] + ["inference ms"]
     head += ["train s/iter", "duration", "host", "note"]
     colors = trial_colors(rows)
     ordered = sorted(rows, key=lambda r: (r.mAP50_95 is None, -(r.mAP50_95 or 0.0), r.number))
@@ -130,7 +135,9 @@ def trials_table(rows: list[TrialRow]) -> str:
         for name in param_names:
             key, text = _param_cell(row.params.get(name))
             cells.append((key, _e(text), False))
-        for value, digits in ((row.mAP50_95, 4), (row.mAP50, 4), (row.inference_ms, 2)):
+        numbers = [(row.mAP50_95, 4), (row.mAP50, 4)]
+        numbers += [(row.val_losses.get(c), 4) for c in components] + [(row.inference_ms, 2)]
+        for value, digits in numbers:
             key, text = _num(value, digits)
             cells.append((key, text, False))
         key, text = _num(row.train_latency, 4)
@@ -197,6 +204,14 @@ def _figure(fig: go.Figure, div_id: str) -> str:
     )
 
 
+_NUMBERS = ("no", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten")
+
+
+def _count(n: int) -> str:
+    """A count in words, as the notes say "the seven panels"."""
+    return _NUMBERS[n] if n < len(_NUMBERS) else str(n)
+
+
 def _counts(data: ReportData) -> str:
     total = sum(data.counts.values())
     parts = [f"{n} {state.lower()}" for state, n in sorted(data.counts.items())]
@@ -243,18 +258,19 @@ def render_page(
         out.append("Run <code>tune launch</code> or <code>tune worker</code>, then rerun the ")
         out.append("report.</p></main></body></html>")
         return "".join(out)
-    out.append("<h2 id='curves'>The seven panels</h2>")
+    out.append(f"<h2 id='curves'>The {_count(len(data.panels))} panels</h2>")
     out.append(
         "<p class='howto'>Shown: the hand-tuned baselines (dashed) and the top trials (solid); "
         "the best trial is the thick red line. Every other trial is one click away in the "
         "legend. An <b>x</b> marks where a pruned or failed trial stopped. Loss curves are the "
-        "<b>unweighted</b> components, comparable across trials; the weighted total is not.</p>"
+        f"<b>unweighted</b> components ({_e(', '.join(data.components) or 'none recorded')}), "
+        "comparable across trials; the weighted total is not.</p>"
     )
     if panels is not None:
         out.append(_figure(panels, "panels"))
     out.append("<h2 id='table'>Trials</h2>")
     out.append("<p class='howto'>Click a column header to sort.</p>")
-    out.append(f"<div class='tablewrap'>{trials_table(data.rows)}</div>")
+    out.append(f"<div class='tablewrap'>{trials_table(data.rows, data.components)}</div>")
     if data.logs:
         out.append("<h2 id='logs'>Log lines of the shown trials</h2><div class='logs'>")
         for excerpt in data.logs:

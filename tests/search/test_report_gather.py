@@ -15,7 +15,13 @@ from optuna.trial import TrialState
 
 from search import trial_record
 from search.report import gather_study
-from search.report.gather import PANEL_KEYS, log_excerpt
+from search.report import key_params as key_params_module
+from search.report.gather import gather, log_excerpt
+from search.report.key_params import KeyParams, key_params
+from search.report.panels import components_of, grid_of, order_components, panel_specs
+from search.trainers import make_trainer
+from search.trainers.base import Evaluation
+from trainer.params import Param, ParamRegistry
 from trainer.records import EvalLine, EvalReport, FitResult, TrainLine
 
 ITERS_PER_EPOCH = 50
@@ -53,6 +59,8 @@ PLAN: list[tuple[str | None, dict, float, int, TrialState, float]] = [
      0.25, 2, TrialState.RUNNING, 4.0),
 ]
 # fmt: on
+# tune's detector: the seven panels of the notes, in the layout the report has always had
+TUNE_PANELS = ("eval", "box", "cls", "obj", "total", "lr", "latency")
 LOG_LINE = re.compile(r"^epoch \d+ / iter \d+ lr \d\.\d{5} , loss \d+\.\d{5} latency \d\.\d{5}$")
 
 
@@ -160,7 +168,7 @@ def test_rows_cover_every_state(study: optuna.Study) -> None:
 @pytest.mark.postgres
 def test_baselines_and_top_k_shown_the_rest_one_click_away(study: optuna.Study) -> None:
     data = gather_study(study, top_k=2)
-    assert [p.key for p in data.panels] == list(PANEL_KEYS) and len(PANEL_KEYS) == 7
+    assert [p.key for p in data.panels] == list(TUNE_PANELS)
     # feasible first: #3 (0.42) and #7 (0.33); #4 scores 0.39 but is over the latency budget
     shown = {line.trial for p in data.panels for line in p.lines if line.shown}
     assert shown == {0, 1, 2, 3, 7}
@@ -317,3 +325,171 @@ def test_log_excerpt_spreads_over_the_run() -> None:
     assert excerpt[0] == "epoch 0 / iter 1 lr 0.00100 , loss 1.00000 latency 0.03000"
     assert log_excerpt(lines[:2]) == [TrainLine(**lines[i]).log_line() for i in (0, 1)]
     assert log_excerpt([]) == []
+
+
+# --- another trainer's components (Ultralytics: box, cls, dfl; no objectness) -----------------
+
+ULTRA_DISTRIBUTIONS = {
+    "box": FloatDistribution(1.0, 20.0, log=True),
+    "cls": FloatDistribution(0.1, 4.0, log=True),
+    "dfl": FloatDistribution(0.5, 3.0, log=True),
+    "optimizer": CategoricalDistribution(["SGD", "AdamW"]),
+    "lr0": FloatDistribution(1e-4, 1e-1, log=True),
+}
+# (baseline label or None, params, final mAP50-95); every trial completes 3 epochs
+ULTRA_PLAN: list[tuple[str | None, dict, float]] = [
+    ("defaults", {"box": 7.5, "cls": 0.5, "dfl": 1.5, "optimizer": "SGD", "lr0": 0.01}, 0.30),
+    (None, {"box": 12.0, "cls": 0.3, "dfl": 1.2, "optimizer": "AdamW", "lr0": 0.01}, 0.36),
+    (None, {"box": 2.0, "cls": 2.5, "dfl": 2.0, "optimizer": "SGD", "lr0": 0.01}, 0.20),
+]
+# what the Ultralytics adapter declares (its module may not be importable where a report is drawn)
+ULTRA_PARAMS = ParamRegistry(
+    "ultralytics",
+    (
+        Param("box", "float", 7.5, low=0, hyp="box", group="loss weight"),
+        Param("cls", "float", 0.5, low=0, hyp="cls", group="loss weight"),
+        Param("dfl", "float", 1.5, low=0, hyp="dfl", group="loss weight"),
+        Param("optimizer", "choice", "auto", choices=("SGD", "AdamW", "auto"), hyp="optimizer"),
+        Param("lr0", "float", 0.01, low=0, low_open=True, hyp="lr0", group="optimisation"),
+    ),
+)
+ULTRA_SPEC = {"trial": {"trainer": "ultralytics", "ultralytics": {"model": "yolov8n.yaml"}}}
+
+
+def _ultra_evaluation(final: float, epoch: int) -> Evaluation:
+    """One epoch of an Ultralytics-like trainer: training lines with lbox, lcls, ldfl."""
+    train = [
+        {
+            "epoch": epoch,
+            "iter": i,
+            "lr": 0.01,
+            "loss": 3.0 - final - 0.001 * i,
+            "latency": 0.05,
+            "lbox": 1.5 - final,
+            "lcls": 2.0 - final,
+            "ldfl": 1.2 - final,
+        }
+        for i in range(epoch * ITERS_PER_EPOCH + 1, (epoch + 1) * ITERS_PER_EPOCH + 1, LOG_EVERY)
+    ]
+    m = final * (epoch + 1) / 3
+    return Evaluation(
+        step=epoch + 1,
+        metrics={"mAP50": min(1.0, m * 1.5), "mAP50_95": m},
+        losses={"box": 1.4 - final, "cls": 1.9 - final, "dfl": 1.1 - final},
+        train=train,
+        iter=(epoch + 1) * ITERS_PER_EPOCH,
+    )
+
+
+def build_ultralytics_trials() -> list[optuna.trial.FrozenTrial]:
+    """The `ULTRA_PLAN` as an Ultralytics study's trials, stored the way the worker stores them."""
+    study = optuna.create_study(direction="maximize")
+    for label, params, final in ULTRA_PLAN:
+        study.enqueue_trial(params)
+        trial = study.ask(ULTRA_DISTRIBUTIONS)
+        if label is not None:
+            trial.set_user_attr(trial_record.BASELINE, label)
+        for epoch in range(3):
+            trial_record.record_eval(trial, epoch + 1, _ultra_evaluation(final, epoch))
+        study.tell(trial, final)
+    return study.get_trials(deepcopy=False)
+
+
+@pytest.fixture
+def ultralytics_registry(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`make_trainer("ultralytics")` gives the adapter's registry, installed or not."""
+
+    def make(name: str, options: dict) -> object:
+        if name == "ultralytics":
+            return type("Adapter", (), {"params": ULTRA_PARAMS})()
+        return make_trainer(name, options)
+
+    monkeypatch.setattr(key_params_module, "make_trainer", make)
+
+
+@pytest.mark.usefixtures("ultralytics_registry")
+def test_an_ultralytics_study_shows_its_own_components() -> None:
+    trials = build_ultralytics_trials()
+    data = gather("yolo", trials, optuna.study.StudyDirection.MAXIMIZE, spec=ULTRA_SPEC)
+    assert data.components == ("box", "cls", "dfl")
+    assert [p.key for p in data.panels] == ["eval", "box", "cls", "dfl", "total", "lr", "latency"]
+    panels = {p.key: p for p in data.panels}
+    assert "obj" not in panels
+    assert panels["dfl"].title == "DFL loss (unweighted)" and panels["dfl"].y_title == "ldfl"
+    assert "NOT comparable" in panels["total"].title
+    assert {ln.trial for ln in panels["dfl"].lines} == {0, 1, 2}
+    assert panels["dfl"].lines[0].y[0] == pytest.approx(1.2 - 0.30)
+    rows = {r.number: r for r in data.rows}
+    assert rows[1].val_losses == pytest.approx({"box": 1.04, "cls": 1.54, "dfl": 0.74})
+    assert data.reasons[1] == (
+        "Unweighted validation losses at 3 epochs, baseline → best: "
+        "box 1.1 → 1.04, cls 1.6 → 1.54, dfl 0.8 → 0.74."
+    )
+    # the loss weights are the adapter's: the contour is of two of them, never of lr0
+    assert data.key_params == KeyParams(
+        ("box", "cls", "dfl"), ("box", "cls", "dfl", "optimizer", "lr0")
+    )
+    assert data.contour_params == ["cls", "box"]  # widest first: 8.3x, 6x; dfl only 1.7x
+    assert all(len(e.lines) >= 1 for e in data.logs)  # notes-format lines without an lobj
+
+
+def test_a_tune_study_keeps_its_seven_panels_in_their_places() -> None:
+    data = gather_study(build_study(None))
+    assert data.components == ("box", "cls", "obj")  # val_loss, lr, loss, latency are not
+    assert [p.key for p in data.panels] == list(TUNE_PANELS)
+    assert [p.title for p in data.panels][1:4] == [
+        "Box loss (unweighted)",
+        "Cls loss (unweighted)",
+        "Obj loss (unweighted)",
+    ]
+    # the 4 x 2 grid the report has always had: the legend beside the evaluation
+    grid = grid_of([p.spec for p in data.panels])
+    assert (grid.rows, grid.cols) == (4, 2)
+    assert grid.cells == {
+        "eval": (1, 1),
+        "box": (2, 1),
+        "cls": (2, 2),
+        "obj": (3, 1),
+        "total": (3, 2),
+        "lr": (4, 1),
+        "latency": (4, 2),
+    }
+    assert grid.specs() == [[{}, None], [{}, {}], [{}, {}], [{}, {}]]
+    assert data.key_params.loss_weights == ("lbox", "lobj", "lcls")
+    assert set(data.rows[3].val_losses) == {"box", "cls", "obj"}
+
+
+def test_components_are_ordered_and_titled_whatever_a_trainer_names() -> None:
+    train = [{"epoch": 0, "iter": 1, "lr": 0.1, "loss": 1.0, "latency": 0.1, "lseg": 1.0}]
+    evals = [{"epoch": 1, "iter": 1, "mAP50": 0.1, "val_loss": 2.0, "val_laux": 1.0}]
+    evals.append({"epoch": 2, "iter": 2, "val_lbox": 1.0, "val_ldfl": 0.5})
+    assert components_of(train, evals) == ("box", "dfl", "aux", "seg")
+    assert order_components(["zeta", "obj", "box", "alpha", "cls"]) == (
+        "box",
+        "cls",
+        "obj",
+        "alpha",
+        "zeta",
+    )
+    specs = panel_specs(("box", "seg"))
+    assert [s.title for s in specs][1:3] == ["Box loss (unweighted)", "seg loss (unweighted)"]
+    # the evaluation's row, then two panels a row: an odd one out leaves the last cell empty
+    grid = grid_of(specs)
+    assert grid.rows == 4 and grid.cells["latency"] == (4, 1)
+    assert grid.specs()[-1] == [{}, None]
+    assert grid_of(panel_specs(("aux",))).specs() == [[{}, None], [{}, {}], [{}, {}]]
+
+
+def test_loss_weights_fall_back_when_the_trainer_is_unknown_here() -> None:
+    tune_trials = build_study(None).trials
+    ultra_trials = build_ultralytics_trials()
+    tune = key_params({"trial": {"trainer": "tune"}}, ultra_trials)
+    assert tune.loss_weights == ("lbox", "lobj", "lcls") and tune.legend[-2:] == ("optimizer", "lr")
+    # no stored table, or a trainer that cannot be built here: tune's names when the trials
+    # have them, else every number the trials drew
+    unknown = {"trial": {"trainer": "nonesuch"}}
+    assert key_params(None, tune_trials).loss_weights == ("lbox", "lobj", "lcls")
+    assert key_params(unknown, tune_trials) == tune
+    drawn = key_params(unknown, ultra_trials)
+    assert drawn.loss_weights == ("box", "cls", "dfl", "lr0") == drawn.legend
+    assert key_params(None, []) == KeyParams((), ())

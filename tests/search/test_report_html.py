@@ -14,8 +14,17 @@ from plotly.offline import get_plotlyjs
 
 from search import trial_record
 from search.report import gather_study, write_report
-from search.report.draw import panels_figure
-from tests.search.test_report_gather import DISTRIBUTIONS, PLAN, build_study
+from search.report.draw import legend_name, panels_figure
+from search.report.gather import gather
+from search.report.html import trials_table
+from tests.search.test_report_gather import (
+    DISTRIBUTIONS,
+    PLAN,
+    ULTRA_SPEC,
+    build_study,
+    build_ultralytics_trials,
+    ultralytics_registry,  # noqa: F401 (a fixture)
+)
 
 TUNE = str(Path(sys.executable).parent / "tune")
 SEVEN_TITLES = (
@@ -58,7 +67,7 @@ def test_table_lists_every_trial_with_baselines_marked(page: str) -> None:
     assert sorted(role for _, role in rows if role) == ["baseline", "baseline", "baseline", "best"]
     assert rows[0] == ("COMPLETE", "best")  # sorted by mAP50-95, best first
     head = re.findall(r"<th[^>]*>([^<]+)</th>", table)
-    for column in ("state", "lcls", "optimizer", "mAP50-95", "mAP50", "inference ms"):
+    for column in ("state", "lcls", "optimizer", "mAP50-95", "mAP50", "val_lobj", "inference ms"):
         assert column in head
     assert head[-4:] == ["train s/iter", "duration", "host", "note"]
     assert "baseline: judged clearly better" in table
@@ -91,6 +100,31 @@ def test_hidden_trials_are_one_legend_click_away() -> None:
     assert markers == {"trial2", "trial5", "trial6"}
     best = next(t for t in fig.data if t.legendgroup == "trial3" and t.showlegend)
     assert best.line.width == 4.0 and best.name.startswith("#3 best · lcls 0.03 lobj 0.8")
+
+
+def test_a_tune_study_is_drawn_as_it_always_was() -> None:
+    fig = panels_figure(gather_study(build_study(None), top_k=1))
+    titles = [a.text for a in fig.layout.annotations]
+    assert titles == list(SEVEN_TITLES)  # in the cells' order: box, cls / obj, total / lr, latency
+    assert fig.layout.height == 1250 and fig.layout.legend.maxheight == pytest.approx(0.23)
+    assert fig.layout.yaxis4.title.text == "lobj" and fig.layout.yaxis6.type == "log"
+
+
+@pytest.mark.usefixtures("ultralytics_registry")
+def test_an_ultralytics_study_draws_box_cls_dfl() -> None:
+    data = gather(
+        "yolo", build_ultralytics_trials(), optuna.study.StudyDirection.MAXIMIZE, spec=ULTRA_SPEC
+    )
+    fig = panels_figure(data)
+    titles = [a.text for a in fig.layout.annotations]
+    assert "DFL loss (unweighted)" in titles and not any("Obj" in t for t in titles)
+    assert len(titles) == 7 and fig.layout.height == 1250
+    head = re.findall(r"<th[^>]*>([^<]+)</th>", trials_table(data.rows, data.components))
+    assert [h for h in head if h.startswith("val_")] == ["val_lbox", "val_lcls", "val_ldfl"]
+    assert (
+        legend_name(data.rows[1], data.key_params)
+        == "#1 best · box 12 cls 0.3 dfl 1.2 AdamW lr0 0.01"
+    )
 
 
 def test_empty_study_says_so(tmp_path: Path) -> None:
