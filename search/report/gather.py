@@ -27,7 +27,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from search import trial_record
 from search.confirm_results import Confirmation, confirmed_sentence
-from search.report.key_params import KeyParams, key_params
+from search.report.key_params import KeyParams, contour_params, key_params
 from search.report.panels import PanelSpec, components_of, panel_specs
 from search.trainers.base import val_key
 from trainer.records import TrainLine
@@ -501,27 +501,6 @@ def reasons(
     return out
 
 
-def _spread(values: set[float]) -> float:
-    low, high = min(values), max(values)
-    return high / low if low > 0 else math.inf  # a weight switched off spreads the widest
-
-
-def _contour_params(trials: Sequence[FrozenTrial], loss_weights: Sequence[str]) -> list[str] | None:
-    """Two loss weights that vary across complete trials: the two the search spread widest
-    (largest over smallest value), where it looked the most (in the notes: lcls and lbox)."""
-    complete = [t for t in trials if t.state == TrialState.COMPLETE]
-    spreads = []
-    for i, k in enumerate(loss_weights):
-        values = {
-            float(v)
-            for t in complete
-            if isinstance(v := t.params.get(k), int | float) and not isinstance(v, bool)
-        }
-        if len(values) > 1:
-            spreads.append((-_spread(values), i, k))
-    return [k for _, _, k in sorted(spreads)[:2]] if len(spreads) >= 2 else None
-
-
 # --- the whole report --------------------------------------------------------------------------
 
 
@@ -588,7 +567,7 @@ def gather(
         panels=gather_panels(trials, rows, shown, panel_specs(components)),
         logs=logs,
         latency=latency,
-        contour_params=_contour_params(trials, named.loss_weights),
+        contour_params=contour_params(trials, named.loss_weights),
         generated=now,
         confirmation=confirmation,
         single_run=single_run if confirmed else None,

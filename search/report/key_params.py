@@ -4,7 +4,8 @@ The loss weights (the contour of two of them, the legend) are the trainer's para
 group "loss weight" (`trainer.params.Param.group`): `lbox`, `lobj`, `lcls` for tune's detector,
 the adapter's own for another trainer (Ultralytics: `box`, `cls`, `dfl`). The legend adds the
 optimizer and the initial learning rate, found by their hyp-file keys (`optimizer`, `lr0`), the
-names the field gives them whatever a trainer calls them.
+names the field gives them whatever a trainer calls them. `contour_params` picks the two loss
+weights Optuna's contour view plots.
 
 The registry comes from the study table launch stored (`trial_record.read_study_spec`). A study
 tune did not create has none, and a trainer whose module does not import here (an adapter of a
@@ -15,11 +16,12 @@ without).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from optuna.trial import FrozenTrial
+from optuna.trial import FrozenTrial, TrialState
 
 from search import trial_record
 from search.trainers import DEFAULT_TRAINER, make_trainer
@@ -87,3 +89,24 @@ def key_params(spec: Mapping[str, Any] | None, trials: Sequence[FrozenTrial]) ->
             if isinstance(v, int | float) and not isinstance(v, bool):
                 numbers.setdefault(k)
     return KeyParams(tuple(numbers), tuple(numbers))
+
+
+def _spread(values: set[float]) -> float:
+    low, high = min(values), max(values)
+    return high / low if low > 0 else math.inf  # a weight switched off spreads the widest
+
+
+def contour_params(trials: Sequence[FrozenTrial], loss_weights: Sequence[str]) -> list[str] | None:
+    """Two loss weights that vary across complete trials: the two the search spread widest
+    (largest over smallest value), where it looked the most (in the notes: lcls and lbox)."""
+    complete = [t for t in trials if t.state == TrialState.COMPLETE]
+    spreads = []
+    for i, k in enumerate(loss_weights):
+        values = {
+            float(v)
+            for t in complete
+            if isinstance(v := t.params.get(k), int | float) and not isinstance(v, bool)
+        }
+        if len(values) > 1:
+            spreads.append((-_spread(values), i, k))
+    return [k for _, _, k in sorted(spreads)[:2]] if len(spreads) >= 2 else None
