@@ -5,11 +5,13 @@ It prints the notes' training lines, writes evaluation lines to the metrics file
 
     ok        3 iterations and one evaluation per epoch, `$TUNE_EPOCHS` epochs
     file      as ok, with the training lines in the metrics file too (with components)
-    slow      as ok but 0.2 s per epoch and endless; starts a child process (pids in pids.json)
+    slow      as ok but 0.2 s per epoch and endless
     stubborn  as slow, ignoring SIGTERM (only SIGKILL ends it)
     selfkill  one evaluation, then SIGKILL to itself
-    hang      one line, then silence (a child too)
+    hang      one line, then silence
     crash     one evaluation, a traceback, exit 3
+
+All but ok, file and badline start a child that would outlive them (pids in OUT/pids.json).
     badline   one evaluation, then a line that is not JSON
 """
 
@@ -31,7 +33,7 @@ def main() -> None:
     out = os.environ["TUNE_OUT"]
     if mode == "stubborn":
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    if mode in ("slow", "stubborn", "hang"):
+    if mode in ("slow", "stubborn", "hang", "selfkill", "crash"):
         child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
         with open(os.path.join(out, "pids.json"), "w") as f:
             json.dump({"pgid": os.getpgid(0), "pid": os.getpid(), "child": child.pid}, f)

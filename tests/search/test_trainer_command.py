@@ -3,6 +3,7 @@ evaluations reported, its process group always gone afterwards, its failures cle
 
 from __future__ import annotations
 
+import concurrent.futures
 import json
 import os
 import signal
@@ -170,6 +171,7 @@ def test_a_killed_command_is_a_failure_naming_the_signal(tmp_path: Path) -> None
     with pytest.raises(CommandFailed, match="killed by SIGKILL"):
         command_trainer("selfkill").run(job(tmp_path), reported.append)
     assert [e.step for e in reported] == [1]  # what it wrote before it died is kept
+    assert_group_gone(tmp_path / "trial")  # its child too
 
 
 def test_a_hung_command_is_killed_after_its_timeout(tmp_path: Path) -> None:
@@ -185,6 +187,7 @@ def test_a_crash_is_a_failure_with_the_exit_code_and_last_lines(tmp_path: Path) 
     assert message.startswith("the command exited with code 3;")
     assert "RuntimeError: CUDA error: an illegal memory access" in message
     assert len(message) < 500  # the stored reason's limit (objective.describe_error)
+    assert_group_gone(tmp_path / "trial")
 
 
 # --- bad input ------------------------------------------------------------------------------------
@@ -337,8 +340,11 @@ def test_tune_train_as_a_command_matches_the_builtin_trainer(tmp_path: Path) -> 
         assert outcome.metrics["mAP50_95"] == reported[-1].metrics["mAP50_95"]
         return reported
 
-    as_command = run(trainer, drawn, "command")
-    builtin = run(TuneTrainer(), {**drawn, **fixed}, "builtin")
+    # side by side: the command's start (a fresh interpreter importing torch) costs most
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        command = pool.submit(run, trainer, drawn, "command")
+        builtin = run(TuneTrainer(), {**drawn, **fixed}, "builtin")
+        as_command = command.result()
 
     assert [e.step for e in as_command] == [e.step for e in builtin] == [1, 2]
     for c, b in zip(as_command, builtin, strict=True):
@@ -379,3 +385,4 @@ def test_the_documented_example_runs_as_documented(tmp_path: Path) -> None:
     assert all(0 < e.metric("mAP50_95") < 1 and set(e.losses) == {"box", "cls"} for e in reported)
     assert [t["iter"] for t in reported[1].train] == list(range(21, 41))
     assert trainer.params.in_group("loss weight") == ("lbox", "lcls")
+
