@@ -9,8 +9,10 @@ progress bar redrawn with carriage returns counts as output, and kept in a log f
 
 A process whose parent has exited is handed to PID 1, and not every PID 1 reaps (a container's
 or a micro-VM's init may not): its zombie keeps the group alive, and "the group is gone" could
-never be checked. So the worker makes itself a child subreaper (Linux) before it starts a
-command: orphans of the command become its children, and `end_group` reaps them.
+never be checked. So while a command runs, the worker is a child subreaper (Linux): orphans of
+the command become its children, and `end_group` reaps them. Only while it runs: a subreaper
+also adopts every other orphan among its descendants (a daemon some other code starts), which
+nobody would reap.
 """
 
 from __future__ import annotations
@@ -31,13 +33,14 @@ _PR_SET_CHILD_SUBREAPER = 36  # linux/prctl.h
 _REAP_LIMIT = 5.0  # seconds to wait for SIGKILLed processes to be reaped
 
 
-def become_subreaper() -> None:
-    """Adopt this process's orphaned descendants (Linux; elsewhere a no-op)."""
+def set_subreaper(on: bool) -> None:
+    """Adopt this process's orphaned descendants, or stop adopting them (Linux; elsewhere a
+    no-op)."""
     if not sys.platform.startswith("linux"):
         return
     with contextlib.suppress(OSError, AttributeError):
         libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(_PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
+        libc.prctl(_PR_SET_CHILD_SUBREAPER, int(on), 0, 0, 0)
 
 
 class OutputReader:
@@ -91,16 +94,21 @@ def start(
     argv: Sequence[str], env: Mapping[str, str], log: Path
 ) -> tuple[subprocess.Popen[bytes], OutputReader]:
     """Start `argv` as the leader of a new session (its own process group), output to a
-    reader. Raises `FileNotFoundError`/`PermissionError` as `subprocess.Popen` does."""
-    become_subreaper()
-    proc = subprocess.Popen(
-        list(argv),
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        env=dict(env),
-        start_new_session=True,
-    )
+    reader; `end_group` must follow. Raises `FileNotFoundError`/`PermissionError` as
+    `subprocess.Popen` does."""
+    set_subreaper(True)
+    try:
+        proc = subprocess.Popen(
+            list(argv),
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            env=dict(env),
+            start_new_session=True,
+        )
+    except BaseException:
+        set_subreaper(False)
+        raise
     assert proc.stdout is not None
     # the reader owns the pipe from here: a raw fd, read in chunks
     fd = os.dup(proc.stdout.fileno())
@@ -129,12 +137,12 @@ def end_group(proc: subprocess.Popen[bytes], grace: float) -> None:
     once the group is gone (or, with processes nobody can reap, after a few seconds more)."""
     pgid = proc.pid
     _reap(proc, pgid)
-    if not group_alive(pgid):
-        return
-    _signal(pgid, signal.SIGTERM)
-    if not _wait_gone(proc, pgid, grace):
-        _signal(pgid, signal.SIGKILL)
-        _wait_gone(proc, pgid, _REAP_LIMIT)
+    if group_alive(pgid):
+        _signal(pgid, signal.SIGTERM)
+        if not _wait_gone(proc, pgid, grace):
+            _signal(pgid, signal.SIGKILL)
+            _wait_gone(proc, pgid, _REAP_LIMIT)
+    set_subreaper(False)
 
 
 def _signal(pgid: int, sig: signal.Signals) -> None:

@@ -4,6 +4,7 @@ evaluations reported, its process group always gone afterwards, its failures cle
 from __future__ import annotations
 
 import concurrent.futures
+import ctypes
 import json
 import os
 import signal
@@ -141,6 +142,11 @@ def test_a_pruned_trial_ends_the_process_group(tmp_path: Path) -> None:
     with pytest.raises(optuna.TrialPruned):
         command_trainer("slow").run(job(tmp_path), report)
     assert_group_gone(tmp_path / "trial")
+    if sys.platform.startswith("linux"):
+        # the worker adopts orphans only while a command runs (process_group.py)
+        flag = ctypes.c_int(-1)
+        ctypes.CDLL(None).prctl(37, ctypes.byref(flag), 0, 0, 0)  # PR_GET_CHILD_SUBREAPER
+        assert flag.value == 0
 
 
 def test_a_worker_stop_signal_ends_a_group_that_ignores_sigterm(tmp_path: Path) -> None:
