@@ -141,6 +141,7 @@ def run_study(
     from search.objective import GracefulStop, TrialContext, TrialTally, make_objective
     from search.storage import open_storage
     from search.study_file import parse_study
+    from search.trainers.builtin import TuneTrainer
     from trainer.fit import fit
 
     raw = _study_table(settings, data_path, method, seed)
@@ -153,10 +154,11 @@ def run_study(
         sampler=spec.make_sampler(0),
         pruner=spec.make_pruner(),
     )
+    trainer = TuneTrainer(fit, lambda *_: data)  # the data set loaded once for every study
+    trainer.prepare(spec.job({}, out=tmp))
     ctx = TrialContext(
         spec=spec,
-        train_fn=fit,
-        data=data,
+        trainer=trainer,
         device=settings.device,
         device_label=settings.device,
         worker_id="bench",

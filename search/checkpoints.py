@@ -1,12 +1,12 @@
 """Evaluation checkpoints in an Optuna artifact store, so a retry on any machine can resume.
 
-The trainer saves `last.pt` in the run folder after every evaluation, before it reports. The
-objective uploads that file as an artifact of the trial right after recording the evaluation
-and points the trial's ``checkpoint`` user attr at it (`trial_record.record_checkpoint`); the
-artifact it replaces is deleted, so a trial keeps only its latest checkpoint (a chain of
-retries too: a retry's first upload deletes its predecessor's). Optuna copies user attrs to a
-heartbeat retry, so the retry finds the pointer, downloads the file into its own run folder and
-calls `fit(resume=True)`.
+The trainer saves its checkpoint (`Trainer.checkpoint`, `last.pt` for tune's own) in the run
+folder after every evaluation, before it reports. The objective uploads that file as an artifact
+of the trial right after recording the evaluation and points the trial's ``checkpoint`` user
+attr at it (`trial_record.record_checkpoint`); the artifact it replaces is deleted, so a trial
+keeps only its latest checkpoint (a chain of retries too: a retry's first upload deletes its
+predecessor's). Optuna copies user attrs to a heartbeat retry, so the retry finds the pointer,
+downloads the file into its own run folder and runs the trainer with `job.resume`.
 
 The store is a folder (`FileSystemArtifactStore`): `$TUNE_ARTIFACTS`, else `tune-artifacts/` in
 the working folder (the folder `tune dashboard` serves by default). For workers on several
@@ -29,7 +29,6 @@ from search import trial_record
 
 ARTIFACTS_ENV = "TUNE_ARTIFACTS"
 DEFAULT_ARTIFACTS = Path("tune-artifacts")
-CHECKPOINT_FILE = "last.pt"  # what trainer/run_dir.py saves after each evaluation
 
 
 def artifacts_dir(path: str | Path | None = None) -> Path:
@@ -50,13 +49,13 @@ class CheckpointStore:
             self._store = FileSystemArtifactStore(str(self.path))
         return self._store
 
-    def upload(self, trial: optuna.Trial, run_dir: str | Path, step: int) -> bool:
-        """Upload `run_dir/last.pt` as the trial's latest checkpoint (saved at `step`).
+    def upload(self, trial: optuna.Trial, checkpoint: str | Path, step: int) -> bool:
+        """Upload the file `checkpoint` as the trial's latest checkpoint (saved at `step`).
 
         False when the trainer wrote no checkpoint (fakes may not). The previous checkpoint of
         the trial (or of its predecessor) is deleted once the new one is recorded.
         """
-        file = Path(run_dir) / CHECKPOINT_FILE
+        file = Path(checkpoint)
         if not file.is_file():
             return False
         previous = trial_record.read_checkpoint(trial)
@@ -80,9 +79,9 @@ class CheckpointStore:
             self._artifacts().remove(mark[0])
 
     def restore(
-        self, trial: FrozenTrial, run_dir: str | Path, log: Callable[[str], None] | None = None
+        self, trial: FrozenTrial, checkpoint: str | Path, log: Callable[[str], None] | None = None
     ) -> int | None:
-        """Download the checkpoint `trial` points at into `run_dir/last.pt`.
+        """Download the checkpoint `trial` points at into the file `checkpoint`.
 
         Returns its evaluation step, or None when there is none to resume from (no checkpoint
         recorded, or the file is not in this machine's artifact folder: then it says so).
@@ -91,7 +90,7 @@ class CheckpointStore:
         if mark is None:
             return None
         artifact_id, step = mark
-        dest = Path(run_dir) / CHECKPOINT_FILE
+        dest = Path(checkpoint)
         dest.parent.mkdir(parents=True, exist_ok=True)
         dest.unlink(missing_ok=True)  # download_artifact refuses to overwrite
         try:

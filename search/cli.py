@@ -4,6 +4,7 @@ call; the work lives in `trainer/` and `search/`.
 
 from __future__ import annotations
 
+import inspect
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -15,12 +16,11 @@ import typer
 from typer._click.exceptions import ClickException, NoArgsIsHelpError
 from typer.core import TyperGroup
 
-from trainer.config import TrainConfig  # light: no torch
+from trainer.config import TRAIN_PARAMS  # light: no torch
+from trainer.params import Param
 
 if TYPE_CHECKING:
     from search.launch import ConfirmResult, LaunchResult  # lazily at run time (optuna)
-
-_RECIPE = TrainConfig()  # `tune train`'s defaults are the trainer's recipe, written once there
 
 
 def _fail(message: str, code: int = 2) -> typer.Exit:
@@ -75,39 +75,7 @@ app = typer.Typer(
 )
 
 
-@app.command()
-def train(
-    ctx: typer.Context,
-    data: str = typer.Option("shapes", help="'shapes' (built-in) or a path to a YOLO data.yaml"),
-    epochs: int = typer.Option(_RECIPE.epochs, min=1),
-    imgsz: int = typer.Option(_RECIPE.imgsz, min=32, help="input size, a multiple of 32"),
-    batch: int = typer.Option(_RECIPE.batch, min=1),
-    # the rest default to the trainer's recipe (trainer/config.py), shown in the help
-    model: str | None = typer.Option(None, help=f"nano | small | medium [{_RECIPE.model}]"),
-    weights: str | None = typer.Option(None, help="local weights (.pt) to start from"),
-    lcls: float | None = typer.Option(None, help=f"classification loss weight [{_RECIPE.lcls}]"),
-    lobj: float | None = typer.Option(None, help=f"objectness loss weight [{_RECIPE.lobj}]"),
-    lbox: float | None = typer.Option(None, help=f"box loss weight [{_RECIPE.lbox}]"),
-    optimizer: str | None = typer.Option(None, help=f"SGD | Adam | AdamW [{_RECIPE.optimizer}]"),
-    lr: float | None = typer.Option(None, help=f"[{_RECIPE.lr}]"),
-    momentum: float | None = typer.Option(None, help=f"[{_RECIPE.momentum}]"),
-    nesterov: bool = typer.Option(_RECIPE.nesterov),
-    weight_decay: float | None = typer.Option(None, help=f"[{_RECIPE.weight_decay}]"),
-    milestones: str | None = typer.Option(
-        None,
-        help="MultiStepLR milestones: iterations, or fractions of the run (e.g. 0.6,0.85) "
-        f"[{','.join(f'{m:g}' for m in _RECIPE.milestones) or 'none'}]",
-    ),
-    gamma: float | None = typer.Option(None, help=f"[{_RECIPE.gamma}]"),
-    hyp: Path | None = typer.Option(
-        None, help="a hyperparameter YAML (as written by 'tune best --export'); options override it"
-    ),
-    device: str = typer.Option("auto", help="auto | cpu | cuda | cuda:N"),
-    seed: int = typer.Option(0),
-    skip_bad: bool = typer.Option(False, help="skip bad samples with a warning, don't stop"),
-    resume: bool = typer.Option(False, help="continue from OUT/last.pt"),
-    out: Path = typer.Option(Path("runs/train"), help="run directory"),
-) -> None:
+def train(ctx: typer.Context, **values: Any) -> None:
     """Train and evaluate one detector, printing the notes' log lines."""
     from search.train_command import run_train
 
@@ -116,6 +84,82 @@ def train(
     sources = {k: getattr(ctx.get_parameter_source(k), "name", "") for k in values}
     explicit = {k for k, source in sources.items() if source == "COMMANDLINE"}
     run_train(values, explicit)
+
+
+def _train_signature() -> inspect.Signature:
+    """`tune train`'s options: one per parameter of tune's trainer, derived from its registry
+    (`TrainConfig`'s `param(...)` fields), so a new parameter is an option without a line here.
+    Each defaults to None: the recipe's default applies, and a `--hyp` file is not overridden."""
+    options = [
+        inspect.Parameter("ctx", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=typer.Context)
+    ]
+    for p in TRAIN_PARAMS:
+        options.append(_train_option(p))
+    options += [
+        inspect.Parameter(
+            "hyp",
+            inspect.Parameter.KEYWORD_ONLY,
+            default=typer.Option(
+                None,
+                help="a hyperparameter YAML (as written by 'tune best --export'); options "
+                "override it",
+            ),
+            annotation=Path | None,
+        ),
+        inspect.Parameter(
+            "resume",
+            inspect.Parameter.KEYWORD_ONLY,
+            default=typer.Option(False, help="continue from OUT/last.pt"),
+            annotation=bool,
+        ),
+        inspect.Parameter(
+            "out",
+            inspect.Parameter.KEYWORD_ONLY,
+            default=typer.Option(Path("runs/train"), help="run directory"),
+            annotation=Path,
+        ),
+    ]
+    return inspect.Signature(options)
+
+
+def _train_option(p: Param) -> inspect.Parameter:
+    """The `tune train` option of one parameter: its help, valid values and default."""
+    if p.kind == "floats":
+        default = ",".join(f"{m:g}" for m in p.default) or "none"
+    else:
+        default = str(p.default).lower() if isinstance(p.default, bool) else p.default
+    valid = "" if p.kind in ("str", "bool") else f", {p.describe()}"
+    help_text = f"{p.help}{valid}; default {default}"
+    extra: dict[str, Any] = {}
+    if p.kind == "int" and p.low is not None:
+        extra["min"] = int(p.low) + (1 if p.low_open else 0)
+    decls = (f"--{_dash(p.name)}/--no-{_dash(p.name)}",) if p.kind == "bool" else ()
+    kind = _OPTION_TYPES[p.kind]
+    return inspect.Parameter(
+        p.name,
+        inspect.Parameter.KEYWORD_ONLY,
+        default=typer.Option(None, *decls, help=help_text, **extra),
+        annotation=kind | None,
+    )
+
+
+# a parameter's kind -> the option's type (milestones are typed as "0.6,0.85")
+_OPTION_TYPES: dict[str, type] = {
+    "float": float,
+    "int": int,
+    "bool": bool,
+    "choice": str,
+    "str": str,
+    "floats": str,
+}
+
+
+def _dash(name: str) -> str:
+    return name.replace("_", "-")
+
+
+train.__signature__ = _train_signature()  # type: ignore[attr-defined]
+app.command()(train)
 
 
 # --- search: launch, worker, status, best (search/launch.py, worker.py, status.py, best.py) -----

@@ -51,7 +51,8 @@ from search.storage import (
     resolve_url,
 )
 from search.study_file import BUILTIN_DATA, Overrides, StudySpec, load_study_file
-from search.worker import DEFAULT_RUNS_DIR, TRAINER_MODULE_ENV
+from search.trainers.builtin import TRAINER_MODULE_ENV
+from search.worker import DEFAULT_RUNS_DIR
 
 # parts of a stored study that may change between launches (everything else must match, or the
 # trials of one study would not be comparable)

@@ -1,7 +1,8 @@
 """One trial: from Optuna's drawn parameters to a trained, evaluated, recorded detector.
 
-The objective builds a `TrainConfig` from the study settings and the drawn (or, for a baseline,
-enqueued) parameters, records config, placement and every evaluation through
+The objective builds a `TrialJob` from the study settings and the drawn (or, for a baseline,
+enqueued) parameters, runs it on the study's trainer (`search/trainers/`: tune's own, Ultralytics
+or a command), records config, placement and every evaluation through
 `search/trial_record.py`, lets the pruner stop it at evaluation steps (`search/pruning.py`: never
 a baseline, which trains `[budget] baseline_epochs` of the full-length schedule, or all of it, so
 that reports compare like with like), and returns the objective metric.
@@ -10,7 +11,7 @@ Any failure is stored on the trial as one masked line before Optuna marks it FAI
 After each evaluation the trainer's checkpoint is uploaded to the artifact store
 (`search/checkpoints.py`). A retry of a reaped trial (same parameters, cloned by the storage's
 heartbeat callback) downloads its predecessor's latest checkpoint, re-records the evaluations
-up to it and trains on with `resume=True`: a lost worker costs at most one evaluation interval.
+up to it and trains on with `job.resume`: a lost worker costs at most one evaluation interval.
 Storage writes are retried while the database is unreachable (`retry_while_down`).
 """
 
@@ -24,10 +25,10 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from types import FrameType
-from typing import Any, Protocol, TypeVar
+from typing import Any, TypeVar
 
 import optuna
 from optuna.exceptions import UpdateFinishedTrialError
@@ -39,19 +40,10 @@ from search.optuna_compat import record_heartbeat, trial_id
 from search.outage import Outage, retry_while_down
 from search.storage import StorageDown, StudyLock, mask_text
 from search.study_file import StudySpec
-from trainer.config import TrainConfig
-from trainer.records import EvalReport, FitResult, NonFiniteLossError
+from search.trainers.base import Evaluation, Trainer, TrainerError, TrialJob
+from trainer.records import NonFiniteLossError
 
-ReportFn = Callable[[int, EvalReport], None]
 T = TypeVar("T")
-
-
-class TrainFn(Protocol):
-    """What `trainer.fit.fit` looks like to the search (tests and soak runs pass fakes)."""
-
-    def __call__(
-        self, config: TrainConfig, report: ReportFn | None = ..., data: Any = ...
-    ) -> FitResult: ...
 
 
 class Interrupted(KeyboardInterrupt):
@@ -138,8 +130,7 @@ class TrialContext:
     """Everything the objective needs besides the trial."""
 
     spec: StudySpec
-    train_fn: TrainFn
-    data: Any
+    trainer: Trainer  # prepared (its data loaded) by the worker
     device: str
     device_label: str
     worker_id: str
@@ -228,12 +219,10 @@ def make_objective(ctx: TrialContext) -> Callable[[optuna.Trial], float]:
         confirm = trial_record.read_confirm(trial)
         # a confirm run retrains a parent trial with its own seed (its length is the confirm
         # study's trial.epochs, search/confirm.py); every other trial keeps the recipe's seed
-        seed = {} if confirm is None else {"seed": confirm[1]}
-        config = ctx.spec.train_config(
-            params, out=str(out), device=ctx.device, threads=ctx.threads, **seed
-        )
-        config = ctx.store(lambda: _resume_retry(trial, ctx, config))
-        ctx.store(lambda: trial_record.record_config(trial, config.to_dict()))
+        seed = None if confirm is None else confirm[1]
+        job = ctx.spec.job(params, out, device=ctx.device, threads=ctx.threads, seed=seed)
+        job = ctx.store(lambda: _resume_retry(trial, ctx, job))
+        ctx.store(lambda: trial_record.record_config(trial, job_record(job)))
         start = trial_record.read_start(trial)
         what = f"baseline {baseline!r}" if baseline else (f"start: {start}" if start else "sampled")
         if confirm is not None:
@@ -241,37 +230,38 @@ def make_objective(ctx: TrialContext) -> Callable[[optuna.Trial], float]:
         # baselines train the first `baseline_epochs` of the full-length schedule, then stop:
         # reports compare them with the trials at that length (search/report/gather.py)
         baseline_length = ctx.spec.baseline_epochs if baseline else None
+        metric = ctx.spec.objective.metric
         ctx.log(f"trial {trial.number} ({what}) started: {_short(params)}")
 
-        def report(step: int, metrics: EvalReport) -> None:
-            ctx.tally.busy_seconds += metrics.seconds_training + metrics.seconds_evaluating
+        def report(evaluation: Evaluation) -> None:
+            step = evaluation.step
+            value = evaluation.metric(metric)
+            ctx.tally.busy_seconds += evaluation.seconds_training + evaluation.seconds_evaluating
             with ctx.stop.shielded():
                 # the evaluation first, then its checkpoint: a worker lost in between is resumed
                 # from the previous checkpoint and redoes this step, so the curve has no gap
-                ctx.store(lambda: trial_record.record_eval(trial, step, metrics))
+                ctx.store(lambda: trial_record.record_eval(trial, step, evaluation, metric))
                 failpoint("eval-recorded")
-                if ctx.checkpoints is not None:
-                    store = ctx.checkpoints
-                    ctx.store(lambda: store.upload(trial, config.out, step), "the checkpoint")
+                if ctx.checkpoints is not None and ctx.trainer.checkpoint is not None:
+                    store, file = ctx.checkpoints, job.out / ctx.trainer.checkpoint
+                    ctx.store(lambda: store.upload(trial, file, step), "the checkpoint")
                 # never at the last step: the run is already paid for, and Hyperband would
                 # otherwise discard a finished result when the run length falls on one of its
                 # rungs (epochs 1, 3, 9, ... with reduction factor 3). Baselines are asked too, so
                 # that their values join the rungs; the pruner never stops them (search/pruning.py)
-                last_step = step >= config.epochs
+                last_step = step >= job.epochs
                 prune = not last_step and ctx.store(trial.should_prune)
                 if baseline_length is not None and step >= baseline_length and not last_step:
                     why = f"stopped at its length, {step} epochs"
                     ctx.store(lambda: trial_record.record_stopped(trial, why))
                     raise optuna.TrialPruned(f"(baseline) {why}")
             if prune:
-                raise optuna.TrialPruned(
-                    f"pruned after {step} epochs at {metrics.eval.mAP50_95:.4f} mAP50-95"
-                )
+                raise optuna.TrialPruned(f"pruned after {step} epochs at {value:.4f} {metric}")
 
         started = time.monotonic()
         try:
             with ctx.stop.interruptible():
-                result = ctx.train_fn(config, report, ctx.data)
+                outcome = ctx.trainer.run(job, report)
         except optuna.TrialPruned as exc:
             ctx.log(f"trial {trial.number} {exc}")
             _discard_checkpoint(ctx, trial)
@@ -289,16 +279,22 @@ def make_objective(ctx: TrialContext) -> Callable[[optuna.Trial], float]:
                 # nothing resumes a failed trial; one the database lost is reaped and resumed
                 _discard_checkpoint(ctx, trial)
             raise
+        value = _final_value(outcome.metrics, metric, ctx.trainer.name)
         with ctx.stop.shielded():
-            ctx.store(lambda: trial_record.record_summary(trial, result.to_dict()))
+            summary = dict(outcome.summary)
+            ctx.store(lambda: trial_record.record_summary(trial, summary))
             budget = ctx.spec.objective.latency_budget_ms
             if budget is not None:
+                inference_ms = outcome.inference_ms
+                if inference_ms is None:
+                    raise TrainerError(
+                        f"objective.latency_budget_ms needs the inference latency, which trainer "
+                        f"{ctx.trainer.name!r} did not report"
+                    )
                 # feasible when <= 0: inference latency within the budget
-                inference_ms = result.inference_ms
                 ctx.store(lambda: trial.set_constraint("latency_ms", inference_ms - budget))
-        value = float(getattr(result, ctx.spec.objective.metric))
         ctx.log(
-            f"trial {trial.number} complete: {ctx.spec.objective.metric} {value:.4f} "
+            f"trial {trial.number} complete: {metric} {value:.4f} "
             f"in {time.monotonic() - started:.0f} s"
         )
         return value
@@ -306,23 +302,46 @@ def make_objective(ctx: TrialContext) -> Callable[[optuna.Trial], float]:
     return objective
 
 
-def _resume_retry(trial: optuna.Trial, ctx: TrialContext, config: TrainConfig) -> TrainConfig:
+def job_record(job: TrialJob) -> dict[str, Any]:
+    """What a trial ran with, as stored in its ``config`` user attr: the trainer's values and the
+    job's settings (for tune's trainer, exactly the fields of its `TrainConfig`)."""
+    record = {**job.values, "data": job.data, "epochs": job.epochs}
+    record |= {"eval_interval": job.eval_interval, "device": job.device, "out": str(job.out)}
+    record |= {"threads": job.threads, "resume": job.resume}
+    if job.seed is not None:
+        record["seed"] = job.seed
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in record.items()}
+
+
+def _resume_retry(trial: optuna.Trial, ctx: TrialContext, job: TrialJob) -> TrialJob:
     """For a retry of a reaped trial: fetch the predecessor's checkpoint, re-record its
-    evaluations up to it, and return the config with `resume=True` (else `config` unchanged)."""
+    evaluations up to it, and return the job with `resume=True` (else `job` unchanged)."""
     frozen = trial.storage.get_trial(trial_id(trial))  # system attrs: Optuna's retry history
     retry_of = trial_record.read_retry_of(frozen)
     if retry_of is None:
-        return config
+        return job
     step = None
-    if ctx.checkpoints is not None:
-        step = ctx.checkpoints.restore(frozen, config.out, ctx.log)
+    if ctx.checkpoints is not None and ctx.trainer.checkpoint is not None:
+        step = ctx.checkpoints.restore(frozen, job.out / ctx.trainer.checkpoint, ctx.log)
     if step is not None:
         done = [p for p in trial_record.read_curve(frozen) if int(p["eval"]["epoch"]) <= step]
         trial_record.restore_curve(trial, done)
     trial_record.record_resume(trial, retry_of, step)
     how = f"resuming from its checkpoint at step {step}" if step is not None else "from scratch"
     ctx.log(f"trial {trial.number} retries trial {retry_of}, {how}")
-    return config.replace(resume=True) if step is not None else config
+    return replace(job, resume=True) if step is not None else job
+
+
+def _final_value(metrics: Any, metric: str, trainer: str) -> float:
+    if metric not in metrics:
+        raise TrainerError(
+            f"trainer {trainer!r} finished without {metric} "
+            f"(it returned: {', '.join(metrics) or 'nothing'})"
+        )
+    value = float(metrics[metric])
+    if value != value or value in (float("inf"), float("-inf")):
+        raise ValueError(f"the final {metric} is not finite, but got {metric}={value}")
+    return value
 
 
 def _discard_checkpoint(ctx: TrialContext, trial: optuna.Trial) -> None:

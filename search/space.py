@@ -1,16 +1,23 @@
-"""The search space of a study: which `TrainConfig` fields Optuna draws, and over what ranges.
+"""The search space of a study: which of its trainer's parameters Optuna draws, over what ranges.
 
 A space is declared in the `[space]` table of a study file, one entry per parameter:
 
-    lcls = { low = 0.02, high = 2.0, log = true }
-    optimizer = { choices = ["SGD", "Adam", "AdamW"] }
+    lcls = { low = 0.02, high = 2.0, log = true }     # a float (or an int: integer bounds)
+    close_mosaic = { low = 0, high = 10, int = true }  # an int
+    optimizer = { choices = ["SGD", "Adam", "AdamW"] } # some of a choice parameter's choices
+    nesterov = { choices = [false, true] }             # a boolean
 
-Parameters left out of the table keep their `TrainConfig` default. The `MultiStepLR` milestones
-are drawn as two numbers that can never come out of order: `milestone1`, the first milestone as a
-fraction of the run, and `milestone2_rest`, the second milestone as a fraction of what remains
-after the first (`m2 = m1 + milestone2_rest * (1 - m1)`). A fraction of 1.0 falls at the very end
-of the run, i.e. no decay, which is how the hand-tuned 10000/20000/30000-iteration milestones
-behave in a short run.
+Which names are valid, of what kind and inside which range comes from the trainer's parameter
+registry (`trainer/params.py`, `search/trainers/`): a space is checked against the trainer the
+study runs, so `lobj` asked of Ultralytics (which has no objectness loss) is one clear error
+naming the valid parameters. Parameters left out keep the trainer's default or the study's pin.
+
+A trainer with a `milestones` parameter (the `MultiStepLR` milestones as fractions of the run)
+has them drawn as two numbers that can never come out of order: `milestone1`, the first milestone
+as a fraction of the run, and `milestone2_rest`, the second as a fraction of what remains after
+the first (`m2 = m1 + milestone2_rest * (1 - m1)`). A fraction of 1.0 falls at the very end of the
+run, i.e. no decay, which is how the hand-tuned 10000/20000/30000-iteration milestones behave in
+a short run.
 """
 
 from __future__ import annotations
@@ -22,25 +29,12 @@ from typing import Any
 
 import optuna
 
-from trainer.config import OPTIMIZERS, TrainConfig
+from trainer.params import Param, ParamRegistry
 
-# Parameters drawn as floats that map one-to-one onto a TrainConfig field.
-FLOAT_FIELDS: tuple[str, ...] = ("lcls", "lobj", "lbox", "lr", "momentum", "weight_decay", "gamma")
+MILESTONES = "milestones"
 MILESTONE1 = "milestone1"
 MILESTONE2_REST = "milestone2_rest"
-CHOICE_FIELDS: dict[str, tuple[str, ...]] = {"optimizer": OPTIMIZERS}
-PARAM_NAMES: tuple[str, ...] = (
-    "lcls",
-    "lobj",
-    "lbox",
-    "optimizer",
-    "lr",
-    "momentum",
-    "weight_decay",
-    MILESTONE1,
-    MILESTONE2_REST,
-    "gamma",
-)
+_MILESTONE_PARTS = (MILESTONE1, MILESTONE2_REST)
 
 
 class SpaceError(ValueError):
@@ -60,61 +54,87 @@ class FloatParam:
         return trial.suggest_float(self.name, self.low, self.high, log=self.log)
 
     def contains(self, value: Any) -> bool:
-        is_number = isinstance(value, int | float) and not isinstance(value, bool)
-        return is_number and self.low <= value <= self.high
+        return _is_number(value) and self.low <= value <= self.high
 
     def describe(self) -> str:
         return f"[{self.low:g}, {self.high:g}]{' log' if self.log else ''}"
 
 
 @dataclass(frozen=True)
-class ChoiceParam:
-    """One of a fixed list of strings."""
+class IntParam:
+    """An integer drawn from [low, high] (log-uniformly when `log`)."""
 
     name: str
-    choices: tuple[str, ...]
+    low: int
+    high: int
+    log: bool = False
 
-    def suggest(self, trial: optuna.Trial) -> str:
+    def suggest(self, trial: optuna.Trial) -> int:
+        return trial.suggest_int(self.name, self.low, self.high, log=self.log)
+
+    def contains(self, value: Any) -> bool:
+        return isinstance(value, int) and not isinstance(value, bool) and (
+            self.low <= value <= self.high
+        )
+
+    def describe(self) -> str:
+        return f"integers in [{self.low}, {self.high}]{' log' if self.log else ''}"
+
+
+@dataclass(frozen=True)
+class ChoiceParam:
+    """One of a fixed list of strings or booleans."""
+
+    name: str
+    choices: tuple[str | bool, ...]
+
+    def suggest(self, trial: optuna.Trial) -> Any:
         return trial.suggest_categorical(self.name, list(self.choices))
 
     def contains(self, value: Any) -> bool:
-        return value in self.choices
+        # `True in (1, ...)` holds in Python: compare types too, so 1 is not a boolean choice
+        return any(value == c and type(value) is type(c) for c in self.choices)
 
     def describe(self) -> str:
-        return "{" + ", ".join(self.choices) + "}"
+        return "{" + ", ".join(_toml(c) for c in self.choices) + "}"
 
 
-Param = FloatParam | ChoiceParam
+Dimension = FloatParam | IntParam | ChoiceParam
 
 
 @dataclass(frozen=True)
 class SearchSpace:
     """The parameters a study draws, in declaration order."""
 
-    params: tuple[Param, ...]
+    params: tuple[Dimension, ...]
 
     @property
     def names(self) -> tuple[str, ...]:
         return tuple(p.name for p in self.params)
 
-    def get(self, name: str) -> Param | None:
+    def get(self, name: str) -> Dimension | None:
         return next((p for p in self.params if p.name == name), None)
 
     def sample(self, trial: optuna.Trial) -> dict[str, Any]:
         """Draw every parameter (or take the enqueued value, for a baseline trial)."""
         return {p.name: p.suggest(trial) for p in self.params}
 
-    def to_overrides(self, params: Mapping[str, Any]) -> dict[str, Any]:
-        """`TrainConfig` field values for drawn `params` (milestones assembled from fractions)."""
-        overrides = {k: v for k, v in params.items() if k in FLOAT_FIELDS or k in CHOICE_FIELDS}
+    def to_values(self, params: Mapping[str, Any]) -> dict[str, Any]:
+        """The trainer's parameter values for drawn `params` (milestones assembled from their
+        fractions)."""
+        values = {k: v for k, v in params.items() if k not in _MILESTONE_PARTS}
         if MILESTONE1 in params:
             first = float(params[MILESTONE1])
             if MILESTONE2_REST in params:
                 second = first + float(params[MILESTONE2_REST]) * (1.0 - first)
-                overrides["milestones"] = (first, min(1.0, max(first, second)))
+                values[MILESTONES] = (first, min(1.0, max(first, second)))
             else:
-                overrides["milestones"] = (first,)
-        return overrides
+                values[MILESTONES] = (first,)
+        return values
+
+    def drawn_values(self) -> tuple[str, ...]:
+        """The trainer parameters this space sets (its milestone fractions make `milestones`)."""
+        return tuple(self.to_values({name: 0.5 for name in self.names}))
 
     def baseline_params(self, values: Mapping[str, Any], where: str) -> dict[str, Any]:
         """Turn a baseline's values (milestones as fractions of the run) into this space's params.
@@ -124,10 +144,10 @@ class SearchSpace:
         """
         given = dict(values)
         params: dict[str, Any] = {}
-        if "milestones" in given:
-            params.update(self._milestone_params(given.pop("milestones"), where))
+        if MILESTONES in given:
+            params.update(self._milestone_params(given.pop(MILESTONES), where))
         for key, value in given.items():
-            if key not in self.names or key in (MILESTONE1, MILESTONE2_REST):
+            if key not in self.names or key in _MILESTONE_PARTS:
                 known = ", ".join(self._baseline_keys())
                 raise SpaceError(
                     f"{where}: {key} is not a parameter of [space] (give: {known}), "
@@ -136,7 +156,7 @@ class SearchSpace:
             params[key] = value
         for param in self.params:
             if param.name not in params:
-                shown = "milestones" if param.name in (MILESTONE1, MILESTONE2_REST) else param.name
+                shown = MILESTONES if param.name in _MILESTONE_PARTS else param.name
                 raise SpaceError(f"{where}: missing {shown} (every [space] parameter must be set)")
             value = params[param.name]
             if not param.contains(value):
@@ -145,20 +165,18 @@ class SearchSpace:
                 )
         return {p.name: params[p.name] for p in self.params}
 
-    def params_of(self, config: TrainConfig, where: str) -> dict[str, Any]:
-        """This space's params for the values `config` trains with (its milestones as fractions;
-        none: at the end of the run). A `SpaceError` when one lies outside the space."""
-        values: dict[str, Any] = {
-            k: getattr(config, k) for k in self._baseline_keys() if k != "milestones"
-        }
+    def params_of(self, values: Mapping[str, Any], where: str) -> dict[str, Any]:
+        """This space's params for the trainer `values` (milestones as fractions; none: at the
+        end of the run). A `SpaceError` when one lies outside the space."""
+        given: dict[str, Any] = {k: values[k] for k in self._baseline_keys() if k != MILESTONES}
         if MILESTONE1 in self.names:
             want = 2 if MILESTONE2_REST in self.names else 1
-            values["milestones"] = list(config.milestones) or [1.0] * want
-        return self.baseline_params(values, where)
+            given[MILESTONES] = [float(m) for m in values.get(MILESTONES) or ()] or [1.0] * want
+        return self.baseline_params(given, where)
 
     def _baseline_keys(self) -> list[str]:
-        keys = [n for n in self.names if n not in (MILESTONE1, MILESTONE2_REST)]
-        return [*keys, "milestones"] if MILESTONE1 in self.names else keys
+        keys = [n for n in self.names if n not in _MILESTONE_PARTS]
+        return [*keys, MILESTONES] if MILESTONE1 in self.names else keys
 
     def _milestone_params(self, value: Any, where: str) -> dict[str, float]:
         if MILESTONE1 not in self.names:
@@ -169,7 +187,7 @@ class SearchSpace:
         ok = (
             isinstance(value, list)
             and len(value) == want
-            and all(isinstance(v, int | float) and not isinstance(v, bool) for v in value)
+            and all(_is_number(v) for v in value)
             and all(0 < v <= 1 for v in value)
             and value == sorted(value)
         )
@@ -190,55 +208,66 @@ class SearchSpace:
         return params
 
 
-def parse_space(table: Any, where: str = "space") -> SearchSpace:
-    """Validate a `[space]` table into a `SearchSpace`; every mistake names its key and value."""
+def space_names(registry: ParamRegistry) -> tuple[str, ...]:
+    """The names a `[space]` table may use for a trainer: its searchable parameters, and the
+    milestone fractions when it has `milestones`."""
+    names = tuple(p.name for p in registry if p.searchable)
+    return names + _MILESTONE_PARTS if MILESTONES in registry else names
+
+
+def parse_space(table: Any, registry: ParamRegistry, where: str = "space") -> SearchSpace:
+    """Validate a `[space]` table against a trainer's parameters; every mistake names its key
+    and value."""
     if not isinstance(table, dict) or not table:
         raise SpaceError(
             f"[{where}] must be a table with at least one parameter, but got {table!r}"
         )
-    params: list[Param] = []
+    known = space_names(registry)
+    params: list[Dimension] = []
     for name, spec in table.items():
         key = f"{where}.{name}"
-        if name not in PARAM_NAMES:
+        if name not in known:
             raise SpaceError(
-                f"unknown parameter {key} (known: {', '.join(PARAM_NAMES)}), "
-                f"but got {name}={spec!r}"
+                f"unknown parameter {key} for trainer {registry.trainer!r} "
+                f"(valid: {', '.join(known)}), but got {name}={spec!r}"
             )
         if not isinstance(spec, dict):
             raise SpaceError(
                 f"{key} must be a table like {{ low = .., high = .. }}, but got {spec!r}"
             )
-        params.append(
-            _parse_choice(key, name, spec)
-            if name in CHOICE_FIELDS
-            else _parse_float(key, name, spec)
-        )
+        param = registry.get(name)
+        if name in _MILESTONE_PARTS:
+            params.append(_parse_fraction(key, name, spec))
+        elif param is not None and param.kind in ("choice", "bool"):
+            params.append(_parse_choice(key, param, spec))
+        else:
+            assert param is not None
+            params.append(_parse_number(key, param, spec))
     names = [p.name for p in params]
     if MILESTONE2_REST in names and MILESTONE1 not in names:
         raise SpaceError(f"{where}.{MILESTONE2_REST} needs {where}.{MILESTONE1} as well")
     return SearchSpace(tuple(params))
 
 
-def _parse_choice(key: str, name: str, spec: dict[str, Any]) -> ChoiceParam:
+def _parse_choice(key: str, param: Param, spec: dict[str, Any]) -> ChoiceParam:
     unknown = sorted(set(spec) - {"choices"})
     if unknown:
         raise SpaceError(f"unknown key {key}.{unknown[0]} (known: choices), but got {spec!r}")
     choices = spec.get("choices")
     if not isinstance(choices, list) or not choices:
         raise SpaceError(f"{key}.choices must be a non-empty list, but got choices={choices!r}")
-    allowed = CHOICE_FIELDS[name]
     for choice in choices:
-        if choice not in allowed:
+        if param.problem(choice) is not None or choice is None:
             raise SpaceError(
-                f"{key}.choices: unknown {name} {choice!r} (known: {', '.join(allowed)}), "
+                f"{key}.choices: unknown {param.name} {choice!r} (known: {param.describe()}), "
                 f"but got choices={choices!r}"
             )
-    if len(set(choices)) != len(choices):
+    if len({(type(c), c) for c in choices}) != len(choices):
         raise SpaceError(f"{key}.choices has duplicates, but got choices={choices!r}")
-    return ChoiceParam(name, tuple(choices))
+    return ChoiceParam(param.name, tuple(choices))
 
 
-def _parse_float(key: str, name: str, spec: dict[str, Any]) -> FloatParam:
+def _bounds(key: str, spec: dict[str, Any]) -> tuple[float, float, bool]:
     unknown = sorted(set(spec) - {"low", "high", "log"})
     if unknown:
         raise SpaceError(
@@ -246,13 +275,9 @@ def _parse_float(key: str, name: str, spec: dict[str, Any]) -> FloatParam:
         )
     for bound in ("low", "high"):
         value = spec.get(bound)
-        if (
-            not isinstance(value, int | float)
-            or isinstance(value, bool)
-            or not math.isfinite(value)
-        ):
+        if not _is_number(value) or not math.isfinite(float(value)):  # type: ignore[arg-type]
             raise SpaceError(f"{key}.{bound} must be a finite number, but got {bound}={value!r}")
-    low, high = float(spec["low"]), float(spec["high"])
+    low, high = spec["low"], spec["high"]
     log = spec.get("log", False)
     if not isinstance(log, bool):
         raise SpaceError(f"{key}.log must be true or false, but got log={log!r}")
@@ -260,6 +285,25 @@ def _parse_float(key: str, name: str, spec: dict[str, Any]) -> FloatParam:
         raise SpaceError(f"{key}: low must be <= high, but got low={low:g}, high={high:g}")
     if log and low <= 0:
         raise SpaceError(f"{key}: a log range needs low > 0, but got low={low:g}")
+    return low, high, log
+
+
+def _parse_number(key: str, param: Param, spec: dict[str, Any]) -> FloatParam | IntParam:
+    low, high, log = _bounds(key, spec)
+    for bound, value in (("low", low), ("high", high)):
+        problem = param.problem(value)
+        if problem is not None:
+            raise SpaceError(
+                f"{key}.{bound} is not a valid {param.name}: {param.name} {problem}, "
+                f"but got {bound}={value!r}"
+            )
+    if param.kind == "int":
+        return IntParam(param.name, int(low), int(high), log)
+    return FloatParam(param.name, float(low), float(high), log)
+
+
+def _parse_fraction(key: str, name: str, spec: dict[str, Any]) -> FloatParam:
+    low, high, log = _bounds(key, spec)
     if name == MILESTONE1 and not (low > 0 and high <= 1):
         raise SpaceError(
             f"{key}: fractions of the run lie in (0, 1], but got low={low:g}, high={high:g}"
@@ -268,10 +312,12 @@ def _parse_float(key: str, name: str, spec: dict[str, Any]) -> FloatParam:
         raise SpaceError(
             f"{key}: fractions of the rest lie in [0, 1], but got low={low:g}, high={high:g}"
         )
-    if name in FLOAT_FIELDS:
-        for bound, value in (("low", low), ("high", high)):
-            try:
-                TrainConfig.from_dict({name: value})
-            except ValueError as exc:
-                raise SpaceError(f"{key}.{bound} is not a valid {name}: {exc}") from None
-    return FloatParam(name, low, high, log)
+    return FloatParam(name, float(low), float(high), log)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _toml(value: Any) -> str:
+    return str(value).lower() if isinstance(value, bool) else str(value)

@@ -6,8 +6,9 @@ Layout (see `studies/loss-weights.toml`):
     [objective]  metric = "mAP50_95", optional latency_budget_ms (a constraint, not an objective)
     [budget]     epochs (training epochs across all trials) and/or n_trials (COMPLETE + PRUNED),
                  both for the whole study; optional timeout (seconds), baseline_epochs
-    [trial]      data, model, epochs (a trial's full length), imgsz, batch, eval_interval, device,
-                 plus any `TrainConfig` field pinned for every trial
+    [trial]      trainer ("tune" | "ultralytics" | "command", search/trainers/), data, epochs (a
+                 trial's full length), eval_interval, device, plus any parameter of the trainer
+                 pinned for every trial (model, imgsz, batch, ...); [trial.<trainer>] its options
     [sampler]    type = "TPE" | "Random", optional seed, n_startup_trials
     [pruner]     type = "SuccessiveHalving" | "Hyperband" | "Median" | "None", min_resource,
                  reduction_factor, n_min_trials (search/pruning.py)
@@ -22,9 +23,11 @@ machines run exactly the same settings without needing the file.
 from __future__ import annotations
 
 import copy
+import functools
 import math
 import re
 import tomllib
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -34,6 +37,8 @@ import optuna
 from search import trial_record
 from search.pruning import PRUNER_TYPES, PrunerSpec, SparingPruner, build_pruner, stop_points
 from search.space import SearchSpace, SpaceError, parse_space
+from search.trainers import DEFAULT_TRAINER, make_trainer
+from search.trainers.base import Trainer, TrainerError, TrialJob
 from trainer.config import TrainConfig
 
 STUDIES_DIR = Path("studies")
@@ -76,20 +81,21 @@ class Budget:
 
 @dataclass(frozen=True)
 class TrialSettings:
+    """`[trial]`: what every trial of the study shares. The trainer's own parameters pinned
+    here (`model = "nano"`, `lr_decay = "none"`, ...) are its `recipe`; the rest follow the
+    trainer's defaults, and `[space]` parameters are drawn."""
+
+    trainer: str = DEFAULT_TRAINER
     data: str = "shapes"
-    model: str = "nano"
     epochs: int = 12
-    imgsz: int = 128
-    batch: int = 32
     eval_interval: int = 1
     device: str = "auto"
-    # any other `TrainConfig` field the study pins for every trial (e.g. lr_decay = "none");
-    # the rest follow the trainer's recipe. Not a [space] parameter: those are drawn.
     recipe: tuple[tuple[str, Any], ...] = ()
+    options: tuple[tuple[str, Any], ...] = ()  # the `[trial.<trainer>]` table
 
 
-_SETTINGS = tuple(k for k in TrialSettings.__dataclass_fields__ if k != "recipe")
-_NOT_PINNABLE = ("out", "resume", "extra", "threads", "weights", "data", "seed")
+# the search's own settings; every other [trial] key is a parameter of the trainer
+_SETTINGS = ("trainer", "data", "epochs", "eval_interval", "device")
 
 
 @dataclass(frozen=True)
@@ -142,17 +148,43 @@ class StudySpec:
         """How many epochs of the full-length schedule a baseline trains."""
         return self.budget.baseline_epochs or self.trial.epochs
 
+    @functools.cached_property
+    def trainer(self) -> Trainer:
+        """The trainer the study runs (`[trial] trainer`, its `[trial.<name>]` options)."""
+        return make_trainer(self.trial.trainer, dict(self.trial.options))
+
+    def values(self, params: Mapping[str, Any]) -> dict[str, Any]:
+        """The trainer's parameter values of one trial: its defaults, the study's pins, then
+        the drawn `params`."""
+        return {
+            **self.trainer.params.defaults(),
+            **dict(self.trial.recipe),
+            **self.space.to_values(params),
+        }
+
+    def job(self, params: Mapping[str, Any], out: Path | str, **fields: Any) -> TrialJob:
+        """The `TrialJob` of one trial; `fields` set its other fields (seed, device, ...)."""
+        t = self.trial
+        settings = {"data": t.data, "epochs": t.epochs, "eval_interval": t.eval_interval}
+        settings["device"] = t.device
+        return TrialJob(values=self.values(params), out=Path(out), **{**settings, **fields})
+
     def train_config(self, params: dict[str, Any], **fields: Any) -> TrainConfig:
-        """The `TrainConfig` of one trial: study settings, drawn `params`, then `fields`."""
-        settings = {k: getattr(self.trial, k) for k in _SETTINGS} | dict(self.trial.recipe)
-        return TrainConfig(**{**settings, **self.space.to_overrides(params), **fields})
+        """For a study of tune's own trainer: the `TrainConfig` of one trial (study settings,
+        pins, drawn `params`, then `fields`)."""
+        t = self.trial
+        settings = {"data": t.data, "epochs": t.epochs, "eval_interval": t.eval_interval}
+        settings["device"] = t.device
+        return TrainConfig(
+            **{**settings, **dict(self.trial.recipe), **self.space.to_values(params), **fields}
+        )
 
     def start_params(self) -> dict[str, Any] | None:
         """The [space] params of the trainer's defaults (with [trial]'s pins), when the sampler
         starts from them; None otherwise."""
         if not self.sampler.start_from_defaults:
             return None
-        return self.space.params_of(self.train_config({}), "sampler.start_from_defaults")
+        return self.space.params_of(self.values({}), "sampler.start_from_defaults")
 
     def make_sampler(self, offset: int = 0) -> optuna.samplers.BaseSampler:
         """The sampler; `offset` (a worker index) keeps parallel workers from drawing alike."""
@@ -260,10 +292,10 @@ def _parse(raw: dict[str, Any], check_data: bool) -> StudySpec:
             f"name must be letters, digits, '.', '_' or '-' (a folder name), but got name={name!r}"
         )
     objective = _objective(_table(raw, "objective"))
-    space = parse_space(raw.get("space"))
-    # the TrainConfig fields the space draws (its milestone fractions make `milestones`)
-    drawn = tuple(space.to_overrides({name: 0.5 for name in space.names}))
-    trial = _trial(_table(raw, "trial"), check_data, drawn)
+    trial_table = _table(raw, "trial")
+    trainer = _trainer(trial_table)
+    space = parse_space(raw.get("space"), trainer.params)
+    trial = _trial(trial_table, trainer, check_data, space.drawn_values())
     sampler = _sampler(_table(raw, "sampler"))
     pruner = _pruner(_table(raw, "pruner"), trial)
     budget = _budget(_table(raw, "budget", required=True), trial, pruner)
@@ -362,39 +394,71 @@ def _budget(t: dict[str, Any], trial: TrialSettings, pruner: PrunerSpec) -> Budg
     return Budget(epochs, n_trials, timeout, baseline_epochs)
 
 
-def _trial(t: dict[str, Any], check_data: bool, space_names: tuple[str, ...]) -> TrialSettings:
-    pinnable = tuple(
-        k for k in TrainConfig.__dataclass_fields__ if k not in _SETTINGS + _NOT_PINNABLE
-    )
-    _check_keys(t, _SETTINGS + pinnable, "[trial]")
-    recipe = {k: v for k, v in t.items() if k in pinnable}
+def _trainer(t: dict[str, Any]) -> Trainer:
+    name = _get(t, "trial", "trainer", str, DEFAULT_TRAINER)
+    options = t.get(name, {})
+    if not isinstance(options, dict):
+        raise StudyFileError(f"[trial.{name}] must be a table, but got {name}={options!r}")
+    try:
+        return make_trainer(name, options)
+    except TrainerError as exc:
+        raise StudyFileError(str(exc)) from None
+
+
+def _trial(
+    t: dict[str, Any], trainer: Trainer, check_data: bool, space_names: tuple[str, ...]
+) -> TrialSettings:
+    registry = trainer.params
+    for key, value in t.items():
+        if key not in (*_SETTINGS, trainer.name) and key not in registry:
+            raise StudyFileError(
+                f"unknown key {key!r} in [trial]: neither a setting ({', '.join(_SETTINGS)}) "
+                f"nor a parameter of trainer {trainer.name!r} (valid: {', '.join(registry.names)})"
+                f", but got {key}={value!r}"
+            )
+    recipe = {k: v for k, v in t.items() if k in registry and k not in _SETTINGS}
     drawn = sorted(set(recipe) & set(space_names))
     if drawn:
         raise StudyFileError(
             f"[trial] pins {', '.join(drawn)}, which [space] draws: keep one of the two"
         )
-    if "milestones" in recipe:
+    if "milestones" in recipe and isinstance(recipe["milestones"], list):
         recipe["milestones"] = tuple(recipe["milestones"])
     d = TrialSettings()
-    values = {
-        "data": _get(t, "trial", "data", str, d.data),
-        "model": _get(t, "trial", "model", str, d.model),
-        "device": _get(t, "trial", "device", str, d.device),
-    }
-    for key in ("epochs", "imgsz", "batch", "eval_interval"):
-        values[key] = _get(t, "trial", key, int, getattr(d, key))
+    settings = TrialSettings(
+        trainer=trainer.name,
+        data=_get(t, "trial", "data", str, d.data),
+        epochs=_get(t, "trial", "epochs", int, d.epochs),
+        eval_interval=_get(t, "trial", "eval_interval", int, d.eval_interval),
+        device=_get(t, "trial", "device", str, d.device),
+        recipe=tuple(sorted(recipe.items())),
+        options=tuple(sorted(dict(t.get(trainer.name, {})).items())),
+    )
+    _positive("trial", "epochs", settings.epochs)
+    _positive("trial", "eval_interval", settings.eval_interval)
     try:
-        # the trainer's own checks (imgsz multiple of 32, model size, pinned values, ...)
-        TrainConfig(**values, **recipe)
+        registry.check(recipe)
+        # the trainer's own checks of values together (tune: imgsz a multiple of 32, ...)
+        check = getattr(trainer, "check", None)
+        job = TrialJob(
+            values={**registry.defaults(), **recipe},
+            data=settings.data,
+            epochs=settings.epochs,
+            eval_interval=settings.eval_interval,
+            device=settings.device,
+            out=Path("."),
+        )
+        if check is not None:
+            check(job)
     except (ValueError, TypeError) as exc:
         raise StudyFileError(f"[trial] {exc}") from None
-    data = values["data"]
+    data = settings.data
     if check_data and data not in BUILTIN_DATA and not Path(data).is_file():
         raise StudyFileError(
             f"trial.data: no such data set file (a data.yaml, or one of "
             f"{', '.join(BUILTIN_DATA)}), but got data={data!r}"
         )
-    return TrialSettings(**values, recipe=tuple(sorted(recipe.items())))
+    return settings
 
 
 def _sampler(t: dict[str, Any]) -> SamplerSpec:

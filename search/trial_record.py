@@ -14,7 +14,7 @@ Layout on an Optuna trial:
   - ``start``: on the sampled trial enqueued with the trainer's defaults (`[sampler]
     start_from_defaults`), what it is: "trainer defaults";
   - ``placement``: ``{"host", "device", "worker"}``, where it ran (worker is ``host:pid``);
-  - ``curve/NNN``: the evaluations in step order, one `EvalReport.to_dict()` each (training
+  - ``curve/NNN``: the evaluations in step order, one `Evaluation.to_point()` each (training
     lines since the previous evaluation plus the evaluation itself), packed into segments of
     about `SEGMENT_CHARS` of JSON: each evaluation rewrites the last segment (or starts the
     next), written as it happens so pruned and failed trials keep their curves;
@@ -63,6 +63,8 @@ import optuna
 from optuna.storages import RetryHeartbeatStaleTrialCallback
 from optuna.trial import FrozenTrial
 
+from search.trainers.base import Evaluation
+from search.trainers.builtin import evaluation_of
 from trainer.records import EvalReport
 
 CONFIG = "config"
@@ -124,10 +126,14 @@ def record_config(trial: optuna.Trial, config: dict[str, Any]) -> None:
     trial.set_user_attr(CONFIG, config)
 
 
-def record_eval(trial: optuna.Trial, step: int, report: EvalReport) -> None:
-    """Store one evaluation's curve points and report mAP50-95 to the pruner."""
-    _record_point(trial, step, report.to_dict())
-    trial.report(report.eval.mAP50_95, step)
+def record_eval(
+    trial: optuna.Trial, step: int, report: Evaluation | EvalReport, metric: str = "mAP50_95"
+) -> None:
+    """Store one evaluation's curve points and report its `metric` to the pruner (tune's own
+    `EvalReport` is taken as it comes from `trainer.fit`)."""
+    evaluation = evaluation_of(step, report) if isinstance(report, EvalReport) else report
+    _record_point(trial, step, evaluation.to_point())
+    trial.report(evaluation.metric(metric), step)
 
 
 def _record_point(trial: optuna.Trial, step: int, point: dict[str, Any]) -> None:

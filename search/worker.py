@@ -14,8 +14,9 @@ The loop, per trial:
    the worker records it and goes on; only a run of consecutive failures stops it.
 
 SIGINT/SIGTERM fail the current trial with the reason "interrupted" and end the loop: nothing is
-left RUNNING. The data set is loaded once per worker; torch gets cores // local workers threads.
-The training function is injectable (`train_fn`, `load_data`): tests and soak runs use fakes.
+left RUNNING. The study's trainer (`search/trainers/`) is prepared once per worker (tune's own
+loads the data set then); torch gets cores // local workers threads. tune's training function is
+injectable (`train_fn`, `load_data`): tests and soak runs use fakes.
 
 A `Reaper` thread fails dead workers' trials (they are retried, resuming from their last
 checkpoint) and keeps this worker's own trial beating. When the database goes away, a round of
@@ -27,7 +28,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import importlib
 import os
 import socket
 import sys
@@ -35,7 +35,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
 import optuna
 from optuna.exceptions import UpdateFinishedTrialError
@@ -50,7 +50,6 @@ from search.log_masking import mask_library_logs
 from search.objective import (
     GracefulStop,
     Interrupted,
-    TrainFn,
     TrialContext,
     TrialTally,
     describe_error,
@@ -77,9 +76,9 @@ from search.storage import (
     resolve_url,
 )
 from search.study_file import StudyFileError, StudySpec, read_stored_spec, read_study_table
+from search.trainers.base import Trainer
+from search.trainers.builtin import LoadDataFn, TrainFn, TuneTrainer
 
-LoadDataFn = Callable[[str, int, bool], Any]
-TRAINER_MODULE_ENV = "TUNE_TRAINER_MODULE"  # for tests and soak runs only (see `load_trainer`)
 DEFAULT_RUNS_DIR = Path("runs/studies")
 # what one round of the loop did: stop (budget spent), wait (running trials hold the budget),
 # dropped (the trial was reaped under us), or the state of the trial it ran
@@ -118,23 +117,6 @@ def study_name_of(name_or_path: str) -> str:
     return name
 
 
-def load_trainer(module: str | None = None) -> tuple[TrainFn, LoadDataFn | None]:
-    """`fit` and `load_data` of the real trainer, or of `module` (tests and soak runs only).
-
-    `module` (or `$TUNE_TRAINER_MODULE`) names an importable module with `fit(config, report,
-    data)` and optionally `load_data(data, imgsz, skip_bad)`. Imported lazily: the trainer pulls
-    in torch, which fakes never need.
-    """
-    module = module or os.environ.get(TRAINER_MODULE_ENV)
-    if module:
-        mod = importlib.import_module(module)
-        return mod.fit, getattr(mod, "load_data", None)
-    from trainer.data import load_data
-    from trainer.fit import fit
-
-    return fit, load_data
-
-
 def run_worker(
     study: str,
     storage: str | None = None,
@@ -158,8 +140,9 @@ def run_worker(
     """Work on `study` (a name, or a study file whose name is used) until its budget is spent.
 
     The study must exist (created by `tune launch`); its settings are read from the storage so
-    that every machine runs the same ones. `train_fn`/`load_data` default to the real trainer (or
-    `trainer_module`). `timeout` stops taking new trials after that many seconds (the study
+    that every machine runs the same ones. For a study of tune's own trainer, `train_fn` and
+    `load_data` replace `trainer.fit` and `trainer.data` (or `trainer_module` names a module with
+    both; tests and soak runs). `timeout` stops taking new trials after that many seconds (the study
     file's `budget.timeout` when None). `settings` default to `StorageSettings.from_env()`,
     `artifacts` (the checkpoint folder) to `$TUNE_ARTIFACTS` or `tune-artifacts/`. Raises
     `WorkerError`, `StorageError` (`StorageDown` when the database stayed away too long) or
@@ -195,14 +178,12 @@ def run_worker(
         )
         # rdb is None behind `tune proxy`, which does the database's side (search/proxy.py)
         rdb, spec, optuna_study = while_down(lambda: _join(storage, name, index, settings, say))
-        if train_fn is None:
-            train_fn, default_load = load_trainer(trainer_module)
-            load_data = load_data or default_load
+        trainer = _trainer(spec, train_fn, load_data, trainer_module)
         threads = threads or max(1, (os.cpu_count() or 1) // max(1, local_workers))
         _set_torch_threads(threads)
         say(f"joined study {name!r} at {mask_url(resolve_url(storage))} ({threads} threads)")
         with stop.interruptible():
-            data = _load_data(load_data, spec)
+            _prepare(trainer, spec)
         # Fill Optuna's per-process trial cache now, outside the study lock. Otherwise the first
         # ask loads the whole study while holding the lock every other worker waits on: measured
         # 23 s at 10,000 trials, so 32 workers starting together queued for minutes.
@@ -213,8 +194,7 @@ def run_worker(
         device = "cuda" if gpu is not None else spec.trial.device
         ctx = TrialContext(
             spec=spec,
-            train_fn=train_fn,
-            data=data,
+            trainer=trainer,
             device=device,
             device_label=f"cuda:{gpu}" if gpu is not None else _device_label(device),
             worker_id=worker_id,
@@ -479,16 +459,35 @@ def _stored_spec(study: optuna.Study, url: str) -> StudySpec:
     return spec
 
 
-def _load_data(load_data: LoadDataFn | None, spec: StudySpec) -> Any:
-    if load_data is None:
-        return None
+def _trainer(
+    spec: StudySpec,
+    train_fn: TrainFn | None,
+    load_data: LoadDataFn | None,
+    trainer_module: str | None,
+) -> Trainer:
+    """The study's trainer; for tune's own, with the given (fake) training functions."""
+    injected = train_fn is not None or load_data is not None or trainer_module is not None
+    if spec.trial.trainer != "tune":
+        if injected:
+            raise WorkerError(
+                f"train_fn, load_data and trainer_module replace tune's own trainer, but study "
+                f"{spec.name!r} runs trainer {spec.trial.trainer!r}"
+            )
+        return spec.trainer
+    if not injected:
+        return spec.trainer  # its `[trial.tune] module`, if any
+    return TuneTrainer(train_fn, load_data, module=trainer_module)
+
+
+def _prepare(trainer: Trainer, spec: StudySpec) -> None:
     try:
-        return load_data(spec.trial.data, spec.trial.imgsz, False)
+        trainer.prepare(spec.job({}, out="."))
     except Interrupted:
         raise
     except Exception as exc:
         raise WorkerError(
-            f"cannot load data set {spec.trial.data!r}: {describe_error(exc)}"
+            f"cannot load data set {spec.trial.data!r} for trainer {trainer.name!r}: "
+            f"{describe_error(exc)}"
         ) from None
 
 
@@ -530,7 +529,6 @@ __all__ = [
     "StorageError",
     "WorkerError",
     "WorkerStats",
-    "load_trainer",
     "run_worker",
     "study_name_of",
 ]

@@ -95,6 +95,11 @@ class TuneTrainer:
             fields["seed"] = job.seed
         return TrainConfig(**{**job.values, **fields})
 
+    def check(self, job: TrialJob) -> None:
+        """The checks that tie values together (imgsz a multiple of 32, milestones in order...):
+        a `ValueError` naming them."""
+        self.config(job)
+
     def prepare(self, job: TrialJob) -> None:
         _, load_data = self._fns()
         if load_data is not None:
