@@ -392,3 +392,88 @@ def test_the_documented_example_runs_as_documented(tmp_path: Path) -> None:
     assert [t["iter"] for t in reported[1].train] == list(range(21, 41))
     assert trainer.params.in_group("loss weight") == ("lbox", "lcls")
 
+
+# --- a command study through a real worker ----------------------------------------------------
+
+STUDY = """
+name = "{name}"
+
+[budget]
+n_trials = 1
+
+[trial]
+trainer = "command"
+epochs = 2
+
+[trial.command]
+command = [{python}, {script}, "{{mode}}", "--lr0", "{{lr0}}"]
+components = ["box", "cls"]
+hang_timeout = 1
+grace = 0.5
+
+[trial.command.params]
+mode = {{ default = "ok", choices = ["ok", "crash", "hang"] }}
+lr0 = {{ default = 0.01, low = 0, high = 1 }}
+
+[pruner]
+type = "None"
+
+[space]
+mode = {{ choices = ["ok", "crash", "hang"] }}
+lr0 = {{ low = 0.001, high = 0.5, log = true }}
+
+[[baselines]]
+label = "crashes"
+mode = "crash"
+lr0 = 0.1
+
+[[baselines]]
+label = "hangs"
+mode = "hang"
+lr0 = 0.1
+
+[[baselines]]
+label = "trains"
+mode = "ok"
+lr0 = 0.2
+"""
+
+
+@pytest.mark.slow
+def test_a_command_study_through_a_worker_fails_crashes_and_hangs_clearly(tmp_path: Path) -> None:
+    from optuna.trial import TrialState
+
+    from search import trial_record
+    from search.launch import prepare_study
+    from search.storage import open_storage
+    from search.study_file import load_study_file
+    from search.worker import run_worker
+
+    study_file = tmp_path / "command-study.toml"
+    study_file.write_text(
+        STUDY.format(
+            name="command-study", python=json.dumps(sys.executable), script=json.dumps(str(SCRIPT))
+        )
+    )
+    url = f"sqlite:///{tmp_path / 'tune.db'}"
+    prepare_study(load_study_file(str(study_file)), open_storage(url, create_schema=True))
+
+    stats = run_worker("command-study", url, runs_dir=tmp_path / "runs", threads=1, log=print)
+
+    assert stats.stopped_because == "budget"
+    trials = optuna.load_study(study_name="command-study", storage=url).get_trials()
+    states = {trial_record.read_baseline(t): t.state for t in trials}
+    assert states == {
+        "crashes": TrialState.FAIL, "hangs": TrialState.FAIL, "trains": TrialState.COMPLETE
+    }, [trial_record.read_error(t) for t in trials]  # fmt: skip
+    assert len(trials) == 3 and not [t for t in trials if t.state == TrialState.RUNNING]
+    crashed, hung, trained = trials
+    assert "exited with code 3" in (trial_record.read_error(crashed) or "")
+    assert "illegal memory access" in (trial_record.read_error(crashed) or "")
+    assert "printed nothing" in (trial_record.read_error(hung) or "")
+    assert trained.value == pytest.approx(2 * 0.2)  # the script's mAP50_95 at step 2
+    curve = trial_record.read_curve(trained)
+    assert [p["eval"]["epoch"] for p in curve] == [1, 2]
+    assert {"val_lbox", "val_lcls"} <= set(curve[-1]["eval"]) and len(curve[-1]["train"]) == 3
+    for failed in (crashed, hung):
+        assert_group_gone(tmp_path / "runs" / "command-study" / f"trial-{failed.number:04d}")
