@@ -10,6 +10,7 @@ It prints the notes' training lines, writes evaluation lines to the metrics file
     selfkill  one evaluation, then SIGKILL to itself
     hang      one line, then silence
     crash     one evaluation, a traceback, exit 3
+    late      as ok, saving OUT/last.pt 0.3 s after each evaluation line (as tune train does)
 
 All but ok, file and badline start a child that would outlive them (pids in OUT/pids.json).
     badline   one evaluation, then a line that is not JSON
@@ -29,7 +30,7 @@ import traceback
 def main() -> None:
     mode = sys.argv[1]
     lr0 = float(sys.argv[sys.argv.index("--lr0") + 1]) if "--lr0" in sys.argv else 0.01
-    epochs = int(os.environ["TUNE_EPOCHS"]) if mode in ("ok", "file") else 10_000
+    epochs = int(os.environ["TUNE_EPOCHS"]) if mode in ("ok", "file", "late") else 10_000
     out = os.environ["TUNE_OUT"]
     if mode == "stubborn":
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
@@ -54,6 +55,10 @@ def main() -> None:
             evaluation = {"step": epoch, "iter": it, "mAP50_95": epoch * lr0, "mAP50": 0.5}
             metrics.write(json.dumps({**evaluation, "val_lbox": lbox, "val_lcls": lcls}) + "\n")
             metrics.flush()
+            if mode == "late":
+                time.sleep(0.3)
+                with open(os.path.join(out, "last.pt"), "w") as f:
+                    f.write(f"step {epoch}")
             if mode == "selfkill":
                 os.kill(os.getpid(), signal.SIGKILL)
             if mode == "crash":

@@ -104,6 +104,16 @@ def test_training_lines_in_the_metrics_file_win_over_stdout(tmp_path: Path) -> N
     assert command_trainer("ok").components == ()  # undeclared: whatever the script reports
 
 
+def test_a_checkpoint_saved_just_after_the_evaluation_line_is_waited_for(tmp_path: Path) -> None:
+    saved: list[str] = []
+
+    def report(evaluation: Evaluation) -> None:  # the search uploads the checkpoint here
+        saved.append((tmp_path / "trial" / "last.pt").read_text())
+
+    command_trainer("late", checkpoint="last.pt").run(job(tmp_path, 2), report)
+    assert saved == ["step 1", "step 2"]
+
+
 def test_placeholders_env_and_registry(tmp_path: Path) -> None:
     trainer = from_options(
         {
