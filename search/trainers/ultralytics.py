@@ -635,7 +635,14 @@ def _finished_outcome(checkpoint: Path, epochs: int) -> TrialOutcome | None:
     if "mAP50_95" not in maps:
         return None
     final = {k: maps[k] for k in ("mAP50", "mAP50_95")}
-    summary = {"trainer": "ultralytics", "run_dir": str(checkpoint.parent.parent), **final}
+    best = checkpoint.with_name("best.pt")
+    summary = {
+        "trainer": "ultralytics",
+        "run_dir": str(checkpoint.parent.parent),
+        "best_pt": str(best) if best.is_file() else None,
+        "last_pt": str(checkpoint),
+        **final,
+    }
     return TrialOutcome(metrics=final, summary=summary, inference_ms=None)
 
 

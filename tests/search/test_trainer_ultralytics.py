@@ -7,8 +7,10 @@ ones train YOLOv8n from `yolov8n.yaml` for a few iterations at 64 px on a tiny `
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
+import os
 import subprocess
 import sys
 import threading
@@ -246,6 +248,13 @@ def test_a_trial_reports_each_evaluation_unweighted(tiny: str, tmp_path: Path) -
     assert (out / "weights" / "last.pt").is_file() and (out / "args.yaml").is_file()
     assert [r["epoch"] for r in _lines(out) if "mAP50" in r] == [2, 3]
 
+    # a retry of a trial whose run had finished (its worker lost before the result was stored):
+    # nothing left to train, the outcome from the checkpoint
+    again: list[Evaluation] = []
+    retry = adapter.UltralyticsTrainer().run(dataclasses.replace(job, resume=True), again.append)
+    assert again == [] and retry.metrics == outcome.metrics
+    assert retry.summary["best_pt"] == summary["best_pt"]
+
 
 @pytest.mark.slow
 def test_a_stop_from_report_ends_training_and_a_retry_resumes(tiny: str, tmp_path: Path) -> None:
@@ -266,9 +275,7 @@ def test_a_stop_from_report_ends_training_and_a_retry_resumes(tiny: str, tmp_pat
     ckpt = torch.load(out / "weights" / "last.pt", map_location="cpu", weights_only=False)
     assert ckpt["epoch"] == 0 and ckpt["optimizer"] is not None
     assert threading.active_count() == threads
-    children = subprocess.run(
-        ["pgrep", "-P", str(__import__("os").getpid())], capture_output=True, text=True
-    )
+    children = subprocess.run(["pgrep", "-P", str(os.getpid())], capture_output=True, text=True)
     assert children.stdout.strip() == ""
     assert [r["epoch"] for r in _lines(out)] == [1, 1, 1]  # two training lines, one evaluation
 
@@ -280,3 +287,103 @@ def test_a_stop_from_report_ends_training_and_a_retry_resumes(tiny: str, tmp_pat
     lines = [(r["epoch"], r["iter"]) for r in _lines(out)]
     assert lines == [(1, 1), (1, 2), (1, 2), (2, 3), (2, 4), (2, 4)]  # epoch 1's kept
     assert math.isfinite(outcome.metrics["mAP50_95"])
+
+
+# --- acceptance: a study of the Ultralytics trainer through the real CLI ----------------------
+
+STUDY = Path(__file__).with_name("ultralytics-smoke.toml")
+BIN = Path(sys.executable).parent
+TUNE = [str(BIN / "tune")] if (BIN / "tune").exists() else [sys.executable, "-m", "search.cli"]
+
+
+def one_big_box(root: Path, n_train: int = 32, n_val: int = 8, size: int = 64) -> Path:
+    """A data set a detector learns something of in one epoch at 64 px: one class, one object
+    covering 80-95% of each side of a noisy image (YOLO layout, absolute `path`)."""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for split, count in (("train", n_train), ("val", n_val)):
+        (root / "images" / split).mkdir(parents=True)
+        (root / "labels" / split).mkdir(parents=True)
+        for i in range(count):
+            image = rng.integers(0, 80, (size, size, 3), dtype=np.uint8)
+            w, h = rng.uniform(0.8, 0.95, 2)
+            cx, cy = (rng.uniform(0.5 - (1 - s) / 2, 0.5 + (1 - s) / 2) for s in (w, h))
+            x1, x2, y1, y2 = (
+                int(v * size) for v in (cx - w / 2, cx + w / 2, cy - h / 2, cy + h / 2)
+            )
+            image[y1:y2, x1:x2] = rng.integers(150, 255, 3)
+            Image.fromarray(image).save(root / "images" / split / f"{i}.png")
+            (root / "labels" / split / f"{i}.txt").write_text(f"0 {cx} {cy} {w} {h}\n")
+    (root / "data.yaml").write_text(
+        f"path: {root}\ntrain: images/train\nval: images/val\nnames:\n  0: box\n"
+    )
+    return root / "data.yaml"
+
+
+def test_lobj_is_not_an_ultralytics_parameter(tmp_path: Path) -> None:
+    from search.study_file import StudyFileError, load_study_file
+
+    study = tmp_path / "bad.toml"
+    study.write_text(
+        STUDY.read_text().replace("[space]\n", "[space]\nlobj = { low = 0.1, high = 1.0 }\n")
+    )
+    with pytest.raises(StudyFileError) as error:
+        load_study_file(str(study))
+    message = str(error.value)
+    assert "unknown parameter space.lobj for trainer 'ultralytics'" in message
+    valid = message.partition("(valid: ")[2].partition(")")[0].split(", ")
+    for param in adapter.PARAMS:  # those a space draws (milestones: as milestone1, ...)
+        assert (param.name in valid) == (param.searchable and param.name != "milestones"), param
+    assert "\n" not in message
+
+
+@pytest.mark.slow
+def test_an_ultralytics_study_runs_end_to_end(tmp_path: Path) -> None:
+    import optuna
+    from optuna.trial import TrialState
+    from ultralytics.cfg import get_cfg
+
+    from search.best import best_trial, export_best
+    from search.report import gather_study
+
+    data = one_big_box(tmp_path / "data")
+    storage = f"sqlite:///{tmp_path / 'study.db'}"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    launch = [*TUNE, "launch", "--study", str(STUDY), "--storage", storage, "--workers", "1"]
+    proc = subprocess.run(
+        [*launch, "--data", str(data)],
+        cwd=tmp_path,  # the trials' run folders: runs/studies/ here
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    study = optuna.load_study(study_name="ultralytics-smoke", storage=storage)
+    trials = study.get_trials()
+    states = [t.state for t in trials]
+    assert len(trials) == 3 and TrialState.FAIL not in states, proc.stdout[-2000:]
+    assert states[0] == TrialState.COMPLETE  # the baseline: never pruned
+    assert trials[1].params["lr0"] < 2e-4  # the draw the study file counts on
+    assert trials[1].state == TrialState.PRUNED and trials[1].intermediate_values == {1: 0.0}
+    assert study.best_value > 0
+
+    # each trial kept its Ultralytics run folder and best.pt
+    runs = sorted((tmp_path / "runs").rglob("weights/best.pt"))
+    assert len(runs) == 3, runs
+
+    # the report follows the trainer's components: box, cls, dfl (no obj)
+    report = gather_study(study)
+    assert report.components == ("box", "cls", "dfl")
+    titles = [panel.title for panel in report.panels]
+    for name in ("Box", "Cls", "DFL"):
+        assert f"{name} loss (unweighted)" in titles, titles
+    assert not any("obj" in title.lower() for title in titles)
+
+    # tune best --export: a cfg Ultralytics' own loader takes
+    cfg = tmp_path / "best.yaml"
+    export_best(study, best_trial(study), cfg)
+    args = get_cfg(cfg=cfg)
+    assert (args.optimizer, args.lr0, args.box, args.imgsz) == ("Adam", 0.01, 7.5, 64)
