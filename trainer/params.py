@@ -140,10 +140,8 @@ class ParamRegistry:
         param = self.get(name)
         if param is None:
             at = f"{where}: " if where else ""
-            raise ValueError(
-                f"{at}{name} is not a parameter of trainer {self.trainer!r} "
-                f"(valid: {', '.join(self.names)})"
-            )
+            valid = f"valid: {', '.join(self.names)}" if self.names else "it declares none"
+            raise ValueError(f"{at}{name} is not a parameter of trainer {self.trainer!r} ({valid})")
         return param
 
     def defaults(self) -> dict[str, Any]:

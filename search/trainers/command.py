@@ -93,7 +93,7 @@ class CommandTrainer:
             "hyp": str(out / HYP_FILE),
             "out": str(out),
             "metrics": str(out / self.options.metrics),
-            "data": job.data,
+            "data": _data_path(job.data),
             "epochs": str(job.epochs),
             "eval_interval": str(job.eval_interval),
             "seed": str(job.seed if job.seed is not None else DEFAULT_SEED),
@@ -317,3 +317,13 @@ def from_options(options: Mapping[str, Any], where: str) -> CommandTrainer:
     """`[trial.command]` as a trainer (`command_options.py`); a `TrainerError` naming the first
     bad key and value."""
     return CommandTrainer(*parse_options(options, where))
+
+
+def _data_path(data: str) -> str:
+    """What the command is given as `{data}`: a data.yaml path, also for tune's built-in
+    `shapes` (generated on first use), which a user's script would not know by name."""
+    if data != "shapes":
+        return data
+    from trainer.shapes import shapes_yaml  # numpy and PIL, no torch
+
+    return str(shapes_yaml())
