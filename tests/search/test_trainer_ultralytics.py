@@ -1,4 +1,4 @@
-"""The Ultralytics trainer adapter (search/trainers/ultralytics.py).
+"""The Ultralytics trainer adapter (search/trainers/ultralytics.py, ultralytics_params.py).
 
 The fast tests check the parameter registry against the installed Ultralytics (a version bump
 that changes a default or a range fails here) and the adapter's pieces without training. The slow
@@ -23,6 +23,7 @@ import pytest
 from search.trainers import make_trainer
 from search.trainers import ultralytics as adapter
 from search.trainers.base import Evaluation, TrainerError, TrialJob
+from search.trainers.ultralytics_params import OPTIMIZERS
 
 ROOT = Path(__file__).parents[2]
 ul = pytest.importorskip("ultralytics", reason=f"the Ultralytics extra: {adapter.INSTALL}")
@@ -75,7 +76,7 @@ def test_optimizer_choices_are_ultralytics_own() -> None:
     me = SimpleNamespace(
         args=SimpleNamespace(lr0=0.01, optimizer="auto", warmup_bias_lr=0.1), data={"nc": 5}
     )
-    for name in adapter.OPTIMIZERS:
+    for name in OPTIMIZERS:
         if name != "MuSGD":  # needs a Detect head; `auto` picks it beyond 10000 iterations
             BaseTrainer.build_optimizer(me, model, name=name, iterations=1000)  # type: ignore[arg-type]
     with pytest.raises(NotImplementedError):
