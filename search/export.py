@@ -16,13 +16,15 @@ name and a mapping of values (a trial's stored config), nothing of the trainers'
 
 from __future__ import annotations
 
-import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from trainer.config import AUG, TRAIN_PARAMS, TrainConfig
+from search.trainers.base import JOB_KEYS, TrainerError
+from search.trainers.ultralytics import import_ultralytics
+from trainer.config import TRAIN_PARAMS, TrainConfig
 from trainer.hyp import HYP_TO_CONFIG, comment_lines, config_to_hyp, yaml_value, yolov5_text
+from trainer.params import AUG
 
 FORMATS: tuple[str, ...] = ("yolov5", "ultralytics")
 # the formats a trainer's values export to, its default first
@@ -32,7 +34,9 @@ FORMATS_OF: dict[str, tuple[str, ...]] = {
 }
 # what a stored trial record carries besides the trainer's values: where and how the job ran
 # (search/objective.py), never a training value to carry over
-RUN_SETTINGS: tuple[str, ...] = ("data", "device", "out", "resume", "threads", "eval_interval")
+# the job's settings in a trial's stored config that are no Ultralytics arg of the same meaning
+# (epochs and seed are; data is the trial's machine's path, not written)
+RUN_SETTINGS: tuple[str, ...] = tuple(k for k in JOB_KEYS if k not in ("epochs", "seed"))
 # tune fields with an Ultralytics arg of the same name and meaning (the others map by hyp key)
 _SAME_NAME: tuple[str, ...] = ("epochs", "imgsz", "batch", "seed")
 # why a tune hyp key has no Ultralytics arg (a key not listed: "not an Ultralytics arg")
@@ -42,7 +46,6 @@ _NO_ULTRALYTICS_ARG: dict[str, str] = {
     "gamma": "no MultiStepLR in Ultralytics",
     "ema_decay": "Ultralytics' ModelEMA is fixed at decay 0.9999, tau 2000",
 }
-ULTRALYTICS_INSTALL = "uv sync --extra ultralytics"
 
 
 class ExportError(ValueError):
@@ -187,13 +190,12 @@ def _ultralytics_args(values: Mapping[str, Any]) -> tuple[list[Arg], list[str]]:
 
 def _ultralytics_cfg() -> Any:
     """Ultralytics' config module, imported on demand (an optional extra), offline."""
-    os.environ.setdefault("YOLO_OFFLINE", "1")  # no update or settings check over the network
     try:
-        from ultralytics import cfg
-    except ImportError:
-        raise ExportError(
-            f"exporting an Ultralytics cfg needs the ultralytics package: {ULTRALYTICS_INSTALL}"
-        ) from None
+        import_ultralytics("exporting an Ultralytics cfg")
+    except TrainerError as exc:
+        raise ExportError(str(exc)) from None
+    from ultralytics import cfg
+
     return cfg
 
 

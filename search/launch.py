@@ -398,6 +398,8 @@ def _start_workers(
             name,
         ]
         cmd += ["--local-workers", str(n), "--worker-index", str(i), "--threads", str(threads)]
+        # the trial folders go beside the logs (`<runs_dir>/<study>/`), not the worker's default
+        cmd += ["--runs-dir", str(log_dir.parent)]
         child_env = dict(env)
         if gpus:
             cmd += ["--gpu", str(gpus[i])]

@@ -222,7 +222,7 @@ def make_objective(ctx: TrialContext) -> Callable[[optuna.Trial], float]:
         seed = None if confirm is None else confirm[1]
         job = ctx.spec.job(params, out, device=ctx.device, threads=ctx.threads, seed=seed)
         job = ctx.store(lambda: _resume_retry(trial, ctx, job))
-        ctx.store(lambda: trial_record.record_config(trial, job_record(job)))
+        ctx.store(lambda: trial_record.record_config(trial, job.record()))
         start = trial_record.read_start(trial)
         what = f"baseline {baseline!r}" if baseline else (f"start: {start}" if start else "sampled")
         if confirm is not None:
@@ -300,17 +300,6 @@ def make_objective(ctx: TrialContext) -> Callable[[optuna.Trial], float]:
         return value
 
     return objective
-
-
-def job_record(job: TrialJob) -> dict[str, Any]:
-    """What a trial ran with, as stored in its ``config`` user attr: the trainer's values and the
-    job's settings (for tune's trainer, exactly the fields of its `TrainConfig`)."""
-    record = {**job.values, "data": job.data, "epochs": job.epochs}
-    record |= {"eval_interval": job.eval_interval, "device": job.device, "out": str(job.out)}
-    record |= {"threads": job.threads, "resume": job.resume}
-    if job.seed is not None:
-        record["seed"] = job.seed
-    return {k: list(v) if isinstance(v, tuple) else v for k, v in record.items()}
 
 
 def _resume_retry(trial: optuna.Trial, ctx: TrialContext, job: TrialJob) -> TrialJob:

@@ -73,8 +73,10 @@ class IntParam:
         return trial.suggest_int(self.name, self.low, self.high, log=self.log)
 
     def contains(self, value: Any) -> bool:
-        return isinstance(value, int) and not isinstance(value, bool) and (
-            self.low <= value <= self.high
+        return (
+            isinstance(value, int)
+            and not isinstance(value, bool)
+            and (self.low <= value <= self.high)
         )
 
     def describe(self) -> str:

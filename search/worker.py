@@ -475,7 +475,7 @@ def _trainer(
             )
         return spec.trainer
     if not injected:
-        return spec.trainer  # its `[trial.tune] module`, if any
+        return spec.trainer
     return TuneTrainer(train_fn, load_data, module=trainer_module)
 
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from trainer.params import ParamRegistry, param, registry_of
+from trainer.params import AUG, LOSS_WEIGHT, OPT, SCHED, ParamRegistry, param, registry_of
 
 Optimizer = Literal["SGD", "Adam", "AdamW"]
 OPTIMIZERS: tuple[str, ...] = ("SGD", "Adam", "AdamW")
@@ -21,8 +21,6 @@ MODEL_SIZES: tuple[str, ...] = ("nano", "small", "medium")
 # lr decay over the run, multiplied by MultiStepLR's gamma at each milestone (trainer.optim)
 LR_DECAYS: tuple[str, ...] = ("none", "linear", "cosine")
 WARMUP_MIN_ITERS = 100  # the field's floor on warmup length (Ultralytics, YOLOv5)
-# parameter groups (trainer/params.py): the report plots the loss weights against each other
-LOSS_WEIGHT, OPT, SCHED, AUG = "loss weight", "optimisation", "schedule", "augmentation"
 
 
 @dataclass(frozen=True)

@@ -21,6 +21,9 @@ from typing import Any, Literal
 Kind = Literal["float", "int", "bool", "choice", "str", "floats"]
 # kinds a search space can draw (`floats` is drawn through the milestone fractions, space.py)
 SEARCHABLE_KINDS: tuple[str, ...] = ("float", "int", "bool", "choice")
+# parameter groups (`Param.group`), shared by every trainer: the report plots the loss weights
+# against each other, whatever the trainer calls them (tune's lbox, Ultralytics' box)
+LOSS_WEIGHT, OPT, SCHED, AUG = "loss weight", "optimisation", "schedule", "augmentation"
 _META = "tune.param"
 
 

@@ -25,8 +25,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from search import trial_record
 from search.trainers import DEFAULT_TRAINER, make_trainer
-from trainer.config import LOSS_WEIGHT
-from trainer.params import ParamRegistry
+from trainer.params import LOSS_WEIGHT, ParamRegistry
 
 LEGEND_HYP_KEYS: tuple[str, ...] = ("optimizer", "lr0")
 

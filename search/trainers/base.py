@@ -49,7 +49,10 @@ def val_key(component: str) -> str:
 
 @dataclass(frozen=True)
 class TrialJob:
-    """One trial as the trainer receives it."""
+    """One trial as the trainer receives it.
+
+    `record()` is what the trial's ``config`` user attr stores: for tune's own trainer exactly
+    the fields of its `TrainConfig`."""
 
     values: Mapping[str, Any]  # every parameter of the trainer: its defaults, the pins, the draw
     data: str  # "shapes" or a data.yaml path
@@ -60,6 +63,28 @@ class TrialJob:
     seed: int | None = None  # None: the trainer's own seed
     device: str = "auto"
     threads: int | None = None  # CPU threads this trial may use
+
+    def record(self) -> dict[str, Any]:
+        """The trainer's values and the job's settings (`JOB_KEYS`), JSON-ready."""
+        record = {**self.values, "data": self.data, "epochs": self.epochs}
+        record |= {"eval_interval": self.eval_interval, "device": self.device}
+        record |= {"out": str(self.out), "threads": self.threads, "resume": self.resume}
+        if self.seed is not None:
+            record["seed"] = self.seed
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in record.items()}
+
+
+# the keys a job's record adds to the trainer's values
+JOB_KEYS: tuple[str, ...] = (
+    "data",
+    "epochs",
+    "eval_interval",
+    "device",
+    "out",
+    "threads",
+    "resume",
+    "seed",
+)
 
 
 @dataclass(frozen=True)

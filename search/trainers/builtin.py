@@ -3,8 +3,8 @@
 Its parameters are `TrainConfig`'s (`trainer/config.py`, each declared once with `param(...)`),
 less the ones the search sets for every trial (`JOB_FIELDS`: data, length, device, threads,
 seed) and `weights` (a local file that other machines would not have). The training function is
-`trainer.fit.fit`, or one with the same signature: tests and soak runs pass fakes
-(`train_fn`, `load_data`, or `[trial.tune] module` naming a module with `fit` and `load_data`).
+`trainer.fit.fit`, or one with the same signature: tests and soak runs pass fakes (`train_fn`,
+`load_data`, or the worker's `--trainer-module` naming a module with `fit` and `load_data`).
 """
 
 from __future__ import annotations
@@ -135,11 +135,9 @@ def evaluation_of(step: int, metrics: EvalReport) -> Evaluation:
 
 
 def from_options(options: Mapping[str, Any], where: str) -> TuneTrainer:
-    """`[trial.tune]`: only `module` (tests and soak runs: a fake `fit`)."""
-    unknown = sorted(set(options) - {"module"})
-    if unknown:
-        raise TrainerError(f"unknown key {where}.{unknown[0]} (known: module)")
-    module = options.get("module")
-    if module is not None and not isinstance(module, str):
-        raise TrainerError(f"{where}.module must be a module name, but got module={module!r}")
-    return TuneTrainer(module=module)
+    """`[trial.tune]`: tune's own trainer takes no options. (A fake `fit` for tests comes only
+    from the worker's `--trainer-module` or `$TUNE_TRAINER_MODULE`, never from a study file or
+    the storage: a study must not name code for workers to import.)"""
+    if options:
+        raise TrainerError(f"unknown key {where}.{sorted(options)[0]} (trainer 'tune' has none)")
+    return TuneTrainer()

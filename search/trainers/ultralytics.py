@@ -77,12 +77,12 @@ class UltralyticsTrainer:
             raise TrainerError(f"milestones must be in increasing order, but got milestones={ms}")
 
     def prepare(self, job: TrialJob) -> None:
-        _ultralytics()
+        import_ultralytics()
         self.check(job)
         _data_yaml(job.data)  # generates `shapes` once per worker, before the first trial
 
     def run(self, job: TrialJob, report: ReportFn) -> TrialOutcome:
-        ul = _ultralytics()
+        ul = import_ultralytics()
         self.check(job)
         values = {**PARAMS.defaults(), **job.values}
         PARAMS.check(values, "trial")
@@ -401,15 +401,16 @@ def _trainer_class(
 # --- the run's surroundings -------------------------------------------------------------------
 
 
-def _ultralytics() -> ModuleType:
-    """The `ultralytics` package, imported offline; a `TrainerError` with the install command."""
+def import_ultralytics(needed_by: str = "trainer 'ultralytics'") -> ModuleType:
+    """The `ultralytics` package, imported offline; a `TrainerError` with the install command
+    saying who needs it."""
     # read once, when ultralytics is first imported: no version checks, no online lookups
     os.environ["YOLO_OFFLINE"] = "1"
     try:
         import ultralytics
     except ImportError as exc:
         raise TrainerError(
-            f"trainer 'ultralytics' needs the ultralytics package, which is not installed "
+            f"{needed_by} needs the ultralytics package, which is not installed "
             f"({exc}); install it with: {INSTALL}"
         ) from exc
     return ultralytics

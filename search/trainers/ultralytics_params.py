@@ -9,7 +9,7 @@ applies on top of Ultralytics' own lr schedule. Nothing here imports ultralytics
 
 from __future__ import annotations
 
-from trainer.params import Param, ParamRegistry
+from trainer.params import AUG, LOSS_WEIGHT, OPT, SCHED, Param, ParamRegistry
 
 COMPONENTS: tuple[str, ...] = ("box", "cls", "dfl")
 # Ultralytics' BaseTrainer.build_optimizer accepts these (case-insensitively); `auto` picks the
@@ -25,7 +25,6 @@ OPTIMIZERS: tuple[str, ...] = (
     "RAdam",
     "RMSProp",
 )
-LOSS, OPT, SCHED, AUG = "loss weight", "optimisation", "schedule", "augmentation"
 
 
 def _fraction(name: str, default: float, help: str, group: str) -> Param:
@@ -52,9 +51,9 @@ PARAMS = ParamRegistry(
         Param("imgsz", "int", 640, "input size (rounded up to the stride)", low=32, hyp="imgsz"),
         # Ultralytics' -1 / fractions (AutoBatch) depend on the machine: a trial must not
         Param("batch", "int", 16, "images per batch", low=1, hyp="batch", group="data"),
-        _positive("box", 7.5, "box (IoU) loss gain", LOSS),
-        _positive("cls", 0.5, "classification loss gain", LOSS),
-        _positive("dfl", 1.5, "distribution focal loss gain", LOSS),
+        _positive("box", 7.5, "box (IoU) loss gain", LOSS_WEIGHT),
+        _positive("cls", 0.5, "classification loss gain", LOSS_WEIGHT),
+        _positive("dfl", 1.5, "distribution focal loss gain", LOSS_WEIGHT),
         Param(
             "optimizer",
             "choice",

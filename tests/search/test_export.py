@@ -24,7 +24,7 @@ os.environ.setdefault("YOLO_OFFLINE", "1")  # Ultralytics must not try the netwo
 
 TRIAL = TrainConfig(lcls=0.3, lbox=0.07, lobj=0.6, lr=0.002, optimizer="SGD", milestones=(0.6,))
 # a trial of the Ultralytics trainer as stored: Ultralytics' names, the adapter's own
-# milestones/gamma, and the job's settings (search/objective.py's job_record)
+# milestones/gamma, and the job's settings (TrialJob.record, search/trainers/base.py)
 ULTRALYTICS_TRIAL: dict[str, Any] = {
     "lr0": 0.02, "lrf": 0.05, "box": 5.0, "cls": 0.7, "dfl": 1.2, "optimizer": "SGD",
     "momentum": 0.9, "imgsz": 64, "batch": 16, "milestones": [0.6], "gamma": 0.3,

@@ -113,7 +113,7 @@ def test_integers_and_booleans_are_drawn_and_trained_with() -> None:
         (("trial", "dropout"), 0.1, r"nor a parameter of trainer 'tune' \(valid: model,"),
         (("trial", "warmup_momentum"), 2.0, r"\[trial\] warmup_momentum must be in \[0, 1\)"),
         (("space", "close_mosaic"), {"low": 0.5, "high": 3}, r"close_mosaic must be an integer"),
-        (("trial", "tune"), {"colour": 1}, r"unknown key trial\.tune\.colour"),
+        (("trial", "tune"), {"colour": 1}, r"trial\.tune\.colour \(trainer .tune. has none\)"),
     ],
 )
 def test_a_study_is_checked_against_its_trainers_parameters(

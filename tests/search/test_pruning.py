@@ -26,7 +26,11 @@ def _study(kind: str, n_min_trials: int = 1, min_resource: int = 2) -> optuna.St
     spec = PrunerSpec(
         kind, min_resource=min_resource, reduction_factor=3, n_min_trials=n_min_trials
     )
-    return optuna.create_study(direction="maximize", pruner=build_pruner(spec, EPOCHS))
+    # a fixed name: Hyperband puts a trial in a bracket by a hash of the study name and the trial
+    # number, and a random name let 1 run in 2 put the hopeless trial in a bracket of its own
+    return optuna.create_study(
+        study_name="pruning", direction="maximize", pruner=build_pruner(spec, EPOCHS)
+    )
 
 
 def _run(study: optuna.Study, values: list[float], baseline: str | None = None) -> int | None:

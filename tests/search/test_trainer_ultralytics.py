@@ -353,9 +353,10 @@ def test_an_ultralytics_study_runs_end_to_end(tmp_path: Path) -> None:
     storage = f"sqlite:///{tmp_path / 'study.db'}"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     launch = [*TUNE, "launch", "--study", str(STUDY), "--storage", storage, "--workers", "1"]
+    runs_dir = tmp_path / "runs"  # the workers' logs and the trials' run folders
     proc = subprocess.run(
-        [*launch, "--data", str(data)],
-        cwd=tmp_path,  # the trials' run folders: runs/studies/ here
+        [*launch, "--data", str(data), "--runs-dir", str(runs_dir)],
+        cwd=tmp_path / "data",
         env=env,
         capture_output=True,
         text=True,
@@ -372,7 +373,7 @@ def test_an_ultralytics_study_runs_end_to_end(tmp_path: Path) -> None:
     assert study.best_value > 0
 
     # each trial kept its Ultralytics run folder and best.pt
-    runs = sorted((tmp_path / "runs").rglob("weights/best.pt"))
+    runs = sorted(runs_dir.glob("ultralytics-smoke/trial-*/weights/best.pt"))
     assert len(runs) == 3, runs
 
     # the report follows the trainer's components: box, cls, dfl (no obj)
