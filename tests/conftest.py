@@ -7,6 +7,11 @@ import uuid
 from collections.abc import Iterator
 
 import pytest
+import torch
+from PIL import Image
+
+# read before any test module is imported (conftest comes first)
+_PRISTINE = (Image.open, torch.save)
 
 PG_ADMIN_URL = os.environ.get(
     "TUNE_TEST_PG", "postgresql+psycopg2://postgres@127.0.0.1:5432/postgres"
@@ -21,9 +26,16 @@ def _require_postgres() -> bool:
 def _one_torch_thread() -> None:
     # The machines have 2 cores; tests that train share them with the PostgreSQL server and
     # with worker subprocesses.
-    import torch
-
     torch.set_num_threads(1)
+
+
+@pytest.fixture(autouse=True)
+def _ultralytics_patches_undone() -> Iterator[None]:
+    # Importing ultralytics (the adapter's and the export's tests, some at collection) replaces
+    # PIL.Image.open and torch.save process-wide; a worker that runs Ultralytics may keep them,
+    # but tests of tune's own trainer in this process must see the libraries as they are.
+    yield
+    Image.open, torch.save = _PRISTINE
 
 
 @pytest.fixture(autouse=True)

@@ -263,6 +263,7 @@ def test_a_stop_from_report_ends_training_and_a_retry_resumes(tiny: str, tmp_pat
 
     out = tmp_path / "trial"
     threads = threading.active_count()
+    children = _children()  # earlier tests in this process may have left some of their own
 
     def prune(evaluation: Evaluation) -> None:
         raise optuna.TrialPruned(f"pruned at step {evaluation.step}")
@@ -276,8 +277,7 @@ def test_a_stop_from_report_ends_training_and_a_retry_resumes(tiny: str, tmp_pat
     ckpt = torch.load(out / "weights" / "last.pt", map_location="cpu", weights_only=False)
     assert ckpt["epoch"] == 0 and ckpt["optimizer"] is not None
     assert threading.active_count() == threads
-    children = subprocess.run(["pgrep", "-P", str(os.getpid())], capture_output=True, text=True)
-    assert children.stdout.strip() == ""
+    assert _children() <= children  # none of Ultralytics' own is left
     assert [r["epoch"] for r in _lines(out)] == [1, 1, 1]  # two training lines, one evaluation
 
     # a retry of the lost trial: the remaining epoch from last.pt
@@ -389,3 +389,9 @@ def test_an_ultralytics_study_runs_end_to_end(tmp_path: Path) -> None:
     export_best(study, best_trial(study), cfg)
     args = get_cfg(cfg=cfg)
     assert (args.optimizer, args.lr0, args.box, args.imgsz) == ("Adam", 0.01, 7.5, 64)
+
+
+def _children() -> set[str]:
+    """The pids of this process's child processes."""
+    found = subprocess.run(["pgrep", "-P", str(os.getpid())], capture_output=True, text=True)
+    return set(found.stdout.split())
