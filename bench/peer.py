@@ -12,7 +12,11 @@ the same neighbours), two child processes train from scratch:
   field at its default: what `tune train --data X` runs;
 - **ultralytics**: `YOLO("yolov8n.yaml").train(...)` with its default recipe, installed into an
   ephemeral environment by `uv run --with ultralytics` (never a dependency of tune), offline
-  (`YOLO_OFFLINE=1`, `plots=False`, `amp=False`, the data yaml's absolute `path:`).
+  (`YOLO_OFFLINE=1`, `plots=False`, `amp=False`, the data yaml's absolute `path:`);
+- **ultralytics-via-tune** (`--via-tune`): the same run as one trial of tune's Ultralytics
+  trainer (`search/trainers/ultralytics.py`, its defaults are Ultralytics' own, evaluated every
+  epoch): what the adapter costs and whether a trial matches running Ultralytics yourself. Needs
+  the optional extra (`uv sync --extra ultralytics`).
 
 Each child reports one JSON line per epoch: epoch, seconds since its training call began (data
 loading, training and the per-epoch validation included), mAP50-95 and mAP50 on the same
@@ -169,6 +173,35 @@ def child_ultralytics(data: str, imgsz: int, batch: int, epochs: int, out: str) 
     )
 
 
+def child_ultralytics_via_tune(data: str, imgsz: int, batch: int, epochs: int, out: str) -> None:
+    from search.trainers.base import Evaluation, TrialJob
+    from search.trainers.ultralytics import PARAMS, UltralyticsTrainer
+
+    # Ultralytics' own default of 8 dataloader workers, as the direct run uses
+    trainer = UltralyticsTrainer(workers=8)
+    values = {**PARAMS.defaults(), "model": "yolov8n.yaml", "imgsz": imgsz, "batch": batch}
+    job = TrialJob(values, data, epochs, 1, Path(out), seed=0, device="cpu")
+    start = time.perf_counter()
+
+    def report(evaluation: Evaluation) -> None:
+        _emit(
+            "epoch",
+            epoch=evaluation.step,
+            seconds=time.perf_counter() - start,
+            mAP50_95=evaluation.metrics["mAP50_95"],
+            mAP50=evaluation.metrics["mAP50"],
+        )
+
+    trainer.prepare(job)
+    outcome = trainer.run(job, report)
+    training = float(outcome.summary["seconds_training"])
+    _emit(
+        "done",
+        train_images_per_s=_count_train_images(data) * epochs / max(training, 1e-9),
+        seconds=time.perf_counter() - start,
+    )
+
+
 def _count_train_images(data: str) -> int:
     from trainer.data import read_data_yaml
 
@@ -265,15 +298,16 @@ def run(args: argparse.Namespace) -> Path:
         ]
         runs: dict[str, Any] = {}
         order = ["tune", "ultralytics"] if peer else ["tune"]
+        if args.via_tune:
+            order.append("ultralytics-via-tune")
         # variants of tune's recipe ride along on shapes (same invocation, same neighbours)
         if name == "shapes":
             order += [f"tune[{v}]" for v in args.tune_variant]
         for trainer in order:
             out = str(work / f"{name}-{trainer}")
             kind, _, variant = trainer.partition("[")
-            python = (
-                [sys.executable, "-m", "bench.peer"] if kind == "tune" or args.quick else UV_PEER
-            )
+            own_env = kind in ("tune", "ultralytics-via-tune") or args.quick
+            python = [sys.executable, "-m", "bench.peer"] if own_env else UV_PEER
             command = [*python, "--child", kind, *common, "--out", out]
             if variant:
                 command += ["--overrides", variant.rstrip("]")]
@@ -364,6 +398,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--timeout", type=float, default=1800)
     parser.add_argument("--tune-only", action="store_true")
     parser.add_argument(
+        "--via-tune", action="store_true",
+        help="also run Ultralytics as a trial of tune's Ultralytics trainer (needs the extra)",
+    )  # fmt: skip
+    parser.add_argument(
         "--tune-variant", action="append", default=[],
         help="also train tune with these TrainConfig overrides on shapes, e.g. model=nano",
     )  # fmt: skip
@@ -372,7 +410,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--name", default="cpu")
     parser.add_argument("--work", default="/tmp/tune-peer")
     parser.add_argument("--results", default=None, help="folder for the JSON and HTML")
-    parser.add_argument("--child", choices=["tune", "ultralytics"], help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--child", choices=["tune", "ultralytics", "ultralytics-via-tune"], help=argparse.SUPPRESS
+    )
     parser.add_argument("--data", help=argparse.SUPPRESS)
     parser.add_argument("--out", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -382,6 +422,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         )
     elif args.child == "ultralytics":
         child_ultralytics(args.data, args.imgsz, args.batch, args.epochs, args.out)
+    elif args.child == "ultralytics-via-tune":
+        child_ultralytics_via_tune(args.data, args.imgsz, args.batch, args.epochs, args.out)
     elif args.report:
         report(Path(args.report))
     else:
