@@ -68,8 +68,12 @@ class Confirmation:
         return next((r for r in self.rows if r.baseline is not None), None)
 
 
-def read_confirmation(storage: BaseStorage, parent: str) -> Confirmation | None:
-    """The confirmation of study `parent` in `storage`, or None when it was never confirmed."""
+def read_confirmation(
+    storage: BaseStorage, parent: str, parent_trials: list[FrozenTrial] | None = None
+) -> Confirmation | None:
+    """The confirmation of study `parent` in `storage`, or None when it was never confirmed.
+    `parent_trials` are the parent's trials when the caller has them (lean ones do: only their
+    states, values and baseline labels are read); otherwise they are loaded."""
     name = confirm_name(parent)
     if name not in optuna.get_all_study_names(storage):
         return None
@@ -77,7 +81,9 @@ def read_confirmation(storage: BaseStorage, parent: str) -> Confirmation | None:
     raw = trial_record.read_confirm_plan(study)
     if raw is None:
         return None
-    parent_trials = optuna.load_study(study_name=parent, storage=storage).get_trials(deepcopy=False)
+    if parent_trials is None:
+        parent_study = optuna.load_study(study_name=parent, storage=storage)
+        parent_trials = parent_study.get_trials(deepcopy=False)
     spec = trial_record.read_study_spec(study) or {}
     metric = str(spec.get("objective", {}).get("metric", "mAP50_95"))
     return confirmation_of(
@@ -85,9 +91,12 @@ def read_confirmation(storage: BaseStorage, parent: str) -> Confirmation | None:
     )
 
 
-def read_confirmation_of(study: optuna.Study) -> Confirmation | None:
-    """The confirmation of `study`, from the storage it was loaded from."""
-    return read_confirmation(study_storage(study), study.study_name)
+def read_confirmation_of(
+    study: optuna.Study, trials: list[FrozenTrial] | None = None
+) -> Confirmation | None:
+    """The confirmation of `study`, from the storage it was loaded from (`trials`: its trials,
+    when the caller has them)."""
+    return read_confirmation(study_storage(study), study.study_name, trials)
 
 
 def confirmation_of(

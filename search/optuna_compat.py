@@ -17,17 +17,24 @@ What tune needs beyond Optuna's public API:
   of the ORM (issue 16: a worker joining a study of 10,000 trials spent 12 s building an ORM
   object per row; `tune status` and `tune report` as long);
 - `optuna.storages._CachedStorage` (`CachedStorage`), the cache `optuna.storages.get_storage`
-  puts in front of an RDB storage, which `tune proxy` subclasses (`search/proxy.py`);
+  puts in front of an RDB storage, which `tune proxy` subclasses (`search/proxy.py`), and its
+  `_backend`, the RDB storage behind a study's cache (`rdb_backend`), which `tune status` and
+  `tune report` read with `read_trials` leaving bulky user attrs in the database (`AttrKeys`);
 - `GrpcStorageProxy._setup` and the generated gRPC stub, to open the proxy's channel with short
-  reconnect backoffs (`ReconnectingGrpcStorageProxy`).
+  reconnect backoffs (`ReconnectingGrpcStorageProxy`);
+- not a name but a side effect: `import optuna.visualization` imports its matplotlib twin, and
+  with it matplotlib (about 1 s, a fifth of `tune report` on a 10,000-trial study, where the
+  Ultralytics extra installs matplotlib); `without_matplotlib_views` skips that.
 """
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import json
+import sys
 from collections import defaultdict
-from collections.abc import Container
+from collections.abc import Collection, Container, Iterable, Iterator
 from dataclasses import dataclass
 from functools import cache
 from typing import Any
@@ -77,6 +84,25 @@ class ReconnectingGrpcStorageProxy(GrpcStorageProxy):
         self._cache = GrpcClientCache(self._stub)
 
 
+@contextlib.contextmanager
+def without_matplotlib_views() -> Iterator[None]:
+    """Import `optuna.visualization` (its Plotly views) inside this block without matplotlib.
+
+    Optuna's `optuna.visualization.matplotlib` guards its matplotlib import and, finding none,
+    says so when one of its functions is called; tune draws with Plotly only. Where matplotlib is
+    imported already, nothing changes. Afterwards matplotlib imports as usual, except into
+    `optuna.visualization.matplotlib` in this process.
+    """
+    if "matplotlib" in sys.modules or "optuna.visualization" in sys.modules:
+        yield
+        return
+    sys.modules["matplotlib"] = None  # type: ignore[assignment]  # makes `import` raise
+    try:
+        yield
+    finally:
+        del sys.modules["matplotlib"]
+
+
 def trial_id(trial: optuna.Trial | FrozenTrial) -> int:
     """The storage's id of a trial (not its number within the study)."""
     return int(trial._trial_id)
@@ -90,6 +116,15 @@ def study_storage(study: optuna.Study) -> BaseStorage:
 def study_id(study: optuna.Study) -> int:
     """The storage's id of a study."""
     return int(study._study_id)
+
+
+def rdb_backend(study: optuna.Study) -> RDBStorage | None:
+    """The RDB storage behind a study (behind Optuna's cache), or None for any other storage
+    (in memory, a gRPC proxy)."""
+    storage = study_storage(study)
+    if isinstance(storage, CachedStorage):
+        storage = storage._backend
+    return storage if isinstance(storage, RDBStorage) else None
 
 
 def stale_trial_ids(storage: RDBStorage, study_id: int) -> list[int]:
@@ -217,16 +252,46 @@ _TRIAL_TABLES: dict[str, tuple[Any, tuple[str, ...]]] = {
 _distribution = cache(json_to_distribution)  # a study has few distinct ones
 
 
+@dataclass(frozen=True)
+class AttrKeys:
+    """A set of user-attr keys, matched in SQL: these `keys` and those that start with one of
+    these `prefixes`."""
+
+    keys: tuple[str, ...] = ()
+    prefixes: tuple[str, ...] = ()
+
+    def matches(self, key: str) -> bool:
+        return key in self.keys or key.startswith(self.prefixes)
+
+    def clause(self, column: Any) -> Any:
+        """The SQL condition that `column` (a user attr's key) is one of these."""
+        return sa.or_(
+            column.in_(self.keys),
+            *(column.startswith(p, autoescape=True) for p in self.prefixes),
+        )
+
+
 def read_trials(
     storage: RDBStorage,
     study_id: int,
     states: Container[TrialState] | None = None,
     included_trial_ids: set[int] | None = None,
     trial_id_greater_than: int = -1,
+    without: AttrKeys | None = None,
+    *,
+    trial_ids: Collection[int] | None = None,
+    params: bool = True,
+    steps: bool = True,
 ) -> list[FrozenTrial]:
     """What `RDBStorage._get_trials` returns (the study's trials, or those in
     `included_trial_ids` or after `trial_id_greater_than`, by trial id), read with six SQL
-    statements and no ORM objects. A missing study is a KeyError, as in Optuna."""
+    statements and no ORM objects. A missing study is a KeyError, as in Optuna.
+
+    For readers of a whole study that show a few trials in full (`tune report`, `tune status`),
+    less: `without` names user attrs left in the database (never sent, never decoded; read back
+    with `read_user_attrs`), `trial_ids` keeps only these trials, and without `params` or
+    `steps` the trials come with no parameters (and distributions) or no intermediate values:
+    at 10,000 trials, 100,000 and 40,000 of a study's rows."""
     t = TrialModel
     included = {i for i in included_trial_ids or () if i <= trial_id_greater_than}
     where = [t.study_id == study_id]
@@ -235,7 +300,11 @@ def read_trials(
         where.append(sa.or_(t.trial_id.in_(included), newer) if included else newer)
     if states is not None:
         where.append(t.state.in_(list(states)))  # type: ignore[call-overload]
+    if trial_ids is not None:
+        where.append(t.trial_id.in_(list(trial_ids)))
     chosen = sa.select(t.trial_id).where(*where).scalar_subquery()
+    skipped = {"params"} if not params else set()
+    skipped |= {"steps"} if not steps else set()
     rows: dict[str, dict[int, list[Any]]] = {}
     with storage.engine.connect() as conn:
         if (
@@ -254,16 +323,21 @@ def read_trials(
         ).all()
         for name, (model, columns) in _TRIAL_TABLES.items():
             by_trial: dict[int, list[Any]] = defaultdict(list)
-            query = sa.select(model.trial_id, *(getattr(model, c) for c in columns))
-            for row in conn.execute(query.where(model.trial_id.in_(chosen))):
-                by_trial[row[0]].append(row[1:])
             rows[name] = by_trial
+            if name in skipped:
+                continue
+            query = sa.select(model.trial_id, *(getattr(model, c) for c in columns))
+            query = query.where(model.trial_id.in_(chosen))
+            if name == "user" and without is not None:
+                query = query.where(sa.not_(without.clause(model.key)))
+            for row in conn.execute(query).all():  # one fetch: far cheaper than row by row
+                by_trial[row[0]].append(row[1:])
     to_value = models.TrialValueModel.stored_repr_to_value
     to_step = models.TrialIntermediateValueModel.stored_repr_to_intermediate_value
     frozen = []
     for tid, number, state, start, complete in trials:
-        params = sorted(rows["params"].get(tid, ()))  # Optuna orders them by param_id
-        dists = {name: _distribution(text) for _, name, _, text in params}
+        drawn = sorted(rows["params"].get(tid, ()))  # Optuna orders them by param_id
+        dists = {name: _distribution(text) for _, name, _, text in drawn}
         values = sorted(rows["values"].get(tid, ()))
         frozen.append(
             FrozenTrial(
@@ -273,7 +347,7 @@ def read_trials(
                 values=[to_value(v, kind) for _, v, kind in values] or None,
                 datetime_start=_local(start),
                 datetime_complete=_local(complete),
-                params={name: dists[name].to_external_repr(v) for _, name, v, _ in params},
+                params={name: dists[name].to_external_repr(v) for _, name, v, _ in drawn},
                 distributions=dists,
                 user_attrs={k: json.loads(v) for k, v in rows["user"].get(tid, ())},
                 system_attrs={k: json.loads(v) for k, v in rows["system"].get(tid, ())},
@@ -284,6 +358,28 @@ def read_trials(
             )
         )
     return frozen
+
+
+def read_user_attrs(
+    storage: RDBStorage, trial_ids: Iterable[int], keys: AttrKeys
+) -> dict[int, dict[str, Any]]:
+    """The user attrs of these trials (storage ids) whose keys are among `keys`, by trial id."""
+    wanted = sorted(set(trial_ids))
+    found: dict[int, dict[str, Any]] = {tid: {} for tid in wanted}
+    model = models.TrialUserAttributeModel
+    with storage.engine.connect() as conn:
+        for start in range(0, len(wanted), _IN_CHUNK):
+            chunk = wanted[start : start + _IN_CHUNK]
+            query = sa.select(model.trial_id, model.key, model.value_json).where(
+                model.trial_id.in_(chunk), keys.clause(model.key)
+            )
+            for tid, key, value in conn.execute(query):
+                found[tid][key] = json.loads(value)
+    return found
+
+
+# trial ids per `IN (...)` list: well under SQLite's limit on bound parameters (32,766)
+_IN_CHUNK = 500
 
 
 def _local(utc: dt.datetime | None) -> dt.datetime | None:

@@ -55,9 +55,11 @@ class StudyStatus:
 
 
 def study_status(study: optuna.Study, now: dt.datetime | None = None) -> StudyStatus:
-    """Gather a study's status (one read of its trials)."""
+    """Gather a study's status from one lean read of its trials (their curves, configs and
+    parameters, most of their bytes, stay in the database: the budget counts their evaluations)
+    and one whole read of the few it lists."""
     now = now or dt.datetime.now()
-    trials = study.get_trials(deepcopy=False)
+    trials = trial_record.read_lean_trials(study, params=False)
     by_state = {s: [t for t in trials if t.state == s] for s in TrialState}
     counts = StateCounts(
         complete=len(by_state[TrialState.COMPLETE]),
@@ -75,16 +77,26 @@ def study_status(study: optuna.Study, now: dt.datetime | None = None) -> StudySt
         retry_of = trial_record.read_retry_of(t)
         if retry_of is not None:
             retried_by[retry_of] = t.number
+    baselines = [t for t in trials if trial_record.read_baseline(t)]
+    retries = [t for t in trials if trial_record.read_retry_of(t) is not None]
+    listed = baselines + by_state[TrialState.RUNNING] + by_state[TrialState.FAIL] + retries
+    # the listed trials whole: a few (failures may be more; each is a small read)
+    listed = list({t.number: t for t in listed}.values())
+    whole = {t.number: t for t in trial_record.reread(study, listed)}
+
+    def line(t: FrozenTrial, retried: int | None = None) -> TrialLine:
+        return _line(whole[t.number], now, retried)
+
     return StudyStatus(
         name=study.study_name,
         counts=counts,
         budget=_budget_line(study, trials),
         best=best,
-        baselines=[_line(t, now) for t in trials if trial_record.read_baseline(t)],
-        running=[_line(t, now) for t in by_state[TrialState.RUNNING]],
-        failed=[_line(t, now, retried_by.get(t.number)) for t in by_state[TrialState.FAIL]],
-        retries=[_line(t, now) for t in trials if trial_record.read_retry_of(t) is not None],
-        confirmation=read_confirmation_of(study),
+        baselines=[line(t) for t in baselines],
+        running=[line(t) for t in by_state[TrialState.RUNNING]],
+        failed=[line(t, retried_by.get(t.number)) for t in by_state[TrialState.FAIL]],
+        retries=[line(t) for t in retries],
+        confirmation=read_confirmation_of(study, trials),
     )
 
 

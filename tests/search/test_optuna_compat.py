@@ -6,6 +6,8 @@ different zones."""
 from __future__ import annotations
 
 import datetime as dt
+import subprocess
+import sys
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
@@ -153,3 +155,27 @@ def test_cached_storage_is_what_get_storage_puts_in_front_of_an_rdb_storage(
 ) -> None:
     rdb = _storage(f"sqlite:///{tmp_path / 'c.db'}")
     assert type(optuna.storages.get_storage(rdb)) is optuna_compat.CachedStorage
+
+
+def test_rdb_backend_is_the_storage_behind_a_studys_cache(tmp_path: Path) -> None:
+    rdb = _storage(f"sqlite:///{tmp_path / 'b.db'}")
+    assert optuna_compat.rdb_backend(optuna.create_study(storage=rdb)) is rdb
+    assert optuna_compat.rdb_backend(optuna.create_study()) is None  # in memory
+
+
+def test_the_report_imports_optunas_plotly_views_without_matplotlib() -> None:
+    # a fresh interpreter: in this one another test may have imported matplotlib already
+    code = (
+        "import sys; import search.report.views as v; "
+        "assert 'matplotlib' not in sys.modules, 'matplotlib imported'; "
+        "assert v.ov.plot_slice is not None; "
+        "import importlib, importlib.util; "
+        "print(importlib.util.find_spec('matplotlib') is None "
+        "or importlib.import_module('matplotlib').__name__)"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() in (
+        "matplotlib",
+        "True",
+    )  # imports as usual afterwards, if installed

@@ -14,7 +14,13 @@ from optuna.distributions import CategoricalDistribution, FloatDistribution, Int
 from optuna.storages import RDBStorage
 from optuna.trial import TrialState
 
-from search.optuna_compat import HeartbeatRDBStorage, read_trials, study_id
+from search.optuna_compat import (
+    AttrKeys,
+    HeartbeatRDBStorage,
+    read_trials,
+    read_user_attrs,
+    study_id,
+)
 from search.storage import open_storage
 
 
@@ -80,6 +86,20 @@ def _check(rdb: RDBStorage, study: optuna.Study) -> None:
     with pytest.raises(KeyError):
         read_trials(rdb, sid + 100)
     assert study.best_trial.value == 0.5  # and the study reads through it as before
+    # a lean read leaves the named user attrs in the database; they are read back by trial
+    curves = AttrKeys(keys=("nothing",), prefixes=("curve/",))
+    lean = read_trials(rdb, sid, without=curves)
+    assert [t.user_attrs for t in lean[:3]] == [{"placement": {"host": "h"}}] * 3
+    assert [t.params for t in lean] == [t.params for t in full]
+    few = read_trials(rdb, sid, trial_ids=ids[1:3], params=False, steps=False)
+    assert [t.number for t in few] == [1, 2] and [t.params for t in few] == [{}, {}]
+    assert few[0].intermediate_values == {} and few[0].system_attrs == full[1].system_attrs
+    back = read_user_attrs(rdb, ids[:2] + ids[3:4], curves)
+    assert back == {
+        ids[0]: {"curve/000": [{"eval": {"epoch": 1}}]},
+        ids[1]: back[ids[0]],
+        ids[3]: {},
+    }
 
 
 def test_tunes_trial_reader_reads_what_optuna_reads(tmp_path: Path) -> None:
