@@ -153,7 +153,7 @@ def plan_confirm(
     spec = stored_spec(parent)
     # the report package's __init__ pulls in plotly: imported here, not at the top, so that
     # workers (which import this module) do not load it
-    from search.report.gather import rank_complete
+    from search.report.selection import rank_complete
 
     all_trials = parent.get_trials(deepcopy=False)
     by_number = {t.number: t for t in all_trials}

@@ -6,7 +6,8 @@ learning rate and the training latency: `panels.py` describes them), a few log l
 and a table. Everything here is read from the Optuna storage through `search.trial_record`, so a
 report drawn on machine A needs nothing written on machine B; so is the study's confirmation
 (`tune confirm`, its confirm study in the same storage), whose figure becomes the headline when
-there is one. `draw` and `html` turn the result into a page.
+there is one (the words: `verdict.py`). A big study draws a capped set of its trials
+(`selection.py`) and counts them all. `draw` and `html` turn the result into a page.
 """
 
 from __future__ import annotations
@@ -26,9 +27,17 @@ from optuna.study import StudyDirection
 from optuna.trial import FrozenTrial, TrialState
 
 from search import trial_record
-from search.confirm_results import Confirmation, confirmed_sentence
+from search.confirm_results import Confirmation
 from search.report.key_params import KeyParams, contour_params, key_params
 from search.report.panels import PanelSpec, components_of, panel_specs
+from search.report.selection import (
+    MAX_DRAWN,
+    Selection,
+    feasible,
+    finite,
+    select,
+)
+from search.report.verdict import confirmed_headline, headline, reasons
 from search.trainers.base import val_key
 from trainer.records import TrainLine
 
@@ -65,7 +74,7 @@ class TrialRow:
 
     def metric_at(self, step: int, metric: str = "mAP50_95") -> float | None:
         """The evaluation metric at `step`, if the trial was evaluated there."""
-        return _finite(self.evals.get(step, {}).get(metric))
+        return finite(self.evals.get(step, {}).get(metric))
 
     @property
     def last_step(self) -> int | None:
@@ -151,6 +160,8 @@ class ReportData:
     generated: datetime
     confirmation: Confirmation | None = None  # `tune confirm`'s runs, when it ran
     single_run: str | None = None  # the single-run headline, when the confirmed one replaces it
+    left_out: int = 0  # trials not drawn nor listed (`selection.MAX_DRAWN`), counted all the same
+    max_drawn: int = MAX_DRAWN
 
     @property
     def empty(self) -> bool:
@@ -158,12 +169,6 @@ class ReportData:
 
 
 # --- trials ------------------------------------------------------------------------------------
-
-
-def _finite(value: Any) -> float | None:
-    if isinstance(value, int | float) and math.isfinite(value):
-        return float(value)
-    return None
 
 
 def _params(trial: FrozenTrial, named: Sequence[str]) -> dict[str, Any]:
@@ -182,20 +187,6 @@ def _duration(trial: FrozenTrial, now: datetime) -> float | None:
         return None
     end = trial.datetime_complete or now
     return max(0.0, (end - trial.datetime_start).total_seconds())
-
-
-def _feasible(trial: FrozenTrial) -> bool | None:
-    constraints = trial.constraints
-    if not constraints:
-        return None
-    return all(v <= 0 for v in constraints.values())
-
-
-def rank_complete(trials: Sequence[FrozenTrial], direction: StudyDirection) -> list[FrozenTrial]:
-    """Complete trials best first; with constraints, feasible trials rank before infeasible ones."""
-    done = [t for t in trials if t.state == TrialState.COMPLETE and _finite(t.value) is not None]
-    sign = -1.0 if direction == StudyDirection.MAXIMIZE else 1.0
-    return sorted(done, key=lambda t: (_feasible(t) is False, sign * float(t.value), t.number))  # type: ignore[arg-type]
 
 
 def _role(trial: FrozenTrial, best: int | None, top: set[int]) -> str:
@@ -245,13 +236,13 @@ def trial_row(
     evals = trial_record.read_eval_lines(trial)
     train = trial_record.read_train_lines(trial)
     last_eval = evals[-1] if evals else {}
-    mAP50_95 = _finite(summary.get("mAP50_95"))
+    mAP50_95 = finite(summary.get("mAP50_95"))
     if mAP50_95 is None:
-        mAP50_95 = _finite(last_eval.get("mAP50_95"))
-    mAP50 = _finite(summary.get("mAP50"))
+        mAP50_95 = finite(last_eval.get("mAP50_95"))
+    mAP50 = finite(summary.get("mAP50"))
     if mAP50 is None:
-        mAP50 = _finite(last_eval.get("mAP50"))
-    train_latency = _finite(summary.get("train_latency"))
+        mAP50 = finite(last_eval.get("mAP50"))
+    train_latency = finite(summary.get("train_latency"))
     if train_latency is None and train:
         train_latency = statistics.median(float(t["latency"]) for t in train)
     iters = [int(t["iter"]) for t in train] + [int(e["iter"]) for e in evals]
@@ -263,20 +254,20 @@ def trial_row(
         role=role,
         baseline=trial_record.read_baseline(trial),
         params=_params(trial, named),
-        value=_finite(trial.value) if trial.state == TrialState.COMPLETE else None,
+        value=finite(trial.value) if trial.state == TrialState.COMPLETE else None,
         mAP50_95=mAP50_95,
         mAP50=mAP50,
         val_losses={
             c: float(last_eval[val_key(c)])
             for c in components
-            if _finite(last_eval.get(val_key(c))) is not None
+            if finite(last_eval.get(val_key(c))) is not None
         },
-        inference_ms=_finite(summary.get("inference_ms")),
+        inference_ms=finite(summary.get("inference_ms")),
         train_latency=train_latency,
         duration_s=_duration(trial, now),
         host=host if isinstance(host, str) else None,
         error=trial_record.read_error(trial),
-        feasible=_feasible(trial),
+        feasible=feasible(trial),
         last_iter=max(iters) if iters else None,
         retry_of=_retry_of(trial),
         evals={int(e["epoch"]): e for e in evals},
@@ -295,7 +286,7 @@ def _lines_for(
     field: str,
     variant: str = "",
 ) -> Line | None:
-    xy = [(int(p["iter"]), _finite(p.get(field))) for p in points]
+    xy = [(int(p["iter"]), finite(p.get(field))) for p in points]
     xy = [(x, y) for x, y in xy if y is not None]
     if not xy:
         return None
@@ -366,141 +357,6 @@ def log_excerpt(train_lines: Sequence[dict[str, Any]], points: int = 5) -> list[
     ]
 
 
-def _fmt(value: Any) -> str:
-    if isinstance(value, float):
-        return f"{value:.3g}"
-    if isinstance(value, list | tuple):
-        return "[" + ", ".join(_fmt(v) for v in value) + "]"
-    return str(value)
-
-
-@dataclass(frozen=True)
-class Comparison:
-    """The best sampled trial against the best hand-tuned baseline, both at `step` epochs."""
-
-    best: TrialRow
-    baseline: TrialRow
-    step: int  # the baselines' length: the longest step a baseline reached
-    best_value: float
-    baseline_value: float
-
-
-def compare_at_equal_length(
-    rows: Sequence[TrialRow], ranked: Sequence[int], metric: str = "mAP50_95"
-) -> Comparison | None:
-    """The best complete sampled trial and the best baseline, at the baselines' length.
-
-    Baselines may train a shorter part of the full-length schedule than the trials (`[budget]
-    baseline_epochs`); a gain is only stated between equal lengths, so the best trial is read at
-    the step the baselines reached, not at its own end. None until both exist.
-    """
-    by_number = {r.number: r for r in rows}
-    sampled = [by_number[n] for n in ranked if by_number[n].baseline is None]
-    baselines = [r for r in rows if r.baseline is not None and r.last_step is not None]
-    if not sampled or not baselines:
-        return None
-    best = sampled[0]
-    # the baselines' length: the longest any reached (one that failed early is left out below)
-    step = max(r.last_step for r in baselines if r.last_step is not None)
-    best_value = best.metric_at(step, metric)
-    scored = [(v, r) for r in baselines if (v := r.metric_at(step, metric)) is not None]
-    if best_value is None or not scored:
-        return None
-    baseline_value, baseline = max(scored, key=lambda vr: (vr[0], -vr[1].number))
-    return Comparison(best, baseline, step, best_value, baseline_value)
-
-
-def headline(rows: Sequence[TrialRow], ranked: Sequence[int], direction: str) -> str:
-    """One sentence: the best trial's gain over the best baseline at equal length, or why it
-    can't be said yet."""
-    if not rows:
-        return "The study has no trials yet: nothing to compare."
-    by_number = {r.number: r for r in rows}
-    if ranked and by_number[ranked[0]].baseline is not None:
-        best = by_number[ranked[0]]
-        return (
-            f"The best trial so far is the hand-tuned baseline '{best.baseline}' (#{best.number}, "
-            f"mAP50-95 {best.value:.4f}): the search has not beaten hand tuning yet."
-        )
-    if not ranked:
-        return (
-            f"No trial has completed yet ({len(rows)} so far), so no gain over the hand-tuned "
-            "baselines can be stated."
-        )
-    best = by_number[ranked[0]]
-    comparison = compare_at_equal_length(rows, ranked)
-    if comparison is None:
-        return (
-            f"Best trial #{best.number} reaches mAP50-95 {best.value:.4f}; no hand-tuned baseline "
-            "has been evaluated at a length it reached, so its gain over hand tuning can't be "
-            "stated yet."
-        )
-    c = comparison
-    gain = c.best_value - c.baseline_value
-    if direction != "maximize":
-        gain = -gain
-    relative = f" ({gain / abs(c.baseline_value):+.0%})" if c.baseline_value else ""
-    versus = (
-        f"{gain:+.4f}{relative} over the best hand-tuned baseline '{c.baseline.baseline}' "
-        f"(#{c.baseline.number}, {c.baseline_value:.4f})"
-    )
-    full = best.last_step
-    if full is None or c.step >= full:
-        return f"Best trial #{best.number} reaches mAP50-95 {best.value:.4f}, {versus}."
-    return (
-        f"Best trial #{best.number} reaches mAP50-95 {best.value:.4f} after {full} epochs. At "
-        f"equal length, {c.step} epochs (what the baselines train), it had {c.best_value:.4f}: "
-        f"{versus}."
-    )
-
-
-def confirmed_headline(
-    confirmation: Confirmation, rows: Sequence[TrialRow], ranked: Sequence[int]
-) -> str:
-    """The headline from the confirm runs: the search's best trial over fresh seeds against the
-    baseline, with its interval and p-value, or that it did not hold up."""
-    by_number = {r.number: r for r in rows}
-    best = next((n for n in ranked if by_number[n].baseline is None), None)
-    return confirmed_sentence(confirmation, best)
-
-
-def reasons(
-    rows: Sequence[TrialRow], ranked: Sequence[int], components: Sequence[str]
-) -> list[str]:
-    """Why the best trial won: the settings that differ from the best baseline, and how its
-    unweighted validation losses (of `components`) compare at equal length (the weighted total
-    can't tell)."""
-    c = compare_at_equal_length(rows, ranked)
-    if c is None:
-        return []
-    best, base = c.best, c.baseline
-    changed = [
-        f"{k} {_fmt(base.params.get(k, '-'))} → {_fmt(best.params[k])}"
-        for k in best.params
-        if best.params[k] != base.params.get(k)
-    ]
-    out = []
-    if changed:
-        out.append("Changed from that baseline: " + ", ".join(changed) + ".")
-    losses = [
-        f"{k} {base_loss:.4g} → {best_loss:.4g}"
-        for k in components
-        if (base_loss := base.metric_at(c.step, val_key(k))) is not None
-        and (best_loss := best.metric_at(c.step, val_key(k))) is not None
-    ]
-    if losses:
-        out.append(
-            f"Unweighted validation losses at {c.step} epochs, baseline → best: "
-            + ", ".join(losses)
-            + "."
-        )
-    if best.inference_ms is not None and base.inference_ms is not None:
-        out.append(
-            f"Inference latency {base.inference_ms:.2f} ms → {best.inference_ms:.2f} ms per image."
-        )
-    return out
-
-
 # --- the whole report --------------------------------------------------------------------------
 
 
@@ -512,63 +368,90 @@ def gather(
     now: datetime | None = None,
     confirmation: Confirmation | None = None,
     spec: dict[str, Any] | None = None,
+    max_drawn: int = MAX_DRAWN,
 ) -> ReportData:
     """Gather everything the report shows from `trials` (any states, possibly none).
 
-    Shown by default: the hand-tuned baselines and the search's `top_k` best complete trials
-    (baselines not counted); every other trial is in the data too, drawn hidden (one legend
-    click away). With a constraint, feasible trials rank first. `now` dates running trials.
-    With a `confirmation`, its figure is the headline and the single-run one follows it.
-    `spec` is the study table launch stored (`trial_record.read_study_spec`): its trainer says
-    which parameters are loss weights; the loss panels follow the components the trials recorded.
+    Drawn: at most `max_drawn` trials (`selection.select`: the best, the top, the baselines,
+    the start and confirmed trials always; then the next best and an even sample of the rest);
+    every trial is counted. Shown by default: the hand-tuned baselines and the search's `top_k`
+    best complete trials (baselines not counted); the other drawn trials are one legend click
+    away. With a constraint, feasible trials rank first. `now` dates running trials. With a
+    `confirmation`, its figure is the headline and the single-run one follows it. `spec` is the
+    study table launch stored (`trial_record.read_study_spec`): its trainer says which
+    parameters are loss weights; the loss panels follow the components the trials recorded.
+
+    Only the drawn trials' curves and configs are read: the others may come lean or in outline
+    (`trial_record.read_lean_trials`: without parameters and intermediate values).
     """
     if top_k < 0:
         raise ValueError(f"top_k must be >= 0, but got {top_k=}")
     now = now or datetime.now()
     direction_name = "maximize" if direction == StudyDirection.MAXIMIZE else "minimize"
     trials = sorted(trials, key=lambda t: t.number)
-    ranked = [t.number for t in rank_complete(trials, direction)]
-    best = ranked[0] if ranked else None
-    baselines = {t.number for t in trials if trial_record.read_baseline(t) is not None}
-    # the baselines are shown anyway: the top K are the search's own best trials
-    top = set([n for n in ranked if n not in baselines][:top_k])
-    shown = top | baselines
-    components = study_components(trials)
+    confirmed = {r.number for r in confirmation.rows} if confirmation is not None else set()
+    chosen = select(trials, direction, top_k, confirmed, max_drawn)
+    drawn = [t for t in trials if t.number in chosen.drawn]
+    ranked = [n for n in chosen.ranked if n in chosen.drawn]  # the best ones are all drawn
+    top = set(chosen.top)
+    components = study_components(drawn)
     named = key_params(spec, trials)
-    row_list = [trial_row(t, _role(t, best, top), now, components, named.legend) for t in trials]
+    row_list = [
+        trial_row(t, _role(t, chosen.best, top), now, components, named.legend) for t in drawn
+    ]
     rows = {r.number: r for r in row_list}
     logs = [
         LogExcerpt(t.number, rows[t.number].label, rows[t.number].params, excerpt)
-        for t in trials
-        if t.number in shown and (excerpt := log_excerpt(trial_record.read_train_lines(t)))
+        for t in drawn
+        if t.number in chosen.shown and (excerpt := log_excerpt(trial_record.read_train_lines(t)))
     ]
     # best first, then the baselines, then the rest of the top: the order a reader compares in
     logs.sort(key=lambda e: (rows[e.trial].role != BEST, rows[e.trial].role != BASELINE, e.trial))
-    latency = None
-    if any(r.feasible is not None for r in row_list):
-        latency = [
-            LatencyPoint(r.number, r.label, r.inference_ms, r.mAP50_95, bool(r.feasible))
-            for r in row_list
-            if r.inference_ms is not None and r.mAP50_95 is not None and r.feasible is not None
-        ]
     single_run = headline(row_list, ranked, direction_name)
-    confirmed = None
+    confirmed_line = None
     if confirmation is not None:
-        confirmed = confirmed_headline(confirmation, row_list, ranked)
+        confirmed_line = confirmed_headline(confirmation, row_list, ranked)
     return ReportData(
         study_name=study_name,
         direction=direction_name,
-        counts=dict(Counter(r.state for r in row_list)),
-        headline=confirmed or single_run,
+        counts=dict(Counter(t.state.name for t in trials)),
+        headline=confirmed_line or single_run,
         reasons=reasons(row_list, ranked, components),
         rows=row_list,
         components=components,
         key_params=named,
-        panels=gather_panels(trials, rows, shown, panel_specs(components)),
+        panels=gather_panels(drawn, rows, set(chosen.shown), panel_specs(components)),
         logs=logs,
-        latency=latency,
+        latency=latency_points(trials, rows, chosen),
         contour_params=contour_params(trials, named.loss_weights),
         generated=now,
         confirmation=confirmation,
-        single_run=single_run if confirmed else None,
+        single_run=single_run if confirmed_line else None,
+        left_out=chosen.left_out,
+        max_drawn=chosen.max_drawn,
     )
+
+
+def latency_points(
+    trials: Sequence[FrozenTrial], rows: dict[int, TrialRow], chosen: Selection
+) -> list[LatencyPoint] | None:
+    """Every trial with an inference latency and a mAP50-95 (a point each: cheap, drawn or not);
+    None when no trial carries a constraint. A trial not drawn is read from its summary."""
+    if not any(feasible(t) is not None for t in trials):
+        return None
+    points = []
+    for t in trials:
+        if t.number in rows:
+            r = rows[t.number]
+            ms, mAP, ok, label = r.inference_ms, r.mAP50_95, r.feasible, r.label
+        else:
+            summary = trial_record.read_summary(t) or {}
+            ms, mAP, ok = (
+                finite(summary.get("inference_ms")),
+                finite(summary.get("mAP50_95")),
+                feasible(t),
+            )
+            label = _label(t, _role(t, chosen.best, set(chosen.top)))
+        if ms is not None and mAP is not None and ok is not None:
+            points.append(LatencyPoint(t.number, label, ms, mAP, ok))
+    return points

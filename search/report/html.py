@@ -218,13 +218,31 @@ def _counts(data: ReportData) -> str:
     return f"{total} trials" + (": " + ", ".join(parts) if parts else "")
 
 
+def _left_out(data: ReportData) -> str:
+    """Why the panels and the table leave trials out (a big study), or nothing."""
+    if not data.left_out:
+        return ""
+    total, drawn = sum(data.counts.values()), len(data.rows)
+    return (
+        f"<p class='howto' id='left-out'><b>{drawn} of the {total} trials are drawn and "
+        "listed</b>: the best, the top trials, the baselines, any start or confirmed trials, "
+        "the next best complete trials and an even sample of the rest. The other "
+        f"{data.left_out} are not: a panel with a line per trial can't be read long before "
+        f"{total} lines (at most {data.max_drawn} are drawn). They are in the counts above, "
+        "in Optuna's views below (a sample) and in the storage: <code>tune dashboard</code> "
+        "shows every trial.</p>"
+    )
+
+
 def render_page(
     data: ReportData,
     panels: go.Figure | None,
     latency: go.Figure | None,
     views: list[View],
+    view_trials: int | None = None,
 ) -> str:
-    """The whole page as one HTML string with plotly.js inlined."""
+    """The whole page as one HTML string with plotly.js inlined; `view_trials` is how many
+    trials Optuna's views were given (None: all)."""
     out = [
         "<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>",
         f"<title>tune report: {_e(data.study_name)}</title>",
@@ -266,10 +284,17 @@ def render_page(
         f"<b>unweighted</b> components ({_e(', '.join(data.components) or 'none recorded')}), "
         "comparable across trials; the weighted total is not.</p>"
     )
+    out.append(_left_out(data))
     if panels is not None:
         out.append(_figure(panels, "panels"))
     out.append("<h2 id='table'>Trials</h2>")
-    out.append("<p class='howto'>Click a column header to sort.</p>")
+    listed = (
+        f" Listed: the {len(data.rows)} drawn trials; the other {data.left_out} are counted, "
+        "not listed (see above)."
+        if data.left_out
+        else ""
+    )
+    out.append(f"<p class='howto'>Click a column header to sort.{listed}</p>")
     out.append(f"<div class='tablewrap'>{trials_table(data.rows, data.components)}</div>")
     if data.logs:
         out.append("<h2 id='logs'>Log lines of the shown trials</h2><div class='logs'>")
@@ -286,7 +311,15 @@ def render_page(
     if latency is not None:
         out.append("<h2 id='latency'>mAP vs inference latency</h2>")
         out.append(_figure(latency, "latency-plot"))
-    out.append("<h2 id='optuna'>Optuna's views</h2><div class='views'>")
+    out.append("<h2 id='optuna'>Optuna's views</h2>")
+    total = sum(data.counts.values())
+    if view_trials is not None and view_trials < total:
+        out.append(
+            f"<p class='howto' id='view-sample'>Drawn from {view_trials} of the {total} trials: "
+            "the ones drawn above and an even sample of the rest (the intermediate values: "
+            "the ones drawn above only).</p>"
+        )
+    out.append("<div class='views'>")
     for view in views:
         if view.figure is not None:
             out.append(f"<div>{_figure(view.figure, 'view-' + view.key)}</div>")

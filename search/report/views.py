@@ -1,18 +1,28 @@
 """Optuna's own views of a study (optuna.visualization), each replaced by a short note when it
 cannot be drawn yet: too few trials, a single complete trial for importances, no two loss weights
 varied for the contour... A view that fails must never cost the reader the rest of the report.
+
+The views draw the trials they are given, in a study of their own in memory: the report gives
+them a bounded sample of a big study (`selection.view_sample`), and the intermediate values, a
+line per trial like the panels, only the trials the panels draw.
 """
 
 from __future__ import annotations
 
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Container, Sequence
 from dataclasses import dataclass
 
 import optuna
-import optuna.visualization as ov
 import plotly.graph_objects as go
-from optuna.trial import TrialState
+from optuna.storages import InMemoryStorage
+from optuna.study import StudyDirection
+from optuna.trial import FrozenTrial, TrialState
+
+from search.optuna_compat import without_matplotlib_views
+
+with without_matplotlib_views():  # about 1 s of imports tune does not draw with
+    import optuna.visualization as ov
 
 
 @dataclass(frozen=True)
@@ -49,11 +59,50 @@ def _view(key: str, title: str, draw: Callable[[], go.Figure], missing: str | No
     return View(key, title, fig)
 
 
-def optuna_views(study: optuna.Study, contour_params: list[str] | None) -> list[View]:
-    """Optimization history, importances, parallel coordinates, slice, contour of two loss
-    weights, intermediate values (the pruner's view) and the timeline (idle workers show as gaps).
+class _SharedTrials(InMemoryStorage):
+    """Optuna's in-memory storage handing out its trials without copying them.
+
+    The views read `study.trials`, a deep copy of every trial, more than once: the importances'
+    hover text once per parameter (10 parameters x 2,000 trials: 13 s of copying). They only
+    read, and the study is theirs alone.
     """
-    trials = study.get_trials(deepcopy=False)
+
+    def get_all_trials(
+        self,
+        study_id: int,
+        deepcopy: bool = True,
+        states: Container[TrialState] | None = None,
+    ) -> list[FrozenTrial]:
+        return super().get_all_trials(study_id, deepcopy=False, states=states)
+
+
+def _study_of(trials: Sequence[FrozenTrial], direction: StudyDirection) -> optuna.Study:
+    """A study in memory holding `trials`: what Optuna's views read."""
+    verbosity = optuna.logging.get_verbosity()
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # no "new study created" line
+    try:
+        study = optuna.create_study(storage=_SharedTrials(), direction=direction)
+    finally:
+        optuna.logging.set_verbosity(verbosity)
+    study.add_trials(trials)
+    return study
+
+
+def optuna_views(
+    trials: Sequence[FrozenTrial],
+    direction: StudyDirection,
+    contour_params: list[str] | None,
+    lines: Sequence[FrozenTrial] | None = None,
+) -> list[View]:
+    """Optimization history, importances, parallel coordinates, slice, contour of two loss
+    weights, intermediate values (the pruner's view) and the timeline (idle workers show as gaps)
+    of `trials`; the intermediate values of `lines` (default: `trials`) only.
+    """
+    lines = trials if lines is None else lines
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # "add_trials is experimental" says nothing to a reader
+        study = _study_of(trials, direction)
+        lined = study if lines is trials else _study_of(lines, direction)
     complete = sum(t.state == TrialState.COMPLETE for t in trials)
     no_complete = "no trial has completed" if complete == 0 else None
     # importances of a single trial would be a made-up bar chart
@@ -101,9 +150,9 @@ def optuna_views(study: optuna.Study, contour_params: list[str] | None) -> list[
         _view(
             "intermediate",
             "Intermediate values (mAP50-95 per evaluation, what the pruner compares)",
-            lambda: ov.plot_intermediate_values(study),
+            lambda: ov.plot_intermediate_values(lined),
             None
-            if any(t.intermediate_values for t in trials)
+            if any(t.intermediate_values for t in lines)
             else "no trial has reported an evaluation",
         ),
         _view(

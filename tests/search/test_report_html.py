@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import optuna
+import plotly.graph_objects as go
 import pytest
 from plotly.offline import get_plotlyjs
 
@@ -167,3 +168,9 @@ def test_report_command(tmp_path: Path) -> None:
     )
     assert missing.returncode == 2 and "no study named 'nope'" in missing.stderr
     assert "loss-weights" in missing.stderr and not (tmp_path / "x.html").exists()
+
+
+def test_the_panels_traces_are_valid_plotly() -> None:
+    # `panels_figure` takes its traces without Plotly's validation (for speed): validated here
+    fig = panels_figure(gather_study(build_study(None), top_k=1))
+    assert len(go.Figure(fig.to_dict()).data) == len(fig.data)  # raises on a bad property
