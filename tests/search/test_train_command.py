@@ -14,7 +14,9 @@ from search.cli import app
 from trainer.config import TrainConfig
 
 
-def _config_of(args: list[str], monkeypatch: pytest.MonkeyPatch) -> TrainConfig:
+def tune_train_config(args: list[str], monkeypatch: pytest.MonkeyPatch) -> tuple[TrainConfig, str]:
+    """The config `tune train ARGS` would train with, and what it printed (the CLI parsed for
+    real, training not run)."""
     seen: list[TrainConfig] = []
 
     def capture(values: dict[str, Any], explicit: set[str]) -> None:
@@ -23,11 +25,11 @@ def _config_of(args: list[str], monkeypatch: pytest.MonkeyPatch) -> TrainConfig:
     monkeypatch.setattr(train_command, "run_train", capture)
     result = CliRunner().invoke(app, ["train", *args])
     assert result.exit_code == 0, result.output
-    return seen[0]
+    return seen[0], result.output
 
 
 def test_defaults_are_the_trainers_recipe(monkeypatch: pytest.MonkeyPatch) -> None:
-    config = _config_of([], monkeypatch)
+    config, _ = tune_train_config([], monkeypatch)
     assert config == TrainConfig()  # model, optimizer, lr, loss weights, schedule: one place
 
 
@@ -36,7 +38,9 @@ def test_typed_options_win_over_the_hyp_file_and_the_file_over_the_recipe(
 ) -> None:
     hyp = tmp_path / "hyp.yaml"
     hyp.write_text("lr0: 0.003\nbox: 0.7\noptimizer: SGD\n")
-    config = _config_of(["--hyp", str(hyp), "--lr", "0.02", "--milestones", "0.5,0.8"], monkeypatch)
+    config, _ = tune_train_config(
+        ["--hyp", str(hyp), "--lr", "0.02", "--milestones", "0.5,0.8"], monkeypatch
+    )
     assert (config.lr, config.lbox, config.optimizer) == (0.02, 0.7, "SGD")
     assert config.milestones == (0.5, 0.8)
     assert config.lcls == TrainConfig().lcls  # neither typed nor in the file

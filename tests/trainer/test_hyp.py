@@ -9,10 +9,8 @@ from typing import Any
 
 import pytest
 import yaml
-from typer.testing import CliRunner
 
-from search import train_command
-from search.cli import app
+from tests.search.test_train_command import tune_train_config
 from trainer.config import TRAIN_PARAMS, TrainConfig
 from trainer.hyp import HYP_TO_CONFIG, YOLOV5_DEFAULTS, load_hyp, write_hyp
 
@@ -122,24 +120,11 @@ def test_the_mapping_is_derived_from_the_config_fields() -> None:
     )
 
 
-def _tune_train_config(args: list[str], monkeypatch: pytest.MonkeyPatch) -> tuple[TrainConfig, str]:
-    """The config `tune train ARGS` would train with (the CLI parsed for real, training not run)."""
-    seen: list[TrainConfig] = []
-
-    def capture(values: dict[str, Any], explicit: set[str]) -> None:
-        seen.append(train_command.build_train_config(values, explicit))
-
-    monkeypatch.setattr(train_command, "run_train", capture)
-    result = CliRunner().invoke(app, ["train", *args])
-    assert result.exit_code == 0, result.output
-    return seen[0], result.output
-
-
 def test_tune_train_hyp_reads_the_export_back(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     path, _ = _exported(tmp_path)
-    config, output = _tune_train_config(["--hyp", str(path)], monkeypatch)
+    config, output = tune_train_config(["--hyp", str(path)], monkeypatch)
     for field in HYP_TO_CONFIG.values():
         assert getattr(config, field) == getattr(TRIAL, field), field
     assert "ignored" not in output  # YOLOv5's keys at the values tune's trainer fixes
@@ -153,7 +138,7 @@ def test_yolov5_only_keys_are_known_and_reported_when_tune_cannot_use_them(
     hyp = load_hyp(path)
     assert hyp.overrides["lcls"] == 0.5 and "degrees" not in hyp.overrides
     assert hyp.ignored == (("degrees", 10.0),)
-    config, output = _tune_train_config(["--hyp", str(path)], monkeypatch)
+    config, output = tune_train_config(["--hyp", str(path)], monkeypatch)
     assert (config.lobj, config.momentum) == (1.0, 0.937)
     assert "ignored, tune's trainer has no setting for degrees=10.0 (tune: 0.0)" in output
 
