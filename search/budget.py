@@ -66,7 +66,8 @@ def describe_plan(spec: StudySpec) -> str:
     amounts = [
         f"{n} {unit}" for n, unit in ((budget.epochs, "epochs"), (budget.n_trials, "trials")) if n
     ]
-    parts = [f"budget {' or '.join(amounts)}", f"trials of {trial.epochs} epochs"]
+    trainer = "" if trial.trainer == "tune" else f" ({trial.trainer} trainer)"
+    parts = [f"budget {' or '.join(amounts)}", f"trials of {trial.epochs} epochs{trainer}"]
     points = stop_points(spec.pruner, trial.epochs, trial.eval_interval)[:-1]
     if points:
         shown = ", ".join(map(str, points[:8])) + (", ..." if len(points) > 8 else "")

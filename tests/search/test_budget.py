@@ -121,6 +121,9 @@ def test_the_launch_plan_names_the_budget_and_the_stop_points() -> None:
         "budget 30 epochs, trials of 12 epochs, SuccessiveHalving may stop them at epochs 2, 6, "
         "1 baseline of 4 epochs"
     )
+    # a study of another trainer says which
+    ultralytics = load_study_file("ultralytics")
+    assert "trials of 30 epochs (ultralytics trainer)" in describe_plan(ultralytics)
 
 
 def test_two_workers_on_postgresql_never_overshoot_an_epoch_budget(
