@@ -55,11 +55,11 @@ class StudyStatus:
 
 
 def study_status(study: optuna.Study, now: dt.datetime | None = None) -> StudyStatus:
-    """Gather a study's status from one lean read of its trials (their curves, configs and
-    parameters, most of their bytes, stay in the database: the budget counts their evaluations)
-    and one whole read of the few it lists."""
+    """Gather a study's status from one lean read of its trials (their curves, configs,
+    parameters and details, most of their bytes, stay in the database: the budget counts their
+    evaluations) and one whole read of the few it lists."""
     now = now or dt.datetime.now()
-    trials = trial_record.read_lean_trials(study, params=False)
+    trials = trial_record.read_lean_trials(study, params=False, details=False)
     by_state = {s: [t for t in trials if t.state == s] for s in TrialState}
     counts = StateCounts(
         complete=len(by_state[TrialState.COMPLETE]),

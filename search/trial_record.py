@@ -100,6 +100,9 @@ CONFIRM_PLAN = "tune:confirm"
 # them for a few trials only (`tune report`, `tune status`) leaves them in the database for the
 # rest (`read_lean_trials`), and reads them back for those few (`reread`).
 BULKY = AttrKeys(keys=(CONFIG,), prefixes=(CURVE_SEGMENT, CURVE_PREFIX))
+# A trial's details besides: where it ran and its summary, a small JSON object each, but one per
+# trial; a reader that only counts, ranks and selects trials leaves them behind too.
+DETAILS = AttrKeys(keys=(*BULKY.keys, PLACEMENT, SUMMARY), prefixes=BULKY.prefixes)
 
 
 def curve_key(step: int) -> str:
@@ -276,25 +279,26 @@ def read_study_spec(study: optuna.Study) -> dict[str, Any] | None:
 
 
 def read_lean_trials(
-    study: optuna.Study, *, params: bool = True, steps: bool = True
+    study: optuna.Study, *, params: bool = True, steps: bool = True, details: bool = True
 ) -> list[FrozenTrial]:
     """The study's trials by number, without their `BULKY` user attrs (curves, config), read from
     the database past Optuna's cache: at 10,000 trials, about half of what a whole load costs.
-    Without `params` or `steps` they also come without parameters or intermediate values (for
-    counting, ranking and the small attrs; `reread` the few shown). Another storage (in memory,
-    as in tests) gives the trials whole."""
+    Without `params`, `steps` or `details` they also come without parameters, intermediate
+    values or their `DETAILS` (for counting, ranking and selecting; `reread` the few shown).
+    Another storage (in memory, as in tests) gives the trials whole."""
     storage = rdb_backend(study)
     if storage is None:
         return list(study.get_trials(deepcopy=False))
-    trials = read_trials(storage, study_id(study), without=BULKY, params=params, steps=steps)
+    without = BULKY if details else DETAILS
+    trials = read_trials(storage, study_id(study), without=without, params=params, steps=steps)
     return sorted(trials, key=lambda t: t.number)
 
 
 def reread(
     study: optuna.Study, trials: list[FrozenTrial], bulky: bool = False
 ) -> list[FrozenTrial]:
-    """`trials` (from `read_lean_trials`) read again with their parameters and intermediate
-    values, and with `bulky` their `BULKY` attrs too, by number. Trials that came whole
+    """`trials` (from `read_lean_trials`) read again with their parameters, intermediate values
+    and details, and with `bulky` their `BULKY` attrs too, by number. Trials that came whole
     (another storage) come back as they are."""
     storage = rdb_backend(study)
     if storage is None or not trials:

@@ -28,9 +28,9 @@ def _gather(
     study: optuna.Study, top_k: int, max_drawn: int
 ) -> tuple[ReportData, list[FrozenTrial]]:
     """The report data, and the trials Optuna's views get (lean: no curves)."""
-    # every trial in outline (no parameters, no intermediate values, no curves): enough to
+    # every trial in outline (no parameters, intermediate values, curves or details): enough to
     # count, rank and select; then the view sample lean and the drawn trials whole
-    outline = trial_record.read_lean_trials(study, params=False, steps=False)
+    outline = trial_record.read_lean_trials(study, params=False, steps=False, details=False)
     confirmation = read_confirmation_of(study, outline)
     confirmed = {r.number for r in confirmation.rows} if confirmation is not None else set()
     chosen = select(outline, study.direction, top_k, confirmed, max_drawn)

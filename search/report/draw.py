@@ -153,6 +153,7 @@ def panels_figure(data: ReportData) -> go.Figure:
     names = {r.number: legend_name(r, data.key_params) for r in data.rows}
     in_legend: set[int] = set()
     traces: list[dict[str, Any]] = []
+    axis_titles: dict[str, dict[str, Any]] = {}
     # draw hidden trials first so the shown ones sit on top, and the best one last
     rank = {"other": 0, "top": 1, "baseline": 2, "best": 3}
     for panel in data.panels:
@@ -174,11 +175,14 @@ def panels_figure(data: ReportData) -> go.Figure:
                 names[line.trial],
             ):
                 traces.append({**trace, **axes})
-        fig.update_yaxes(
-            title_text=panel.y_title, type="log" if panel.log_y else "linear", row=row, col=col
-        )
-        fig.update_xaxes(title_text="iteration", title_standoff=2, row=row, col=col)
+        # one layout update for all axes below: Plotly's per-cell update_xaxes is slow
+        axis_titles[cell.yaxis.plotly_name] = {
+            "title": {"text": panel.y_title},
+            "type": "log" if panel.log_y else "linear",
+        }
+        axis_titles[cell.xaxis.plotly_name] = {"title": {"text": "iteration", "standoff": 2}}
     fig.update_layout(
+        **axis_titles,
         height=height,
         margin={"l": 60, "r": 20, "t": 40, "b": 40},
         template="plotly_white",

@@ -436,7 +436,8 @@ def latency_points(
     trials: Sequence[FrozenTrial], rows: dict[int, TrialRow], chosen: Selection
 ) -> list[LatencyPoint] | None:
     """Every trial with an inference latency and a mAP50-95 (a point each: cheap, drawn or not);
-    None when no trial carries a constraint. A trial not drawn is read from its summary."""
+    None when no trial carries a constraint. A trial not drawn is read from its summary (a big
+    study's report reads summaries for the sample Optuna's views get, not for every trial)."""
     if not any(feasible(t) is not None for t in trials):
         return None
     points = []

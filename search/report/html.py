@@ -308,12 +308,18 @@ def render_page(
                 f"<pre>{_e(chr(10).join(excerpt.lines))}</pre></div>"
             )
         out.append("</div>")
+    total = sum(data.counts.values())
+    sampled = view_trials is not None and view_trials < total
     if latency is not None:
         out.append("<h2 id='latency'>mAP vs inference latency</h2>")
+        if sampled:
+            out.append(
+                f"<p class='howto'>The trials drawn above and a sample of the rest: {view_trials} "
+                f"of the {total} (as Optuna's views below).</p>"
+            )
         out.append(_figure(latency, "latency-plot"))
     out.append("<h2 id='optuna'>Optuna's views</h2>")
-    total = sum(data.counts.values())
-    if view_trials is not None and view_trials < total:
+    if sampled:
         out.append(
             f"<p class='howto' id='view-sample'>Drawn from {view_trials} of the {total} trials: "
             "the ones drawn above and an even sample of the rest (the intermediate values: "

@@ -36,9 +36,9 @@ from search import trial_record
 MAX_DRAWN = 50
 # Trials given to Optuna's own views (history, importances, parallel coordinates, slice, contour,
 # timeline): a point, a line or a bar each, built and validated by Plotly (about 1 ms a trial in
-# all): 500 show the shape of a study as well as 10,000 do. The intermediate-values view draws a
+# all): 300 show the shape of a study as well as 10,000 do. The intermediate-values view draws a
 # line per trial, like the panels: it gets only the drawn trials.
-MAX_VIEW_TRIALS = 500
+MAX_VIEW_TRIALS = 300
 
 
 def finite(value: Any) -> float | None:

@@ -127,8 +127,9 @@ def test_a_report_reads_whole_only_the_trials_it_draws(tmp_path: Path) -> None:
     assert all(trial_record.read_config(t) is None for t in lean)
     assert trial_record.read_baseline(lean[0]) == "first model"  # the small attrs come along
     assert trial_record.read_placement(lean[5])["host"] == "h"
-    outline = trial_record.read_lean_trials(study, params=False, steps=False)
+    outline = trial_record.read_lean_trials(study, params=False, steps=False, details=False)
     assert outline[0].params == {} and outline[0].intermediate_values == {}
+    assert trial_record.read_placement(outline[5])["host"] is None  # details stay behind too
     assert trial_record.read_baseline(outline[0]) == "first model"
     full = study.get_trials(deepcopy=False)
     whole = trial_record.reread(study, [outline[7], lean[0]], bulky=True)
