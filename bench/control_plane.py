@@ -36,7 +36,8 @@ fresh processes that each open the study and load its trials (`study.get_trials(
 cache, as a joining worker), one through tune's storage (`open_storage`, which reads trials with
 plain SQL) and one through Optuna's own `RDBStorage` (its ORM); the fastest of each is kept. Then
 as many runs of the real `tune status` and `tune report` commands (subprocesses: Python start-up
-and imports included).
+and imports included); `--records compact` measures tune's layout alone (no ratio to Optuna's
+own load then), the quick way to time `tune status` and `tune report` on a big study.
 """
 
 from __future__ import annotations
@@ -597,9 +598,13 @@ def run_load(
 def main_load(args: argparse.Namespace) -> dict[str, Any]:
     """`--load`: the study-load cells, their table, bench/results/control_plane-load[-NAME].json."""
     sizes = [int(n) for n in (args.existing or "10000").split(",")]
+    layouts = args.records.split(",") if args.records else list(RECORDS)
+    unknown = set(layouts) - set(RECORDS)
+    if unknown:
+        raise SystemExit(f"--records: unknown layouts {sorted(unknown)} (known: {RECORDS})")
     cells = []
     for existing in sizes:
-        for records in RECORDS:
+        for records in layouts:
             print(f"-- {existing} trials, {records} records ...", flush=True)
             cells.append(
                 run_load(existing, records, args.repeats, args.epochs, not args.skip_report)
@@ -607,6 +612,12 @@ def main_load(args: argparse.Namespace) -> dict[str, Any]:
     # the yardstick: Optuna's own load (its ORM) of the same trials without tune's attributes
     yardstick = {
         c["existing_trials"]: c["optuna_load_min_s"] for c in cells if c["records"] == "none"
+    }
+    ratio = {  # without the yardstick's cell (`--records compact`), no ratio
+        id(c): f"{c['tune_load_min_s'] / yardstick[c['existing_trials']]:.2f}x"
+        if c["existing_trials"] in yardstick
+        else "-"
+        for c in cells
     }
     print(
         table(
@@ -628,7 +639,7 @@ def main_load(args: argparse.Namespace) -> dict[str, Any]:
                     f"{c['rows_per_trial']:.1f} ({c['user_attr_rows_per_trial']:.1f})",
                     c["tune_load_ms_per_trial"],
                     c["optuna_load_ms_per_trial"],
-                    f"{c['tune_load_min_s'] / yardstick[c['existing_trials']]:.2f}x",
+                    ratio[id(c)],
                     c.get("status_median_s", "-"),
                     c.get("report_median_s", "-"),
                     c.get("report_mb", "-"),
@@ -668,6 +679,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     )
     parser.add_argument("--repeats", type=int, default=3, help="--load: runs of each timing")
     parser.add_argument("--skip-report", action="store_true", help="--load: no `tune report`")
+    parser.add_argument(
+        "--records", help=f"--load: comma-separated record layouts (default all: {RECORDS})"
+    )
     parser.add_argument(
         "--proxy", action="store_true", help="the grid's workers go through a `tune proxy`"
     )
