@@ -40,7 +40,7 @@ from search.optuna_compat import record_heartbeat, trial_id
 from search.outage import Outage, retry_while_down
 from search.storage import StorageDown, StudyLock, mask_text
 from search.study_file import StudySpec
-from search.trainers.base import Evaluation, Trainer, TrainerError, TrialJob
+from search.trainers.base import Evaluation, Trainer, TrainerError, TrialJob, metric_value
 from trainer.records import NonFiniteLossError
 
 T = TypeVar("T")
@@ -279,7 +279,7 @@ def make_objective(ctx: TrialContext) -> Callable[[optuna.Trial], float]:
                 # nothing resumes a failed trial; one the database lost is reaped and resumed
                 _discard_checkpoint(ctx, trial)
             raise
-        value = _final_value(outcome.metrics, metric, ctx.trainer.name)
+        value = metric_value(outcome.metrics, metric, f"the final result of trial {trial.number}")
         with ctx.stop.shielded():
             summary = dict(outcome.summary)
             ctx.store(lambda: trial_record.record_summary(trial, summary))
@@ -319,18 +319,6 @@ def _resume_retry(trial: optuna.Trial, ctx: TrialContext, job: TrialJob) -> Tria
     how = f"resuming from its checkpoint at step {step}" if step is not None else "from scratch"
     ctx.log(f"trial {trial.number} retries trial {retry_of}, {how}")
     return replace(job, resume=True) if step is not None else job
-
-
-def _final_value(metrics: Any, metric: str, trainer: str) -> float:
-    if metric not in metrics:
-        raise TrainerError(
-            f"trainer {trainer!r} finished without {metric} "
-            f"(it returned: {', '.join(metrics) or 'nothing'})"
-        )
-    value = float(metrics[metric])
-    if value != value or value in (float("inf"), float("-inf")):
-        raise ValueError(f"the final {metric} is not finite, but got {metric}={value}")
-    return value
 
 
 def _discard_checkpoint(ctx: TrialContext, trial: optuna.Trial) -> None:

@@ -164,17 +164,12 @@ class StudySpec:
 
     def job(self, params: Mapping[str, Any], out: Path | str, **fields: Any) -> TrialJob:
         """The `TrialJob` of one trial; `fields` set its other fields (seed, device, ...)."""
-        t = self.trial
-        settings = {"data": t.data, "epochs": t.epochs, "eval_interval": t.eval_interval}
-        settings["device"] = t.device
-        return TrialJob(values=self.values(params), out=Path(out), **{**settings, **fields})
+        return _trial_job(self.trial, self.values(params), out, **fields)
 
     def train_config(self, params: dict[str, Any], **fields: Any) -> TrainConfig:
         """For a study of tune's own trainer: the `TrainConfig` of one trial (study settings,
         pins, drawn `params`, then `fields`)."""
-        t = self.trial
-        settings = {"data": t.data, "epochs": t.epochs, "eval_interval": t.eval_interval}
-        settings["device"] = t.device
+        settings = _job_settings(self.trial)
         return TrainConfig(
             **{**settings, **dict(self.trial.recipe), **self.space.to_values(params), **fields}
         )
@@ -197,6 +192,22 @@ class StudySpec:
         """The `[pruner]` over evaluation steps (epochs completed, up to `trial.epochs`), sparing
         baselines and waiting for `n_min_trials` evaluations at a step (`search/pruning.py`)."""
         return build_pruner(self.pruner, self.trial.epochs)
+
+
+def _job_settings(trial: TrialSettings) -> dict[str, Any]:
+    """What `[trial]` sets of every trial's job, whatever the trainer."""
+    return {
+        "data": trial.data,
+        "epochs": trial.epochs,
+        "eval_interval": trial.eval_interval,
+        "device": trial.device,
+    }
+
+
+def _trial_job(
+    trial: TrialSettings, values: Mapping[str, Any], out: Path | str, **fields: Any
+) -> TrialJob:
+    return TrialJob(values=values, out=Path(out), **{**_job_settings(trial), **fields})
 
 
 def resolve_study_path(name_or_path: str, studies_dir: Path | None = None) -> Path:
@@ -440,16 +451,8 @@ def _trial(
         registry.check(recipe)
         # the trainer's own checks of values together (tune: imgsz a multiple of 32, ...)
         check = getattr(trainer, "check", None)
-        job = TrialJob(
-            values={**registry.defaults(), **recipe},
-            data=settings.data,
-            epochs=settings.epochs,
-            eval_interval=settings.eval_interval,
-            device=settings.device,
-            out=Path("."),
-        )
         if check is not None:
-            check(job)
+            check(_trial_job(settings, {**registry.defaults(), **recipe}, "."))
     except (ValueError, TypeError) as exc:
         raise StudyFileError(f"[trial] {exc}") from None
     data = settings.data

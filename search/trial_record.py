@@ -72,8 +72,6 @@ from search.optuna_compat import (
     trial_id,
 )
 from search.trainers.base import Evaluation
-from search.trainers.builtin import evaluation_of
-from trainer.records import EvalReport
 
 CONFIG = "config"
 BASELINE = "baseline"
@@ -142,11 +140,9 @@ def record_config(trial: optuna.Trial, config: dict[str, Any]) -> None:
 
 
 def record_eval(
-    trial: optuna.Trial, step: int, report: Evaluation | EvalReport, metric: str = "mAP50_95"
+    trial: optuna.Trial, step: int, evaluation: Evaluation, metric: str = "mAP50_95"
 ) -> None:
-    """Store one evaluation's curve points and report its `metric` to the pruner (tune's own
-    `EvalReport` is taken as it comes from `trainer.fit`)."""
-    evaluation = evaluation_of(step, report) if isinstance(report, EvalReport) else report
+    """Store one evaluation's curve points and report its `metric` to the pruner."""
     _record_point(trial, step, evaluation.to_point())
     trial.report(evaluation.metric(metric), step)
 
@@ -313,7 +309,7 @@ def reread(
 
 
 def read_curve(trial: FrozenTrial) -> list[dict[str, Any]]:
-    """The trial's evaluation reports in step order (each an `EvalReport.to_dict()`), from the
+    """The trial's evaluation reports in step order (each an `Evaluation.to_point()`), from the
     curve segments, else from the old layout's one attribute per evaluation."""
     attrs = trial.user_attrs
     segments = _segments(attrs)

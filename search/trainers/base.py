@@ -123,17 +123,21 @@ class Evaluation:
         }
 
     def metric(self, name: str) -> float:
-        """The evaluation's `name` metric; a `TrainerError` when the trainer did not report it,
-        a `ValueError` when it is not finite (never a score of 0: DESIGN.md)."""
-        if name not in self.metrics:
-            raise TrainerError(
-                f"the trainer's evaluation at step {self.step} has no {name} "
-                f"(it reported: {', '.join(self.metrics) or 'nothing'})"
-            )
-        value = float(self.metrics[name])
-        if not math.isfinite(value):
-            raise ValueError(f"{name} at step {self.step} is not finite, but got {name}={value}")
-        return value
+        """The evaluation's `name` metric (see `metric_value`)."""
+        return metric_value(self.metrics, name, f"the evaluation at step {self.step}")
+
+
+def metric_value(metrics: Mapping[str, float], name: str, where: str) -> float:
+    """`metrics[name]`; a `TrainerError` when the trainer did not report it, a `ValueError` when
+    it is not finite (never a score of 0: DESIGN.md). `where` says whose metrics they are."""
+    if name not in metrics:
+        raise TrainerError(
+            f"{where} has no {name} (the trainer reported: {', '.join(metrics) or 'nothing'})"
+        )
+    value = float(metrics[name])
+    if not math.isfinite(value):
+        raise ValueError(f"{name} in {where} is not finite, but got {name}={value}")
+    return value
 
 
 @dataclass(frozen=True)

@@ -103,8 +103,7 @@ class TuneTrainer:
     def prepare(self, job: TrialJob) -> None:
         _, load_data = self._fns()
         if load_data is not None:
-            imgsz = job.values.get("imgsz", PARAMS.defaults()["imgsz"])
-            self._data = load_data(job.data, imgsz, False)
+            self._data = load_data(job.data, self.config(job).imgsz, False)
 
     def run(self, job: TrialJob, report: ReportFn) -> TrialOutcome:
         train_fn, _ = self._fns()

@@ -21,6 +21,7 @@ from search.report.key_params import KeyParams, key_params
 from search.report.panels import components_of, grid_of, order_components, panel_specs
 from search.trainers import make_trainer
 from search.trainers.base import Evaluation
+from search.trainers.builtin import evaluation_of
 from trainer.params import Param, ParamRegistry
 from trainer.records import EvalLine, EvalReport, FitResult, TrainLine
 
@@ -114,7 +115,9 @@ def build_study(
         trial_record.record_placement(trial, "cpu", "testhost:1")
         trial_record.record_config(trial, {**params, "epochs": 6})
         for epoch in range(reached):
-            trial_record.record_eval(trial, epoch + 1, _report(params, final, epoch, 6))
+            trial_record.record_eval(
+                trial, epoch + 1, evaluation_of(epoch + 1, _report(params, final, epoch, 6))
+            )
         if state == TrialState.COMPLETE:
             summary = FitResult(
                 mAP50=min(1.0, final * 1.6),
@@ -230,7 +233,7 @@ def test_the_gain_is_stated_at_the_baselines_length_when_they_stop_early() -> No
             trial.set_user_attr(trial_record.BASELINE, label)
         for epoch in range(reached):
             report = _report(params, final, epoch, 6)
-            trial_record.record_eval(trial, epoch + 1, report)
+            trial_record.record_eval(trial, epoch + 1, evaluation_of(epoch + 1, report))
             trial.report(report.eval.mAP50_95, epoch + 1)
         if label is None:
             study.tell(trial, final)
@@ -287,7 +290,7 @@ def test_empty_study_says_so() -> None:
 def test_no_complete_trial_yet() -> None:
     study = optuna.create_study(direction="maximize")
     trial = study.ask(DISTRIBUTIONS)
-    trial_record.record_eval(trial, 1, _report(trial.params, 0.2, 0, 6))
+    trial_record.record_eval(trial, 1, evaluation_of(1, _report(trial.params, 0.2, 0, 6)))
     data = gather_study(study)
     assert data.headline.startswith("No trial has completed yet (1 so far)")
     assert data.reasons == [] and data.rows[0].state == "RUNNING"

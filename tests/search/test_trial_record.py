@@ -13,6 +13,7 @@ from optuna.trial import TrialState
 
 from search import trial_record
 from search.report.gather import gather
+from search.trainers.builtin import evaluation_of
 from trainer.records import EvalLine, EvalReport, TrainLine
 
 
@@ -38,7 +39,7 @@ def test_a_trial_keeps_its_curve_and_placement_in_a_few_attributes() -> None:
     trial = study.ask()
     trial_record.record_placement(trial, "cpu", "host:1")
     for step in range(1, 7):
-        trial_record.record_eval(trial, step, _report(step))
+        trial_record.record_eval(trial, step, evaluation_of(step, _report(step)))
     study.tell(trial, 0.3)
     frozen = study.trials[0]
     assert sorted(frozen.user_attrs) == ["curve/000", "placement"]
@@ -54,7 +55,7 @@ def test_a_long_curve_is_split_into_bounded_segments(monkeypatch: pytest.MonkeyP
     study = optuna.create_study(direction="maximize")
     trial = study.ask()
     for step in range(1, 41):
-        trial_record.record_eval(trial, step, _report(step, lines=3))
+        trial_record.record_eval(trial, step, evaluation_of(step, _report(step, lines=3)))
     frozen = study.trials[0]
     keys = _curve_keys(frozen)
     assert 4 <= len(keys) < 40 and keys[0] == "curve/000"
@@ -75,14 +76,14 @@ def test_a_retry_that_restarts_replaces_the_copied_curve(monkeypatch: pytest.Mon
     study = optuna.create_study(direction="maximize")
     study.enqueue_trial({}, user_attrs=copied)
     trial = study.ask()
-    trial_record.record_eval(trial, 1, _report(1, lines=1))
+    trial_record.record_eval(trial, 1, evaluation_of(1, _report(1, lines=1)))
     assert _steps(study.trials[0]) == [1]
     assert trial_record.read_curve(study.trials[0])[0]["train"][0]["iter"] == 100
     # and one that resumes from step 3 keeps exactly the steps up to it, then goes on
     study.enqueue_trial({}, user_attrs=copied)
     retry = study.ask()
     trial_record.restore_curve(retry, points[:3])
-    trial_record.record_eval(retry, 4, _report(4))
+    trial_record.record_eval(retry, 4, evaluation_of(4, _report(4)))
     frozen = study.trials[1]
     assert _steps(frozen) == [1, 2, 3, 4]
     assert frozen.intermediate_values.keys() == {1, 2, 3, 4}
