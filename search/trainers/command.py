@@ -47,6 +47,9 @@ DEFAULT_SEED = 0  # `{seed}` when the search sets none
 # A script that saves its checkpoint just after its evaluation line (as `tune train` does) gets
 # this long to do it before the evaluation is reported and the checkpoint uploaded.
 CHECKPOINT_WAIT = 5.0
+# ... and the reader thread this long to catch up with stdout lines printed before an evaluation
+# (a script that prints no notes lines costs it once, at its first evaluation)
+STDOUT_WAIT = 2.0
 _POLL = 0.05  # seconds between looks at the output and the metrics file
 _TAIL_LINES, _TAIL_CHARS = 8, 300  # of the output, in a failure's reason (stored: 500 chars)
 
@@ -171,6 +174,8 @@ class _Watch:
         self.file_has_training = False
         self.last: EvalLine | None = None
         self.last_iter = 0
+        self.stdout_iter = 0  # the last iteration a notes line on stdout gave
+        self.stdout_silent = False  # no notes line by the first evaluation
         self.last_activity = time.monotonic()
         self.last_report = time.monotonic()
         self.checkpoint_seen = self._checkpoint_state()
@@ -194,11 +199,7 @@ class _Watch:
         return returncode, self.last
 
     def _step(self, final: bool, running: bool) -> None:
-        for text in self.reader.drain():
-            self.output.append(text)
-            point = parse_notes_line(text)
-            if point is not None:
-                self.from_stdout.append(point.values)
+        self._drain_output()
         lines = self.metrics.read(final=final)
         if lines:
             self.last_activity = time.monotonic()
@@ -222,10 +223,33 @@ class _Watch:
         self.file_has_training = True
         self.from_file.append(point.values)
 
+    def _drain_output(self) -> None:
+        for text in self.reader.drain():
+            self.output.append(text)
+            point = parse_notes_line(text)
+            if point is not None:
+                self.from_stdout.append(point.values)
+                self.stdout_iter = max(self.stdout_iter, int(point.values["iter"]))
+
+    def _wait_for_stdout(self, line: EvalLine) -> None:
+        """Before an evaluation whose training lines come from stdout: its last lines were
+        printed before the evaluation was written, but the reader thread may not have read them
+        yet (a busy machine). Wait, briefly, for the output to reach the evaluation's iter."""
+        if self.file_has_training or line.iter is None or self.stdout_silent:
+            return  # the curve is the file's, or no position to wait for, or no stdout lines
+        deadline = time.monotonic() + STDOUT_WAIT
+        while self.stdout_iter < line.iter and time.monotonic() < deadline:
+            time.sleep(_POLL)
+            self._drain_output()
+        # a script that has printed no notes line by its first evaluation prints none: not
+        # waited for again
+        self.stdout_silent = self.stdout_iter == 0
+
     def _evaluate(self, line: EvalLine, running: bool) -> None:
         if self.last is not None and line.step <= self.last.step:
             return  # reported already (the file was rewritten from its start)
         if running:
+            self._wait_for_stdout(line)
             self._wait_for_checkpoint()
         now = time.monotonic()
         pending = self.from_file if self.file_has_training else self.from_stdout
