@@ -71,8 +71,9 @@ ADMIN_URL = os.environ.get(
     os.environ.get("TUNE_TEST_PG", "postgresql+psycopg2://postgres@127.0.0.1:5432/postgres"),
 )
 STUDY = "loss-weights"
-CALLS = ("ask", "report", "tell", "numbering", "budget_check", "lock_wait")
+CALLS = ("ask", "report", "tell", "numbering", "budget_check", "lock_wait", "lock_held")
 _TIMINGS: dict[str, list[float]] = {name: [] for name in CALLS}
+_HOLD = [0.0]  # seconds each trivial epoch waits (set in a worker process by `--starts` cells)
 
 
 # --- the trivial trainer (runs inside the worker processes) -------------------------------------
@@ -83,9 +84,11 @@ def trivial_fit(
     report: Callable[[int, EvalReport], None] | None = None,
     data: Any = None,
 ) -> FitResult:
-    """A `fit` that trains nothing: one report per epoch, a score made from the loss weights."""
+    """A `fit` that trains nothing: one report per epoch, a score made from the loss weights.
+    In `--starts` cells each epoch first waits `_HOLD[0]` seconds (a trial that holds its slot)."""
     score = 0.5 / (1.0 + abs(math.log(config.lcls / 0.1)) + abs(math.log(config.lbox / 0.5)))
     for epoch in range(1, config.epochs + 1):
+        time.sleep(_HOLD[0])
         value = score * epoch / config.epochs
         metrics = _eval_report(epoch, value, config.lr)
         if report is not None:
@@ -128,18 +131,38 @@ def _timed(name: str, fn: Callable[..., Any]) -> Callable[..., Any]:
     return wrapper
 
 
+def _time_exclusive_holds(lock_class: Any) -> None:
+    """`lock_held`: how long each exclusive study lock is held, acquire to first release (the
+    serialised part of a start; a shared claim serialises nothing)."""
+    acquire, release = lock_class.acquire, lock_class.release
+
+    def timed_acquire(lock: Any) -> Any:
+        result = acquire(lock)
+        lock.bench_held_since = time.perf_counter()
+        return result
+
+    def timed_release(lock: Any) -> None:
+        since = lock.__dict__.pop("bench_held_since", None)
+        if since is not None and not lock._shared:
+            _TIMINGS["lock_held"].append(time.perf_counter() - since)
+        release(lock)
+
+    lock_class.acquire, lock_class.release = timed_acquire, timed_release
+
+
 def _instrument() -> None:
     """Wrap the calls we time; only ever done inside a benchmark worker process."""
     import optuna.study._optimize as optimize_module
 
-    import search.worker as worker_module
+    import search.start_gate as start_gate
     from search.storage import StudyLock
 
     optuna.Study.ask = _timed("ask", optuna.Study.ask)  # type: ignore[method-assign]
     tell = optimize_module._tell_with_warning
     optimize_module._tell_with_warning = _timed("tell", tell)
-    worker_module.read_use = _timed("budget_check", worker_module.read_use)
+    start_gate.read_use = _timed("budget_check", start_gate.read_use)
     StudyLock.acquire = _timed("lock_wait", StudyLock.acquire)  # type: ignore[method-assign]
+    _time_exclusive_holds(StudyLock)
 
     def before(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
         if "count(trials.trial_id)" in statement and "trials.trial_id <" in statement:
@@ -154,13 +177,16 @@ def _instrument() -> None:
     sa.event.listen(sa.engine.Engine, "after_cursor_execute", after)
 
 
-def _worker_process(url: str, index: int, out: str, ready: Any, go: Any) -> None:
+def _worker_process(
+    url: str, index: int, out: str, ready: Any, go: Any, fast_starts: bool, hold: float
+) -> None:
     """One benchmark worker: instrument, wait for the others, run the real worker loop."""
     from search.storage import StorageSettings
     from search.worker import run_worker
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     _instrument()
+    _HOLD[0] = hold
     ready.put(index)
     go.wait(600)
     errors: list[str] = []
@@ -175,6 +201,7 @@ def _worker_process(url: str, index: int, out: str, ready: Any, go: Any) -> None
         settings=StorageSettings(pool_size=2, max_overflow=2),
         poll_interval=0.2,
         timeout=900,
+        fast_starts=fast_starts,
         handle_signals=False,
         log=lambda line: errors.append(line) if "failed" in line or "error" in line else None,
     )
@@ -183,6 +210,7 @@ def _worker_process(url: str, index: int, out: str, ready: Any, go: Any) -> None
         "wall_seconds": stats.wall_seconds,
         "study_load_seconds": stats.study_load_seconds,
         "trials": stats.trials.complete + stats.trials.pruned,
+        "started_racing": stats.trials.started_racing,
         "failed": stats.trials.failed,
         "stopped_because": stats.stopped_because,
         "log": errors[:5],
@@ -404,9 +432,13 @@ def run_cell(
     sampler: str,
     epochs: int,
     proxy: bool = False,
+    fast_starts: bool = True,
+    hold: float = 0.0,
 ) -> dict[str, Any]:
     """One grid cell: fresh database, `existing` trials, `workers` processes; the measurements.
-    With `proxy`, the workers reach the database through a `tune proxy`."""
+    With `proxy`, the workers reach the database through a `tune proxy`; `fast_starts=False`
+    takes the exclusive study lock for every start (tune before issue 16); `hold`: seconds each
+    trivial epoch waits."""
     from search import trial_record
     from search.launch import prepare_study
     from search.storage import count_states, open_storage
@@ -421,7 +453,8 @@ def run_cell(
         populate_seconds = time.perf_counter() - started
         study_id = storage.get_study_id_from_name(STUDY)
         before = count_states(storage, study_id).finished
-        raw["budget"] = {"n_trials": before + workers * trials_per_worker}
+        budget = before + workers * trials_per_worker
+        raw["budget"] = {"n_trials": budget}
         trial_record.record_study_spec(study, raw)
 
         spawn = mp.get_context("spawn")
@@ -430,7 +463,10 @@ def run_cell(
             worker_url = stack.enter_context(proxy_in_front(url, tmp)) if proxy else url
             outs = [str(Path(tmp) / f"worker-{i}.json") for i in range(workers)]
             procs = [
-                spawn.Process(target=_worker_process, args=(worker_url, i, outs[i], ready, go))
+                spawn.Process(
+                    target=_worker_process,
+                    args=(worker_url, i, outs[i], ready, go, fast_starts, hold),
+                )
                 for i in range(workers)
             ]
             for p in procs:
@@ -446,6 +482,11 @@ def run_cell(
                 wall = time.perf_counter() - wall_started
             results = [json.loads(Path(o).read_text()) for o in outs if Path(o).is_file()]
         counts = count_states(storage, study_id)
+        starts = sorted(
+            t.datetime_start.timestamp()
+            for t in storage.get_all_trials(study_id, deepcopy=False)
+            if t.number >= existing and t.datetime_start is not None
+        )
         alone = numbering_query_alone(storage)
         storage.engine.dispose()
 
@@ -471,6 +512,16 @@ def run_cell(
         "populate_seconds": populate_seconds,
         "wall_seconds": wall,
         "trials_per_second": done / wall if wall > 0 else math.nan,
+        "fast_starts": fast_starts,
+        "hold_seconds": hold,
+        "budget_trials": budget,
+        "finished_trials": counts.finished,
+        "trials_created": len(starts),
+        # trial starts a second, from the first measured trial's start to the last one's
+        "starts_per_second": (len(starts) - 1) / (starts[-1] - starts[0])
+        if len(starts) > 1 and starts[-1] > starts[0]
+        else math.nan,
+        "started_racing": sum(r["started_racing"] for r in results),
         "connections_max": max(connections.samples, default=0),
         "connections_median": median(connections.samples),
         "numbering_alone_ms": 1000 * median(alone),
@@ -659,6 +710,95 @@ def main_load(args: argparse.Namespace) -> dict[str, Any]:
     return payload
 
 
+# --- trial starts a second (issue 16) -------------------------------------------------------------
+
+
+def main_starts(args: argparse.Namespace) -> dict[str, Any]:
+    """Trial starts a second by worker count, each count twice side by side: every start under
+    the exclusive study lock (tune before issue 16) and starts holding it shared."""
+    worker_counts = [int(w) for w in (args.workers or "1,8,32").split(",")]
+    existing = int(args.existing or 100)
+    cells = []
+    for workers in worker_counts:
+        per_worker = max(3, math.ceil(args.samples / workers))
+        # alternate which mode runs first, so that a drift in the machine's load favours neither
+        modes = (False, True) if len(cells) % 4 == 0 else (True, False)
+        for fast in modes:
+            label = "shared" if fast else "exclusive"
+            print(f"-- {workers} worker(s), starts {label} ...", flush=True)
+            cell = run_cell(
+                workers, existing, per_worker, args.sampler, 1, args.proxy, fast, args.hold
+            )
+            print(
+                f"   {cell['trials_created']} trials ({cell['budget_trials'] - existing} "
+                f"budgeted), {cell['starts_per_second']:.2f} starts/s, "
+                f"load {cell['load_average'][0]:.2f}",
+                flush=True,
+            )
+            cells.append(cell)
+    print(_starts_table(cells))
+    payload = {
+        "bench": "control_plane",
+        "mode": "starts",
+        "machine": machine(),
+        "settings": {
+            "sampler": args.sampler,
+            "hold_seconds": args.hold,
+            "samples": args.samples,
+            "existing": existing,
+            "proxy": args.proxy,
+        },
+        "cells": cells,
+    }
+    name = "control_plane-starts" + ("-proxy" if args.proxy else "")
+    name += f"-{args.name}" if args.name else ""
+    print(f"results: {write_results(name, payload, args.out)}")
+    return payload
+
+
+def _starts_table(cells: list[dict[str, Any]]) -> str:
+    rows = []
+    for workers in dict.fromkeys(c["workers"] for c in cells):
+        pair = {c["fast_starts"]: c for c in cells if c["workers"] == workers}
+        locked, shared = pair.get(False), pair.get(True)
+        if locked is None or shared is None:
+            continue
+        rows.append(
+            [
+                workers,
+                locked["starts_per_second"],
+                shared["starts_per_second"],
+                f"{shared['starts_per_second'] / locked['starts_per_second']:.1f}x",
+                f"{locked['lock_wait_p95_ms']:.0f} / {shared['lock_wait_p95_ms']:.0f}",
+                f"{locked['lock_wait_median_ms']:.0f} / {shared['lock_wait_median_ms']:.0f}",
+                f"{locked['lock_held_median_ms']:.0f}",
+                f"{shared['started_racing']} of {shared['trials_created']}",
+                " / ".join(
+                    f"{c['trials_created']}/{c['budget_trials'] - c['existing_trials']}"
+                    for c in (locked, shared)
+                ),
+                max(locked["connections_max"], shared["connections_max"]),
+                f"{locked['load_average'][0]:.1f} / {shared['load_average'][0]:.1f}",
+            ]
+        )
+    return table(
+        [
+            "workers",
+            "starts/s, exclusive lock",
+            "starts/s, shared",
+            "ratio",
+            "lock wait p95 ms (exclusive / shared)",
+            "lock wait median ms (exclusive / shared)",
+            "exclusive lock held median ms",
+            "started racing",
+            "trials / budget (exclusive / shared)",
+            "connections max",
+            "load avg (exclusive / shared)",
+        ],
+        rows,
+    )
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     """Run the grid, print the tables, write bench/results/control_plane[-quick].json."""
     parser = argparse.ArgumentParser(prog="python -m bench.control_plane", description=__doc__)
@@ -685,10 +825,20 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument(
         "--proxy", action="store_true", help="the grid's workers go through a `tune proxy`"
     )
+    parser.add_argument(
+        "--starts",
+        action="store_true",
+        help="instead of the grid: trial starts a second by worker count, exclusive vs shared",
+    )
+    parser.add_argument(
+        "--hold", type=float, default=1.0, help="--starts: seconds a trial holds its slot"
+    )
     args = parser.parse_args(argv)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     if args.load:
         return main_load(args)
+    if args.starts:
+        return main_starts(args)
     default_workers, default_existing = (
         ("1,4", "100") if args.quick else ("1,8,32", "100,1000,10000")
     )

@@ -18,12 +18,17 @@ only what a trial promoted at its first rung trains when the budget was already 
 promoted trial is never cut short); with `[pruner] type = "None"`, nothing. A waiting retry of a
 reaped trial always starts: it continues a trial the budget already admitted.
 
+Workers start trials without the exclusive study lock while the budget is far from spent
+(`search/worker.py`): `decide(..., racing=k)` then leaves room for the k starts by other workers
+that its reading of the trials cannot see yet.
+
 `decide` is a pure function of the trials' states and progress, so workers, `tune launch`,
 `tune status` and the tests read the budget the same way (`read_use` reads it from a study).
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
@@ -112,15 +117,38 @@ def use_of(spec: StudySpec, trials: Sequence[FrozenTrial]) -> BudgetUse:
     return BudgetUse(finished, running, spent, promised, retries, bool(baseline_next))
 
 
+def first_stop(spec: StudySpec, length: int | None) -> int:
+    """The first epoch where a trial of `length` epochs (None: the study's) may stop."""
+    return stop_points(spec.pruner, spec.trial.epochs, spec.trial.eval_interval, length)[0]
+
+
 def read_use(spec: StudySpec, study: optuna.Study) -> BudgetUse:
     """`use_of` the study's trials as the storage has them now."""
     return use_of(spec, study.get_trials(deepcopy=False))
 
 
-def decide(spec: StudySpec, use: BudgetUse) -> tuple[Decision, str]:
+def decide(spec: StudySpec, use: BudgetUse, racing: int = 0) -> tuple[Decision, str]:
     """Start a trial, wait (running trials hold what is left; one may still fail and free it),
-    or stop (spent); with the reason, for the worker's log."""
+    or stop (spent); with the reason, for the worker's log.
+
+    `racing`: other workers that may be starting a trial at this moment without it showing in
+    `use` (a start without the exclusive study lock, `search/worker.py`). Each is counted as a
+    running trial that holds the longest first stop point, and so is this worker's own trial: any
+    of them may get the next baseline. With a retry waiting, racers never start (the retry's
+    hold is not in `use` yet and any of them may get it): one worker at a time takes it.
+    """
     budget = spec.budget
+    # what the next trial will surely train (Optuna hands out the oldest WAITING one first)
+    first = first_stop(spec, spec.baseline_epochs if use.baseline_next else None)
+    if racing:
+        if use.retries_waiting:
+            return "wait", "a retry waits: one worker at a time starts it"
+        first = max(first_stop(spec, None), first_stop(spec, spec.baseline_epochs))
+        use = dataclasses.replace(
+            use,
+            running=use.running + racing,
+            epochs_promised=use.epochs_promised + racing * first,
+        )
     verdicts: list[tuple[Decision, str]] = []
     if budget.n_trials is not None:
         if use.finished >= budget.n_trials:
@@ -128,9 +156,6 @@ def decide(spec: StudySpec, use: BudgetUse) -> tuple[Decision, str]:
         elif use.finished + use.running >= budget.n_trials:
             verdicts.append(("wait", "running trials hold the rest of the budget"))
     if budget.epochs is not None and not use.retries_waiting:
-        # what the next trial will surely train (Optuna hands out the oldest WAITING one first)
-        length = spec.baseline_epochs if use.baseline_next else None
-        first = stop_points(spec.pruner, spec.trial.epochs, spec.trial.eval_interval, length)[0]
         free = budget.epochs - use.epochs_spent - use.epochs_promised
         if free < first:
             held = f"{use.epochs_spent} epochs spent, {use.epochs_promised} promised"

@@ -40,7 +40,14 @@ from search.optuna_compat import record_heartbeat, trial_id
 from search.outage import Outage, retry_while_down
 from search.storage import StorageDown, StudyLock, mask_text
 from search.study_file import StudySpec
-from search.trainers.base import Evaluation, Trainer, TrainerError, TrialJob, metric_value
+from search.trainers.base import (
+    Evaluation,
+    Trainer,
+    TrainerError,
+    TrialJob,
+    TrialOutcome,
+    metric_value,
+)
 from trainer.records import NonFiniteLossError
 
 T = TypeVar("T")
@@ -120,6 +127,7 @@ class TrialTally:
     pruned: int = 0
     failed: int = 0
     dropped: int = 0  # reaped by another worker while this one still ran it
+    started_racing: int = 0  # started without the exclusive study lock (search/worker.py)
     busy_seconds: float = 0.0
     last_error: str | None = None
     errors: list[str] = field(default_factory=list)
@@ -143,7 +151,8 @@ class TrialContext:
     current: optuna.Trial | None = None  # the trial being run, if any
     checkpoints: CheckpointStore | None = None  # None: no upload, no resume
     storage_down_limit: float = 300.0  # seconds to retry a write while the database is down
-    active_trial_id: int | None = None  # set while the objective runs (the reaper beats for it)
+    # the trials this worker runs now (one, or a pack's): the reaper thread beats for them
+    active_trial_ids: set[int] = field(default_factory=set)
     outage: Outage = field(default_factory=Outage)  # shared with the worker loop
     # a confirm study's worker runs only enqueued runs and never samples (search/confirm.py)
     enqueued_only: bool = False
@@ -185,20 +194,55 @@ def make_objective(ctx: TrialContext) -> Callable[[optuna.Trial], float]:
     """The function `study.optimize` calls for one trial."""
 
     def objective(trial: optuna.Trial) -> float:
-        ctx.active_trial_id = trial_id(trial)
+        tid = trial_id(trial)
+        ctx.active_trial_ids.add(tid)
+        run = TrialRun(ctx, trial)
         try:
-            return run(trial)
+            job = run.begin()
+            try:
+                with ctx.stop.interruptible():
+                    outcome = ctx.trainer.run(job, run.report)
+            except BaseException as exc:
+                run.stopped(exc)
+                raise
+            return run.complete(outcome)
         except (optuna.TrialPruned, UpdateFinishedTrialError):
             raise
         except BaseException as exc:
             # the one place a failure's reason is stored, also for failures before training
             # starts (a stop that arrives while the trial is being set up, a bad config)
-            _record_failure(trial, describe_error(exc), exc)
+            record_failure(trial, exc)
             raise
         finally:
-            ctx.active_trial_id = None
+            ctx.active_trial_ids.discard(tid)
 
-    def run(trial: optuna.Trial) -> float:
+    return objective
+
+
+class TrialRun:
+    """One trial from RUNNING to its end, in the steps a trial run alone (`make_objective`) and
+    a trial in a pack (`search/packs.py`) share: `begin` (heartbeat, placement, parameters, job,
+    resume, config), `report` (each evaluation: recorded, checkpointed, maybe pruned), then
+    `complete` with the trainer's outcome, or `stopped` with what ended it."""
+
+    def __init__(self, ctx: TrialContext, trial: optuna.Trial) -> None:
+        self.ctx = ctx
+        self.trial = trial
+        self.started = time.monotonic()
+        self.metric = ctx.spec.objective.metric
+        self.baseline_length: int | None = None
+        self._job: TrialJob | None = None
+
+    @property
+    def job(self) -> TrialJob:
+        if self._job is None:
+            raise RuntimeError("TrialRun.begin() has not run")
+        return self._job
+
+    def begin(self) -> TrialJob:
+        """Record the trial's first heartbeat and placement, release the start claim, draw the
+        parameters and build (and record) its job; for a retry, restore its checkpoint."""
+        ctx, trial = self.ctx, self.trial
         ctx.current = trial
         failpoint("trial-created")
         # The first heartbeat and the placement, before anything else: a worker lost from here
@@ -229,56 +273,61 @@ def make_objective(ctx: TrialContext) -> Callable[[optuna.Trial], float]:
             what = f"confirms trial {confirm[0]}, seed {confirm[1]}"
         # baselines train the first `baseline_epochs` of the full-length schedule, then stop:
         # reports compare them with the trials at that length (search/report/gather.py)
-        baseline_length = ctx.spec.baseline_epochs if baseline else None
-        metric = ctx.spec.objective.metric
+        self.baseline_length = ctx.spec.baseline_epochs if baseline else None
         ctx.log(f"trial {trial.number} ({what}) started: {_short(params)}")
+        self.started = time.monotonic()
+        self._job = job
+        return job
 
-        def report(evaluation: Evaluation) -> None:
-            step = evaluation.step
-            value = evaluation.metric(metric)
-            ctx.tally.busy_seconds += evaluation.seconds_training + evaluation.seconds_evaluating
-            with ctx.stop.shielded():
-                # the evaluation first, then its checkpoint: a worker lost in between is resumed
-                # from the previous checkpoint and redoes this step, so the curve has no gap
-                ctx.store(lambda: trial_record.record_eval(trial, step, evaluation, metric))
-                failpoint("eval-recorded")
-                if ctx.checkpoints is not None and ctx.trainer.checkpoint is not None:
-                    store, file = ctx.checkpoints, job.out / ctx.trainer.checkpoint
-                    ctx.store(lambda: store.upload(trial, file, step), "the checkpoint")
-                # never at the last step: the run is already paid for, and Hyperband would
-                # otherwise discard a finished result when the run length falls on one of its
-                # rungs (epochs 1, 3, 9, ... with reduction factor 3). Baselines are asked too, so
-                # that their values join the rungs; the pruner never stops them (search/pruning.py)
-                last_step = step >= job.epochs
-                prune = not last_step and ctx.store(trial.should_prune)
-                if baseline_length is not None and step >= baseline_length and not last_step:
-                    why = f"stopped at its length, {step} epochs"
-                    ctx.store(lambda: trial_record.record_stopped(trial, why))
-                    raise optuna.TrialPruned(f"(baseline) {why}")
-            if prune:
-                raise optuna.TrialPruned(f"pruned after {step} epochs at {value:.4f} {metric}")
+    def report(self, evaluation: Evaluation) -> None:
+        """The trainer's callback after each evaluation; raises `optuna.TrialPruned` to stop."""
+        ctx, trial, job, metric = self.ctx, self.trial, self.job, self.metric
+        step = evaluation.step
+        value = evaluation.metric(metric)
+        ctx.tally.busy_seconds += evaluation.seconds_training + evaluation.seconds_evaluating
+        with ctx.stop.shielded():
+            # the evaluation first, then its checkpoint: a worker lost in between is resumed
+            # from the previous checkpoint and redoes this step, so the curve has no gap
+            ctx.store(lambda: trial_record.record_eval(trial, step, evaluation, metric))
+            failpoint("eval-recorded")
+            if ctx.checkpoints is not None and ctx.trainer.checkpoint is not None:
+                store, file = ctx.checkpoints, job.out / ctx.trainer.checkpoint
+                ctx.store(lambda: store.upload(trial, file, step), "the checkpoint")
+            # never at the last step: the run is already paid for, and Hyperband would
+            # otherwise discard a finished result when the run length falls on one of its
+            # rungs (epochs 1, 3, 9, ... with reduction factor 3). Baselines are asked too, so
+            # that their values join the rungs; the pruner never stops them (search/pruning.py)
+            last_step = step >= job.epochs
+            prune = not last_step and ctx.store(trial.should_prune)
+            length = self.baseline_length
+            if length is not None and step >= length and not last_step:
+                why = f"stopped at its length, {step} epochs"
+                ctx.store(lambda: trial_record.record_stopped(trial, why))
+                raise optuna.TrialPruned(f"(baseline) {why}")
+        if prune:
+            raise optuna.TrialPruned(f"pruned after {step} epochs at {value:.4f} {metric}")
 
-        started = time.monotonic()
-        try:
-            with ctx.stop.interruptible():
-                outcome = ctx.trainer.run(job, report)
-        except optuna.TrialPruned as exc:
-            ctx.log(f"trial {trial.number} {exc}")
-            _discard_checkpoint(ctx, trial)
-            raise
-        except UpdateFinishedTrialError:
+    def stopped(self, exc: BaseException) -> None:
+        """The trainer ended with `exc`: say so and drop the checkpoint nothing will resume."""
+        ctx, number = self.ctx, self.trial.number
+        if isinstance(exc, optuna.TrialPruned):
+            ctx.log(f"trial {number} {exc}")
+            _discard_checkpoint(ctx, self.trial)
+        elif isinstance(exc, UpdateFinishedTrialError):
             # reaped while we trained (a long pause): its retry owns the trial and checkpoint now
-            ctx.log(f"trial {trial.number} was reaped while this worker still ran it")
-            raise
-        except BaseException as exc:
+            ctx.log(f"trial {number} was reaped while this worker still ran it")
+        else:
             reason = describe_error(exc)
             ctx.log(
-                f"trial {trial.number} failed after {time.monotonic() - started:.0f} s: {reason}"
+                f"trial {number} failed after {time.monotonic() - self.started:.0f} s: {reason}"
             )
             if not isinstance(exc, StorageDown):
                 # nothing resumes a failed trial; one the database lost is reaped and resumed
-                _discard_checkpoint(ctx, trial)
-            raise
+                _discard_checkpoint(ctx, self.trial)
+
+    def complete(self, outcome: TrialOutcome) -> float:
+        """Record the trainer's final result; the objective value."""
+        ctx, trial, metric = self.ctx, self.trial, self.metric
         value = metric_value(outcome.metrics, metric, f"the final result of trial {trial.number}")
         with ctx.stop.shielded():
             summary = dict(outcome.summary)
@@ -295,11 +344,9 @@ def make_objective(ctx: TrialContext) -> Callable[[optuna.Trial], float]:
                 ctx.store(lambda: trial.set_constraint("latency_ms", inference_ms - budget))
         ctx.log(
             f"trial {trial.number} complete: {metric} {value:.4f} "
-            f"in {time.monotonic() - started:.0f} s"
+            f"in {time.monotonic() - self.started:.0f} s"
         )
         return value
-
-    return objective
 
 
 def _resume_retry(trial: optuna.Trial, ctx: TrialContext, job: TrialJob) -> TrialJob:
@@ -327,7 +374,9 @@ def _discard_checkpoint(ctx: TrialContext, trial: optuna.Trial) -> None:
             ctx.checkpoints.discard(trial)
 
 
-def _record_failure(trial: optuna.Trial, reason: str, exc: BaseException) -> None:
+def record_failure(trial: optuna.Trial, exc: BaseException) -> None:
+    """Store why `trial` failed (one masked line) before Optuna marks it FAIL."""
+    reason = describe_error(exc)
     if is_out_of_memory(exc):
         _free_accelerator_memory()
     # the trial may already be finished (reaped by another worker): nothing to record on it then

@@ -9,10 +9,10 @@ What tune needs beyond Optuna's public API:
   reap from a thread of our own;
 - the RDB models (`optuna.storages._rdb.models`) to count trials by state in SQL and to read the
   heartbeat table;
-- `RDBStorage._get_stale_trial_ids`, overridden by `HeartbeatRDBStorage` below: Optuna's version
-  skips a RUNNING trial that never recorded a heartbeat, so a worker that died between creating
-  a trial and its first beat left a trial that no reaper ever failed, and a study whose last
-  budget slot it held waited forever;
+- `RDBStorage._get_stale_trial_ids`, overridden by `HeartbeatRDBStorage` below to turn off
+  Optuna's own reaping inside `ask` (unsafe order, no lock); tune's `stale_trial_ids` also
+  covers a RUNNING trial that never recorded a heartbeat, which Optuna's rule skips (a worker
+  that died between creating a trial and its first beat left a trial no reaper ever failed);
 - `RDBStorage._get_trials`, also overridden there: the same trials read with plain SQL instead
   of the ORM (issue 16: a worker joining a study of 10,000 trials spent 12 s building an ORM
   object per row; `tune status` and `tune report` as long);
@@ -128,8 +128,14 @@ def rdb_backend(study: optuna.Study) -> RDBStorage | None:
 
 
 def stale_trial_ids(storage: RDBStorage, study_id: int) -> list[int]:
-    """The trials `optuna.storages.fail_stale_trials` would fail now (a read, no lock)."""
-    return list(storage._get_stale_trial_ids(study_id))
+    """The study's stale trials now (`RunningTrial.is_stale`: a read, no lock). tune's reapers
+    fail them (`search/reaper.py`); Optuna's `fail_stale_trials` does not (`HeartbeatRDBStorage`).
+    """
+    interval = storage.heartbeat_interval
+    if interval is None:
+        return []
+    grace = storage.grace_period if storage.grace_period is not None else 2 * interval
+    return [t.trial_id for t in running_trials(storage, study_id) if t.is_stale(grace)]
 
 
 def record_heartbeat(study: optuna.Study, trial_id: int) -> None:
@@ -209,18 +215,19 @@ def _naive(value: Any) -> dt.datetime:
 
 
 class HeartbeatRDBStorage(RDBStorage):
-    """Optuna's RDB storage whose stale-trial rule also covers a trial that never beat.
+    """Optuna's RDB storage that leaves reaping to tune, and reads trials with plain SQL.
 
-    Optuna's rule (kept): a RUNNING trial whose last heartbeat is older than the grace period.
-    Added: a RUNNING trial with no heartbeat at all, RUNNING for longer than the grace period.
-    Both `optuna.storages.fail_stale_trials` (tune's reaper, a waiting worker) and Optuna's own
-    check on every `ask` inside `study.optimize` go through this method, so they all reap it.
+    Reaping: Optuna's `fail_stale_trials`, which `study.optimize` runs before every `ask`, finds
+    nothing here (`_get_stale_trial_ids`). It fails a stale trial first and enqueues its retry
+    after, holding no lock, so a worker starting a trial in between saw a slot free that the
+    retry was about to fill; and workers start trials concurrently (search/worker.py). tune's
+    reapers (`search/reaper.py`) fail them in the safe order under the exclusive study lock, by
+    tune's rule (`stale_trial_ids`): Optuna's (no heartbeat for the grace period) plus a RUNNING
+    trial that never beat and is RUNNING for longer than the grace period.
     """
 
     def _get_stale_trial_ids(self, study_id: int) -> list[int]:
-        assert self.heartbeat_interval is not None
-        grace = self.grace_period if self.grace_period is not None else 2 * self.heartbeat_interval
-        return [t.trial_id for t in running_trials(self, study_id) if t.is_stale(grace)]
+        return []
 
     def _get_trials(
         self,

@@ -16,13 +16,15 @@ else. What tune needs beyond it, and how it gets it:
 - reaping: the server runs the reaper for every study in the storage (`search/reaper.py`'s
   `reap_stale_trials`: fail the stale trial, enqueue its retry, which resumes from its checkpoint
   as usual); workers behind the proxy reap nothing themselves.
-- the study lock (no two workers take the last slot of the budget): a lease per study held in
-  this server (`LOCK_ATTR` writes: take or give back; a taken lease answers NOT_FOUND, which the
-  client sees as KeyError and retries). A lease not given back within `LOCK_LEASE` seconds (its
-  worker died holding it) lapses. The server's reaper takes the same lease, and PostgreSQL's
-  advisory lock too, so workers that use the database directly are excluded as well; workers
-  behind the proxy do not take PostgreSQL's lock, so `tune launch` enqueueing baselines while
-  proxied workers start trials is not excluded (launch first, as compose does).
+- the study lock (no two workers take the last slot of the budget): leases per study held in this
+  server (`LOCK_ATTR` writes: take, exclusive or shared, or give back; a lease not to be had answers
+  NOT_FOUND, which the client sees as KeyError and retries; the study's system attrs as the server
+  hands them out carry `SHARERS_ATTR`, the count of shared leases, which a worker starting without
+  the exclusive lock reads: `search/worker.py`). A lease not given back within `LOCK_LEASE` seconds
+  (its worker died holding it) lapses. The server's reaper takes the same lease exclusively, and
+  PostgreSQL's advisory lock too, so workers that use the database directly are excluded as well;
+  workers behind the proxy do not take PostgreSQL's lock, so `tune launch` enqueueing baselines
+  while proxied workers start trials is not excluded (launch first, as compose does).
 - tune's own SQL (`count_states`, `running_trials`): not available through the proxy; the worker
   reads what it needs from the trials instead (`BudgetWait` names running trials without their
   heartbeat ages).
@@ -62,6 +64,7 @@ SCHEME = "grpc://"
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 13000
 LOCK_ATTR = "tune:lock"  # study system attr: {"holder": id, "take": bool} (never stored)
+SHARERS_ATTR = "tune:lock-sharers"  # read-only study system attr: shared leases held now
 LOCK_LEASE = 60.0  # seconds a taken study lock lasts when its holder never gives it back
 THREADS = 16  # server threads: concurrent requests (more wait in gRPC's queue)
 # one pool for every worker behind the proxy: 8 connections, plus the reaper's lock and a spare
@@ -109,19 +112,22 @@ def connect(url: str) -> ProxyClient:
 
 
 class ProxyLock:
-    """`StudyLock`'s counterpart for a worker behind the proxy: a lease held in the server."""
+    """`StudyLock`'s counterpart for a worker behind the proxy: a lease held in the server,
+    exclusive or shared (`holders()`: the shared leases of the study, this one included)."""
 
     def __init__(
         self,
         proxy: BaseStorage,
         study_id: int,
         holder: str,
+        *,
+        shared: bool = False,
         log: Callable[[str], None] | None = None,
         say_every: float = 10.0,
     ) -> None:
         self._proxy = proxy
         self._study_id = study_id
-        self._holder = holder
+        self._request: dict[str, str | bool] = {"holder": holder, "take": True, "shared": shared}
         self._log = log
         self._say_every = say_every
         self._held = False
@@ -133,9 +139,7 @@ class ProxyLock:
         pause = 0.02
         while True:
             try:
-                self._proxy.set_study_system_attr(
-                    self._study_id, LOCK_ATTR, {"holder": self._holder, "take": True}
-                )
+                self._proxy.set_study_system_attr(self._study_id, LOCK_ATTR, self._request)
                 self._held = True
                 return
             except KeyError:
@@ -147,12 +151,15 @@ class ProxyLock:
             time.sleep(pause * random.uniform(0.5, 1.5))
             pause = min(0.5, pause * 1.5)
 
+    def holders(self) -> int:
+        return int(self._proxy.get_study_system_attrs(self._study_id).get(SHARERS_ATTR, 0))
+
     def release(self) -> None:
         if self._held:
             self._held = False
             with contextlib.suppress(Exception):  # a lease lost with the server lapses anyway
                 self._proxy.set_study_system_attr(
-                    self._study_id, LOCK_ATTR, {"holder": self._holder, "take": False}
+                    self._study_id, LOCK_ATTR, {**self._request, "take": False}
                 )
 
 
@@ -160,26 +167,54 @@ class ProxyLock:
 
 
 class Leases:
-    """Study locks held in the proxy: study id -> (holder, lapses at)."""
+    """Study locks held in the proxy: per study one exclusive lease or any number of shared ones
+    (what PostgreSQL's advisory locks give workers that use the database directly). A lease
+    lapses `lease` seconds after it was taken. An exclusive taker refused because of shared
+    leases keeps new shared ones out for `writer_first` seconds from each try, so that a steady
+    stream of starters cannot starve the reaper (it retries well within that)."""
 
-    def __init__(self, lease: float = LOCK_LEASE) -> None:
+    def __init__(self, lease: float = LOCK_LEASE, writer_first: float = 1.0) -> None:
         self._lease = lease
-        self._held: dict[int, tuple[str, float]] = {}
+        self._writer_first = writer_first
+        self._exclusive: dict[int, tuple[str, float]] = {}
+        self._shared: dict[int, dict[str, float]] = {}
+        self._writer_waits_until: dict[int, float] = {}
         self._mutex = threading.Lock()
 
-    def take(self, study_id: int, holder: str) -> bool:
+    def take(self, study_id: int, holder: str, *, shared: bool = False) -> bool:
         now = time.monotonic()
         with self._mutex:
-            current = self._held.get(study_id)
-            if current is not None and current[0] != holder and current[1] > now:
+            exclusive = self._exclusive.get(study_id)
+            if exclusive is not None and exclusive[0] != holder and exclusive[1] > now:
                 return False
-            self._held[study_id] = (holder, now + self._lease)
+            sharers = self._live_sharers(study_id, now)
+            if shared:
+                if self._writer_waits_until.get(study_id, 0.0) > now:
+                    return False
+                sharers[holder] = now + self._lease
+                return True
+            if set(sharers) - {holder}:
+                self._writer_waits_until[study_id] = now + self._writer_first
+                return False
+            self._exclusive[study_id] = (holder, now + self._lease)
+            self._writer_waits_until.pop(study_id, None)
             return True
+
+    def sharers(self, study_id: int) -> int:
+        """Shared leases of the study now."""
+        with self._mutex:
+            return len(self._live_sharers(study_id, time.monotonic()))
 
     def give_back(self, study_id: int, holder: str) -> None:
         with self._mutex:
-            if self._held.get(study_id, ("",))[0] == holder:
-                del self._held[study_id]
+            if self._exclusive.get(study_id, ("",))[0] == holder:
+                del self._exclusive[study_id]
+            self._shared.get(study_id, {}).pop(holder, None)
+
+    def _live_sharers(self, study_id: int, now: float) -> dict[str, float]:
+        live = {h: until for h, until in self._shared.get(study_id, {}).items() if until > now}
+        self._shared[study_id] = live
+        return live
 
     @contextlib.contextmanager
     def held(self, study_id: int, holder: str = "proxy-reaper") -> Iterator[None]:
@@ -206,12 +241,18 @@ class ProxyBackend(CachedStorage):
             return
         super().set_trial_system_attr(trial_id, key, value)
 
+    def get_study_system_attrs(self, study_id: int) -> dict[str, Any]:
+        return {
+            **super().get_study_system_attrs(study_id),
+            SHARERS_ATTR: self.leases.sharers(study_id),
+        }
+
     def set_study_system_attr(self, study_id: int, key: str, value: Any) -> None:
         if key == LOCK_ATTR and isinstance(value, dict):
             holder = str(value.get("holder"))
             if not value.get("take"):
                 self.leases.give_back(study_id, holder)
-            elif not self.leases.take(study_id, holder):
+            elif not self.leases.take(study_id, holder, shared=bool(value.get("shared"))):
                 raise KeyError(f"the study lock is held by {holder}")  # NOT_FOUND: try again
             return
         super().set_study_system_attr(study_id, key, value)

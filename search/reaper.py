@@ -1,8 +1,10 @@
 """A thread in every worker that reaps dead workers' trials and keeps its own trial alive.
 
-Optuna fails a stale trial (no heartbeat for the grace period, or, with tune's storage, no
-heartbeat at all and RUNNING that long: `search/optuna_compat.py`) only when some process asks
-for a trial, and a busy study may have no process asking for minutes. The reaper looks every
+A trial is stale with no heartbeat for the grace period, or no heartbeat at all and RUNNING that
+long (`search/optuna_compat.stale_trial_ids`). Optuna would fail stale trials only when some
+process asks for a trial (a busy study may have none asking for minutes), and in an unsafe order;
+with tune's storage it does not at all, and tune reaps: this thread, a worker that waits for the
+budget, and a worker before it starts a trial under the exclusive lock. The reaper looks every
 heartbeat interval, so a killed worker's trial is FAIL (and re-enqueued by the storage's retry
 callback) within grace + interval < 2 x grace of its last heartbeat, whatever the other workers
 are doing. Re-enqueueing and failing happen under the study lock, in that order
@@ -22,7 +24,7 @@ import contextlib
 import copy
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator
 from contextlib import contextmanager
 
 import optuna
@@ -76,7 +78,8 @@ def reap_stale_trials(
 
 
 class Reaper:
-    """Every `interval` seconds: heartbeat `current_trial_id()` (when not None), reap stale trials.
+    """Every `interval` seconds: heartbeat the trials `running_trial_ids()` names (this worker's:
+    one, or a pack's), then reap stale trials.
 
     Errors (the database is down) are logged once per run of failures and never end the thread;
     after one, reaping resumes only when the database has answered for `settle` seconds. With
@@ -88,7 +91,7 @@ class Reaper:
         study: optuna.Study,
         rdb: optuna.storages.RDBStorage | None,
         interval: float,
-        current_trial_id: Callable[[], int | None] = lambda: None,
+        running_trial_ids: Callable[[], Collection[int]] = tuple,
         log: Callable[[str], None] | None = None,
         settle: float = 0.0,
     ) -> None:
@@ -97,7 +100,7 @@ class Reaper:
         self._study = study
         self._rdb = rdb
         self._interval = interval
-        self._current_trial_id = current_trial_id
+        self._running_trial_ids = running_trial_ids
         self._log = log
         self._settle = settle
         self._stop = threading.Event()
@@ -122,9 +125,8 @@ class Reaper:
         self.stop()
 
     def tick(self) -> None:
-        """One round: beat for our trial, then reap (public so that tests can drive it)."""
-        trial_id = self._current_trial_id()
-        if trial_id is not None:
+        """One round: beat for our trials, then reap (public so that tests can drive it)."""
+        for trial_id in list(self._running_trial_ids()):  # a copy: the set changes meanwhile
             record_heartbeat(self._study, trial_id)
         if self._rdb is None or time.monotonic() - self._answered_since < self._settle:
             return

@@ -325,11 +325,18 @@ def count_states(storage: RDBStorage, study_id: int) -> StateCounts:
 class StudyLock:
     """A lock over one study, shared by every process on every machine using the storage.
 
-    Workers hold it from "is there budget left?" until their new trial is RUNNING, so that two
-    workers never both take the last trial; launch holds it while enqueueing baselines. PostgreSQL:
-    a session advisory lock (released by the server if the process dies). SQLite (one machine): an
-    flock on a file in the temporary folder named after the database. A worker behind `tune proxy`:
-    a lease held in the proxy (`search/proxy.py`). Other back ends: no lock.
+    Exclusive (the default): one holder at a time. Launch holds it while enqueueing baselines, a
+    reaper while it fails and re-enqueues a stale trial, and a worker from "is there budget
+    left?" until its new trial is RUNNING when the budget is nearly spent, so that two workers
+    never both take the last trial. `shared=True` is a worker's claim while the budget is far
+    from spent (`search/worker.py`): any number of starters hold it at once, `holders()` says how
+    many, and none holds it while an exclusive holder has it or waits for it (so starters never
+    see a reaper's half-done work, and a waiting exclusive taker is not starved).
+
+    PostgreSQL: a session advisory lock in either mode (released by the server if the process
+    dies). A worker behind `tune proxy`: a lease held in the proxy (`search/proxy.py`). SQLite
+    (one machine): an flock on a file in the temporary folder named after the database, exclusive
+    only (`shares()` is False: a claim there is an exclusive lock). Other back ends: no lock.
     `release()` may be called early and more than once.
 
     Waiting for it is never silent: every `say_every` seconds a line to `log` says how long this
@@ -342,16 +349,49 @@ class StudyLock:
         storage: optuna.storages.BaseStorage,
         study_id: int,
         *,
+        shared: bool = False,
         log: Callable[[str], None] | None = None,
         say_every: float = 10.0,
     ) -> None:
         self._storage = storage
         self._study_id = study_id
+        self._shared = shared
         self._log = log
         self._say_every = say_every
         self._conn: sa.Connection | None = None
         self._file: IO[bytes] | None = None
         self._lease: Any = None  # a `search.proxy.ProxyLock`
+
+    @staticmethod
+    def shares(storage: optuna.storages.BaseStorage) -> bool:
+        """Whether the lock has a shared mode on `storage` (PostgreSQL, the proxy)."""
+        from search.proxy import ProxyClient
+
+        if isinstance(storage, RDBStorage):
+            return storage.engine.dialect.name == "postgresql"
+        return isinstance(storage, ProxyClient)
+
+    def holders(self) -> int:
+        """How many processes hold the lock shared now, this one included (shared mode only).
+
+        On PostgreSQL, the granted shared advisory locks on the study's key (`pg_locks` is the
+        lock manager's state, not a snapshot: a lock granted a moment ago is counted).
+        """
+        if not self._shared:
+            raise ValueError("holders() counts shared holders; this lock is exclusive")
+        if self._lease is not None:
+            return int(self._lease.holders())
+        if self._conn is None:
+            raise RuntimeError("holders() of a shared lock that is not held")
+        count = self._conn.execute(
+            sa.text(
+                "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND granted "
+                "AND mode = 'ShareLock' AND classid = :a AND objid = :b AND objsubid = 2"
+            ),
+            {"a": _LOCK_NAMESPACE, "b": self._study_id},
+        ).scalar_one()
+        self._conn.rollback()
+        return int(count)
 
     def acquire(self) -> StudyLock:
         if not isinstance(self._storage, RDBStorage):
@@ -359,7 +399,9 @@ class StudyLock:
 
             if isinstance(self._storage, ProxyClient):
                 holder = f"{os.getpid()}:{id(self)}:{time.monotonic()}"
-                self._lease = ProxyLock(self._storage, self._study_id, holder, log=self._log)
+                self._lease = ProxyLock(
+                    self._storage, self._study_id, holder, shared=self._shared, log=self._log
+                )
                 self._lease.acquire()
             return self
         backend = self._storage.engine.dialect.name
@@ -371,6 +413,8 @@ class StudyLock:
                 self._conn.close()
                 self._conn = None
                 raise
+        elif self._shared:
+            raise ValueError(f"the study lock has no shared mode on {backend}")
         elif backend == "sqlite":
             database = self._storage.engine.url.database or ":memory:"
             key = hashlib.sha1(f"{Path(database).resolve()}:{self._study_id}".encode()).hexdigest()
@@ -388,7 +432,7 @@ class StudyLock:
                     sa.text("SELECT set_config('lock_timeout', :t, true)"),
                     {"t": f"{round(self._say_every * 1000)}ms"},
                 )
-                conn.execute(sa.text("SELECT pg_advisory_lock(:a, :b)"), keys)
+                conn.execute(sa.text(f"SELECT {self._advisory('lock')}(:a, :b)"), keys)
                 conn.commit()  # the session-level lock outlives the transaction
                 return
             except sa.exc.OperationalError as exc:
@@ -404,6 +448,9 @@ class StudyLock:
             ).scalar()
             conn.rollback()
             self._say(started, f"held by PostgreSQL server process {holder}")
+
+    def _advisory(self, verb: str) -> str:
+        return f"pg_advisory_{verb}_shared" if self._shared else f"pg_advisory_{verb}"
 
     def _acquire_flock(self, file: IO[bytes]) -> None:
         started = next_line = time.monotonic()
@@ -430,7 +477,7 @@ class StudyLock:
             conn, self._conn = self._conn, None
             try:
                 conn.execute(
-                    sa.text("SELECT pg_advisory_unlock(:a, :b)"),
+                    sa.text(f"SELECT {self._advisory('unlock')}(:a, :b)"),
                     {"a": _LOCK_NAMESPACE, "b": self._study_id},
                 )
                 conn.commit()

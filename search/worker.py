@@ -2,14 +2,20 @@
 
 The loop, per trial:
 
-1. take the study lock, read the study's budget use from the storage (`search/budget.py`: trials
-   finished, epochs trained and promised to running trials, for every process on every
-   machine): stop when it is spent; when the trials already RUNNING hold the rest, reap stale
-   trials (one of them may have lost its worker), release, say in the log what it waits for
-   (`BudgetWait`) and look again. A confirm study's worker (`search/confirm.py`) never samples:
-   it starts only while an enqueued run waits, waits while runs are running, else stops;
-2. otherwise run one trial inside `study.optimize(n_trials=1)` (heartbeats act only there); the
-   objective releases the lock once the trial is RUNNING, so no two workers take the last slot;
+1. while the budget is far from spent, start without waiting for anyone: hold the study lock
+   shared, count the other starters holding it, and start when `decide(racing=...)` leaves room
+   for all of them (`_may_start_racing` says why that never overshoots). Trial starts then scale
+   with the workers instead of queueing at one lock (issue 16, docs/benchmarks.md);
+2. otherwise (near the end of the budget, a stale trial to reap, a retry waiting, a confirm
+   study, SQLite) take the study lock exclusively and read the study's budget use from the
+   storage (`search/budget.py`: trials finished, epochs trained and promised to running trials,
+   for every process on every machine): stop when it is spent; when the trials already RUNNING
+   hold the rest, reap stale trials (one of them may have lost its worker), release, say in the
+   log what it waits for (`BudgetWait`) and look again. A confirm study's worker
+   (`search/confirm.py`) never samples: it starts only while an enqueued run waits, waits while
+   runs are running, else stops;
+   either way the trial runs inside `study.optimize(n_trials=1)` (heartbeats act only there),
+   and the objective releases the lock once the trial is RUNNING;
 3. whatever the trial does (exception, non-finite loss, out of memory, reaped by another worker),
    the worker records it and goes on; only a run of consecutive failures stops it.
 
@@ -26,7 +32,6 @@ seconds without it the worker exits with `StorageDown`.
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import os
 import socket
@@ -42,10 +47,7 @@ from optuna.exceptions import UpdateFinishedTrialError
 from optuna.trial import FrozenTrial, TrialState
 
 from search import trial_record
-from search.budget import decide, read_use
 from search.checkpoints import CheckpointStore
-from search.confirm import decide_enqueued
-from search.failpoints import failpoint
 from search.log_masking import mask_library_logs
 from search.objective import (
     GracefulStop,
@@ -56,15 +58,12 @@ from search.objective import (
     make_objective,
 )
 from search.optuna_compat import (
-    RunningTrial,
-    running_trials,
-    study_id,
-    study_storage,
     trial_id,
 )
 from search.outage import retry_while_down
 from search.proxy import connect, is_proxy_url
-from search.reaper import Reaper, quiet_heartbeat_thread, reap_stale_trials
+from search.reaper import Reaper, quiet_heartbeat_thread
+from search.start_gate import StartGate
 from search.storage import (
     StorageDown,
     StorageError,
@@ -134,6 +133,7 @@ def run_worker(
     artifacts: str | Path | None = None,
     poll_interval: float = 1.0,
     max_consecutive_failures: int = 5,
+    fast_starts: bool = True,
     handle_signals: bool = True,
     log: Callable[[str], None] | None = None,
 ) -> WorkerStats:
@@ -146,7 +146,8 @@ def run_worker(
     file's `budget.timeout` when None). `settings` default to `StorageSettings.from_env()`,
     `artifacts` (the checkpoint folder) to `$TUNE_ARTIFACTS` or `tune-artifacts/`. Raises
     `WorkerError`, `StorageError` (`StorageDown` when the database stayed away too long) or
-    `StudyFileError` with one clear line when it cannot go on.
+    `StudyFileError` with one clear line when it cannot go on. `fast_starts=False` takes the
+    exclusive study lock for every start, as tune did before (the benchmark's comparison).
     """
     started = time.monotonic()
     worker_id = f"{socket.gethostname()}:{os.getpid()}"
@@ -211,7 +212,7 @@ def run_worker(
             optuna_study,
             rdb,
             settings.heartbeat_interval,
-            lambda: ctx.active_trial_id,
+            lambda: ctx.active_trial_ids,
             say,
             settle=settings.grace_period,
         ).start()
@@ -219,7 +220,13 @@ def run_worker(
         deadline = None if limit is None else started + limit
         with quiet_heartbeat_thread(say):
             stats.stopped_because = _loop(
-                optuna_study, rdb, ctx, deadline, poll_interval, max_consecutive_failures
+                optuna_study,
+                rdb,
+                ctx,
+                deadline,
+                poll_interval,
+                max_consecutive_failures,
+                fast_starts,
             )
     except Interrupted:
         stats.stopped_because = "interrupted"
@@ -247,9 +254,10 @@ def _loop(
     deadline: float | None,
     poll_interval: float,
     max_consecutive_failures: int,
+    fast_starts: bool,
 ) -> str:
     failures_in_a_row = 0
-    waiting = BudgetWait(rdb, ctx.log)
+    gate = StartGate(study, rdb, ctx, poll_interval, fast_starts)
     while True:
         if ctx.stop.requested:
             return "interrupted"
@@ -259,7 +267,7 @@ def _loop(
             # a round lost to the database (a restart, say) is simply done again: its trial,
             # if one had started, is reaped and resumed from its last checkpoint
             outcome = retry_while_down(
-                lambda: _one_round(study, rdb, ctx, poll_interval, waiting),
+                lambda: _one_round(gate),
                 limit=ctx.storage_down_limit,
                 outage=ctx.outage,
                 sleep=ctx.stop.wait,
@@ -283,105 +291,24 @@ def _loop(
             failures_in_a_row = 0
 
 
-def _one_round(
-    study: optuna.Study,
-    rdb: optuna.storages.RDBStorage | None,
-    ctx: TrialContext,
-    poll_interval: float,
-    waiting: BudgetWait,
-) -> Round:
-    lock = StudyLock(rdb or study_storage(study), study_id(study), log=ctx.log)
+def _one_round(gate: StartGate) -> Round:
+    claim = gate.claim()
+    if not isinstance(claim, StudyLock):
+        return claim
     try:
-        lock.acquire()
-        spec = _current_budget(study, ctx.spec)
-        decision, why = decide(spec, read_use(spec, study))
-        if decision == "start" and ctx.enqueued_only:
-            decision, why = decide_enqueued(study)
-        if decision == "spent":
-            waiting.over("the budget is spent")
-            ctx.log(f"the budget is spent: {why}")
-            return "budget"
-        if decision == "wait":
-            # running trials hold the rest of the budget; one may still fail (or its worker be
-            # dead) and free it: reap stale ones (Optuna reaps only when a worker asks for a
-            # trial, and a waiting worker asks for none), say what we wait for, look again
-            # (behind a proxy, the proxy reaps)
-            if rdb is not None:
-                reap_stale_trials(study, rdb, lock_held=True)
-            lock.release()
-            waiting.still(study, why)
-            ctx.stop.wait(poll_interval)
-            return "wait"
-        waiting.over("a slot is free")
-        failpoint("claim-taken")
-        # before Optuna's own reaping inside `ask`, which fails first and retries after: a
-        # worker lost between the two would leave a trial that nothing retries
-        if rdb is not None:
-            reap_stale_trials(study, rdb, lock_held=True)
-        ctx.claim = lock
-        state = _run_one_trial(study, ctx)
-        return "dropped" if state is None else state
+        return _start_trial(gate.study, gate.ctx, claim)
     finally:
-        lock.release()
+        claim.release()
+
+
+def _start_trial(study: optuna.Study, ctx: TrialContext, claim: StudyLock) -> Round:
+    """Run one trial; the objective releases `claim` as soon as the trial is RUNNING."""
+    ctx.claim = claim
+    try:
+        state = _run_one_trial(study, ctx)
+    finally:
         ctx.claim = None
-
-
-class BudgetWait:
-    """Says why a worker waits while running trials hold the rest of the budget.
-
-    A line when the wait starts and every `every` seconds while it lasts, naming each running
-    trial with the age of its heartbeat (on the database's clock) and the grace period after
-    which a silent one is reaped; a line when the wait ends. The wait itself is bounded by the
-    reaping: every RUNNING trial beats, finishes, or is failed within grace + interval of going
-    silent.
-    """
-
-    def __init__(
-        self,
-        rdb: optuna.storages.RDBStorage | None,
-        log: Callable[[str], None],
-        every: float = 30.0,
-    ) -> None:
-        self._rdb = rdb
-        self._log = log
-        self._every = every
-        self._since: float | None = None
-        self._next_line = 0.0
-
-    def still(self, study: optuna.Study, why: str) -> None:
-        now = time.monotonic()
-        if self._since is None:
-            self._since = now
-        elif now < self._next_line:
-            return
-        self._next_line = now + self._every
-        if self._rdb is None:
-            # behind a proxy: no heartbeat ages (tune's SQL does not go through it)
-            running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
-            holding = ", ".join(f"trial {t.number}" for t in running)
-            self._log(
-                f"waiting {now - self._since:.0f} s: {why} ({holding or 'none left'}); "
-                "the proxy reaps silent ones"
-            )
-            return
-        grace = self._rdb.grace_period or 0
-        running_now = running_trials(self._rdb, study_id(study))
-        holding = ", ".join(_describe_running(t) for t in running_now)
-        self._log(
-            f"waiting {now - self._since:.0f} s: {why} ({holding or 'none left'}); reaping "
-            f"silent ones after {grace} s without a heartbeat"
-        )
-
-    def over(self, why: str) -> None:
-        if self._since is not None:
-            self._log(f"waited {time.monotonic() - self._since:.0f} s: {why}")
-            self._since = None
-
-
-def _describe_running(trial: RunningTrial) -> str:
-    if trial.heartbeat_ago is None:
-        return f"trial {trial.number}: no heartbeat yet, started {trial.started_ago:.0f} s ago"
-    return f"trial {trial.number}: heartbeat {trial.heartbeat_ago:.0f} s ago"
+    return "dropped" if state is None else state
 
 
 def _run_one_trial(study: optuna.Study, ctx: TrialContext) -> TrialState | None:
@@ -440,13 +367,6 @@ def _join(
     opened = rdb if rdb is not None else connect(url)
     spec = _stored_spec(load_study(opened, name), url)
     return rdb, spec, load_study(opened, name, spec.make_sampler(index), spec.make_pruner())
-
-
-def _current_budget(study: optuna.Study, spec: StudySpec) -> StudySpec:
-    # re-read each round: a later `tune launch --n-trials N` (or --budget-epochs) may have
-    # raised the study's budget
-    stored = read_stored_spec(study)
-    return spec if stored is None else dataclasses.replace(spec, budget=stored.budget)
 
 
 def _stored_spec(study: optuna.Study, url: str) -> StudySpec:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import functools
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -197,3 +198,34 @@ def states(all_trials: list[FrozenTrial]) -> dict[str, int]:
     for t in all_trials:
         counts[t.state.name] = counts.get(t.state.name, 0) + 1
     return counts
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class Proxy:
+    """A `tune proxy` subprocess logging to a file."""
+
+    def __init__(self, url: str, port: int, env: dict[str, str], log: Path) -> None:
+        self.args = [*TUNE, "proxy", "--storage", url, "--port", str(port)]
+        self.env, self.log = env, log
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> Proxy:
+        with self.log.open("ab") as out:
+            self.proc = subprocess.Popen(
+                self.args, cwd=ROOT, env=self.env, stdout=out, stderr=subprocess.STDOUT
+            )
+        wait_for("the proxy to listen", lambda: self.text().count("tune proxy for") or None, 60)
+        return self
+
+    def text(self) -> str:
+        return self.log.read_text(errors="replace") if self.log.exists() else ""
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(30)

@@ -25,9 +25,11 @@ from search.optuna_compat import (
     TrialModel,
     record_heartbeat,
     running_trials,
+    stale_trial_ids,
     study_storage,
     trial_id,
 )
+from search.reaper import reap_stale_trials
 from search.storage import count_states, session
 
 GRACE = 3
@@ -123,13 +125,16 @@ def test_a_trial_that_never_beat_is_stale_after_the_grace_period(
     _age_start(storage, trial_id(silent_old), GRACE + 60)
     _age_heartbeat(storage, trial_id(beating_late), GRACE + 60)
     # Optuna's own rule would find only `beating_late`
-    stale = storage._get_stale_trial_ids(study._study_id)
+    stale = stale_trial_ids(storage, study._study_id)
     assert sorted(stale) == sorted([trial_id(silent_old), trial_id(beating_late)])
 
-    # the reaper's call fails both and enqueues their retries, the silent one with its parameters
+    # Optuna's own reaping (what `study.optimize` runs before each ask) leaves them to tune ...
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         optuna.storages.fail_stale_trials(study)
+    assert len(study.get_trials(states=(TrialState.RUNNING,))) == 4
+    # ... whose reaper fails both and enqueues their retries, the silent one with its parameters
+    reap_stale_trials(study, storage)
     by_number = {t.number: t for t in study.get_trials()}
     assert by_number[silent_old.number].state == TrialState.FAIL
     assert by_number[beating_late.number].state == TrialState.FAIL

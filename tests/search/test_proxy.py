@@ -10,8 +10,6 @@ spends the budget. The pure parts (URLs, leases) are checked without a server.
 from __future__ import annotations
 
 import signal
-import socket
-import subprocess
 import time
 import warnings
 from collections.abc import Callable, Iterator
@@ -27,11 +25,11 @@ from search.proxy import LOCK_ATTR, Leases, ProxyBackend, is_proxy_url, parse_pr
 from search.storage import StorageError, open_storage
 from tests.search.reliability_support import (
     GRACE,
-    ROOT,
-    TUNE,
+    Proxy,
     Worker,
     fast_env,
     finished,
+    free_port,
     make_study,
     running_of,
     start_worker,
@@ -80,37 +78,6 @@ def test_the_proxy_turns_tunes_writes_into_a_heartbeat_and_a_lease(tmp_path: Pat
     assert rdb.get_trial(tid).system_attrs["other"] == 1
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-class Proxy:
-    """A `tune proxy` subprocess logging to a file."""
-
-    def __init__(self, url: str, port: int, env: dict[str, str], log: Path) -> None:
-        self.args = [*TUNE, "proxy", "--storage", url, "--port", str(port)]
-        self.env, self.log = env, log
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> Proxy:
-        with self.log.open("ab") as out:
-            self.proc = subprocess.Popen(
-                self.args, cwd=ROOT, env=self.env, stdout=out, stderr=subprocess.STDOUT
-            )
-        wait_for("the proxy to listen", lambda: self.text().count("tune proxy for") or None, 60)
-        return self
-
-    def text(self) -> str:
-        return self.log.read_text(errors="replace") if self.log.exists() else ""
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            self.proc.wait(30)
-
-
 @pytest.fixture
 def cleanup() -> Iterator[list[Worker | Proxy]]:
     started: list[Worker | Proxy] = []
@@ -127,7 +94,7 @@ def test_workers_behind_the_proxy_survive_a_restart_and_a_killed_worker_is_resum
 ) -> None:
     make_study(pg_url, n_trials=2, epochs=8)
     env = fast_env(tmp_path, FAKE_STEP_SECONDS="0.4")
-    port = _free_port()
+    port = free_port()
     grpc_url = f"grpc://127.0.0.1:{port}"
     proxy = Proxy(pg_url, port, env, tmp_path / "proxy.log").start()
     cleanup.append(proxy)
