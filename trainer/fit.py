@@ -142,7 +142,7 @@ def train_one_epoch(
             images = images.contiguous(memory_format=torch.channels_last)
             with autocast():
                 outputs = model(images)
-            parts = loss_fn([o.float() for o in outputs], targets.to(device))
+            parts = loss_fn(outputs, targets.to(device))
             (parts.total * images.shape[0]).backward()
             if optimizer_steps(config, warmup, state.iteration, state.last_step, last_batch):
                 optimizer.step()

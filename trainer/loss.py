@@ -97,10 +97,12 @@ class DetectionLoss:
     def __call__(self, outputs: list[Tensor], targets: Tensor) -> LossParts:
         """Compute the loss; non-finite values are left for the caller to detect."""
         device = outputs[0].device
-        # float32 even under autocast: BCE and IoU on bf16 logits lose too much precision
+        # at least float32, even under autocast: BCE and IoU on bf16 logits lose too much
+        # precision (a float64 model keeps float64: the packing equivalence test runs so)
+        dtype = torch.promote_types(outputs[0].dtype, torch.float32)
         with torch.autocast(device_type=device.type, enabled=False):
-            outputs = [o.float() for o in outputs]
-            targets = targets.to(device=device, dtype=torch.float32)
+            outputs = [o.to(dtype) for o in outputs]
+            targets = targets.to(device=device, dtype=dtype)
             lbox, lobj, lcls = self.components(outputs, targets)
         total = weighted_total(lbox, lobj, lcls, self.weights)
         return LossParts(total, lbox.detach(), lobj.detach(), lcls.detach())
@@ -108,12 +110,12 @@ class DetectionLoss:
     def components(self, outputs: list[Tensor], targets: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """The three unweighted components (box, obj, cls), with grad."""
         device = outputs[0].device
-        zero = torch.zeros((), device=device)
+        zero = torch.zeros((), device=device, dtype=outputs[0].dtype)
         lbox, lobj, lcls = zero, zero, zero
         for pi, assigned, balance in zip(
             outputs, self.build_targets(outputs, targets), OBJ_BALANCE, strict=True
         ):
-            tobj = torch.zeros(pi.shape[:4], device=device)
+            tobj = torch.zeros(pi.shape[:4], device=device, dtype=pi.dtype)
             if assigned.b.numel():
                 p = pi[assigned.b, assigned.a, assigned.gj, assigned.gi]  # [n, 5 + nc]
                 pxy = p[:, 0:2].sigmoid() * 2 - 0.5
@@ -126,7 +128,7 @@ class DetectionLoss:
                 # objectness target: how good the box is, not a gradient path into the box
                 ciou = (1.0 - box_loss).detach().clamp(min=0)
                 tobj[assigned.b, assigned.a, assigned.gj, assigned.gi] = ciou
-                tcls = F.one_hot(assigned.cls, self.nc).float()
+                tcls = F.one_hot(assigned.cls, self.nc).to(p.dtype)
                 lcls = lcls + F.binary_cross_entropy_with_logits(p[:, 5:], tcls)
             lobj = lobj + balance * F.binary_cross_entropy_with_logits(pi[..., 4], tobj)
         return lbox, lobj, lcls
@@ -141,14 +143,14 @@ class DetectionLoss:
         anchors_px = self.anchors.to(device)
         na, nt = anchors_px.shape[1], targets.shape[0]
         # [na, nt, 7]: every target once per anchor, with the anchor index appended
-        anchor_index = torch.arange(na, device=device).float().view(na, 1).expand(na, nt)
+        anchor_index = torch.arange(na, device=device).to(targets.dtype).view(na, 1).expand(na, nt)
         t_all = torch.cat((targets.unsqueeze(0).expand(na, nt, 6), anchor_index[..., None]), 2)
         offsets = torch.tensor(_NEIGHBOUR_OFFSETS, device=device) * 0.5
         result = []
         for pi, stride, anchors in zip(outputs, self.strides, anchors_px, strict=True):
             h, w = pi.shape[2], pi.shape[3]
             anchors = anchors / stride  # grid cells
-            gain = torch.tensor([1, 1, w, h, w, h, 1], device=device, dtype=torch.float32)
+            gain = torch.tensor([1, 1, w, h, w, h, 1], device=device, dtype=targets.dtype)
             t = t_all * gain
             if nt:
                 ratio = t[..., 4:6] / anchors[:, None]

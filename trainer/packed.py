@@ -349,7 +349,7 @@ def train_packed_epoch(
                 outputs = model(images)
             if model.trials == 1:  # a pack of one is the plain detector: no trial dim
                 outputs = [o.unsqueeze(0) for o in outputs]
-            parts = [t.loss_fn([o[t.index].float() for o in outputs], targets) for t in live]
+            parts = [t.loss_fn([o[t.index] for o in outputs], targets) for t in live]
             (torch.stack([p.total for p in parts]).sum() * images.shape[0]).backward()
             active = [False] * len(trials)
             for trial in live:

@@ -6,8 +6,11 @@ updates every trial. Stock torch optimizers take one scalar lr, momentum and wei
 group; here they are per-trial tensors broadcast over the blocks, and each trial has its own
 kind (SGD with momentum and optional Nesterov, Adam, AdamW: Adam's beta1 is `momentum`, as
 `trainer.optim.build_optimizer` does). The arithmetic is torch's own single-tensor SGD / Adam /
-AdamW step, op for op, with the scalars replaced by `[K, 1, ...]` tensors (tests compare the two
-step for step).
+AdamW step, op for op, with the scalars replaced by `[K, 1, ...]` tensors, in ops that round as
+torch's do (`addcmul` for torch's `add(alpha=)`, `addcdiv` of a pre-scaled numerator for its
+`addcdiv(value=)`): on the CPU a trial's weights are torch's to the bit, float32 and float64
+(tests compare the two step for step, exactly; `x + t * y` would round twice, and a pack of one
+would drift from its solo run).
 
 `step(active)` updates only the trials in `active` (the others accumulate gradients: a trial's
 nominal batch and warmup decide when it steps); the rest keep their weights and state exactly.
@@ -144,24 +147,27 @@ class PackedOptimizer:
         self, b: dict[str, Tensor], lr: Tensor, momentum: Tensor, decay: Tensor, chosen: object
     ) -> None:
         # torch's _single_tensor_sgd with dampening 0; a first step's buffer is the gradient
-        # itself (momentum * 0 + g), as torch's clone
+        # itself (momentum * 0 + g), as torch's clone. `x.addcmul(y, t)` with a per-trial `t`
+        # rounds as torch's `x.add(y, alpha=t)` (one fused multiply-add; `x + t * y` rounds
+        # twice), so a trial's weights are torch's to the bit on the CPU, float32 and float64
         param, grad, buf = b["param"], b["grad"], b["momentum_buffer"]
         like = param
         if bool((decay != 0).any()):
-            grad = grad + _per_trial(decay, like) * param
+            grad = grad.addcmul(param, _per_trial(decay, like))
         buf.mul_(_per_trial(momentum, like)).add_(grad)
         nesterov = self.nesterov[chosen]  # type: ignore[index]
         if bool(nesterov.any()):
-            ahead = grad + _per_trial(momentum, like) * buf
+            ahead = grad.addcmul(buf, _per_trial(momentum, like))
             update = torch.where(_per_trial(nesterov, like), ahead, buf)
         else:
             update = buf
-        param.sub_(_per_trial(lr, like) * update)
+        param.addcmul_(update, _per_trial(-lr, like))
 
     def _adam(
         self, b: dict[str, Tensor], lr: Tensor, beta1: Tensor, decay: Tensor, chosen: object
     ) -> None:
-        # torch's _single_tensor_adam (amsgrad off): AdamW decays the weights, Adam the gradient
+        # torch's _single_tensor_adam (amsgrad off): AdamW decays the weights, Adam the gradient;
+        # `addcdiv_(exp_avg * -step_size, denom)` rounds as torch's `addcdiv_(..., value=)`
         param, grad, exp_avg, exp_avg_sq = b["param"], b["grad"], b["exp_avg"], b["exp_avg_sq"]
         like = param
         decoupled = self.adamw[chosen]  # type: ignore[index]
@@ -169,7 +175,7 @@ class PackedOptimizer:
         if bool((decay * decoupled).any()):
             param.mul_(_per_trial(1 - lr * torch.where(decoupled, decay, 0.0), like))
         if bool((l2 != 0).any()):
-            grad = grad + _per_trial(l2, like) * param
+            grad = grad.addcmul(param, _per_trial(l2, like))
         exp_avg.lerp_(grad, _per_trial(1 - beta1, like))
         exp_avg_sq.mul_(ADAM_BETA2).addcmul_(grad, grad, value=1 - ADAM_BETA2)
         steps = self.steps[chosen].double()  # type: ignore[index]
@@ -177,7 +183,7 @@ class PackedOptimizer:
         bias_correction2_sqrt = (1 - ADAM_BETA2**steps).sqrt()
         step_size = lr / bias_correction1
         denom = (exp_avg_sq.sqrt() / _per_trial(bias_correction2_sqrt, like)).add_(ADAM_EPS)
-        param.add_((exp_avg / denom) * _per_trial(-step_size, like))
+        param.addcdiv_(exp_avg * _per_trial(-step_size, like), denom)
 
     def trial_state(self, k: int) -> list[dict[str, Tensor]]:
         """Trial k's state per parameter (in `params()` order), in torch's optimizer format:
