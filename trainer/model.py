@@ -134,8 +134,9 @@ class Detector(nn.Module):
 
     `forward(x)` with `x` of shape `[B, 3, S, S]` (S a multiple of 32) returns one tensor per
     level shaped `[B, na, S/stride, S/stride, 5 + nc]`: `(tx, ty, tw, th, obj, cls...)` logits.
-    With `trials=K > 1` (K fused copies, see the module docstring) every copy sees the same `x`
-    and each level is `[K, B, na, S/stride, S/stride, 5 + nc]`.
+    With `trials=K > 1` (K fused copies, see the module docstring) every copy sees the same `x`,
+    or, given `x` of `[B, 3K, S, S]`, copy k sees channels `3k:3k+3`; each level is
+    `[K, B, na, S/stride, S/stride, 5 + nc]`.
     """
 
     anchors: Tensor  # [nl, na, 2] pixels (a buffer: moves with .to(), saved in the state_dict)
@@ -217,7 +218,7 @@ class Detector(nn.Module):
 
     def forward(self, x: Tensor) -> list[Tensor]:
         t = self.trials
-        if t > 1:  # every copy sees the same images: [B, 3, S, S] -> [B, K * 3, S, S]
+        if t > 1 and x.shape[1] == 3:  # every copy sees the same images: [B, K * 3, S, S]
             x = x.repeat(1, t, 1, 1)
         x = self.stage2(self.stem(x))
         p3 = self.stage3(x)

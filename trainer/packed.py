@@ -1,14 +1,28 @@
-"""Trial packing: K trials of one architecture trained as one fused model on one batch stream.
+"""Trial packing: trials of one architecture trained as one fused model on one batch stream.
 
-`fit_packed(configs, reports, data)` trains K `TrainConfig`s that share the model, image size,
-batch, epochs, data and augmentation (a `ValueError` names the first field that differs) and
-returns, per trial, its `FitResult` or the exception that stopped it. Each trial keeps what a
-solo `fit()` has: its own initialisation (its seed, its `weights`), loss weights, optimizer kind,
+`fit_pack(first, refill=, done=, data=)` trains the `PackMember`s of `first` (a `TrainConfig`
+and an optional `report`) as one pack of `len(first)` slots. Each trial keeps what a solo
+`fit()` has: its own initialisation (its seed, its `weights`), loss weights, optimizer kind,
 lr, momentum, weight decay, warmup, decay, milestones and gamma (`trainer.packed_optim`),
-BatchNorm statistics, EMA, run directory, `metrics.jsonl`, evaluations, `report` callback and
-checkpoint. The checkpoint is written by fit's own `checkpoint_state` from solo-shaped copies of
-the trial's weights, EMA, optimizer and scheduler, so `fit(config.replace(resume=True))`
-continues a packed trial alone, and `fit_packed` resumes a pack from its trials' checkpoints.
+epochs, `eval_interval`, BatchNorm statistics, EMA, run directory, `metrics.jsonl`,
+evaluations, `report` callback and checkpoint. The trials share what makes one fused model on
+one batch stream (`SHARED_FIELDS`: the model, image size, batch, data, augmentation...); a
+`ValueError` names the first field that differs. `fit_packed(configs, reports, data)` is the
+batch form: the trials start together, nothing refills, one outcome per config.
+
+**Slots and refill.** After every epoch of the pack, once its evaluations are done, each slot
+whose trial ended (ran its epochs, failed, or its `report` raised) calls `done(member,
+outcome)`, its `FitResult` or the exception that ended it, and then `refill()`: a member it
+returns is loaded into that slot at this epoch boundary, exactly as a trial that starts a pack
+(fresh weights from its seed or its checkpoint, its own EMA, BatchNorm statistics, zeroed
+optimizer state and a schedule from its iteration 0, its run directory); None leaves the slot
+empty (zero weights, no loss, no step) and the pack ends when every slot is. A member that
+has nothing left to train (resumed from a finished run) is evaluated, finished and handed to
+`done` at once. A refilled member that cannot share the pack raises `ValueError` from
+`fit_pack` before anything of it is loaded (the other trials stay at their last checkpoints).
+So the trials of a pack may be at different epochs: each counts its own, evaluates at its own
+`eval_interval` boundaries and after its own last epoch; every trial's epoch is the same
+batches long, so a trial's epoch boundaries are the pack's.
 
 Failures are per trial: a non-finite loss, or an exception raised by its `report` (a pruned
 trial), stops that trial (its weights are zeroed so nothing non-finite flows through the fused
@@ -17,11 +31,24 @@ propagates.
 
 **One batch stream.** A solo run draws its shuffles and augmentations from a generator seeded
 with its `seed`; a pack draws one stream, the one its first trial's solo run would draw. A trial
-whose seed equals the first trial's (the usual case: a study's trials share one seed) sees
-exactly the batches of its solo run; another trial is still initialised from its own seed but
-sees the pack's batches. Its checkpoint holds the pack's generator, so a retried trial resumes
-the stream it was trained on. A pack resumes only when all its trials resume from the same point
-(or none does): they share one stream.
+that starts with the pack and whose seed equals the first trial's (the usual case: a study's
+trials share one seed) sees exactly the batches of its solo run; any other trial is still
+initialised from its own seed but sees the pack's batches, and a refilled trial sees them from
+the point the stream has reached when it joins (its epoch 0 is the pack's epoch e). Mosaic is a
+per-epoch switch (off for a trial's last `close_mosaic` epochs), so trials at different epochs
+may disagree on it: the oldest trial's augmentation is the stream's, and the trials that
+disagree draw the same epoch from a copy of the stream's state with theirs (the fused model
+then takes one image set per trial); the stream goes on from the oldest trial's draws.
+
+**Resume in any pack.** A member whose config has `resume=True` continues from its
+checkpoint (a solo run's or a packed trial's: the same format) in whatever slot of whatever pack
+it is given, at any epoch of the others: weights, EMA, optimizer state, schedule and counters
+are its own. Its batch stream cannot always be: the pack's stream continues from the checkpoint
+of the member in slot 0 of `first` when that one resumes (so a pack resumed as the same pack
+repeats an uninterrupted one exactly), and every other resumed trial continues on the pack's
+stream wherever it is, not on the generator its checkpoint holds. A packed trial's checkpoint is
+written by fit's own `checkpoint_state` from solo-shaped copies (`trainer.packed_state`), so
+`fit(config.replace(resume=True))` continues it alone too.
 
 **Fusion: grouped convolutions** (as HFTA): `build_detector(..., trials=K)` is one network with
 K times the channels, every convolution in K groups and BatchNorm over K times the channels, so
@@ -53,24 +80,32 @@ End to end on this CPU (`uv run python -m bench.packing --k 1,2,4`, 1 thread, na
 batch 32), a pack is slower than separate runs: aggregate trial-images/s 0.86x of one solo `fit`
 at K=1, 0.62x at K=2, 0.53x at K=4 (bench/results/packing-cpu.json). Packing is for the GPU,
 where it has not been measured yet (`--device cuda`).
+
+**Equivalence.** A pack of one is its solo run to the bit (float32, CPU). In a pack of K > 1 the
+forward is the solo one to the bit, but the grouped convolutions' and BatchNorms' backward sum
+in another order (weight gradients off by ~1e-5 of their scale in float32, ~1e-14 in float64):
+in float64 a packed trial follows its solo loss curve to 1e-9 over 20 iterations (measured:
+exactly), in float32 training amplifies the rounding to a few 1e-2 by iteration 20
+(tests/trainer/test_packed.py). A trial that trains hard amplifies even float64's rounding (SGD
+at lr 0.01 with loss weights 0.5 / 1.0: 1e-2 by iteration 20, as for a solo run whose initial
+weights are scaled by 1 + 1e-15).
 """
 
 from __future__ import annotations
 
-import copy
 import logging
 import time
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 from torch import Tensor
 
+from trainer.augment import AugmentSpec
 from trainer.config import TrainConfig
-from trainer.data import DetectionData, DetectionSplit, iterate_batches, load_data
-from trainer.ema import ModelEMA, ema_decay_at
+from trainer.data import DetectionData, iterate_batches, load_data
 from trainer.fit import (
     LogInterval,
     Report,
@@ -84,28 +119,41 @@ from trainer.fit import (
     loss_values,
     record_iteration,
     resolve_device,
-    restore_state,
 )
 from trainer.loss import DetectionLoss, LossWeights
 from trainer.model import Detector, build_detector, load_weights
-from trainer.optim import (
-    DECAY_GROUP,
-    SCHEDULER_BEFORE_STEP_WARNING,
-    build_optimizer,
-    parameter_groups,
-)
+from trainer.optim import DECAY_GROUP, SCHEDULER_BEFORE_STEP_WARNING, parameter_groups
 from trainer.packed_optim import PackedOptimizer, TrialSchedule, apply_schedules
+from trainer.packed_state import (
+    PackedEMA,
+    load_trial_state,
+    packed_names,
+    restore_trial,
+    solo_detector,
+    solo_ema,
+    solo_optimizer,
+    zero_trial,
+)
 from trainer.records import EvalLine, FitResult, NonFiniteLossError
 from trainer.run_dir import RunDir
 
 logger = logging.getLogger("trainer")
 
-# fields every trial of a pack shares: the architecture, the batch stream and its length
+# fields every trial of a pack shares: the architecture and the batch stream (epochs,
+# eval_interval and resume are each trial's own)
 SHARED_FIELDS: tuple[str, ...] = (
-    "data", "model", "imgsz", "batch", "epochs", "skip_bad", "augment", "mosaic",
-    "close_mosaic", "scale", "translate", "fliplr", "hsv_h", "hsv_s", "hsv_v", "eval_interval",
-    "device", "amp", "threads", "resume",
+    "data", "model", "imgsz", "batch", "skip_bad", "augment", "mosaic", "close_mosaic",
+    "scale", "translate", "fliplr", "hsv_h", "hsv_s", "hsv_v", "device", "amp", "threads",
 )  # fmt: skip
+
+
+@dataclass
+class PackMember:
+    """One trial of a pack: its config, and its `report(step, metrics)`, called after each of
+    its evaluations (after its checkpoint is saved); an exception it raises stops this trial."""
+
+    config: TrainConfig
+    report: Report | None = None
 
 
 def check_packable(configs: Sequence[TrainConfig]) -> None:
@@ -114,104 +162,71 @@ def check_packable(configs: Sequence[TrainConfig]) -> None:
         raise ValueError("a pack needs at least one trial, but got configs=[]")
     lead = configs[0]
     for i, config in enumerate(configs[1:], start=1):
-        for name in SHARED_FIELDS:
-            mine, theirs = getattr(lead, name), getattr(config, name)
-            if mine != theirs:
-                raise ValueError(
-                    f"packed trials must share {name}, but trial 0 has {name}={mine!r} and "
-                    f"trial {i} has {name}={theirs!r}"
-                )
+        name = _differing(lead, config)
+        if name is not None:
+            raise ValueError(
+                f"packed trials must share {name}, but trial 0 has {name}="
+                f"{getattr(lead, name)!r} and trial {i} has {name}={getattr(config, name)!r}"
+            )
     outs = [str(Path(c.out).resolve()) for c in configs]
     if len(set(outs)) != len(outs):
         repeated = next(o for o in outs if outs.count(o) > 1)
         raise ValueError(f"each packed trial needs its own out, but got out={repeated!r} twice")
 
 
-@dataclass
-class _Trial:
-    """One trial of the pack: its config, run directory, schedule and progress."""
-
-    index: int
-    config: TrainConfig
-    report: Report | None
-    run: RunDir
-    schedule: TrialSchedule
-    loss_fn: DetectionLoss
-    state: TrainState = field(default_factory=TrainState)
-    interval: LogInterval = field(default_factory=LogInterval)
-    last_eval: EvalLine | None = None
-    error: Exception | None = None
-
-    @property
-    def alive(self) -> bool:
-        return self.error is None
+def _differing(lead: TrainConfig, config: TrainConfig) -> str | None:
+    return next((n for n in SHARED_FIELDS if getattr(lead, n) != getattr(config, n)), None)
 
 
-class PackedEMA:
-    """`ModelEMA` for a packed model: each trial's own decay, ramp and update count."""
+def fit_pack(
+    first: Sequence[PackMember],
+    *,
+    refill: Callable[[], PackMember | None] | None = None,
+    done: Callable[[PackMember, FitResult | Exception], None] | None = None,
+    data: DetectionData | None = None,
+) -> list[FitResult | Exception]:
+    """Train `first` as one pack of `len(first)` slots, refilling each slot whose trial ended
+    with `refill()` at the epoch boundary; see the module docstring.
 
-    def __init__(self, model: Detector, configs: Sequence[TrainConfig]) -> None:
-        self.module = copy.deepcopy(model).eval()
-        self.module.requires_grad_(False)
-        self.configs = list(configs)
-        self.updates = [0] * len(configs)
+    `done(member, outcome)` is called for each trial as it ends, before its slot is refilled;
+    the outcomes are also returned, in the order the trials ended.
+    """
+    check_packable([m.config for m in first])
+    lead = first[0].config
+    if lead.threads is not None:
+        torch.set_num_threads(lead.threads)
+    device = resolve_device(lead.device)
+    if data is None:
+        data = load_data(lead.data, lead.imgsz, skip_bad=lead.skip_bad)
+    check_data_matches(data, lead)
+    if len(data.train) // lead.batch == 0:
+        raise ValueError(
+            f"batch must not exceed the {len(data.train)} training images, but got "
+            f"batch={lead.batch}"
+        )
+    pack = _Pack(lead, data, device, slots=len(first))
+    for k, member in enumerate(first):
+        pack.load(k, member, stream=k == 0)
 
-    @torch.no_grad()
-    def update(self, model: Detector, active: Sequence[bool], packed: set[str]) -> None:
-        """Move the trials in `active` towards `model`'s weights (the others keep theirs)."""
-        weights = []
-        for k, config in enumerate(self.configs):
-            if active[k] and config.ema_decay > 0:
-                self.updates[k] += 1
-                weights.append(1 - ema_decay_at(config.ema_decay, config.ema_tau, self.updates[k]))
-            else:
-                weights.append(0.0)
-        trials = len(self.configs)
-        current = model.state_dict()
-        for name, value in self.module.state_dict().items():
-            if not value.dtype.is_floating_point or name not in packed:
-                value.copy_(current[name])
-                continue
-            blocks = value.unflatten(0, (trials, -1))
-            w = torch.tensor(weights, dtype=value.dtype, device=value.device)
-            blocks.lerp_(
-                current[name].unflatten(0, (trials, -1)), w.view(-1, *[1] * (blocks.ndim - 1))
-            )
-
-
-def packed_names(packed: Detector, solo: Detector) -> set[str]:
-    """The state_dict entries that hold one block per trial (the others, e.g. the anchors and
-    BatchNorm's batch counters, are shared)."""
-    solo_state = solo.state_dict()
-    return {
-        name
-        for name, value in packed.state_dict().items()
-        if value.ndim and value.shape[0] == packed.trials * solo_state[name].shape[0]
-    }
-
-
-def trial_state_dict(
-    state: dict[str, Tensor], k: int, trials: int, packed: set[str]
-) -> dict[str, Tensor]:
-    """Trial k's solo-shaped state_dict (copies) from a packed model's state_dict."""
-    return {
-        name: (value.unflatten(0, (trials, -1))[k] if name in packed else value)
-        .detach()
-        .clone()
-        .contiguous()
-        for name, value in state.items()
-    }
-
-
-def load_trial_state(target: Detector, k: int, state: dict[str, Tensor], packed: set[str]) -> None:
-    """Write a solo state_dict into trial k's blocks of a packed model (shared entries too)."""
-    with torch.no_grad():
-        for name, value in target.state_dict().items():
-            source = state[name].to(value.device)
-            if name in packed:
-                value.unflatten(0, (target.trials, -1))[k].copy_(source)
-            else:
-                value.copy_(source)
+    outcomes: list[FitResult | Exception] = []
+    while True:
+        for k in range(len(pack.slots)):
+            while (trial := pack.slots[k]) is not None and trial.ended:
+                outcome = pack.finish(trial)
+                outcomes.append(outcome)
+                if done is not None:
+                    done(trial.member, outcome)
+                joining = refill() if refill is not None else None
+                if joining is not None:
+                    pack.load(k, joining)
+        if not pack.live():
+            return outcomes
+        pack.train_epoch()
+        for trial in pack.live():
+            trial.state.epoch += 1
+            epoch, config = trial.state.epoch, trial.config
+            if epoch % config.eval_interval == 0 or epoch == config.epochs:
+                pack.evaluate(trial)
 
 
 def fit_packed(
@@ -219,206 +234,279 @@ def fit_packed(
     reports: Sequence[Report | None] | None = None,
     data: DetectionData | None = None,
 ) -> list[FitResult | Exception]:
-    """Train the trials of `configs` as one pack; see the module docstring.
+    """Train the trials of `configs` as one pack that is never refilled; per trial, in the
+    order of `configs`, its `FitResult` or the exception that stopped it.
 
-    `reports[k]`, when given, is trial k's `report(step, metrics)`, called after each of its
-    evaluations (after its checkpoint is saved); an exception it raises stops trial k only and
-    is what `fit_packed` returns for it.
+    `reports[k]`, when given, is trial k's `report(step, metrics)` (`PackMember.report`).
     """
-    check_packable(configs)
     reports = list(reports) if reports is not None else [None] * len(configs)
     if len(reports) != len(configs):
         raise ValueError(f"one report per trial, but got {len(reports)} for {len(configs)}")
-    lead = configs[0]
-    if lead.threads is not None:
-        torch.set_num_threads(lead.threads)
-    device = resolve_device(lead.device)
-    if data is None:
-        data = load_data(lead.data, lead.imgsz, skip_bad=lead.skip_bad)
-    check_data_matches(data, lead)
-    iters_per_epoch = len(data.train) // lead.batch
-    if iters_per_epoch == 0:
-        raise ValueError(
-            f"batch must not exceed the {len(data.train)} training images, but got "
-            f"batch={lead.batch}"
-        )
-    total_iters = iters_per_epoch * lead.epochs
-    trials_n = len(configs)
+    members = [PackMember(c, r) for c, r in zip(configs, reports, strict=True)]
+    outcomes: dict[int, FitResult | Exception] = {}
 
-    solos = [_initial_detector(c, len(data.names)) for c in configs]
-    model = build_detector(lead.model, nc=len(data.names), trials=trials_n)
-    packed = packed_names(model, solos[0])
-    for k, solo in enumerate(solos):
-        load_trial_state(model, k, solo.state_dict(), packed)
-    model.to(device=device, memory_format=torch.channels_last)  # type: ignore[call-overload]
-    ema = PackedEMA(model, configs)
-    groups = [g["params"] for g in parameter_groups(model, 0.0)]
-    optimizer = PackedOptimizer(
-        groups,  # type: ignore[arg-type]
-        [c.optimizer for c in configs],
-        [c.nesterov for c in configs],
-    )
-    generator = torch.Generator().manual_seed(lead.seed)
-    trials = [
-        _Trial(
-            index=k,
-            config=c,
-            report=reports[k],
-            run=RunDir(Path(c.out)),
-            schedule=TrialSchedule(c, total_iters, iters_per_epoch),
-            loss_fn=DetectionLoss(model, LossWeights(lbox=c.lbox, lobj=c.lobj, lcls=c.lcls)),
-        )
-        for k, c in enumerate(configs)
-    ]
-    if lead.resume:
-        _resume(trials, model, ema, optimizer, generator, packed)
-    for trial in trials:
-        trial.run.write_config(trial.config)
-        trial.run.start_metrics(keep_through_iter=trial.state.iteration)
+    def record(member: PackMember, outcome: FitResult | Exception) -> None:
+        outcomes[id(member)] = outcome
 
-    epoch = trials[0].state.epoch
-    while epoch < lead.epochs and any(t.alive for t in trials):
-        train_packed_epoch(
-            model, ema, optimizer, trials, data.train, lead, device, generator, packed
-        )
-        epoch += 1
-        for trial in trials:
-            if trial.alive:
-                trial.state.epoch = epoch
-        if epoch % lead.eval_interval and epoch != lead.epochs:
-            continue
-        for trial in trials:
-            if trial.alive:
-                _evaluate_trial(trial, model, ema, optimizer, generator, packed, data, device)
-
-    results: list[FitResult | Exception] = []
-    for trial in trials:
-        if trial.error is not None:
-            results.append(trial.error)
-            continue
-        source = model if trial.config.ema_decay == 0 else ema.module
-        final = _solo(source, trial.index, packed, trial.config.model)
-        config, state, run = trial.config, trial.state, trial.run
-        results.append(
-            finish_run(final, trial.loss_fn, data, config, state, device, run, trial.last_eval)
-        )
-    return results
+    fit_pack(members, done=record, data=data)
+    return [outcomes[id(m)] for m in members]
 
 
-def train_packed_epoch(
-    model: Detector,
-    ema: PackedEMA,
-    optimizer: PackedOptimizer,
-    trials: list[_Trial],
-    split: DetectionSplit,
-    lead: TrainConfig,
-    device: torch.device,
-    generator: torch.Generator,
-    packed: set[str],
-) -> None:
-    """One pass over the training split for every live trial, as fit's `train_one_epoch`.
+@dataclass
+class _Trial:
+    """The trial in one slot: its member, config, run directory, schedule and progress."""
 
-    Each trial steps when its own nominal batch and warmup say (`TrialSchedule.steps_now`);
-    a trial whose loss turns non-finite fails here and the others go on.
-    """
-    model.train()
-    autocast = autocast_for(device, lead)
-    live = [t for t in trials if t.alive]
-    state = live[0].state
-    spec = augment_spec(lead, state.epoch)
-    batches = iterate_batches(
-        split, lead.batch, shuffle=True, augment=spec or False, generator=generator
-    )
-    iteration = state.iteration
-    last_batch = iteration + max(len(split) // lead.batch, 1)
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", SCHEDULER_BEFORE_STEP_WARNING)
-        for images, targets, _ in batches:
-            live = [t for t in trials if t.alive]
-            if not live:
-                return
-            start = time.perf_counter()
-            for trial in trials:
-                trial.schedule.begin(iteration)
-            apply_schedules(optimizer, [t.schedule for t in trials])
-            lrs = [t.schedule.lrs()[DECAY_GROUP] for t in live]
-            images = images.to(device, non_blocking=True)
-            images = images.contiguous(memory_format=torch.channels_last)
-            targets = targets.to(device)
-            with autocast():
-                outputs = model(images)
-            if model.trials == 1:  # a pack of one is the plain detector: no trial dim
-                outputs = [o.unsqueeze(0) for o in outputs]
-            parts = [t.loss_fn([o[t.index] for o in outputs], targets) for t in live]
-            (torch.stack([p.total for p in parts]).sum() * images.shape[0]).backward()
-            active = [False] * len(trials)
-            for trial in live:
-                if trial.schedule.steps_now(iteration, trial.state.last_step, last_batch):
-                    active[trial.index] = True
-                    trial.state.last_step = iteration + 1
-            mask = torch.tensor(active)
-            optimizer.step(mask)
-            optimizer.zero_grad(mask)
-            if any(active):
-                ema.update(model, active, packed)
-            for trial in trials:
-                trial.schedule.end()
-            values = [loss_values(p) for p in parts]
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
-            # each trial's latency is its share of the pack's iteration
-            share = (time.perf_counter() - start) / len(live)
-            iteration += 1
-            for trial, value, lr in zip(live, values, lrs, strict=True):
-                try:
-                    record_iteration(
-                        value, share, lr, trial.config, trial.state, trial.interval, trial.run
-                    )
-                except NonFiniteLossError as exc:
-                    _fail(trial, exc, model, packed)
+    member: PackMember
+    slot: int
+    joined: int  # the order trials entered the pack: the oldest one's augmentation leads
+    config: TrainConfig
+    run: RunDir
+    schedule: TrialSchedule
+    loss_fn: DetectionLoss
+    state: TrainState = field(default_factory=TrainState)
+    interval: LogInterval = field(default_factory=LogInterval)
+    epoch_end: int = 0  # its iterations at the end of the epoch being trained
+    last_eval: EvalLine | None = None
+    error: Exception | None = None
+
+    @property
+    def alive(self) -> bool:
+        return self.error is None
+
+    @property
+    def ended(self) -> bool:
+        return self.error is not None or self.state.epoch >= self.config.epochs
 
 
-def _evaluate_trial(
-    trial: _Trial,
-    model: Detector,
-    ema: PackedEMA,
-    optimizer: PackedOptimizer,
-    generator: torch.Generator,
-    packed: set[str],
-    data: DetectionData,
-    device: torch.device,
-) -> None:
-    """Evaluate, checkpoint and report one trial as `fit` does; its failure is its own."""
-    k, config = trial.index, trial.config
-    try:
-        raw = _solo(model, k, packed, config.model)
-        solo_ema = _solo_ema(raw, ema, k, packed)
-        final = solo_ema.module if solo_ema is not None else raw
-        assert isinstance(final, Detector)
-        trial.last_eval, eval_report = evaluate_and_record(
-            final, trial.loss_fn, data, config, trial.state, device, trial.run
-        )
-        solo_optimizer = _solo_optimizer(raw, trial, optimizer)
-        trial.run.save_checkpoint(
-            checkpoint_state(
-                raw, solo_ema, solo_optimizer, trial.schedule.scheduler, generator, trial.state
+class _Pack:
+    """The fused model of `slots` trials with its EMA, optimizer and batch stream, and the
+    trial in each slot (None: empty)."""
+
+    def __init__(
+        self, lead: TrainConfig, data: DetectionData, device: torch.device, slots: int
+    ) -> None:
+        self.lead, self.data, self.device = lead, data, device
+        self.iters_per_epoch = len(data.train) // lead.batch
+        nc = len(data.names)
+        self.model = build_detector(lead.model, nc=nc, trials=slots)
+        self.packed = packed_names(self.model, build_detector(lead.model, nc=nc))
+        for k in range(slots):
+            zero_trial(self.model, k, self.packed)
+        self.model.to(device=device, memory_format=torch.channels_last)  # type: ignore[call-overload]
+        self.ema = PackedEMA(self.model)
+        groups = [g["params"] for g in parameter_groups(self.model, 0.0)]
+        kinds, nesterov = [lead.optimizer] * slots, [lead.nesterov] * slots
+        self.optimizer = PackedOptimizer(groups, kinds, nesterov)  # type: ignore[arg-type]
+        self.generator = torch.Generator().manual_seed(lead.seed)
+        self.slots: list[_Trial | None] = [None] * slots
+        self.joined = 0
+
+    def live(self) -> list[_Trial]:
+        return [t for t in self.slots if t is not None and t.alive]
+
+    def load(self, k: int, member: PackMember, stream: bool = False) -> None:
+        """Start `member` in empty slot k: its initial weights or its checkpoint (whose batch
+        stream the pack takes when `stream`)."""
+        config = member.config
+        name = _differing(self.lead, config)
+        if name is not None:
+            raise ValueError(
+                f"packed trials must share {name}, but the pack has {name}="
+                f"{getattr(self.lead, name)!r} and {config.out!r} has {name}="
+                f"{getattr(config, name)!r}"
             )
+        out = Path(config.out).resolve()
+        if any(t is not None and Path(t.config.out).resolve() == out for t in self.slots):
+            raise ValueError(f"each packed trial needs its own out, but {config.out!r} is packed")
+        total = self.iters_per_epoch * config.epochs
+        trial = _Trial(
+            member=member,
+            slot=k,
+            joined=self.joined,
+            config=config,
+            run=RunDir(Path(config.out)),
+            schedule=TrialSchedule(config, total, self.iters_per_epoch),
+            loss_fn=DetectionLoss(
+                self.model, LossWeights(lbox=config.lbox, lobj=config.lobj, lcls=config.lcls)
+            ),
         )
-        if trial.report is not None:
-            trial.report(trial.state.epoch, eval_report)
-    except Exception as exc:  # a failed or stopped trial; the pack goes on
-        _fail(trial, exc, model, packed)
+        self.joined += 1
+        initial = _initial_detector(config, self.model.nc).state_dict()
+        load_trial_state(self.model, k, initial, self.packed)
+        self.ema.reset(k, config, initial, self.packed)
+        self.optimizer.reset_trial(k, config.optimizer, config.nesterov)
+        checkpoint = trial.run.load_checkpoint() if config.resume else None
+        if checkpoint is not None:
+            generator_state = restore_trial(
+                checkpoint, self.model, self.ema, self.optimizer, self.packed, k, config,
+                trial.schedule, trial.state,
+            )  # fmt: skip
+            if stream:
+                self.generator.set_state(generator_state)
+            logger.info(
+                f"trial {config.out}: resumed from {trial.run.checkpoint} at epoch "
+                f"{trial.state.epoch} / iter {trial.state.iteration} in slot {k}"
+            )
+        trial.run.write_config(config)
+        trial.run.start_metrics(keep_through_iter=trial.state.iteration)
+        self.slots[k] = trial
+
+    def finish(self, trial: _Trial) -> FitResult | Exception:
+        """The outcome of an ended trial (its summary written when it succeeded); its slot is
+        emptied."""
+        outcome: FitResult | Exception
+        if trial.error is not None:
+            outcome = trial.error
+        else:
+            try:
+                source = self.model if trial.config.ema_decay == 0 else self.ema.module
+                final = solo_detector(source, trial.slot, self.packed, trial.config.model)
+                outcome = finish_run(
+                    final, trial.loss_fn, self.data, trial.config, trial.state, self.device,
+                    trial.run, trial.last_eval,
+                )  # fmt: skip
+            except Exception as exc:  # its own failure, as an evaluation's
+                outcome = exc
+        zero_trial(self.model, trial.slot, self.packed)
+        self.ema.reset(trial.slot, None)
+        self.slots[trial.slot] = None
+        return outcome
+
+    def fail(self, trial: _Trial, exc: Exception) -> None:
+        logger.warning(f"trial {trial.slot} ({trial.config.out}) stopped: {exc}")
+        trial.error = exc
+        zero_trial(self.model, trial.slot, self.packed)
+
+    def evaluate(self, trial: _Trial) -> None:
+        """Evaluate, checkpoint and report one trial as `fit` does; its failure is its own."""
+        k, config = trial.slot, trial.config
+        try:
+            raw = solo_detector(self.model, k, self.packed, config.model)
+            averaged = solo_ema(raw, self.ema, k, self.packed)
+            final = averaged.module if averaged is not None else raw
+            assert isinstance(final, Detector)
+            trial.last_eval, eval_report = evaluate_and_record(
+                final, trial.loss_fn, self.data, config, trial.state, self.device, trial.run
+            )
+            solo_opt = solo_optimizer(raw, config, trial.schedule, self.optimizer, k)
+            trial.run.save_checkpoint(
+                checkpoint_state(
+                    raw, averaged, solo_opt, trial.schedule.scheduler, self.generator, trial.state
+                )
+            )
+            if trial.member.report is not None:
+                trial.member.report(trial.state.epoch, eval_report)
+        except Exception as exc:  # a failed or stopped trial; the pack goes on
+            self.fail(trial, exc)
+
+    def train_epoch(self) -> None:
+        """One pass over the training split for every live trial, as fit's `train_one_epoch`.
+
+        Each trial steps when its own nominal batch and warmup say (`TrialSchedule.steps_now`)
+        and its epoch's last batch always steps; a trial whose loss turns non-finite fails here
+        and the others go on.
+        """
+        self.model.train()
+        for trial in self.live():
+            trial.epoch_end = trial.state.iteration + self.iters_per_epoch
+        streams = self._streams()
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", SCHEDULER_BEFORE_STEP_WARNING)
+            for batches in zip(*(s for _, s in streams), strict=True):
+                if not self.live():
+                    return
+                wanted = [trials for trials, _ in streams]
+                self._train_batch([(t, b[0], b[1]) for t, b in zip(wanted, batches, strict=True)])
+
+    def _streams(self) -> list[tuple[list[_Trial], Iterator[tuple[Tensor, Tensor, Tensor]]]]:
+        """This epoch's batches per augmentation the live trials want: the oldest trial's from
+        the pack's stream, any other from a copy of the stream's state (module docstring)."""
+        wanted: list[tuple[AugmentSpec | None, list[_Trial]]] = []
+        for trial in sorted(self.live(), key=lambda t: t.joined):
+            spec = augment_spec(trial.config, trial.state.epoch)
+            group = next((g for s, g in wanted if s == spec), None)
+            if group is None:
+                wanted.append((spec, [trial]))
+            else:
+                group.append(trial)
+        start = self.generator.get_state()
+        streams = []
+        for i, (spec, trials) in enumerate(wanted):
+            generator = self.generator
+            if i:
+                generator = torch.Generator()
+                generator.set_state(start)
+            batches = iterate_batches(
+                self.data.train, self.lead.batch, shuffle=True, augment=spec or False,
+                generator=generator,
+            )  # fmt: skip
+            streams.append((trials, batches))
+        return streams
+
+    def _train_batch(self, groups: list[tuple[list[_Trial], Tensor, Tensor]]) -> None:
+        start = time.perf_counter()
+        live = sorted((t for trials, _, _ in groups for t in trials if t.alive), key=_slot)
+        for trial in live:
+            trial.schedule.begin(trial.state.iteration)
+        apply_schedules(
+            self.optimizer, [t.schedule if t is not None and t.alive else None for t in self.slots]
+        )
+        lrs = [t.schedule.lrs()[DECAY_GROUP] for t in live]
+        images = self._images(groups)
+        targets = {
+            t.slot: batch_targets.to(self.device)
+            for trials, _, batch_targets in groups
+            for t in trials
+        }
+        with autocast_for(self.device, self.lead)():
+            outputs = self.model(images)
+        if self.model.trials == 1:  # a pack of one is the plain detector: no trial dim
+            outputs = [o.unsqueeze(0) for o in outputs]
+        parts = [t.loss_fn([o[t.slot] for o in outputs], targets[t.slot]) for t in live]
+        (torch.stack([p.total for p in parts]).sum() * images.shape[0]).backward()
+        active = [False] * len(self.slots)
+        for trial in live:
+            state = trial.state
+            if trial.schedule.steps_now(state.iteration, state.last_step, trial.epoch_end):
+                active[trial.slot] = True
+                state.last_step = state.iteration + 1
+        mask = torch.tensor(active)
+        self.optimizer.step(mask)
+        self.optimizer.zero_grad(mask)
+        if any(active):
+            self.ema.update(self.model, active, self.packed)
+        for trial in live:
+            trial.schedule.end()
+        values = [loss_values(p) for p in parts]
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        # each trial's latency is its share of the pack's iteration
+        share = (time.perf_counter() - start) / len(live)
+        for trial, value, lr in zip(live, values, lrs, strict=True):
+            try:
+                record_iteration(
+                    value, share, lr, trial.config, trial.state, trial.interval, trial.run
+                )
+            except NonFiniteLossError as exc:
+                self.fail(trial, exc)
+
+    def _images(self, groups: list[tuple[list[_Trial], Tensor, Tensor]]) -> Tensor:
+        """The model's input: the batch, or, when trials want different augmentations, one
+        image set per slot (`[B, 3K, S, S]`; an empty slot gets the first set)."""
+        if len(groups) == 1:
+            images = groups[0][1].to(self.device, non_blocking=True)
+        else:
+            sets = [images.to(self.device, non_blocking=True) for _, images, _ in groups]
+            per_slot = [sets[0]] * len(self.slots)
+            for (trials, _, _), images in zip(groups, sets, strict=True):
+                for trial in trials:
+                    per_slot[trial.slot] = images
+            images = torch.cat(per_slot, 1)
+        return images.contiguous(memory_format=torch.channels_last)
 
 
-def _fail(trial: _Trial, exc: Exception, model: Detector, packed: set[str]) -> None:
-    logger.warning(f"trial {trial.index} ({trial.config.out}) stopped: {exc}")
-    trial.error = exc
-    # zero its weights: a non-finite trial must not keep computing NaNs in the fused model
-    with torch.no_grad():
-        for name, value in model.state_dict().items():
-            if name in packed and value.dtype.is_floating_point:
-                fill = 1.0 if name.endswith("running_var") else 0.0
-                value.unflatten(0, (model.trials, -1))[trial.index].fill_(fill)
+def _slot(trial: _Trial) -> int:
+    return trial.slot
 
 
 def _initial_detector(config: TrainConfig, nc: int) -> Detector:
@@ -428,103 +516,3 @@ def _initial_detector(config: TrainConfig, nc: int) -> Detector:
     if config.weights:
         load_weights(model, config.weights)
     return model
-
-
-def _solo(model: Detector, k: int, packed: set[str], size: str) -> Detector:
-    """Trial k of a packed model as a solo Detector of `size` (a copy, on the same device)."""
-    solo = build_detector(size, nc=model.nc)
-    solo.load_state_dict(trial_state_dict(model.state_dict(), k, model.trials, packed))
-    device = next(model.parameters()).device
-    solo.to(device=device, memory_format=torch.channels_last)  # type: ignore[call-overload]
-    return solo
-
-
-def _solo_ema(raw: Detector, ema: PackedEMA, k: int, packed: set[str]) -> ModelEMA | None:
-    config = ema.configs[k]
-    if config.ema_decay == 0:
-        return None
-    solo = ModelEMA(raw, config.ema_decay, config.ema_tau)
-    solo.module.load_state_dict(
-        trial_state_dict(ema.module.state_dict(), k, ema.module.trials, packed)
-    )
-    solo.updates = ema.updates[k]
-    return solo
-
-
-def _solo_optimizer(
-    raw: Detector, trial: _Trial, optimizer: PackedOptimizer
-) -> torch.optim.Optimizer:
-    """A torch optimizer over `raw` holding trial k's state and current hyperparameters: what
-    a solo run's checkpoint holds."""
-    solo = build_optimizer(raw, trial.config)
-    params = [p for g in solo.param_groups for p in g["params"]]
-    for p, state in zip(params, optimizer.trial_state(trial.index), strict=True):
-        if state:
-            solo.state[p] = {n: v.view_as(p) if v.ndim else v for n, v in state.items()}
-    for mine, schedule_group in zip(
-        solo.param_groups, trial.schedule.optimizer.param_groups, strict=True
-    ):
-        mine.update({key: value for key, value in schedule_group.items() if key != "params"})
-    return solo
-
-
-def _resume(
-    trials: list[_Trial],
-    model: Detector,
-    ema: PackedEMA,
-    optimizer: PackedOptimizer,
-    generator: torch.Generator,
-    packed: set[str],
-) -> None:
-    """Continue every trial from its checkpoint (or none, when no trial has one)."""
-    checkpoints = [t.run.load_checkpoint() for t in trials]
-    have = [c is not None for c in checkpoints]
-    if not any(have):
-        return
-    if not all(have):
-        fresh = [t.index for t in trials if checkpoints[t.index] is None]
-        raise ValueError(
-            f"packed trials share one batch stream, so they resume together: trials {fresh} "
-            "have no checkpoint but the others do; resume them in their own pack or alone"
-        )
-    points = {(c["epoch"], c["iteration"]) for c in checkpoints if c is not None}
-    streams = {bytes(c["generator"].numpy()) for c in checkpoints if c is not None}
-    if len(points) > 1 or len(streams) > 1:
-        raise ValueError(
-            "packed trials share one batch stream, so they resume from the same point, but "
-            f"their checkpoints are at (epoch, iteration) {sorted(points)} with "
-            f"{len(streams)} different batch streams"
-        )
-    device = next(model.parameters()).device
-    for trial, checkpoint in zip(trials, checkpoints, strict=True):
-        assert checkpoint is not None
-        raw = build_detector(trial.config.model, nc=model.nc).to(device)
-        solo_ema = (
-            ModelEMA(raw, trial.config.ema_decay, trial.config.ema_tau)
-            if trial.config.ema_decay > 0
-            else None
-        )
-        solo_optimizer = build_optimizer(raw, trial.config)
-        restore_state(
-            checkpoint, raw, solo_ema, solo_optimizer, trial.schedule.scheduler, generator,
-            trial.state,
-        )  # fmt: skip
-        load_trial_state(model, trial.index, raw.state_dict(), packed)
-        if solo_ema is not None:
-            load_trial_state(ema.module, trial.index, solo_ema.module.state_dict(), packed)
-            ema.updates[trial.index] = solo_ema.updates
-        else:
-            load_trial_state(ema.module, trial.index, raw.state_dict(), packed)
-        params = [p for g in solo_optimizer.param_groups for p in g["params"]]
-        optimizer.load_trial_state(
-            trial.index, [dict(solo_optimizer.state.get(p, {})) for p in params]
-        )
-        # the schedule's stand-in groups carry the lr and momentum the solo optimizer restored
-        for stand_in, restored in zip(
-            trial.schedule.optimizer.param_groups, solo_optimizer.param_groups, strict=True
-        ):
-            stand_in.update({key: value for key, value in restored.items() if key != "params"})
-        logger.info(
-            f"trial {trial.index}: resumed from {trial.run.checkpoint} at epoch "
-            f"{trial.state.epoch} / iter {trial.state.iteration}"
-        )

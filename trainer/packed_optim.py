@@ -25,7 +25,7 @@ and momentum warmup are computed by the very code a solo run uses (and its sched
 from __future__ import annotations
 
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -90,6 +90,25 @@ class PackedOptimizer:
 
     def params(self) -> list[Tensor]:
         return [p for group in self.groups for p in group]
+
+    @torch.no_grad()
+    def reset_trial(self, k: int, kind: str, nesterov: bool = False) -> None:
+        """Slot k starts afresh for a new trial of `kind`: no moments, no momentum buffers, no
+        steps taken, no gradient accumulated (the other slots keep theirs)."""
+        if kind not in ("SGD", "Adam", "AdamW"):
+            raise ValueError(f"optimizer must be SGD, Adam or AdamW, but got {kind=}")
+        self.kinds[k] = kind
+        self.sgd[k] = kind == "SGD"
+        self.adam = ~self.sgd
+        self.adamw[k] = kind == "AdamW"
+        self.nesterov[k] = nesterov and kind == "SGD"
+        self.steps[k] = 0
+        for state in self.state.values():
+            for value in state.values():
+                value.unflatten(0, (self.trials, -1))[k] = 0
+        for p in self.params():
+            if p.grad is not None:
+                p.grad.unflatten(0, (self.trials, -1))[k] = 0
 
     @torch.no_grad()
     def step(self, active: Tensor | None = None) -> None:
@@ -273,10 +292,16 @@ class TrialSchedule:
             self.scheduler.step()
 
 
-def apply_schedules(optimizer: PackedOptimizer, schedules: Sequence[TrialSchedule]) -> None:
-    """Copy each trial's current lr, momentum and weight decay into the packed optimizer."""
-    optimizer.lr.copy_(torch.tensor([s.lrs() for s in schedules], dtype=torch.float64))
-    optimizer.momentum.copy_(torch.tensor([s.momenta() for s in schedules], dtype=torch.float64))
-    optimizer.weight_decay.copy_(
-        torch.tensor([s.weight_decays() for s in schedules], dtype=torch.float64)
-    )
+def apply_schedules(optimizer: PackedOptimizer, schedules: Sequence[TrialSchedule | None]) -> None:
+    """Copy each trial's current lr, momentum and weight decay into the packed optimizer (an
+    empty slot, None, gets zeros: it never steps)."""
+    zeros = [0.0] * len(optimizer.groups)
+
+    def rows(values: Callable[[TrialSchedule], list[float]]) -> Tensor:
+        return torch.tensor(
+            [values(s) if s is not None else zeros for s in schedules], dtype=torch.float64
+        )
+
+    optimizer.lr.copy_(rows(TrialSchedule.lrs))
+    optimizer.momentum.copy_(rows(TrialSchedule.momenta))
+    optimizer.weight_decay.copy_(rows(TrialSchedule.weight_decays))

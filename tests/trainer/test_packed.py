@@ -11,11 +11,13 @@ import torch
 
 import trainer.fit
 import trainer.packed
+import trainer.packed_state
 from trainer.config import TrainConfig
 from trainer.data import DetectionData, load_data
 from trainer.fit import fit
 from trainer.model import Detector, build_detector
-from trainer.packed import fit_packed, load_trial_state, packed_names, trial_state_dict
+from trainer.packed import PackMember, fit_pack, fit_packed
+from trainer.packed_state import load_trial_state, packed_names, trial_state_dict
 from trainer.records import EvalReport, FitResult, NonFiniteLossError
 from trainer.shapes import shapes_yaml
 
@@ -88,7 +90,7 @@ def float64(monkeypatch: pytest.MonkeyPatch) -> None:
         model.register_forward_pre_hook(lambda _, args: tuple(a.double() for a in args))
         return model
 
-    for module in (trainer.fit, trainer.packed):
+    for module in (trainer.fit, trainer.packed, trainer.packed_state):
         monkeypatch.setattr(module, "build_detector", build)
 
 
@@ -219,6 +221,104 @@ def test_a_packed_trial_resumes_packed_exactly_and_alone(
     assert [x["loss"] for x in a] == pytest.approx([x["loss"] for x in b], rel=1e-3)
 
 
+def _lines(run: Path) -> list[dict[str, float]]:
+    """Every metrics.jsonl line, training and evaluation, without wall times."""
+    lines = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    return [{k: v for k, v in line.items() if k != "latency"} for line in lines]
+
+
+def test_a_freed_slot_is_refilled_at_the_epoch_boundary(
+    data_yaml: Path, data64: DetectionData, tmp_path: Path
+) -> None:
+    # A trains 1 epoch, B 2; after the pack's first epoch C takes A's slot and trains its own 2
+    # epochs (evaluating every 2nd): SGD after SGD, so A's momentum buffers are in the slot
+    def config(name: str, **changes: object) -> TrainConfig:
+        return _config(data_yaml, tmp_path / name, **changes)
+
+    a = PackMember(config("a", epochs=1, optimizer="SGD", lr=0.01, nbs=8))
+    b = PackMember(config("b", optimizer="Adam", lr=0.001))
+    c_config = config("c", eval_interval=2, optimizer="SGD", lr=0.005, nbs=16, seed=7)
+    c_steps: list[int] = []
+    c = PackMember(c_config, lambda step, metrics: c_steps.append(step))
+    waiting, ended = [c], []
+    outcomes = fit_pack(
+        [a, b],
+        refill=lambda: waiting.pop() if waiting else None,
+        done=lambda member, outcome: ended.append((member, outcome)),
+        data=data64,
+    )
+    assert [m for m, _ in ended] == [a, b, c] and [o for _, o in ended] == outcomes
+    assert all(isinstance(o, FitResult) for o in outcomes)
+    assert [o.epochs_completed for o in outcomes] == [1, 2, 2]  # type: ignore[union-attr]
+    assert c_steps == [2]  # its own eval_interval and last epoch
+    lines = _train_lines(tmp_path / "c")
+    assert [x["iter"] for x in lines] == list(range(1, 9))  # its own epochs, from 0
+    assert [x["epoch"] for x in lines] == [0] * 4 + [1] * 4
+    checkpoint = torch.load(tmp_path / "c" / "last.pt", weights_only=True)
+    assert (checkpoint["epoch"], checkpoint["iteration"]) == (2, 8)
+    assert (tmp_path / "c" / "summary.json").exists()
+
+    # trials do not mix: B trains the same whether A's slot is refilled or left empty
+    a2, b2 = (m.config.replace(out=m.config.out + "2") for m in (a, b))
+    fit_pack([PackMember(a2), PackMember(b2)], data=data64)
+    assert _lines(tmp_path / "b2") == _lines(tmp_path / "b")
+
+    # C, refilled, is C started in a fresh pack at the same point of the stream (A alone for
+    # an epoch; then A resumed, finished at once, leads the stream from its checkpoint): the
+    # slot kept nothing of A's weights, BatchNorm statistics, EMA or optimizer state
+    fit_pack([PackMember(a.config.replace(out=str(tmp_path / "a3")))], data=data64)
+    a3 = a.config.replace(out=str(tmp_path / "a3"), resume=True)
+    c3 = c_config.replace(out=str(tmp_path / "c3"))
+    fit_pack([PackMember(a3), PackMember(c3)], data=data64)
+    assert _lines(tmp_path / "c3") == _lines(tmp_path / "c")
+
+
+def test_trials_at_different_epochs_each_get_their_own_mosaic(
+    data_yaml: Path, data64: DetectionData, tmp_path: Path
+) -> None:
+    # no mosaic in the last epoch (close_mosaic=1): A (2 epochs) has mosaic in epoch 0, B (3)
+    # in epochs 0 and 1, so in the pack's epoch 1 they want different batches
+    def config(name: str, epochs: int) -> TrainConfig:
+        return _config(data_yaml, tmp_path / name, epochs=epochs, close_mosaic=1, eval_interval=3)
+
+    fit_pack([PackMember(config("a", 2)), PackMember(config("b", 3))], data=data64)
+    # A as beside a trial that also wants none in epoch 1 (the stream is A's, the oldest's)
+    fit_pack([PackMember(config("a2", 2)), PackMember(config("b2", 2))], data=data64)
+    assert _train_lines(tmp_path / "a") == _train_lines(tmp_path / "a2")
+    # B, in epochs 0-1, as beside a trial that also wants mosaic in epoch 1 (in epoch 2 the
+    # stream goes on from A's draws, not B's)
+    fit_pack([PackMember(config("a3", 3)), PackMember(config("b3", 3))], data=data64)
+    assert _train_lines(tmp_path / "b")[:8] == _train_lines(tmp_path / "b3")[:8]
+
+
+def test_a_trial_resumes_in_another_pack_and_slot(
+    data_yaml: Path, data64: DetectionData, tmp_path: Path
+) -> None:
+    t = _config(data_yaml, tmp_path / "t", epochs=3, optimizer="SGD", lr=0.01, nbs=16)
+
+    def stop_at_1(step: int, metrics: EvalReport) -> None:
+        raise RuntimeError("stop")
+
+    # T is checkpointed after epoch 1 in slot 0 of a pack X ...
+    stopped, other = fit_packed(
+        [t, _config(data_yaml, tmp_path / "v", epochs=1)], [stop_at_1, None], data=data64
+    )
+    assert isinstance(stopped, RuntimeError) and isinstance(other, FitResult)
+    # ... and resumes in slot 1 of a pack Y, beside a trial at its epoch 0
+    u = _config(data_yaml, tmp_path / "u", epochs=2, seed=3)
+    fresh, resumed = fit_packed([u, t.replace(resume=True)], data=data64)
+    assert isinstance(fresh, FitResult) and fresh.epochs_completed == 2
+    assert isinstance(resumed, FitResult)
+    assert (resumed.epochs_completed, resumed.iterations) == (3, 12)
+    lines = _train_lines(tmp_path / "t")
+    assert [x["iter"] for x in lines] == list(range(1, 13))  # X's 4, then Y's 8
+    assert [x["epoch"] for x in lines] == [0] * 4 + [1] * 4 + [2] * 4
+    # its schedule went on from its checkpoint: the lr of an uninterrupted solo run (the
+    # batches are pack Y's, so the losses are not that run's)
+    solo = _train_lines(Path(fit(t.replace(out=str(tmp_path / "solo")), data=data64).run_dir))
+    assert [x["lr"] for x in lines] == pytest.approx([x["lr"] for x in solo], rel=1e-12)
+
+
 def test_configs_that_cannot_share_a_pack_are_refused(data_yaml: Path, tmp_path: Path) -> None:
     one = _config(data_yaml, tmp_path / "a")
     with pytest.raises(ValueError, match=r"share imgsz.*trial 1 has imgsz=96"):
@@ -229,3 +329,13 @@ def test_configs_that_cannot_share_a_pack_are_refused(data_yaml: Path, tmp_path:
         fit_packed([one, one.replace(lr=0.1)])
     with pytest.raises(ValueError, match="one report per trial"):
         fit_packed([one], [None, None])
+
+
+def test_a_refill_that_cannot_share_the_pack_is_refused(
+    data_yaml: Path, data64: DetectionData, tmp_path: Path
+) -> None:
+    one = _config(data_yaml, tmp_path / "a", epochs=1)
+    other = one.replace(out=str(tmp_path / "b"), imgsz=96)
+    with pytest.raises(ValueError, match=r"share imgsz, but the pack has imgsz=64 .* imgsz=96"):
+        fit_pack([PackMember(one)], refill=lambda: PackMember(other), data=data64)
+    assert not (tmp_path / "b").exists()  # refused before anything of it was written
