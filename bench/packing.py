@@ -2,6 +2,7 @@
 
     uv run python -m bench.packing --k 1,2,4                       # CPU, 1 thread
     uv run python -m bench.packing --device cuda --k 1,2,4,8,16,32,64
+    uv run python -m bench.packing --device cuda --model medium --k 1,4,16
     uv run python -m bench.packing --fusion                        # the fusion probe (CPU)
 
 Main mode: one solo `trainer.fit.fit` and `trainer.packed.fit_packed` with K trials (AdamW,
@@ -21,10 +22,12 @@ slices of stacked tensors, `torch.func.vmap` over `stack_module_state`, and the 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import statistics
 import tempfile
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -79,16 +82,17 @@ def throughput(args: argparse.Namespace) -> dict[str, Any]:
     )
     root = Path(tempfile.mkdtemp(prefix="packing-"))
     base = TrainConfig(
-        model="nano", imgsz=args.imgsz, batch=args.batch, epochs=1, device=args.device,
+        model=args.model, imgsz=args.imgsz, batch=args.batch, epochs=1, device=args.device,
         threads=args.threads, log_interval=10**6,
     )  # fmt: skip
     rows: list[dict[str, Any]] = []
     _reset_peak(args.device)
-    solo = fit(base.replace(out=str(root / "solo")), data=data)
+    with _busy(args.device) as busy:
+        solo = fit(base.replace(out=str(root / "solo")), data=data)
     solo_rate = args.batch / solo.train_latency
     rows.append(
         {"run": "solo fit", "k": 1, "iteration_s": solo.train_latency, "trial_images_s": solo_rate,
-         "vs_solo": 1.0, "peak_mb_per_trial": _peak_mb(args.device)}
+         "vs_solo": 1.0, "peak_mb_per_trial": _peak_mb(args.device), "gpu_busy": busy()}
     )  # fmt: skip
     for k in args.k:
         configs = [
@@ -96,7 +100,8 @@ def throughput(args: argparse.Namespace) -> dict[str, Any]:
             for i in range(k)
         ]
         _reset_peak(args.device)
-        results = fit_packed(configs, data=data)
+        with _busy(args.device) as busy:
+            results = fit_packed(configs, data=data)
         result = results[0]
         if not isinstance(result, FitResult):
             raise result
@@ -105,10 +110,23 @@ def throughput(args: argparse.Namespace) -> dict[str, Any]:
         rows.append(
             {"run": f"pack of {k}", "k": k, "iteration_s": result.train_latency * k,
              "trial_images_s": rate, "vs_solo": rate / solo_rate,
-             "peak_mb_per_trial": None if peak is None else peak / k}
+             "peak_mb_per_trial": None if peak is None else peak / k, "gpu_busy": busy()}
         )  # fmt: skip
         print(f"K={k}: {rate:.1f} trial-images/s ({rate / solo_rate:.2f}x solo)", flush=True)
     return {"rows": rows, "solo": solo.to_dict()}
+
+
+@contextlib.contextmanager
+def _busy(device: str) -> Iterator[Callable[[], float | None]]:
+    """On CUDA, GPU utilisation (%) sampled while the block runs (median, `nvidia-smi`); on CPU
+    nothing (None)."""
+    if device == "cpu":
+        yield lambda: None
+        return
+    from bench.throughput import gpu_utilisation
+
+    with gpu_utilisation() as sampler:
+        yield lambda: statistics.median(sampler.samples) if sampler.samples else None
 
 
 # --- fusion probe ----------------------------------------------------------------------------
@@ -189,6 +207,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--k", default="1,2,4", help="pack sizes, comma-separated")
+    parser.add_argument("--model", default="nano", help="nano, small, medium, ...")
     parser.add_argument("--imgsz", type=int, default=128)
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--iters", type=int, default=30, help="iterations per run")
@@ -204,7 +223,7 @@ def main() -> None:
         print(path)
         return
     payload = throughput(args)
-    headers = ["run", "iteration s", "trial-images/s", "vs solo", "peak MB/trial"]
+    headers = ["run", "iteration s", "trial-images/s", "vs solo", "peak MB/trial", "GPU busy %"]
     print(
         table(
             headers,
@@ -215,13 +234,15 @@ def main() -> None:
                     f"{r['trial_images_s']:.1f}",
                     f"{r['vs_solo']:.2f}x",
                     "-" if r["peak_mb_per_trial"] is None else f"{r['peak_mb_per_trial']:.0f}",
+                    "-" if r["gpu_busy"] is None else f"{r['gpu_busy']:.0f}",
                 ]
                 for r in payload["rows"]
             ],
         )
     )
     device = "cpu" if args.device == "cpu" else "cuda"
-    path = write_results(f"packing-{device}", {"machine": machine(), "args": vars(args), **payload})
+    name = f"packing-{device}" + ("" if args.model == "nano" else f"-{args.model}")
+    path = write_results(name, {"machine": machine(), "args": vars(args), **payload})
     print(path)
 
 

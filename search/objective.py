@@ -32,6 +32,7 @@ from typing import Any, TypeVar
 
 import optuna
 from optuna.exceptions import UpdateFinishedTrialError
+from optuna.trial import FrozenTrial, TrialState
 
 from search import trial_record
 from search.checkpoints import CheckpointStore
@@ -131,6 +132,18 @@ class TrialTally:
     busy_seconds: float = 0.0
     last_error: str | None = None
     errors: list[str] = field(default_factory=list)
+
+    def count(self, trial: FrozenTrial) -> None:
+        """Count a trial this worker ran to its end (its final state)."""
+        if trial.state == TrialState.COMPLETE:
+            self.complete += 1
+        elif trial.state == TrialState.PRUNED:
+            self.pruned += 1
+        elif trial.state == TrialState.FAIL:
+            self.failed += 1
+            error = trial_record.read_error(trial) or "unknown error"
+            self.last_error = error
+            self.errors.append(f"trial {trial.number}: {error}")
 
 
 @dataclass

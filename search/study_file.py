@@ -38,7 +38,7 @@ from search import trial_record
 from search.pruning import PRUNER_TYPES, PrunerSpec, SparingPruner, build_pruner, stop_points
 from search.space import SearchSpace, SpaceError, parse_space
 from search.trainers import DEFAULT_TRAINER, make_trainer
-from search.trainers.base import Trainer, TrainerError, TrialJob
+from search.trainers.base import Trainer, TrainerError, TrialJob, packs
 from trainer.config import TrainConfig
 
 STUDIES_DIR = Path("studies")
@@ -90,12 +90,14 @@ class TrialSettings:
     epochs: int = 12
     eval_interval: int = 1
     device: str = "auto"
+    # trials a worker trains at once as one pack (search/packs.py), or "auto" (`pack_size`)
+    pack: int | str = 1
     recipe: tuple[tuple[str, Any], ...] = ()
     options: tuple[tuple[str, Any], ...] = ()  # the `[trial.<trainer>]` table
 
 
 # the search's own settings; every other [trial] key is a parameter of the trainer
-_SETTINGS = ("trainer", "data", "epochs", "eval_interval", "device")
+_SETTINGS = ("trainer", "data", "epochs", "eval_interval", "device", "pack")
 
 
 @dataclass(frozen=True)
@@ -442,6 +444,7 @@ def _trial(
         epochs=_get(t, "trial", "epochs", int, d.epochs),
         eval_interval=_get(t, "trial", "eval_interval", int, d.eval_interval),
         device=_get(t, "trial", "device", str, d.device),
+        pack=_pack(t, trainer, space_names),
         recipe=tuple(sorted(recipe.items())),
         options=tuple(sorted(dict(t.get(trainer.name, {})).items())),
     )
@@ -462,6 +465,27 @@ def _trial(
             f"{', '.join(BUILTIN_DATA)}), but got data={data!r}"
         )
     return settings
+
+
+def _pack(t: dict[str, Any], trainer: Trainer, space_names: tuple[str, ...]) -> int | str:
+    """`[trial] pack`: a number of trials >= 1, or "auto"; packing needs a trainer that packs
+    and a space that draws nothing the trials of a pack share (architecture, batch stream)."""
+    pack = t.get("pack", TrialSettings.pack)
+    if pack != "auto" and (not isinstance(pack, int) or isinstance(pack, bool) or pack < 1):
+        raise StudyFileError(f'trial.pack must be a number >= 1 or "auto", but got {pack=}')
+    if pack == 1:
+        return pack
+    if not packs(trainer):
+        raise StudyFileError(
+            f"trial.pack: trainer {trainer.name!r} trains one trial at a time, but got {pack=}"
+        )
+    shared = sorted(set(space_names) & set(getattr(trainer, "pack_shared", ())))
+    if shared:
+        raise StudyFileError(
+            f"trial.pack: the trials of a pack share {', '.join(shared)}, which [space] draws; "
+            f"pin it in [trial] or set pack = 1, but got {pack=}"
+        )
+    return pack
 
 
 def _sampler(t: dict[str, Any]) -> SamplerSpec:

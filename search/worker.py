@@ -40,7 +40,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Literal, cast
 
 import optuna
 from optuna.exceptions import UpdateFinishedTrialError
@@ -61,6 +61,7 @@ from search.optuna_compat import (
     trial_id,
 )
 from search.outage import retry_while_down
+from search.packs import PackRound, pack_size, run_pack
 from search.proxy import connect, is_proxy_url
 from search.reaper import Reaper, quiet_heartbeat_thread
 from search.start_gate import StartGate
@@ -75,7 +76,7 @@ from search.storage import (
     resolve_url,
 )
 from search.study_file import StudyFileError, StudySpec, read_stored_spec, read_study_table
-from search.trainers.base import Trainer
+from search.trainers.base import PackingTrainer, Trainer, packs
 from search.trainers.builtin import LoadDataFn, TrainFn, TuneTrainer
 
 DEFAULT_RUNS_DIR = Path("runs/studies")
@@ -227,6 +228,7 @@ def run_worker(
                 poll_interval,
                 max_consecutive_failures,
                 fast_starts,
+                pack_size(spec.trial.pack, ctx.device_label, lambda: _auto_pack(trainer, spec)),
             )
     except Interrupted:
         stats.stopped_because = "interrupted"
@@ -255,6 +257,7 @@ def _loop(
     poll_interval: float,
     max_consecutive_failures: int,
     fast_starts: bool,
+    slots: int,
 ) -> str:
     failures_in_a_row = 0
     gate = StartGate(study, rdb, ctx, poll_interval, fast_starts)
@@ -267,7 +270,7 @@ def _loop(
             # a round lost to the database (a restart, say) is simply done again: its trial,
             # if one had started, is reaped and resumed from its last checkpoint
             outcome = retry_while_down(
-                lambda: _one_round(gate),
+                lambda: _one_round(gate) if slots == 1 else _pack_round(gate, slots),
                 limit=ctx.storage_down_limit,
                 outage=ctx.outage,
                 sleep=ctx.stop.wait,
@@ -280,15 +283,16 @@ def _loop(
             raise
         if outcome == "budget":
             return "budget"
-        if outcome == TrialState.FAIL:
-            failures_in_a_row += 1
-            if failures_in_a_row >= max_consecutive_failures:
-                raise WorkerError(
-                    f"{failures_in_a_row} trials failed in a row, stopping this worker "
-                    f"(last error: {ctx.tally.last_error})"
-                )
-        elif isinstance(outcome, TrialState):
-            failures_in_a_row = 0
+        for state in outcome if isinstance(outcome, list) else [outcome]:
+            if state == TrialState.FAIL:
+                failures_in_a_row += 1
+                if failures_in_a_row >= max_consecutive_failures:
+                    raise WorkerError(
+                        f"{failures_in_a_row} trials failed in a row, stopping this worker "
+                        f"(last error: {ctx.tally.last_error})"
+                    )
+            elif isinstance(state, TrialState):
+                failures_in_a_row = 0
 
 
 def _one_round(gate: StartGate) -> Round:
@@ -299,6 +303,13 @@ def _one_round(gate: StartGate) -> Round:
         return _start_trial(gate.study, gate.ctx, claim)
     finally:
         claim.release()
+
+
+def _pack_round(gate: StartGate, slots: int) -> PackRound:
+    trainer = gate.ctx.trainer
+    if not packs(trainer):  # the study file refuses it; a fake trainer may not pack
+        raise WorkerError(f"trainer {trainer.name!r} cannot train packs of {slots} trials")
+    return run_pack(gate, cast(PackingTrainer, trainer), slots)
 
 
 def _start_trial(study: optuna.Study, ctx: TrialContext, claim: StudyLock) -> Round:
@@ -335,15 +346,7 @@ def _run_one_trial(study: optuna.Study, ctx: TrialContext) -> TrialState | None:
     if not finished:
         return None
     trial = finished[0]
-    if trial.state == TrialState.COMPLETE:
-        ctx.tally.complete += 1
-    elif trial.state == TrialState.PRUNED:
-        ctx.tally.pruned += 1
-    elif trial.state == TrialState.FAIL:
-        ctx.tally.failed += 1
-        error = trial_record.read_error(trial) or "unknown error"
-        ctx.tally.last_error = error
-        ctx.tally.errors.append(f"trial {trial.number}: {error}")
+    ctx.tally.count(trial)
     if ctx.stop.requested:
         raise Interrupted("stop requested")
     return trial.state
@@ -397,6 +400,11 @@ def _trainer(
     if not injected:
         return spec.trainer
     return TuneTrainer(train_fn, load_data, module=trainer_module)
+
+
+def _auto_pack(trainer: Trainer, spec: StudySpec) -> int:
+    probe = getattr(trainer, "auto_pack", None)
+    return int(probe(spec.job({}, out="."))) if probe is not None else 1
 
 
 def _prepare(trainer: Trainer, spec: StudySpec) -> None:

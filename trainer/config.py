@@ -23,6 +23,15 @@ LR_DECAYS: tuple[str, ...] = ("none", "linear", "cosine")
 WARMUP_MIN_ITERS = 100  # the field's floor on warmup length (Ultralytics, YOLOv5)
 
 
+# what the trials of one pack share (trainer/packed.py): the architecture, the batch stream and
+# its length; a study that draws one of these cannot pack its trials (search/study_file.py)
+PACK_SHARED_FIELDS: tuple[str, ...] = (
+    "data", "model", "imgsz", "batch", "epochs", "skip_bad", "augment", "mosaic",
+    "close_mosaic", "scale", "translate", "fliplr", "hsv_h", "hsv_s", "hsv_v", "eval_interval",
+    "device", "amp", "threads",
+)  # fmt: skip
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     """Everything that decides how one detector is trained and evaluated.

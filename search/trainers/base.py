@@ -167,3 +167,37 @@ class Trainer(Protocol):
     def run(self, job: TrialJob, report: ReportFn) -> TrialOutcome:
         """Train one trial (see the module docstring)."""
         ...
+
+
+@dataclass(frozen=True)
+class PackedJob:
+    """One trial of a pack (`PackingTrainer.run_pack`): its job and its report callback."""
+
+    job: TrialJob
+    report: ReportFn
+
+
+class PackingTrainer(Trainer, Protocol):
+    """A trainer that can train several trials at once as one pack (`[trial] pack`, issue 13).
+
+    `run_pack` trains the `first` jobs together. After each epoch of the pack, every trial that
+    ended (ran its length, failed, or was stopped by its `report` raising) is passed to
+    `done(packed, outcome)`, its `TrialOutcome` or the exception that ended it; then `refill()`
+    is asked for a trial to take the freed slot (None: the slot stays empty). It returns once
+    every slot is empty. `pack_shared` names the parameters the trials of one pack must share
+    (the architecture and batch stream): a study that draws one of them cannot pack.
+    """
+
+    pack_shared: tuple[str, ...]
+
+    def run_pack(
+        self,
+        first: Sequence[PackedJob],
+        refill: Callable[[], PackedJob | None],
+        done: Callable[[PackedJob, TrialOutcome | BaseException], None],
+    ) -> None: ...
+
+
+def packs(trainer: Trainer) -> bool:
+    """Whether `trainer` can train packs."""
+    return callable(getattr(trainer, "run_pack", None))

@@ -11,11 +11,19 @@ from __future__ import annotations
 
 import importlib
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any, Protocol
 
-from search.trainers.base import Evaluation, ReportFn, TrainerError, TrialJob, TrialOutcome
-from trainer.config import TRAIN_PARAMS, TrainConfig
+from search.trainers.base import (
+    Evaluation,
+    PackedJob,
+    ReportFn,
+    TrainerError,
+    TrialJob,
+    TrialOutcome,
+)
+from trainer.config import PACK_SHARED_FIELDS, TRAIN_PARAMS, TrainConfig
 from trainer.params import ParamRegistry
 from trainer.records import EvalReport, FitResult
 
@@ -55,12 +63,35 @@ def load_fit(module: str | None = None) -> tuple[TrainFn, LoadDataFn | None]:
     return fit, load_data
 
 
+def load_fit_pack(module: str | None = None) -> Any:
+    """`fit_pack` of the real trainer (`trainer/packed.py`) or of `module` (a fake's)."""
+    module = module or os.environ.get(TRAINER_MODULE_ENV)
+    if module:
+        found = getattr(importlib.import_module(module), "fit_pack", None)
+        if found is None:
+            raise TrainerError(f"trainer module {module!r} has no fit_pack: it cannot pack")
+        return found
+    from trainer import packed
+
+    return packed.fit_pack
+
+
+@dataclass
+class _Member:
+    """A trial as `fit_pack` takes it (`trainer.packed.PackMember`'s fields, without torch)."""
+
+    config: TrainConfig
+    report: Callable[[int, EvalReport], None]
+
+
 class TuneTrainer:
-    """Runs `fit(TrainConfig, report, data)` for each trial; the data set is loaded once."""
+    """Runs `fit(TrainConfig, report, data)` for each trial, or `fit_pack` for a pack of
+    them (`trainer/packed.py`); the data set is loaded once."""
 
     name = "tune"
     params = PARAMS
     components = COMPONENTS
+    pack_shared = PACK_SHARED_FIELDS
     checkpoint: str | None = "last.pt"  # trainer/run_dir.py saves it after each evaluation
 
     def __init__(
@@ -70,6 +101,7 @@ class TuneTrainer:
         module: str | None = None,
     ) -> None:
         self._train_fn = train_fn
+        self._injected = train_fn is not None  # a fake fit, which has no fit_pack
         self._load_data = load_data
         self._module = module
         self._data: Any = None
@@ -111,12 +143,52 @@ class TuneTrainer:
         def on_eval(step: int, metrics: EvalReport) -> None:
             report(evaluation_of(step, metrics))
 
-        result = train_fn(self.config(job), on_eval, self._data)
-        return TrialOutcome(
-            metrics={"mAP50": result.mAP50, "mAP50_95": result.mAP50_95},
-            summary=result.to_dict(),
-            inference_ms=result.inference_ms,
-        )
+        return outcome_of(train_fn(self.config(job), on_eval, self._data))
+
+    def auto_pack(self, job: TrialJob) -> int:
+        """How many of the study's trials fit one pack on the job's device (after `prepare`)."""
+        from trainer.pack_probe import auto_pack_size
+
+        return auto_pack_size(self.config(job), self._data)
+
+    def run_pack(
+        self,
+        first: Sequence[PackedJob],
+        refill: Callable[[], PackedJob | None],
+        done: Callable[[PackedJob, TrialOutcome | BaseException], None],
+    ) -> None:
+        if self._module is None and self._injected:
+            raise TrainerError("an injected train_fn cannot pack: pass a trainer module")
+        fit_pack = load_fit_pack(self._module)
+        self._fns()
+        jobs: dict[int, PackedJob] = {}
+
+        def member(packed: PackedJob) -> _Member:
+            def on_eval(step: int, metrics: EvalReport) -> None:
+                packed.report(evaluation_of(step, metrics))
+
+            made = _Member(self.config(packed.job), on_eval)
+            jobs[id(made)] = packed
+            return made
+
+        def next_member() -> _Member | None:
+            packed = refill()
+            return None if packed is None else member(packed)
+
+        def ended(made: _Member, result: FitResult | BaseException) -> None:
+            packed = jobs.pop(id(made))
+            done(packed, result if isinstance(result, BaseException) else outcome_of(result))
+
+        fit_pack([member(p) for p in first], refill=next_member, done=ended, data=self._data)
+
+
+def outcome_of(result: FitResult) -> TrialOutcome:
+    """tune's `FitResult` as the search's `TrialOutcome`."""
+    return TrialOutcome(
+        metrics={"mAP50": result.mAP50, "mAP50_95": result.mAP50_95},
+        summary=result.to_dict(),
+        inference_ms=result.inference_ms,
+    )
 
 
 def evaluation_of(step: int, metrics: EvalReport) -> Evaluation:

@@ -30,7 +30,7 @@ import os
 import re
 import signal
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Generator, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -72,6 +72,63 @@ def fit(
     report: Callable[[int, EvalReport], None] | None = None,
     data: Any = None,
 ) -> FitResult:
+    epochs = _epochs(config, report)
+    while True:
+        try:
+            next(epochs)
+        except StopIteration as end:
+            return end.value  # type: ignore[no-any-return]
+
+
+def fit_pack(
+    first: Sequence[Any],
+    *,
+    refill: Callable[[], Any] | None = None,
+    done: Callable[[Any, FitResult | Exception], None] | None = None,
+    data: Any = None,
+) -> list[FitResult | Exception]:
+    """`trainer.packed.fit_pack`'s contract, faked: each member (`.config`, `.report`) runs its
+    epochs; an epoch of the pack takes FAKE_STEP_SECONDS once, whatever the number of trials (a
+    fused model); after it, every trial that ended goes to `done` and its slot to `refill`."""
+    step_seconds = float(os.environ.get("FAKE_STEP_SECONDS", "0.02"))
+    slots: list[tuple[Any, Iterator[None]] | None] = [
+        (m, _epochs(m.config, m.report, sleep=False)) for m in first
+    ]
+    ended: list[FitResult | Exception] = []
+    while any(slots):
+        time.sleep(step_seconds)
+        for i, slot in enumerate(slots):
+            if slot is None:
+                continue
+            member, epochs = slot
+            outcome: FitResult | Exception | None = None
+            try:
+                next(epochs)
+            except StopIteration as end:
+                outcome = end.value
+            except Exception as exc:  # this trial's failure, or its report stopping it
+                outcome = exc
+            if outcome is None:
+                continue
+            ended.append(outcome)
+            if done is not None:
+                done(member, outcome)
+            joining = refill() if refill is not None else None
+            slots[i] = (
+                None
+                if joining is None
+                else (joining, _epochs(joining.config, joining.report, sleep=False))
+            )
+    return ended
+
+
+def _epochs(
+    config: TrainConfig,
+    report: Callable[[int, EvalReport], None] | None = None,
+    sleep: bool = True,
+) -> Generator[None, None, FitResult]:
+    """The fake run, one epoch per step of the generator (the last step returns its
+    `FitResult`)."""
     step_seconds = float(os.environ.get("FAKE_STEP_SECONDS", "0.02"))
     number = trial_number(config)
     target = final_map(config)
@@ -87,7 +144,8 @@ def fit(
     for epoch in range(first, config.epochs + 1):
         while hold and os.path.exists(hold):
             time.sleep(0.05)
-        time.sleep(step_seconds)
+        if sleep:
+            time.sleep(step_seconds)
         if die_lcls is not None and config.lcls == float(die_lcls) and epoch == die_at:
             os.kill(os.getpid(), signal.SIGKILL)
         if _listed("FAKE_FAIL_TRIALS", number):
@@ -95,6 +153,7 @@ def fit(
         if _listed("FAKE_NAN_TRIALS", number):
             raise NonFiniteLossError(f"loss is nan at epoch {epoch}")
         if epoch % config.eval_interval and epoch != config.epochs:
+            yield  # never the last epoch: that one evaluates
             continue
         progress = epoch / config.epochs
         value = target * (1 - math.exp(-3 * progress)) / (1 - math.exp(-3))
@@ -113,6 +172,8 @@ def fit(
             checkpoint.write_text(json.dumps({"epoch": epoch, "resumed_at": first - 1}))
         if report is not None:
             report(epoch, metrics)
+        if epoch < config.epochs:
+            yield  # the last epoch ends the run in the same step
     return FitResult(
         mAP50=target * 1.5,
         mAP50_95=target,

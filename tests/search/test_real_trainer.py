@@ -43,3 +43,30 @@ def test_real_trainer_runs_baseline_and_sampled_trial(tmp_path: Path) -> None:
     assert summary is not None and summary["inference_ms"] > 0
     assert (tmp_path / "runs" / "smoke" / "trial-0000" / "summary.json").is_file()
     assert stats.duty_cycle > 0
+
+
+def test_real_trainer_trains_a_pack_and_refills_it(tmp_path: Path) -> None:
+    """`[trial] pack = 2` with tune's own trainer: two trials fused into one model, the third
+    started into the first free slot (issue 13)."""
+    from search.study_file import parse_study
+
+    url = f"sqlite:///{tmp_path / 'tune.db'}"
+    raw = load_study_file("smoke", Overrides(n_trials=3, epochs=1)).raw
+    spec = parse_study({**raw, "trial": {**raw["trial"], "pack": 2}})
+    prepare_study(spec, open_storage(url, create_schema=True))
+    log: list[str] = []
+    stats = run_worker("smoke", url, runs_dir=tmp_path / "runs", threads=1, log=log.append)
+
+    assert stats.stopped_because == "budget", log
+    trials = optuna.load_study(study_name="smoke", storage=url).get_trials()
+    assert [t.state for t in trials] == [TrialState.COMPLETE] * 3, [
+        trial_record.read_error(t) for t in trials
+    ]
+    assert [line for line in log if "training a pack" in line] == ["training a pack of 2 trials"]
+    first_end = min(t.datetime_complete for t in trials[:2] if t.datetime_complete)
+    assert trials[2].datetime_start is not None and trials[2].datetime_start >= first_end
+    for t in trials:
+        assert len(trial_record.read_curve(t)) == 1
+        summary = trial_record.read_summary(t)
+        assert summary is not None and 0.0 <= summary["mAP50_95"] <= 1.0
+        assert (tmp_path / "runs" / "smoke" / f"trial-{t.number:04d}" / "last.pt").is_file()
