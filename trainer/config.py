@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 from trainer.params import AUG, LOSS_WEIGHT, OPT, SCHED, ParamRegistry, param, registry_of
+from trainer.records import EvalReport
 
 Optimizer = Literal["SGD", "Adam", "AdamW"]
 OPTIMIZERS: tuple[str, ...] = ("SGD", "Adam", "AdamW")
@@ -23,12 +25,12 @@ LR_DECAYS: tuple[str, ...] = ("none", "linear", "cosine")
 WARMUP_MIN_ITERS = 100  # the field's floor on warmup length (Ultralytics, YOLOv5)
 
 
-# what the trials of one pack share (trainer/packed.py): the architecture, the batch stream and
-# its length; a study that draws one of these cannot pack its trials (search/study_file.py)
+# what the trials of one pack share (trainer/packed.py): the architecture and the batch stream
+# (a trial's epochs, eval interval and resume are its own); a study that draws one of these
+# cannot pack its trials (search/study_file.py)
 PACK_SHARED_FIELDS: tuple[str, ...] = (
-    "data", "model", "imgsz", "batch", "epochs", "skip_bad", "augment", "mosaic",
-    "close_mosaic", "scale", "translate", "fliplr", "hsv_h", "hsv_s", "hsv_v", "eval_interval",
-    "device", "amp", "threads",
+    "data", "model", "imgsz", "batch", "skip_bad", "augment", "mosaic", "close_mosaic",
+    "scale", "translate", "fliplr", "hsv_h", "hsv_s", "hsv_v", "device", "amp", "threads",
 )  # fmt: skip
 
 
@@ -252,3 +254,14 @@ class TrainConfig:
 
 # tune's own trainer's parameters: every `param(...)` field above, in declaration order
 TRAIN_PARAMS: ParamRegistry = registry_of(TrainConfig, "tune")
+
+
+@dataclass
+class PackMember:
+    """One trial of a pack (`trainer.packed.fit_pack`): its config, and its
+    `report(step, metrics)`, called after each of its evaluations (after its checkpoint is
+    saved); an exception it raises stops this trial. Here, beside `TrainConfig`, so that the
+    search builds members without importing torch."""
+
+    config: TrainConfig
+    report: Callable[[int, EvalReport], None] | None = None

@@ -6,7 +6,7 @@ and an optional `report`) as one pack of `len(first)` slots. Each trial keeps wh
 lr, momentum, weight decay, warmup, decay, milestones and gamma (`trainer.packed_optim`),
 epochs, `eval_interval`, BatchNorm statistics, EMA, run directory, `metrics.jsonl`,
 evaluations, `report` callback and checkpoint. The trials share what makes one fused model on
-one batch stream (`SHARED_FIELDS`: the model, image size, batch, data, augmentation...); a
+one batch stream (`PACK_SHARED_FIELDS`: the model, image size, batch, data, augmentation...); a
 `ValueError` names the first field that differs. `fit_packed(configs, reports, data)` is the
 batch form: the trials start together, nothing refills, one outcome per config.
 
@@ -104,7 +104,7 @@ import torch
 from torch import Tensor
 
 from trainer.augment import AugmentSpec
-from trainer.config import TrainConfig
+from trainer.config import PACK_SHARED_FIELDS, PackMember, TrainConfig
 from trainer.data import DetectionData, iterate_batches, load_data
 from trainer.fit import (
     LogInterval,
@@ -139,22 +139,6 @@ from trainer.run_dir import RunDir
 
 logger = logging.getLogger("trainer")
 
-# fields every trial of a pack shares: the architecture and the batch stream (epochs,
-# eval_interval and resume are each trial's own)
-SHARED_FIELDS: tuple[str, ...] = (
-    "data", "model", "imgsz", "batch", "skip_bad", "augment", "mosaic", "close_mosaic",
-    "scale", "translate", "fliplr", "hsv_h", "hsv_s", "hsv_v", "device", "amp", "threads",
-)  # fmt: skip
-
-
-@dataclass
-class PackMember:
-    """One trial of a pack: its config, and its `report(step, metrics)`, called after each of
-    its evaluations (after its checkpoint is saved); an exception it raises stops this trial."""
-
-    config: TrainConfig
-    report: Report | None = None
-
 
 def check_packable(configs: Sequence[TrainConfig]) -> None:
     """A `ValueError` naming the first field that differs between trials, or a shared `out`."""
@@ -175,7 +159,7 @@ def check_packable(configs: Sequence[TrainConfig]) -> None:
 
 
 def _differing(lead: TrainConfig, config: TrainConfig) -> str | None:
-    return next((n for n in SHARED_FIELDS if getattr(lead, n) != getattr(config, n)), None)
+    return next((n for n in PACK_SHARED_FIELDS if getattr(lead, n) != getattr(config, n)), None)
 
 
 def fit_pack(

@@ -12,7 +12,6 @@ from __future__ import annotations
 import importlib
 import os
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
 from typing import Any, Protocol
 
 from search.trainers.base import (
@@ -23,7 +22,7 @@ from search.trainers.base import (
     TrialJob,
     TrialOutcome,
 )
-from trainer.config import PACK_SHARED_FIELDS, TRAIN_PARAMS, TrainConfig
+from trainer.config import PACK_SHARED_FIELDS, TRAIN_PARAMS, PackMember, TrainConfig
 from trainer.params import ParamRegistry
 from trainer.records import EvalReport, FitResult
 
@@ -74,14 +73,6 @@ def load_fit_pack(module: str | None = None) -> Any:
     from trainer import packed
 
     return packed.fit_pack
-
-
-@dataclass
-class _Member:
-    """A trial as `fit_pack` takes it (`trainer.packed.PackMember`'s fields, without torch)."""
-
-    config: TrainConfig
-    report: Callable[[int, EvalReport], None]
 
 
 class TuneTrainer:
@@ -163,19 +154,19 @@ class TuneTrainer:
         self._fns()
         jobs: dict[int, PackedJob] = {}
 
-        def member(packed: PackedJob) -> _Member:
+        def member(packed: PackedJob) -> PackMember:
             def on_eval(step: int, metrics: EvalReport) -> None:
                 packed.report(evaluation_of(step, metrics))
 
-            made = _Member(self.config(packed.job), on_eval)
+            made = PackMember(self.config(packed.job), on_eval)
             jobs[id(made)] = packed
             return made
 
-        def next_member() -> _Member | None:
+        def next_member() -> PackMember | None:
             packed = refill()
             return None if packed is None else member(packed)
 
-        def ended(made: _Member, result: FitResult | BaseException) -> None:
+        def ended(made: PackMember, result: FitResult | BaseException) -> None:
             packed = jobs.pop(id(made))
             done(packed, result if isinstance(result, BaseException) else outcome_of(result))
 
