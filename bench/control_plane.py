@@ -23,7 +23,7 @@ How each call is timed (inside the worker processes, with `time.perf_counter`):
 - report: the trivial trainer times its own `report(step, metrics)` callback, which is tune's
   (`record_eval`: curve user attr + `trial.report`, then `trial.should_prune`);
 - tell: `optuna.study._optimize._tell_with_warning` wrapped (what `study.optimize` calls);
-- budget check and lock wait: tune's `count_states` and `StudyLock.acquire`, wrapped;
+- budget check and lock wait: tune's `ManagedStudy.budget_use` and `StudyLock.acquire`, wrapped;
 - numbering: SQLAlchemy cursor events time Optuna's `count(trials.trial_id) ... trial_id < ?`
   statement, which `ask` runs while holding the study row lock. The same query is also timed
   alone (no other load) after each cell, to show its growth with the study.
@@ -154,13 +154,14 @@ def _instrument() -> None:
     """Wrap the calls we time; only ever done inside a benchmark worker process."""
     import optuna.study._optimize as optimize_module
 
-    import search.start_gate as start_gate
     from search.storage import StudyLock
+    from search.study_manager import ManagedStudy
 
     optuna.Study.ask = _timed("ask", optuna.Study.ask)  # type: ignore[method-assign]
     tell = optimize_module._tell_with_warning
     optimize_module._tell_with_warning = _timed("tell", tell)
-    start_gate.read_use = _timed("budget_check", start_gate.read_use)
+    budget_use = _timed("budget_check", ManagedStudy.budget_use)
+    ManagedStudy.budget_use = budget_use  # type: ignore[method-assign]
     StudyLock.acquire = _timed("lock_wait", StudyLock.acquire)  # type: ignore[method-assign]
     _time_exclusive_holds(StudyLock)
 
@@ -441,8 +442,9 @@ def run_cell(
     trivial epoch waits."""
     from search import trial_record
     from search.launch import prepare_study
-    from search.storage import count_states, open_storage
+    from search.storage import open_storage
     from search.study_file import parse_study
+    from search.study_manager import ManagedStudy
 
     with throwaway_database() as (url, database):
         storage = open_storage(url, create_schema=True)
@@ -451,8 +453,9 @@ def run_cell(
         started = time.perf_counter()
         populate(storage, study, existing, seed=existing + workers)
         populate_seconds = time.perf_counter() - started
-        study_id = storage.get_study_id_from_name(STUDY)
-        before = count_states(storage, study_id).finished
+        managed = ManagedStudy(study, storage)
+        study_id = managed.id
+        before = managed.counts().finished
         budget = before + workers * trials_per_worker
         raw["budget"] = {"n_trials": budget}
         trial_record.record_study_spec(study, raw)
@@ -481,7 +484,7 @@ def run_cell(
                     p.join(1200)
                 wall = time.perf_counter() - wall_started
             results = [json.loads(Path(o).read_text()) for o in outs if Path(o).is_file()]
-        counts = count_states(storage, study_id)
+        counts = managed.counts()
         starts = sorted(
             t.datetime_start.timestamp()
             for t in storage.get_all_trials(study_id, deepcopy=False)

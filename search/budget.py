@@ -23,7 +23,8 @@ Workers start trials without the exclusive study lock while the budget is far fr
 that its reading of the trials cannot see yet.
 
 `decide` is a pure function of the trials' states and progress, so workers, `tune launch`,
-`tune status` and the tests read the budget the same way (`read_use` reads it from a study).
+`tune status` and the tests read the budget the same way (`ManagedStudy.budget_use` reads it from a
+study, search/study_manager.py).
 """
 
 from __future__ import annotations
@@ -33,7 +34,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
-import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from search import trial_record
@@ -120,11 +120,6 @@ def use_of(spec: StudySpec, trials: Sequence[FrozenTrial]) -> BudgetUse:
 def first_stop(spec: StudySpec, length: int | None) -> int:
     """The first epoch where a trial of `length` epochs (None: the study's) may stop."""
     return stop_points(spec.pruner, spec.trial.epochs, spec.trial.eval_interval, length)[0]
-
-
-def read_use(spec: StudySpec, study: optuna.Study) -> BudgetUse:
-    """`use_of` the study's trials as the storage has them now."""
-    return use_of(spec, study.get_trials(deepcopy=False))
 
 
 def decide(spec: StudySpec, use: BudgetUse, racing: int = 0) -> tuple[Decision, str]:

@@ -19,7 +19,6 @@ import sys
 import threading
 import time
 import warnings
-from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,7 +30,7 @@ from optuna.study import StudyDirection
 from optuna.trial import TrialState
 
 from search import trial_record
-from search.budget import BudgetUse, describe_plan, read_use, use_of
+from search.budget import BudgetUse, describe_plan
 from search.confirm import plan_confirm, prepare_confirm
 from search.confirm_results import (
     Confirmation,
@@ -39,18 +38,16 @@ from search.confirm_results import (
     format_confirmation,
     read_confirmation,
 )
-from search.optuna_compat import trial_id
 from search.storage import (
     ENV_VAR,
     StateCounts,
-    StudyLock,
-    count_states,
     load_study,
     mask_url,
     open_storage,
     resolve_url,
 )
 from search.study_file import BUILTIN_DATA, Overrides, StudySpec, load_study_file
+from search.study_manager import ManagedStudy
 from search.trainers.builtin import TRAINER_MODULE_ENV
 from search.worker import DEFAULT_RUNS_DIR
 
@@ -148,7 +145,7 @@ def prepare_study(spec: StudySpec, storage: RDBStorage) -> optuna.Study:
         with warnings.catch_warnings():  # "experimental" since Optuna 3.2
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             study.set_metric_names([spec.objective.metric])
-    with StudyLock(storage, storage.get_study_id_from_name(spec.name)):
+    with ManagedStudy(study, storage).lock():
         stored = trial_record.read_study_spec(study)
         if stored is not None:
             differences = _differences(stored, spec.raw)
@@ -362,7 +359,8 @@ def run_local_workers(
         if interrupted:
             out("stopping: the workers fail their current trial as 'interrupted' ...")
             _stop_workers(procs)
-            _fail_running_of(study, {f"{socket.gethostname()}:{p.pid}" for p, _ in procs})
+            # what our (now stopped) workers left RUNNING, e.g. after a worker had to be killed
+            ManagedStudy(study).fail_running(*(f"{socket.gethostname()}:{p.pid}" for p, _ in procs))
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
@@ -440,8 +438,9 @@ def _watch(
 
 
 def _progress_line(study: optuna.Study, spec: StudySpec) -> str:
+    managed = ManagedStudy(study)
     trials = study.get_trials(deepcopy=False)
-    counts = Counter(t.state for t in trials)
+    counts = managed.counts(trials)
     value, number = _best(study)
     best = (
         f"best mAP50-95 {value:.4f} (trial {number})"
@@ -449,10 +448,10 @@ def _progress_line(study: optuna.Study, spec: StudySpec) -> str:
         else "no trial complete yet"
     )
     return (
-        f"budget {use_of(spec, trials).describe(spec.budget)}: "
-        f"{counts[TrialState.COMPLETE]} complete, {counts[TrialState.PRUNED]} pruned, "
-        f"failed {counts[TrialState.FAIL]}, running {counts[TrialState.RUNNING]}, "
-        f"waiting {counts[TrialState.WAITING]} | {best}"
+        f"budget {managed.budget_use(spec, trials).describe(spec.budget)}: "
+        f"{counts.complete} complete, {counts.pruned} pruned, "
+        f"failed {counts.fail}, running {counts.running}, "
+        f"waiting {counts.waiting} | {best}"
     )
 
 
@@ -479,14 +478,6 @@ def _stop_workers(
             p.wait()
 
 
-def _fail_running_of(study: optuna.Study, worker_ids: set[str]) -> None:
-    """Fail what our (now stopped) workers left RUNNING, e.g. after a worker had to be killed."""
-    for frozen in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        if trial_record.read_placement(frozen).get("worker") in worker_ids:
-            trial_record.record_error(optuna.Trial(study, trial_id(frozen)), "interrupted")
-            study.tell(frozen.number, state=TrialState.FAIL)
-
-
 def _result(
     study: optuna.Study,
     spec: StudySpec,
@@ -495,10 +486,11 @@ def _result(
     exit_codes: list[int | Any] | None = None,
     interrupted: bool = False,
 ) -> LaunchResult:
-    counts = count_states(rdb, rdb.get_study_id_from_name(study.study_name))
+    managed = ManagedStudy(study, rdb)
+    counts = managed.counts()
     value, number = _best(study)
     codes = [_code(c) for c in (exit_codes or [])]
-    use = read_use(spec, study)
+    use = managed.budget_use(spec)
     wall = time.monotonic() - started
     return LaunchResult(counts, value, number, wall, use, codes, interrupted)
 

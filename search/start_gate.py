@@ -24,49 +24,47 @@ from __future__ import annotations
 import dataclasses
 import time
 from collections.abc import Callable
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import optuna
 from optuna.trial import TrialState
 
-from search.budget import decide, read_use
+from search.budget import decide
 from search.confirm import decide_enqueued
 from search.failpoints import failpoint
 from search.objective import TrialContext
-from search.optuna_compat import (
-    RunningTrial,
-    running_trials,
-    stale_trial_ids,
-    study_id,
-    study_storage,
-)
+from search.optuna_compat import RunningTrial, running_trials, stale_trial_ids, study_id
 from search.reaper import reap_stale_trials
 from search.storage import StudyLock
-from search.study_file import StudySpec, read_stored_spec
+from search.study_file import StudySpec
+
+if TYPE_CHECKING:
+    from search.study_manager import ManagedStudy
 
 NoStart = Literal["budget", "wait"]
 
 
 class StartGate:
-    """The worker's way to a trial start; see the module docstring."""
+    """The worker's way to a trial start; see the module docstring. A worker opens it through
+    its study's manager (`ManagedStudy.open_gate`, search/study_manager.py)."""
 
     def __init__(
         self,
-        study: optuna.Study,
-        rdb: optuna.storages.RDBStorage | None,
+        managed: ManagedStudy,
         ctx: TrialContext,
         poll_interval: float,
         fast_starts: bool = True,
     ) -> None:
-        self.study = study
-        self.rdb = rdb  # None behind `tune proxy`, which reaps for its workers
+        self.managed = managed
+        self.study = managed.study
+        self.rdb = managed.rdb  # None behind `tune proxy`, which reaps for its workers
         self.ctx = ctx
         self.poll_interval = poll_interval
-        storage = rdb or study_storage(study)
+        storage = managed.storage
         self._storage = storage
-        self._sid = study_id(study)
+        self._sid = managed.id
         self._racing = fast_starts and not ctx.enqueued_only and StudyLock.shares(storage)
-        self.waiting = BudgetWait(rdb, ctx.log)
+        self.waiting = BudgetWait(managed.rdb, ctx.log)
 
     def claim(self, patient: bool = True) -> StudyLock | NoStart:
         """A held lock under which this worker may start one trial, or why it may not.
@@ -102,7 +100,7 @@ class StartGate:
 
     def _may_start_racing(self, racing: int) -> bool:
         spec = self.current_spec()
-        decision, _ = decide(spec, read_use(spec, self.study), racing=racing)
+        decision, _ = decide(spec, self.managed.budget_use(spec), racing=racing)
         return decision == "start" and (
             self.rdb is None or not stale_trial_ids(self.rdb, self._sid)
         )
@@ -110,7 +108,7 @@ class StartGate:
     def _decide_alone(self, patient: bool) -> Literal["start", "budget", "wait"]:
         """Under the exclusive lock: the budget's decision, reaping on the way."""
         spec = self.current_spec()
-        decision, why = decide(spec, read_use(spec, self.study))
+        decision, why = decide(spec, self.managed.budget_use(spec))
         if decision == "start" and self.ctx.enqueued_only:
             decision, why = decide_enqueued(self.study)
         if decision == "spent":
@@ -136,7 +134,7 @@ class StartGate:
     def current_spec(self) -> StudySpec:
         """The worker's spec with the budget stored now: a later `tune launch --n-trials N` (or
         --budget-epochs) may have raised it."""
-        stored = read_stored_spec(self.study)
+        stored = self.managed.stored_spec()
         spec = self.ctx.spec
         return spec if stored is None else dataclasses.replace(spec, budget=stored.budget)
 

@@ -17,10 +17,10 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from search import trial_record
-from search.budget import use_of
 from search.confirm_results import Confirmation, format_confirmation, read_confirmation_of
 from search.storage import StateCounts
-from search.study_file import StudyFileError, read_stored_spec
+from search.study_file import StudyFileError
+from search.study_manager import ManagedStudy
 
 
 @dataclass(frozen=True)
@@ -61,13 +61,8 @@ def study_status(study: optuna.Study, now: dt.datetime | None = None) -> StudySt
     now = now or dt.datetime.now()
     trials = trial_record.read_lean_trials(study, params=False, details=False)
     by_state = {s: [t for t in trials if t.state == s] for s in TrialState}
-    counts = StateCounts(
-        complete=len(by_state[TrialState.COMPLETE]),
-        pruned=len(by_state[TrialState.PRUNED]),
-        fail=len(by_state[TrialState.FAIL]),
-        running=len(by_state[TrialState.RUNNING]),
-        waiting=len(by_state[TrialState.WAITING]),
-    )
+    managed = ManagedStudy(study)
+    counts = managed.counts(trials)
     try:
         best: TrialLine | None = _line(study.best_trial, now)
     except ValueError:
@@ -90,7 +85,7 @@ def study_status(study: optuna.Study, now: dt.datetime | None = None) -> StudySt
     return StudyStatus(
         name=study.study_name,
         counts=counts,
-        budget=_budget_line(study, trials),
+        budget=_budget_line(managed, trials),
         best=best,
         baselines=[line(t) for t in baselines],
         running=[line(t) for t in by_state[TrialState.RUNNING]],
@@ -100,12 +95,12 @@ def study_status(study: optuna.Study, now: dt.datetime | None = None) -> StudySt
     )
 
 
-def _budget_line(study: optuna.Study, trials: list[FrozenTrial]) -> str | None:
+def _budget_line(managed: ManagedStudy, trials: list[FrozenTrial]) -> str | None:
     try:
-        spec = read_stored_spec(study)
+        spec = managed.stored_spec()
     except StudyFileError:
         return None  # stored by another tune version: the counts still say what was done
-    return None if spec is None else use_of(spec, trials).describe(spec.budget)
+    return None if spec is None else managed.budget_use(spec, trials).describe(spec.budget)
 
 
 def _line(t: FrozenTrial, now: dt.datetime, retried_by: int | None = None) -> TrialLine:

@@ -32,6 +32,7 @@ seconds without it the worker exits with `StorageDown`.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import socket
@@ -64,18 +65,17 @@ from search.outage import retry_while_down
 from search.packs import PackRound, pack_size, run_pack
 from search.proxy import connect, is_proxy_url
 from search.reaper import Reaper, quiet_heartbeat_thread
-from search.start_gate import StartGate
 from search.storage import (
     StorageDown,
     StorageError,
     StorageSettings,
-    StudyLock,
     load_study,
     mask_url,
     open_storage,
     resolve_url,
 )
-from search.study_file import StudyFileError, StudySpec, read_stored_spec, read_study_table
+from search.study_file import StudyFileError, StudySpec, read_study_table
+from search.study_manager import Claim, ManagedStudy
 from search.trainers.base import PackingTrainer, Trainer, packs
 from search.trainers.builtin import LoadDataFn, TrainFn, TuneTrainer
 
@@ -161,7 +161,7 @@ def run_worker(
     if handle_signals:
         stop.install()
     stats = WorkerStats(worker_id, TrialTally())
-    optuna_study: optuna.Study | None = None
+    managed: ManagedStudy | None = None
     reaper: Reaper | None = None
     settings = settings or StorageSettings.from_env()
     try:
@@ -179,7 +179,8 @@ def run_worker(
             log=say,
         )
         # rdb is None behind `tune proxy`, which does the database's side (search/proxy.py)
-        rdb, spec, optuna_study = while_down(lambda: _join(storage, name, index, settings, say))
+        managed, spec = while_down(lambda: _join(storage, name, index, settings, say))
+        optuna_study = managed.study
         trainer = _trainer(spec, train_fn, load_data, trainer_module)
         threads = threads or max(1, (os.cpu_count() or 1) // max(1, local_workers))
         _set_torch_threads(threads)
@@ -211,7 +212,7 @@ def run_worker(
         )
         reaper = Reaper(
             optuna_study,
-            rdb,
+            managed.rdb,
             settings.heartbeat_interval,
             lambda: ctx.active_trial_ids,
             say,
@@ -221,8 +222,7 @@ def run_worker(
         deadline = None if limit is None else started + limit
         with quiet_heartbeat_thread(say):
             stats.stopped_because = _loop(
-                optuna_study,
-                rdb,
+                managed,
                 ctx,
                 deadline,
                 poll_interval,
@@ -237,8 +237,8 @@ def run_worker(
             reaper.stop()
         if handle_signals:
             stop.restore()
-        if optuna_study is not None:
-            _fail_own_running(optuna_study, worker_id)
+        if managed is not None:
+            _fail_own_running(managed, worker_id)
         stats.wall_seconds = time.monotonic() - started
     t = stats.trials
     say(
@@ -250,8 +250,7 @@ def run_worker(
 
 
 def _loop(
-    study: optuna.Study,
-    rdb: optuna.storages.RDBStorage | None,
+    managed: ManagedStudy,
     ctx: TrialContext,
     deadline: float | None,
     poll_interval: float,
@@ -260,7 +259,7 @@ def _loop(
     slots: int,
 ) -> str:
     failures_in_a_row = 0
-    gate = StartGate(study, rdb, ctx, poll_interval, fast_starts)
+    managed.open_gate(ctx, poll_interval, fast_starts)
     while True:
         if ctx.stop.requested:
             return "interrupted"
@@ -270,7 +269,7 @@ def _loop(
             # a round lost to the database (a restart, say) is simply done again: its trial,
             # if one had started, is reaped and resumed from its last checkpoint
             outcome = retry_while_down(
-                lambda: _one_round(gate) if slots == 1 else _pack_round(gate, slots),
+                lambda: _one_round(managed, ctx) if slots == 1 else _pack_round(managed, slots),
                 limit=ctx.storage_down_limit,
                 outage=ctx.outage,
                 sleep=ctx.stop.wait,
@@ -295,24 +294,25 @@ def _loop(
                 failures_in_a_row = 0
 
 
-def _one_round(gate: StartGate) -> Round:
-    claim = gate.claim()
-    if not isinstance(claim, StudyLock):
+def _one_round(managed: ManagedStudy, ctx: TrialContext) -> Round:
+    claim = managed.claim()
+    if isinstance(claim, str):
         return claim
     try:
-        return _start_trial(gate.study, gate.ctx, claim)
+        return _start_trial(managed.study, ctx, claim)
     finally:
         claim.release()
 
 
-def _pack_round(gate: StartGate, slots: int) -> PackRound:
+def _pack_round(managed: ManagedStudy, slots: int) -> PackRound:
+    gate = managed.gate
     trainer = gate.ctx.trainer
     if not packs(trainer):  # the study file refuses it; a fake trainer may not pack
         raise WorkerError(f"trainer {trainer.name!r} cannot train packs of {slots} trials")
     return run_pack(gate, cast(PackingTrainer, trainer), slots)
 
 
-def _start_trial(study: optuna.Study, ctx: TrialContext, claim: StudyLock) -> Round:
+def _start_trial(study: optuna.Study, ctx: TrialContext, claim: Claim) -> Round:
     """Run one trial; the objective releases `claim` as soon as the trial is RUNNING."""
     ctx.claim = claim
     try:
@@ -362,21 +362,22 @@ def _join(
     index: int,
     settings: StorageSettings,
     say: Callable[[str], None],
-) -> tuple[optuna.storages.RDBStorage | None, StudySpec, optuna.Study]:
-    """Open the storage (None for the RDB storage behind a proxy) and the study with the
-    settings stored with it."""
+) -> tuple[ManagedStudy, StudySpec]:
+    """Open the storage (no RDB storage behind a proxy) and the study with the settings stored
+    with it."""
     url = resolve_url(storage)
     rdb = None if is_proxy_url(url) else open_storage(url, settings=settings, on_reap=say)
     opened = rdb if rdb is not None else connect(url)
-    spec = _stored_spec(load_study(opened, name), url)
-    return rdb, spec, load_study(opened, name, spec.make_sampler(index), spec.make_pruner())
+    spec = _stored_spec(ManagedStudy(load_study(opened, name), rdb), url)
+    study = load_study(opened, name, spec.make_sampler(index), spec.make_pruner())
+    return ManagedStudy(study, rdb), spec
 
 
-def _stored_spec(study: optuna.Study, url: str) -> StudySpec:
-    spec = read_stored_spec(study, check_data=True)
+def _stored_spec(managed: ManagedStudy, url: str) -> StudySpec:
+    spec = managed.stored_spec(check_data=True)
     if spec is None:
         raise WorkerError(
-            f"study {study.study_name!r} in {mask_url(url)} was not created by `tune launch` "
+            f"study {managed.name!r} in {mask_url(url)} was not created by `tune launch` "
             "(it has no stored study file)"
         )
     return spec
@@ -419,16 +420,11 @@ def _prepare(trainer: Trainer, spec: StudySpec) -> None:
         ) from None
 
 
-def _fail_own_running(study: optuna.Study, worker_id: str) -> None:
+def _fail_own_running(managed: ManagedStudy, worker_id: str) -> None:
     """Safety net on exit: no trial of this worker stays RUNNING."""
-    try:
-        running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
-        for frozen in running:
-            if trial_record.read_placement(frozen).get("worker") == worker_id:
-                trial_record.record_error(optuna.Trial(study, trial_id(frozen)), "interrupted")
-                study.tell(frozen.number, state=TrialState.FAIL)
-    except Exception:
-        pass  # best effort while exiting (the storage may be the reason we exit)
+    # best effort while exiting (the storage may be the reason we exit)
+    with contextlib.suppress(Exception):
+        managed.fail_running(worker_id)
 
 
 def _set_torch_threads(threads: int) -> None:

@@ -107,12 +107,13 @@ def test_a_worker_reads_the_study_before_it_takes_the_study_lock(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The first read of a large study is slow; done under the lock, every worker waits on it."""
+    import search.storage
     import search.worker
 
     url, spec = _study(tmp_path, n_trials=4)  # its baselines wait in the storage already
     assert len(_trials(url)) == len(spec.baselines) > 0
     cached_at_first_lock: list[int] = []
-    real_acquire = search.worker.StudyLock.acquire
+    real_acquire = search.storage.StudyLock.acquire
 
     def acquire(lock: Any) -> None:
         if not cached_at_first_lock:
@@ -132,7 +133,7 @@ def test_a_worker_reads_the_study_before_it_takes_the_study_lock(
         loaded.append(study)
         return study
 
-    monkeypatch.setattr(search.worker.StudyLock, "acquire", acquire)
+    monkeypatch.setattr(search.storage.StudyLock, "acquire", acquire)
     monkeypatch.setattr(search.worker, "load_study", load_study)
     stats = _work(url, tmp_path)
     assert cached_at_first_lock == [len(spec.baselines)]  # the study was read before the lock

@@ -1,0 +1,117 @@
+"""The study-manager layer: what workers, `tune launch`, `tune status` and the benchmarks ask of a
+study, in one place (issue 13).
+
+`ManagedStudy` holds an opened Optuna study, the RDB storage under it (None behind `tune proxy`,
+which does the database's side for its workers: search/proxy.py) and the storage's id of the
+study, and answers:
+
+- `stored_spec()`: the study file `tune launch` stored with the study (search/study_file.py);
+- `counts()`: trials by state (in the database when tune's SQL reaches it);
+- `budget_use(spec)`: what the study has spent and promised of its budget (search/budget.py);
+- `fail_running(worker_id, ...)`: fail what these workers left RUNNING ("interrupted");
+- `claim()`: a worker's way to a trial start, through its start gate (search/start_gate.py);
+- `lock()`: the study lock (search/storage.py `StudyLock`).
+
+Callers hold a `ManagedStudy` instead of reaching for `count_states`, `StudyLock`, study ids or
+the stored spec themselves; the storage details stay here and in the modules named above.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
+
+import optuna
+from optuna.trial import FrozenTrial, TrialState
+
+from search import trial_record
+from search.budget import BudgetUse, use_of
+from search.optuna_compat import study_id, study_storage, trial_id
+from search.storage import StateCounts, StudyLock, count_states
+from search.study_file import StudySpec, read_stored_spec
+
+if TYPE_CHECKING:  # the gate is a worker's: `tune status` and launch do not import it
+    from search.objective import TrialContext
+    from search.start_gate import NoStart, StartGate
+
+# a held study lock under which one trial may start (the trial's start releases it)
+Claim = StudyLock
+
+
+class ManagedStudy:
+    """An opened study with its storage: see the module docstring."""
+
+    def __init__(self, study: optuna.Study, rdb: optuna.storages.RDBStorage | None = None) -> None:
+        self.study = study
+        self.rdb = rdb  # None behind `tune proxy` (or for a study opened without tune's SQL)
+        self.storage = rdb or study_storage(study)
+        self.id = study_id(study)
+        self._gate: StartGate | None = None
+
+    @property
+    def name(self) -> str:
+        return self.study.study_name
+
+    def stored_spec(self, *, check_data: bool = False) -> StudySpec | None:
+        """The validated study file stored with the study, or None for a study tune did not
+        create (raises `StudyFileError` for one it cannot read)."""
+        return read_stored_spec(self.study, check_data=check_data)
+
+    def counts(self, trials: Sequence[FrozenTrial] | None = None) -> StateCounts:
+        """Trials by state: of `trials` when the caller has read them already, else counted in
+        the database (no trial loaded), or from the study's trials behind a proxy."""
+        if trials is None and self.rdb is not None:
+            return count_states(self.rdb, self.id)
+        if trials is None:
+            trials = self.study.get_trials(deepcopy=False)
+        by_state = Counter(t.state for t in trials)
+        return StateCounts(
+            complete=by_state[TrialState.COMPLETE],
+            pruned=by_state[TrialState.PRUNED],
+            fail=by_state[TrialState.FAIL],
+            running=by_state[TrialState.RUNNING],
+            waiting=by_state[TrialState.WAITING],
+        )
+
+    def budget_use(self, spec: StudySpec, trials: Sequence[FrozenTrial] | None = None) -> BudgetUse:
+        """What the study has spent and promised of `spec`'s budget: from `trials` when given,
+        else from the study's trials as the storage has them now."""
+        if trials is None:
+            trials = self.study.get_trials(deepcopy=False)
+        return use_of(spec, trials)
+
+    def fail_running(self, *worker_ids: str) -> int:
+        """Fail (reason "interrupted") every RUNNING trial placed on one of these workers: what a
+        stopped or killed worker left behind. The number failed."""
+        failed = 0
+        for frozen in self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+            if trial_record.read_placement(frozen).get("worker") in worker_ids:
+                trial_record.record_error(optuna.Trial(self.study, trial_id(frozen)), "interrupted")
+                self.study.tell(frozen.number, state=TrialState.FAIL)
+                failed += 1
+        return failed
+
+    def lock(self, *, log: Callable[[str], None] | None = None) -> StudyLock:
+        """The study's exclusive lock (not yet held: use it as a context manager)."""
+        return StudyLock(self.storage, self.id, log=log)
+
+    def open_gate(
+        self, ctx: TrialContext, poll_interval: float, fast_starts: bool = True
+    ) -> StartGate:
+        """Set up this worker's start gate (`claim` goes through it); the gate."""
+        from search.start_gate import StartGate
+
+        self._gate = StartGate(self, ctx, poll_interval, fast_starts)
+        return self._gate
+
+    @property
+    def gate(self) -> StartGate:
+        if self._gate is None:
+            raise RuntimeError("ManagedStudy.open_gate() has not run")
+        return self._gate
+
+    def claim(self, patient: bool = True) -> Claim | NoStart:
+        """A held lock under which this worker may start one trial, or why it may not
+        (`StartGate.claim`)."""
+        return self.gate.claim(patient)
