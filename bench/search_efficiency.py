@@ -138,7 +138,7 @@ def run_study(
     """
     from search import trial_record
     from search.launch import prepare_study
-    from search.objective import GracefulStop, TrialContext, TrialTally, make_objective
+    from search.objective import GracefulStop, TrialTally, WorkerContext, make_objective
     from search.storage import open_storage
     from search.study_file import parse_study
     from search.trainers.builtin import TuneTrainer
@@ -156,7 +156,7 @@ def run_study(
     )
     trainer = TuneTrainer(fit, lambda *_: data)  # the data set loaded once for every study
     trainer.prepare(spec.job({}, out=tmp))
-    ctx = TrialContext(
+    ctx = WorkerContext(
         spec=spec,
         trainer=trainer,
         device=settings.device,

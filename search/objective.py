@@ -146,9 +146,10 @@ class TrialTally:
             self.errors.append(f"trial {trial.number}: {error}")
 
 
-@dataclass
-class TrialContext:
-    """Everything the objective needs besides the trial."""
+@dataclass(frozen=True)
+class WorkerContext:
+    """Everything the objective needs besides the trial and its start claim, fixed when the
+    worker starts; what changes from trial to trial is in `InFlight`."""
 
     spec: StudySpec
     trainer: Trainer  # prepared (its data loaded) by the worker
@@ -160,12 +161,8 @@ class TrialContext:
     stop: GracefulStop
     tally: TrialTally
     log: Callable[[str], None]
-    claim: StudyLock | None = None  # released as soon as the trial is RUNNING
-    current: optuna.Trial | None = None  # the trial being run, if any
     checkpoints: CheckpointStore | None = None  # None: no upload, no resume
     storage_down_limit: float = 300.0  # seconds to retry a write while the database is down
-    # the trials this worker runs now (one, or a pack's): the reaper thread beats for them
-    active_trial_ids: set[int] = field(default_factory=set)
     outage: Outage = field(default_factory=Outage)  # shared with the worker loop
     # a confirm study's worker runs only enqueued runs and never samples (search/confirm.py)
     enqueued_only: bool = False
@@ -181,6 +178,15 @@ class TrialContext:
             should_stop=lambda: self.stop.requested,
             log=self.log,
         )
+
+
+@dataclass
+class InFlight:
+    """What changes from trial to trial in a worker: the trial it runs alone now, and the ids of
+    every trial it runs now (one, or a pack's), for which its reaper thread beats."""
+
+    current: optuna.Trial | None = None  # the trial being run alone, if any
+    trial_ids: set[int] = field(default_factory=set)
 
 
 def describe_error(exc: BaseException) -> str:
@@ -203,15 +209,20 @@ def is_out_of_memory(exc: BaseException) -> bool:
     )
 
 
-def make_objective(ctx: TrialContext) -> Callable[[optuna.Trial], float]:
-    """The function `study.optimize` calls for one trial."""
+def make_objective(
+    ctx: WorkerContext, in_flight: InFlight | None = None, claim: StudyLock | None = None
+) -> Callable[[optuna.Trial], float]:
+    """The function `study.optimize` calls for one trial; `claim` (the held study lock the
+    trial starts under) is released once the trial is RUNNING."""
+    flight = in_flight if in_flight is not None else InFlight()
 
     def objective(trial: optuna.Trial) -> float:
         tid = trial_id(trial)
-        ctx.active_trial_ids.add(tid)
+        flight.trial_ids.add(tid)
         run = TrialRun(ctx, trial)
         try:
-            job = run.begin()
+            flight.current = trial
+            job = run.begin(claim)
             try:
                 with ctx.stop.interruptible():
                     outcome = ctx.trainer.run(job, run.report)
@@ -227,7 +238,7 @@ def make_objective(ctx: TrialContext) -> Callable[[optuna.Trial], float]:
             record_failure(trial, exc)
             raise
         finally:
-            ctx.active_trial_ids.discard(tid)
+            flight.trial_ids.discard(tid)
 
     return objective
 
@@ -238,7 +249,7 @@ class TrialRun:
     resume, config), `report` (each evaluation: recorded, checkpointed, maybe pruned), then
     `complete` with the trainer's outcome, or `stopped` with what ended it."""
 
-    def __init__(self, ctx: TrialContext, trial: optuna.Trial) -> None:
+    def __init__(self, ctx: WorkerContext, trial: optuna.Trial) -> None:
         self.ctx = ctx
         self.trial = trial
         self.started = time.monotonic()
@@ -252,11 +263,11 @@ class TrialRun:
             raise RuntimeError("TrialRun.begin() has not run")
         return self._job
 
-    def begin(self) -> TrialJob:
-        """Record the trial's first heartbeat and placement, release the start claim, draw the
-        parameters and build (and record) its job; for a retry, restore its checkpoint."""
+    def begin(self, claim: StudyLock | None = None) -> TrialJob:
+        """Record the trial's first heartbeat and placement, release the start `claim` (the held
+        study lock the trial was started under), draw the parameters and build (and record) its
+        job; for a retry, restore its checkpoint."""
         ctx, trial = self.ctx, self.trial
-        ctx.current = trial
         failpoint("trial-created")
         # The first heartbeat and the placement, before anything else: a worker lost from here
         # on leaves a trial that beat and says whose it was. (One lost before the beat is reaped
@@ -264,8 +275,8 @@ class TrialRun:
         # the first beat at the same moment; the storage keeps one of the two.
         ctx.store(lambda: record_heartbeat(trial.study, trial_id(trial)))
         ctx.store(lambda: trial_record.record_placement(trial, ctx.device_label, ctx.worker_id))
-        if ctx.claim is not None:
-            ctx.claim.release()  # the trial is RUNNING now: other workers may count it
+        if claim is not None:
+            claim.release()  # the trial is RUNNING now: other workers may count it
         if ctx.stop.requested:
             raise Interrupted("stop requested")
         params = ctx.spec.space.sample(trial)
@@ -362,7 +373,7 @@ class TrialRun:
         return value
 
 
-def _resume_retry(trial: optuna.Trial, ctx: TrialContext, job: TrialJob) -> TrialJob:
+def _resume_retry(trial: optuna.Trial, ctx: WorkerContext, job: TrialJob) -> TrialJob:
     """For a retry of a reaped trial: fetch the predecessor's checkpoint, re-record its
     evaluations up to it, and return the job with `resume=True` (else `job` unchanged)."""
     frozen = trial.storage.get_trial(trial_id(trial))  # system attrs: Optuna's retry history
@@ -381,7 +392,7 @@ def _resume_retry(trial: optuna.Trial, ctx: TrialContext, job: TrialJob) -> Tria
     return replace(job, resume=True) if step is not None else job
 
 
-def _discard_checkpoint(ctx: TrialContext, trial: optuna.Trial) -> None:
+def _discard_checkpoint(ctx: WorkerContext, trial: optuna.Trial) -> None:
     if ctx.checkpoints is not None:
         with contextlib.suppress(Exception):
             ctx.checkpoints.discard(trial)

@@ -29,11 +29,14 @@ import optuna
 from optuna.exceptions import UpdateFinishedTrialError
 from optuna.trial import TrialState
 
-from search.objective import Interrupted, TrialRun, record_failure
+from search.objective import InFlight, Interrupted, TrialRun, record_failure
 from search.optuna_compat import study_storage, trial_id
 from search.start_gate import NoStart, StartGate
 from search.trainers.base import PackedJob, PackingTrainer, TrialOutcome
 
+# trials that may fail in a row while starting (a config the trainer refuses) before a pack stops
+# asking for more; the worker loop then counts the failures as it does for single trials
+SETUP_TRIES = 3
 # what a pack round did: why it started nothing, or the states of the trials it ran
 PackRound = NoStart | list[TrialState | Literal["dropped"]]
 
@@ -47,9 +50,12 @@ def pack_size(setting: int | str, device: str, probe: Callable[[], int]) -> int:
     return probe() if device.startswith("cuda") else 1
 
 
-def run_pack(gate: StartGate, trainer: PackingTrainer, slots: int) -> PackRound:
+def run_pack(
+    gate: StartGate, trainer: PackingTrainer, slots: int, in_flight: InFlight
+) -> PackRound:
     """Start up to `slots` trials through `gate`, train them as one pack with refills, tell
-    each its end. "budget" or "wait" when not even one could start."""
+    each its end (`in_flight` holds the ids of those in the pack). "budget" or "wait" when not
+    even one could start."""
     ctx, study = gate.ctx, gate.study
     states: list[TrialState | Literal["dropped"]] = []
     runs: dict[int, TrialRun] = {}  # the trials in the pack now, by id() of their PackedJob
@@ -62,49 +68,50 @@ def run_pack(gate: StartGate, trainer: PackingTrainer, slots: int) -> PackRound:
         claim = gate.claim(patient=patient)
         if isinstance(claim, str):
             return claim
-        ctx.claim = claim
         try:
             with warnings.catch_warnings():  # "heartbeat ... supposed to be used with optimize"
                 warnings.simplefilter("ignore", UserWarning)
                 trial = study.ask()
             run = TrialRun(ctx, trial)
-            ctx.active_trial_ids.add(trial_id(trial))
+            in_flight.trial_ids.add(trial_id(trial))
             try:
-                job = run.begin()  # releases the claim once the trial is RUNNING
+                job = run.begin(claim)  # releases the claim once the trial is RUNNING
             except Exception as exc:  # a bad config, say: this trial fails, the pack goes on
                 _tell_failed(run, exc, states)
-                ctx.active_trial_ids.discard(trial_id(trial))
+                in_flight.trial_ids.discard(trial_id(trial))
                 return None
             except BaseException as exc:  # a stop
                 _tell_failed(run, exc, states)
-                ctx.active_trial_ids.discard(trial_id(trial))
+                in_flight.trial_ids.discard(trial_id(trial))
                 raise
         finally:
             claim.release()
-            ctx.claim = None
         packed = PackedJob(job, run.report)
         runs[id(packed)] = run
         return packed
 
     def refill() -> PackedJob | None:
-        while True:
+        for _ in range(SETUP_TRIES):
             started = start(patient=False)
             if started is not None:
                 return None if isinstance(started, str) else started
+        return None  # trials keep failing as they start: the worker loop counts them
 
     def done(packed: PackedJob, outcome: TrialOutcome | BaseException) -> None:
         run = runs.pop(id(packed))
         try:
             _tell(run, outcome, states)
         finally:
-            ctx.active_trial_ids.discard(trial_id(run.trial))
+            in_flight.trial_ids.discard(trial_id(run.trial))
 
     try:
         first: list[PackedJob] = []
         why: NoStart = "wait"
-        while len(first) < slots:
+        setup_failures = 0
+        while len(first) < slots and setup_failures < SETUP_TRIES:
             started = start(patient=not first and not states)
             if started is None:
+                setup_failures += 1
                 continue
             if isinstance(started, str):
                 why = started
@@ -119,7 +126,7 @@ def run_pack(gate: StartGate, trainer: PackingTrainer, slots: int) -> PackRound:
         # the pack as a whole failed (data, memory, a stop): every trial still in it with it
         for run in list(runs.values()):
             _tell_failed(run, exc, states)
-            ctx.active_trial_ids.discard(trial_id(run.trial))
+            in_flight.trial_ids.discard(trial_id(run.trial))
         runs.clear()
         raise
     if ctx.stop.requested:

@@ -32,7 +32,7 @@ from optuna.trial import TrialState
 from search.budget import decide
 from search.confirm import decide_enqueued
 from search.failpoints import failpoint
-from search.objective import TrialContext
+from search.objective import WorkerContext
 from search.optuna_compat import RunningTrial, running_trials, stale_trial_ids, study_id
 from search.reaper import reap_stale_trials
 from search.storage import StudyLock
@@ -51,7 +51,7 @@ class StartGate:
     def __init__(
         self,
         managed: ManagedStudy,
-        ctx: TrialContext,
+        ctx: WorkerContext,
         poll_interval: float,
         fast_starts: bool = True,
     ) -> None:

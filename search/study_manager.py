@@ -32,7 +32,7 @@ from search.storage import StateCounts, StudyLock, count_states
 from search.study_file import StudySpec, read_stored_spec
 
 if TYPE_CHECKING:  # the gate is a worker's: `tune status` and launch do not import it
-    from search.objective import TrialContext
+    from search.objective import WorkerContext
     from search.start_gate import NoStart, StartGate
 
 # a held study lock under which one trial may start (the trial's start releases it)
@@ -97,7 +97,7 @@ class ManagedStudy:
         return StudyLock(self.storage, self.id, log=log)
 
     def open_gate(
-        self, ctx: TrialContext, poll_interval: float, fast_starts: bool = True
+        self, ctx: WorkerContext, poll_interval: float, fast_starts: bool = True
     ) -> StartGate:
         """Set up this worker's start gate (`claim` goes through it); the gate."""
         from search.start_gate import StartGate

@@ -52,9 +52,10 @@ from search.checkpoints import CheckpointStore
 from search.log_masking import mask_library_logs
 from search.objective import (
     GracefulStop,
+    InFlight,
     Interrupted,
-    TrialContext,
     TrialTally,
+    WorkerContext,
     describe_error,
     make_objective,
 )
@@ -195,7 +196,7 @@ def run_worker(
         while_down(lambda: joined.get_trials(deepcopy=False))
         stats.study_load_seconds = time.monotonic() - loading
         device = "cuda" if gpu is not None else spec.trial.device
-        ctx = TrialContext(
+        ctx = WorkerContext(
             spec=spec,
             trainer=trainer,
             device=device,
@@ -210,11 +211,12 @@ def run_worker(
             storage_down_limit=settings.storage_down_limit,
             enqueued_only=trial_record.read_confirm_plan(optuna_study) is not None,
         )
+        in_flight = InFlight()  # what changes per trial; ctx stays as it is
         reaper = Reaper(
             optuna_study,
             managed.rdb,
             settings.heartbeat_interval,
-            lambda: ctx.active_trial_ids,
+            lambda: in_flight.trial_ids,
             say,
             settle=settings.grace_period,
         ).start()
@@ -224,6 +226,7 @@ def run_worker(
             stats.stopped_because = _loop(
                 managed,
                 ctx,
+                in_flight,
                 deadline,
                 poll_interval,
                 max_consecutive_failures,
@@ -251,7 +254,8 @@ def run_worker(
 
 def _loop(
     managed: ManagedStudy,
-    ctx: TrialContext,
+    ctx: WorkerContext,
+    in_flight: InFlight,
     deadline: float | None,
     poll_interval: float,
     max_consecutive_failures: int,
@@ -269,7 +273,11 @@ def _loop(
             # a round lost to the database (a restart, say) is simply done again: its trial,
             # if one had started, is reaped and resumed from its last checkpoint
             outcome = retry_while_down(
-                lambda: _one_round(managed, ctx) if slots == 1 else _pack_round(managed, slots),
+                lambda: (
+                    _one_round(managed, ctx, in_flight)
+                    if slots == 1
+                    else _pack_round(managed, slots, in_flight)
+                ),
                 limit=ctx.storage_down_limit,
                 outage=ctx.outage,
                 sleep=ctx.stop.wait,
@@ -294,42 +302,36 @@ def _loop(
                 failures_in_a_row = 0
 
 
-def _one_round(managed: ManagedStudy, ctx: TrialContext) -> Round:
+def _one_round(managed: ManagedStudy, ctx: WorkerContext, in_flight: InFlight) -> Round:
     claim = managed.claim()
     if isinstance(claim, str):
         return claim
     try:
-        return _start_trial(managed.study, ctx, claim)
+        state = _run_one_trial(managed.study, ctx, in_flight, claim)
     finally:
         claim.release()
+    return "dropped" if state is None else state
 
 
-def _pack_round(managed: ManagedStudy, slots: int) -> PackRound:
+def _pack_round(managed: ManagedStudy, slots: int, in_flight: InFlight) -> PackRound:
     gate = managed.gate
     trainer = gate.ctx.trainer
     if not packs(trainer):  # the study file refuses it; a fake trainer may not pack
         raise WorkerError(f"trainer {trainer.name!r} cannot train packs of {slots} trials")
-    return run_pack(gate, cast(PackingTrainer, trainer), slots)
+    return run_pack(gate, cast(PackingTrainer, trainer), slots, in_flight)
 
 
-def _start_trial(study: optuna.Study, ctx: TrialContext, claim: Claim) -> Round:
-    """Run one trial; the objective releases `claim` as soon as the trial is RUNNING."""
-    ctx.claim = claim
-    try:
-        state = _run_one_trial(study, ctx)
-    finally:
-        ctx.claim = None
-    return "dropped" if state is None else state
-
-
-def _run_one_trial(study: optuna.Study, ctx: TrialContext) -> TrialState | None:
+def _run_one_trial(
+    study: optuna.Study, ctx: WorkerContext, in_flight: InFlight, claim: Claim
+) -> TrialState | None:
     """Run one trial; its final state, or None when another worker had already reaped it (a
-    long pause: the worker logs it, drops the trial and goes on)."""
+    long pause: the worker logs it, drops the trial and goes on). The objective releases
+    `claim` as soon as the trial is RUNNING."""
     finished: list[FrozenTrial] = []
-    ctx.current = None
+    in_flight.current = None
     try:
         study.optimize(
-            make_objective(ctx),
+            make_objective(ctx, in_flight, claim),
             n_trials=1,
             catch=(Exception,),
             callbacks=[lambda _study, trial: finished.append(trial)],
@@ -338,10 +340,11 @@ def _run_one_trial(study: optuna.Study, ctx: TrialContext) -> TrialState | None:
     except (UpdateFinishedTrialError, ValueError) as exc:
         # Optuna's tell refuses a trial that another worker has already finished: ours was
         # reaped (a missed heartbeat) and maybe retried elsewhere. Drop it and go on.
-        if ctx.current is None or not _finished_elsewhere(ctx.current):
+        current = in_flight.current
+        if current is None or not _finished_elsewhere(current):
             raise
         ctx.tally.dropped += 1
-        ctx.log(f"dropped trial {ctx.current.number}, already finished elsewhere: {exc}")
+        ctx.log(f"dropped trial {current.number}, already finished elsewhere: {exc}")
         return None
     if not finished:
         return None
