@@ -45,8 +45,8 @@ from optuna.trial import FrozenTrial, TrialState
 
 from search import trial_record
 from search.budget import Decision
-from search.storage import StudyLock
-from search.study_file import StudyFileError, StudySpec, parse_study, read_stored_spec
+from search.study_file import StudyFileError, StudySpec, parse_study
+from search.study_manager import ManagedStudy
 
 SUFFIX = ":confirm"
 FIRST_SEED = 1  # the parent's trials train with TrainConfig's default seed, 0
@@ -120,7 +120,7 @@ class ConfirmPlan:
 
 def stored_spec(study: optuna.Study) -> StudySpec:
     """The validated spec stored with a tune study (the parent of a confirmation)."""
-    spec = read_stored_spec(study)
+    spec = ManagedStudy(study).stored_spec()
     if spec is None:
         raise ConfirmError(
             f"study {study.study_name!r} was not created by `tune launch` (no stored study file)"
@@ -253,7 +253,7 @@ def prepare_confirm(storage: RDBStorage, parent: optuna.Study, plan: ConfirmPlan
         with warnings.catch_warnings():  # "experimental" since Optuna 3.2
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             study.set_metric_names([metric])
-    with StudyLock(storage, storage.get_study_id_from_name(name)):
+    with ManagedStudy(study, storage).lock():
         stored = trial_record.read_confirm_plan(study)
         if stored is not None:
             plan = ConfirmPlan.from_dict(stored).merged(plan)

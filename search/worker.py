@@ -19,6 +19,11 @@ The loop, per trial:
 3. whatever the trial does (exception, non-finite loss, out of memory, reaped by another worker),
    the worker records it and goes on; only a run of consecutive failures stops it.
 
+The worker reaches its study through `ManagedStudy` (search/study_manager.py: the claim, the
+stored spec, failing its own trials on exit), not through the storage's details. What a trial
+needs of the worker is fixed when it starts (`WorkerContext`); what changes from trial to trial
+is `InFlight` and the claim its start hands over (`TrialRun.begin(claim)`).
+
 SIGINT/SIGTERM fail the current trial with the reason "interrupted" and end the loop: nothing is
 left RUNNING. The study's trainer (`search/trainers/`) is prepared once per worker (tune's own
 loads the data set then); torch gets cores // local workers threads. tune's training function is
