@@ -125,7 +125,13 @@ def test_sigterm_stops_launch_and_its_workers(pg_url: str, tmp_path: Path) -> No
     stop_seconds = time.monotonic() - sent
     assert proc.returncode == 130, err
     assert "stopping" in out and "interrupted in" in out
-    assert stop_seconds < 15, f"took {stop_seconds:.1f} s to stop"
+    # seen once in CI (33 s, while the whole suite ran at half speed), not again in 8 runs under
+    # load: the workers' logs say where a slow stop spent its time
+    logs = "\n".join(
+        f"--- {log.name}\n{log.read_text(errors='replace')[-2000:]}"
+        for log in sorted((tmp_path / "runs" / "smoke").glob("worker-*.log"))
+    )
+    assert stop_seconds < 15, f"took {stop_seconds:.1f} s to stop\n{out[-2000:]}\n{logs}"
     all_trials = _assert_cleanly_stopped(pg_url)
     assert sum(t.state == TrialState.FAIL for t in all_trials) == 2  # one per worker
     logs = sorted((tmp_path / "runs" / "smoke").glob("worker-*.log"))
