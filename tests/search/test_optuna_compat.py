@@ -184,3 +184,32 @@ def test_the_report_imports_optunas_plotly_views_without_matplotlib() -> None:
         "matplotlib",
         "True",
     )  # imports as usual afterwards, if installed
+
+
+def test_every_override_still_matches_what_optuna_calls() -> None:
+    """Renamed or re-signed upstream, an override would silently never be called (or fail at
+    the first call in a worker): each one is checked against Optuna's own method here."""
+    import inspect
+
+    from optuna.storages import GrpcStorageProxy, RDBStorage
+
+    for cls, name in (
+        (RDBStorage, "_get_stale_trial_ids"),
+        (RDBStorage, "_get_trials"),
+        (GrpcStorageProxy, "_setup"),
+    ):
+        theirs = getattr(cls, name, None)
+        assert callable(theirs), f"{cls.__name__}.{name} is gone"
+    ours = {
+        "_get_stale_trial_ids": HeartbeatRDBStorage._get_stale_trial_ids,
+        "_get_trials": HeartbeatRDBStorage._get_trials,
+        "_setup": optuna_compat.ReconnectingGrpcStorageProxy._setup,
+    }
+    for name, method in ours.items():
+        cls = GrpcStorageProxy if name == "_setup" else RDBStorage
+        assert list(inspect.signature(method).parameters) == list(
+            inspect.signature(getattr(cls, name)).parameters
+        ), name
+    # what Optuna's proxy client reads after `_setup`, which the override must set
+    setup = inspect.getsource(GrpcStorageProxy._setup)
+    assert "self._stub" in setup and "self._cache" in setup and "self._channel" in setup
