@@ -33,7 +33,7 @@ from optuna.trial import TrialState
 
 from search.optuna_compat import record_heartbeat, stale_trial_ids, study_id, study_storage
 from search.outage import connection_reason, is_connection_error
-from search.storage import StudyLock, mask_text
+from search.storage import LockAbandoned, StudyLock, mask_text
 
 
 def reap_stale_trials(
@@ -42,6 +42,7 @@ def reap_stale_trials(
     *,
     lock_held: bool = False,
     log: Callable[[str], None] | None = None,
+    abandon: Callable[[], bool] | None = None,
 ) -> None:
     """Enqueue the retry of each stale trial, then fail it, under the study lock.
 
@@ -56,12 +57,12 @@ def reap_stale_trials(
       left a FAIL trial that nothing would ever retry.
 
     The lock is taken only when there is something to reap (one read otherwise); `lock_held`
-    says the caller holds it already.
+    says the caller holds it already; `abandon()` True gives up waiting for it (`LockAbandoned`).
     """
     sid = study_id(study)
     if not stale_trial_ids(rdb, sid):
         return
-    with contextlib.nullcontext() if lock_held else StudyLock(rdb, sid, log=log):
+    with contextlib.nullcontext() if lock_held else StudyLock(rdb, sid, log=log, abandon=abandon):
         storage = study_storage(study)
         retry = rdb.get_heartbeat_stale_trial_callback()
         retried = {
@@ -113,7 +114,8 @@ class Reaper:
         return self
 
     def stop(self) -> None:
-        """Stop and wait for the thread (at most one database call)."""
+        """Stop and wait for the thread (at most one database call: a wait for the study lock is
+        given up)."""
         self._stop.set()
         if self._thread.is_alive():
             self._thread.join(timeout=30)
@@ -130,7 +132,9 @@ class Reaper:
             record_heartbeat(self._study, trial_id)
         if self._rdb is None or time.monotonic() - self._answered_since < self._settle:
             return
-        reap_stale_trials(self._study, self._rdb, log=self._log)
+        # a reaper that stops gives up waiting for the study lock: the other workers' reapers reap
+        with contextlib.suppress(LockAbandoned):
+            reap_stale_trials(self._study, self._rdb, log=self._log, abandon=self._stop.is_set)
 
     def _run(self) -> None:
         while not self._stop.wait(self._interval):

@@ -58,6 +58,10 @@ class StorageError(RuntimeError):
     """The storage cannot be used; the message is one line with the URL masked."""
 
 
+class LockAbandoned(RuntimeError):
+    """A `StudyLock` wait given up because its waiter stops (`abandon()` said so)."""
+
+
 class StorageDown(StorageError):
     """The database stayed unreachable for longer than `StorageSettings.storage_down_limit`."""
 
@@ -352,10 +356,14 @@ class StudyLock:
         shared: bool = False,
         log: Callable[[str], None] | None = None,
         say_every: float = 10.0,
+        abandon: Callable[[], bool] | None = None,
     ) -> None:
         self._storage = storage
         self._study_id = study_id
         self._shared = shared
+        # asked between tries while waiting: True gives the wait up (`LockAbandoned`), so that a
+        # thread that stops (the reaper) does not hold up its process for a lock it no longer needs
+        self._abandon = abandon
         self._log = log
         self._say_every = say_every
         self._conn: sa.Connection | None = None
@@ -424,13 +432,15 @@ class StudyLock:
 
     def _acquire_advisory(self, conn: sa.Connection) -> None:
         keys = {"a": _LOCK_NAMESPACE, "b": self._study_id}
-        started = time.monotonic()
+        started = next_line = time.monotonic()
+        # a blocking wait (the lock passes on at once), bounded so that we can say why, and
+        # shorter when the wait may be abandoned
+        bound = self._say_every if self._abandon is None else min(self._say_every, 0.5)
         while True:
             try:
-                # a blocking wait (the lock passes on at once), bounded so that we can say why
                 conn.execute(
                     sa.text("SELECT set_config('lock_timeout', :t, true)"),
-                    {"t": f"{round(self._say_every * 1000)}ms"},
+                    {"t": f"{round(bound * 1000)}ms"},
                 )
                 conn.execute(sa.text(f"SELECT {self._advisory('lock')}(:a, :b)"), keys)
                 conn.commit()  # the session-level lock outlives the transaction
@@ -439,6 +449,10 @@ class StudyLock:
                 if getattr(exc.orig, "pgcode", None) != _LOCK_NOT_AVAILABLE:
                     raise
                 conn.rollback()
+            self._check_abandoned()
+            if time.monotonic() - next_line < self._say_every - 0.01:
+                continue
+            next_line = time.monotonic()
             holder = conn.execute(
                 sa.text(
                     "SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND granted "
@@ -460,10 +474,15 @@ class StudyLock:
                 return
             except BlockingIOError:
                 pass
+            self._check_abandoned()
             if time.monotonic() - next_line >= self._say_every:
                 next_line = time.monotonic()
                 self._say(started, f"held by another process on this machine ({file.name})")
             time.sleep(0.01)
+
+    def _check_abandoned(self) -> None:
+        if self._abandon is not None and self._abandon():
+            raise LockAbandoned(f"gave up waiting for the lock of study {self._study_id}")
 
     def _say(self, started: float, holder: str) -> None:
         if self._log is not None:

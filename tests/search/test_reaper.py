@@ -13,7 +13,7 @@ import pytest
 from optuna.trial import TrialState
 
 from search.optuna_compat import TrialModel, study_id, trial_id
-from search.reaper import reap_stale_trials
+from search.reaper import Reaper, reap_stale_trials
 from search.storage import StorageSettings, StudyLock, open_storage, session
 
 
@@ -70,3 +70,19 @@ def test_reaping_waits_for_the_study_lock(url: str) -> None:
     holder.release()
     reaper.join(timeout=10)
     assert _states(study) == ["FAIL", "WAITING"]
+
+
+def test_a_stopping_reaper_gives_up_waiting_for_the_study_lock(url: str) -> None:
+    """A worker that exits stops its reaper; one waiting for the lock (another process holds
+    it) must not hold the exit up until the lock is free."""
+    study, rdb, _ = _study_with_a_dead_trial(url)
+    holder = StudyLock(rdb, study_id(study)).acquire()  # another worker, counting the budget
+    try:
+        reaper = Reaper(study, rdb, interval=0.1).start()
+        time.sleep(0.5)  # it found the dead trial and waits for the lock to reap it
+        stopping = time.monotonic()
+        reaper.stop()
+        assert time.monotonic() - stopping < 2.0
+        assert _states(study) == ["RUNNING"]  # it reaped nothing: it gave up
+    finally:
+        holder.release()
