@@ -128,7 +128,7 @@ class TrialTally:
     pruned: int = 0
     failed: int = 0
     dropped: int = 0  # reaped by another worker while this one still ran it
-    started_racing: int = 0  # started without the exclusive study lock (search/worker.py)
+    started_racing: int = 0  # started without the exclusive study lock (search/start_gate.py)
     busy_seconds: float = 0.0
     last_error: str | None = None
     errors: list[str] = field(default_factory=list)

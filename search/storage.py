@@ -127,6 +127,17 @@ class StateCounts:
         """What the budget counts: COMPLETE + PRUNED."""
         return self.complete + self.pruned
 
+    @classmethod
+    def of(cls, by_state: Mapping[TrialState, int]) -> StateCounts:
+        """The counts from trials counted by state (a state missing counts 0)."""
+        return cls(
+            complete=by_state.get(TrialState.COMPLETE, 0),
+            pruned=by_state.get(TrialState.PRUNED, 0),
+            fail=by_state.get(TrialState.FAIL, 0),
+            running=by_state.get(TrialState.RUNNING, 0),
+            waiting=by_state.get(TrialState.WAITING, 0),
+        )
+
 
 def resolve_url(url: str | None = None) -> str:
     """`url`, else `$TUNE_STORAGE`, else the default SQLite file in the working folder."""
@@ -316,14 +327,7 @@ def count_states(storage: RDBStorage, study_id: int) -> StateCounts:
             .group_by(trial.state)
             .all()
         )
-    by_state = {state: n for state, n in rows}
-    return StateCounts(
-        complete=by_state.get(TrialState.COMPLETE, 0),
-        pruned=by_state.get(TrialState.PRUNED, 0),
-        fail=by_state.get(TrialState.FAIL, 0),
-        running=by_state.get(TrialState.RUNNING, 0),
-        waiting=by_state.get(TrialState.WAITING, 0),
-    )
+    return StateCounts.of({state: n for state, n in rows})
 
 
 class StudyLock:

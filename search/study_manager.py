@@ -65,14 +65,7 @@ class ManagedStudy:
             return count_states(self.rdb, self.id)
         if trials is None:
             trials = self.study.get_trials(deepcopy=False)
-        by_state = Counter(t.state for t in trials)
-        return StateCounts(
-            complete=by_state[TrialState.COMPLETE],
-            pruned=by_state[TrialState.PRUNED],
-            fail=by_state[TrialState.FAIL],
-            running=by_state[TrialState.RUNNING],
-            waiting=by_state[TrialState.WAITING],
-        )
+        return StateCounts.of(Counter(t.state for t in trials))
 
     def budget_use(self, spec: StudySpec, trials: Sequence[FrozenTrial] | None = None) -> BudgetUse:
         """What the study has spent and promised of `spec`'s budget: from `trials` when given,
