@@ -6,8 +6,9 @@
 #      GPU utilisation, the worker loop's duty cycle on the GPU);
 #   3. bench.packing: packs of 1..64 nano and 1, 4, 16 medium trials against one trial alone
 #      (aggregate trial-images/s, GPU busy, memory per trial; issue 13);
-#   4. bench.search_efficiency on the loss-weights study as it is, 5 seeds, every study in its own
-#      process (one per CPU core), stopped at the time left.
+#   4. bench.search_efficiency on the loss-weights study's trials, 8 seeds, on shapes and
+#      shapes-large (issue 15), every study in its own process (one per CPU core), stopped at the
+#      time left.
 #
 #   bash bench/gpu.sh [OUT_DIR] [TOTAL_SECONDS]      # defaults: bench/results, 3 hours
 #
@@ -57,6 +58,6 @@ timeout 300 $py -m bench.packing --device cuda --model medium --k 1,4,16 --iters
 export OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1
 left=$(( total - ($(date +%s) - started) - 75 ))
 step "search efficiency, $cores processes, time limit ${left} s"
-$py -m bench.search_efficiency --seeds 5 --jobs "$cores" --time-limit "$left" --out "$out" \
+$py -m bench.search_efficiency --seeds 8 --jobs "$cores" --time-limit "$left" --out "$out" \
   2>&1 | tee -a "$log"
 step "done"

@@ -1,33 +1,38 @@
-"""Search efficiency: best validation mAP50-95 against training iterations spent, per method.
+"""Search efficiency: at equal compute, random search, TPE without pruning and TPE with the default
+pruner, over many seeds, on two generated data sets.
 
-    uv run python -m bench.search_efficiency            # the loss-weights study as it is, 3 seeds
-    uv run python -m bench.search_efficiency --quick    # a smaller, shorter problem, 2 seeds
-    uv run python -m bench.search_efficiency --merge A.json B.json   # runs made apart, one table
+    uv run python -m bench.search_efficiency --jobs 2                  # the study as it is (GPU)
+    uv run python -m bench.search_efficiency --preset cpu --jobs 2     # scaled to fit 2 CPU cores
+    uv run python -m bench.search_efficiency --from-results R.json     # re-summarise, no training
 
-Methods, all on the built-in `shapes` data set, each through the search package's own objective
-(`search.objective.make_objective`) and the real trainer (`trainer.fit.fit`), the data loaded
-once, in this process (one worker, one torch thread), one SQLite study per method and seed:
+Methods, each through the search package's own objective (`search.objective.make_objective`) and
+the real trainer (`trainer.fit.fit`), one SQLite study per data set, method and seed, one torch
+thread per study (`--jobs N` runs N studies at once, each in its own process):
 
-- hand-tuned: the five `[[baselines]]` of `studies/loss-weights.toml`, full length, in order
-  (the trainer's seed is fixed, so this is one run whatever the sampler seed);
 - random: `RandomSampler`, no pruning;
-- tpe: `TPESampler` as the study file sets it (multivariate, constant liar, n_startup_trials),
-  no pruning;
-- tpe+hyperband: the loss-weights default, TPE with tune's Hyperband over epochs
-  (`search/pruning.py`);
-- tpe+hyperband-at-once (only when named in --methods): the same with `n_min_trials = 1`, so a
-  rung decides from its first value (Optuna's own Hyperband; the default before n_min_trials).
+- tpe: `TPESampler` as `studies/loss-weights.toml` sets it (multivariate, constant liar), no
+  pruning;
+- tpe+pruner: the loss-weights default, TPE with the study file's pruner (successive halving on
+  validation mAP50-95, wrapped in tune's `SparingPruner`).
 
-The search methods start from nothing (no baselines enqueued): otherwise they would "match" the
-best hand-tuned setting by running it. Each method runs trials until it has spent the budget, in
-training iterations (a pruned trial costs the iterations it ran). The best mAP50-95 at a budget
-counts only COMPLETE trials that ended within it. Writes bench/results/search_efficiency[-quick]
-.json and .html (a Plotly figure).
+Every method starts from nothing: no baselines and no trainer-defaults start trial, which would
+hand every method the same good point. Each runs trials until it has spent the budget, counted in
+training iterations (a pruned trial costs the iterations it ran; one iteration is one batch on
+every method, so this is equal compute). "Best at budget" counts only COMPLETE trials that ended
+within it; a study with none counts as 0.
+
+Summary per data set: for each method the median and interquartile range of the best at budget
+over seeds; the target, random search's median best at budget; the budget each method needs to
+reach it (median over seeds, a seed that never does counting as infinite); and the Mann-Whitney U
+test between every pair of methods (`search.confirm_stats.mann_whitney_u`). The goal: TPE with the
+pruner reaches the target with at most a third of the budget, and its best at budget is higher
+than random search's with one-sided p < 0.05. Writes bench/results/<name>.json and .html.
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import math
 import multiprocessing
@@ -35,48 +40,68 @@ import tempfile
 import time
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import optuna
 from optuna.trial import TrialState
 
-from bench import load_average, machine, median, table, write_results
+from bench import load_average, machine, median, percentile, table, write_results
 
 STUDY = "loss-weights"
-METHODS: dict[str, tuple[str, str, dict[str, Any]]] = {  # name -> (sampler, pruner, its settings)
-    "random": ("Random", "none", {}),
-    "tpe": ("TPE", "none", {}),
-    "tpe+hyperband": ("TPE", "Hyperband", {}),
-    # not run unless named: Hyperband deciding from a rung's first value (n_min_trials 1, Optuna's
-    # own behaviour), the loss-weights default before n_min_trials
-    "tpe+hyperband-at-once": ("TPE", "Hyperband", {"n_min_trials": 1}),
+RANDOM, TPE, TPE_PRUNER = "random", "tpe", "tpe+pruner"
+METHODS: dict[str, tuple[str, bool]] = {  # name -> (sampler, prunes with the study's pruner)
+    RANDOM: ("Random", False),
+    TPE: ("TPE", False),
+    TPE_PRUNER: ("TPE", True),
 }
-DEFAULT_METHODS = ("random", "tpe", "tpe+hyperband")
-HAND_TUNED = "hand-tuned"
+DATASETS = ("shapes", "shapes-large")  # trainer/shapes.py: SHAPES and SHAPES_LARGE
+GOAL_BUDGET_FRACTION = 1 / 3
+GOAL_P = 0.05
 
 
 @dataclass(frozen=True)
 class Settings:
-    """One benchmark configuration (everything that changes the numbers)."""
+    """One benchmark configuration (everything that changes the numbers).
+
+    None: as `studies/loss-weights.toml` says (trial length, evaluation interval, the pruner's
+    first rung, TPE's start-up trials).
+    """
 
     imgsz: int = 128
-    epochs: int = 4  # studies/loss-weights.toml's trial length (checked in main)
+    epochs: int | None = None
+    eval_interval: int | None = None
+    min_resource: int | None = None  # the pruner's first rung, in epochs
     batch: int = 32
     train_images: int = 1200
     val_images: int = 250
-    budget_trials: int = 24  # the budget, in full-length trials' worth of iterations
-    seeds: int = 3
-    n_startup_trials: int | None = None  # None: the study file's
-    baselines: int = 5  # how many of the hand-tuned settings to run (all five but in smoke tests)
+    budget_trials: int = 16  # the budget, in full-length trials' worth of iterations
+    seeds: int = 8
+    n_startup_trials: int | None = None
+    datasets: tuple[str, ...] = DATASETS
     device: str = "cpu"
 
 
-# Sized for ~15-25 minutes on two busy cores; TPE's start-up shortened so it can model at all.
-QUICK = Settings(
-    imgsz=96, epochs=3, batch=16, val_images=100, budget_trials=4, seeds=2, n_startup_trials=3
-)
+PRESETS = {
+    # The loss-weights study's trials (33 epochs, rungs at 6 and 18) with 8 random start-up
+    # draws: what a GPU with several studies at once can run (bench/gpu.sh).
+    "study": Settings(),
+    # Scaled so that 8 seeds x 3 methods on one data set fit in about 75 minutes of two cores:
+    # 6-epoch trials (222 iterations, mAP50-95 ~0.06 with the trainer's defaults), evaluated every
+    # epoch, one rung at epoch 4, 120 validation images, a budget of 8 trials. TPE models after 3
+    # random draws: in the study 6 of its 8 start-up trials are the enqueued baselines and start
+    # trial, which this benchmark leaves out.
+    "cpu": Settings(
+        epochs=6,
+        eval_interval=1,
+        min_resource=4,
+        val_images=120,
+        budget_trials=8,
+        n_startup_trials=3,
+        datasets=("shapes",),
+    ),
+}
 
 
 @dataclass
@@ -103,21 +128,18 @@ def _study_table(settings: Settings, data: str, method: str, seed: int) -> dict[
         "batch": settings.batch,
         "device": settings.device,
     }
+    if settings.eval_interval is not None:
+        raw["trial"]["eval_interval"] = settings.eval_interval
     raw["budget"] = {"n_trials": 100_000}  # this benchmark stops on iterations, not trials
-    if method == HAND_TUNED:
-        raw["baselines"] = raw["baselines"][: settings.baselines]
-        raw["pruner"] = {"type": "none"}
-        raw["budget"] = {"n_trials": len(raw["baselines"])}
-        return raw
-    raw.pop("baselines", None)
-    sampler, pruner, pruner_settings = METHODS[method]
-    # from nothing: the trainer-defaults start trial would hand every method the same good point
+    raw.pop("baselines", None)  # from nothing (module docstring)
+    sampler, prunes = METHODS[method]
     raw["sampler"] = {**raw["sampler"], "type": sampler, "seed": seed, "start_from_defaults": False}
     if settings.n_startup_trials is not None:
         raw["sampler"]["n_startup_trials"] = settings.n_startup_trials
-    raw["pruner"] = {**raw["pruner"], "type": pruner, **pruner_settings}
-    if pruner == "none":
+    if not prunes:
         raw["pruner"] = {"type": "none"}
+    elif settings.min_resource is not None:
+        raw["pruner"] = {**raw["pruner"], "min_resource": settings.min_resource}
     return raw
 
 
@@ -131,10 +153,10 @@ def run_study(
     tmp: Path,
     deadline: float | None = None,
 ) -> list[TrialRow]:
-    """Run one method with one seed until `budget` iterations are spent (hand-tuned: 5 trials).
+    """Run one method with one seed on one data set until `budget` iterations are spent.
 
     With a `deadline` (a `time.time()` value) no trial starts after it: the study ends short of
-    its budget, and the summary says how far every study got.
+    its budget, and the summary compares every study where all of them got to.
     """
     from search import trial_record
     from search.launch import prepare_study
@@ -146,8 +168,9 @@ def run_study(
 
     raw = _study_table(settings, data_path, method, seed)
     spec = parse_study(raw, f"bench {method} seed {seed}")
-    storage = open_storage(f"sqlite:///{tmp / (spec.name + '.db')}", create_schema=True)
-    prepare_study(spec, storage)  # stores the spec, enqueues the baselines (hand-tuned only)
+    folder = Path(tempfile.mkdtemp(prefix=f"{spec.name}-", dir=tmp))  # data sets share `tmp`
+    storage = open_storage(f"sqlite:///{folder / 'study.db'}", create_schema=True)
+    prepare_study(spec, storage)  # stores the spec
     study = optuna.load_study(
         study_name=spec.name,
         storage=storage,
@@ -155,7 +178,7 @@ def run_study(
         pruner=spec.make_pruner(),
     )
     trainer = TuneTrainer(fit, lambda *_: data)  # the data set loaded once for every study
-    trainer.prepare(spec.job({}, out=tmp))
+    trainer.prepare(spec.job({}, out=folder))
     ctx = WorkerContext(
         spec=spec,
         trainer=trainer,
@@ -163,7 +186,7 @@ def run_study(
         device_label=settings.device,
         worker_id="bench",
         threads=1,
-        runs_dir=tmp / "runs",
+        runs_dir=folder / "runs",
         stop=GracefulStop(),
         tally=TrialTally(),
         log=lambda line: None,
@@ -171,9 +194,10 @@ def run_study(
     objective = make_objective(ctx)
     rows: list[TrialRow] = []
     spent = 0
-    while (spent < budget) if method != HAND_TUNED else (len(rows) < len(spec.baselines)):
+    name = f"{Path(data_path).parent.name or data_path} {method} seed {seed}"
+    while spent < budget:
         if deadline is not None and time.time() >= deadline:
-            print(f"   {method} seed {seed}: time limit reached at {spent}/{budget}", flush=True)
+            print(f"   {name}: time limit reached at {spent}/{budget}", flush=True)
             break
         started = time.perf_counter()
         finished: list[optuna.trial.FrozenTrial] = []
@@ -195,12 +219,11 @@ def run_study(
             iterations=iterations,
             spent=spent,
             seconds=time.perf_counter() - started,
-            label=trial_record.read_baseline(trial),
         )
         rows.append(row)
         shown = f"{row.value:.4f}" if row.value is not None else "-"
         print(
-            f"   {method} seed {seed} trial {row.number}: {row.state} mAP50-95 {shown} "
+            f"   {name} trial {row.number}: {row.state} mAP50-95 {shown} "
             f"({row.iterations} it, {spent}/{budget}, {row.seconds:.0f} s)",
             flush=True,
         )
@@ -208,6 +231,9 @@ def run_study(
             print(f"     failed: {trial_record.read_error(trial)}", flush=True)
     storage.engine.dispose()
     return rows
+
+
+_LOADED: dict[str, Any] = {}  # data path -> loaded data set, per process
 
 
 def _run_in_process(
@@ -219,15 +245,16 @@ def _run_in_process(
     tmp: Path,
     deadline: float | None,
 ) -> list[TrialRow]:
-    """One study in a worker process of its own (`--jobs`): its own data, one torch thread."""
+    """One study in a worker process (`--jobs`): the data loaded once per process, one thread."""
     import torch
 
     from trainer.data import load_data
 
     torch.set_num_threads(1)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    data = load_data(data_path, settings.imgsz)
-    return run_study(settings, data_path, data, method, seed, budget, tmp, deadline)
+    if data_path not in _LOADED:
+        _LOADED[data_path] = load_data(data_path, settings.imgsz)
+    return run_study(settings, data_path, _LOADED[data_path], method, seed, budget, tmp, deadline)
 
 
 def _collect_into(
@@ -253,55 +280,74 @@ def budget_to_reach(rows: list[TrialRow], target: float) -> int | None:
     return None
 
 
-def summarise(
-    runs: dict[str, list[list[TrialRow]]], budget: int
-) -> tuple[float, list[dict[str, Any]]]:
-    """The best hand-tuned value, and one summary row per method (medians over seeds)."""
-    hand = runs[HAND_TUNED][0]
-    target = max((r.value for r in hand if r.value is not None), default=math.nan)
-    # A second, harder bar for when every hand-tuned setting scores near zero (short runs):
-    # half the best value any run of any method reached.
-    every = [r.value for seeds in runs.values() for rows in seeds for r in rows if r.value]
-    half_best = max(every, default=math.nan) / 2
-    # Studies cut short by --time-limit are compared where all of them got to.
-    spent = [_spent(rows) for m, seeds in runs.items() if m != HAND_TUNED for rows in seeds]
+def summarise(runs: dict[str, list[list[TrialRow]]], budget: int) -> dict[str, Any]:
+    """One data set's summary: per method, the best at budget over seeds and the budget to reach
+    random search's median best; Mann-Whitney U tests between methods; the goal."""
+    from search.confirm_stats import mann_whitney_u
+
+    # studies cut short by --time-limit are compared where all of them got to
+    spent = [rows[-1].spent if rows else 0 for seeds in runs.values() for rows in seeds]
     compared_at = min([budget, *spent])
-    summary = []
+    finals = {
+        method: [_zero_if_nan(best_at(rows, compared_at)) for rows in seeds]
+        for method, seeds in runs.items()
+    }
+    target = median(finals[RANDOM]) if RANDOM in finals else math.nan
+    methods: list[dict[str, Any]] = []
     for method, seeds in runs.items():
+        values = finals[method]
         reached = [budget_to_reach(rows, target) for rows in seeds]
-        hits = [b for b in reached if b is not None]
-        reached_half = [budget_to_reach(rows, half_best) for rows in seeds]
-        at_budget = [
-            best_at(rows, compared_at if method != HAND_TUNED else math.inf) for rows in seeds
-        ]
-        summary.append(
+        to_target = _median_with_misses(reached)
+        methods.append(
             {
                 "method": method,
                 "seeds": len(seeds),
                 "trials_median": median([len(rows) for rows in seeds]),
                 "pruned_median": median([sum(r.state == "PRUNED" for r in rows) for rows in seeds]),
                 "failed_total": sum(r.state == "FAIL" for rows in seeds for r in rows),
-                "spent_min": min((_spent(rows) for rows in seeds), default=0),
-                "compared_at": compared_at,
-                "best_at_budget_median": median([v for v in at_budget if not math.isnan(v)]),
-                "best_at_budget_min": min(at_budget, default=math.nan),
-                "best_at_budget_max": max(at_budget, default=math.nan),
-                "reached_hand_tuned": f"{len(hits)}/{len(seeds)}",
-                # median over seeds, counting a seed that never reached it as infinitely costly
-                "budget_to_match_median": _median_with_misses(reached),
-                "budget_to_match": reached,
-                "half_best": half_best,
-                "reached_half_best": f"{sum(b is not None for b in reached_half)}/{len(seeds)}",
-                "budget_to_half_best_median": _median_with_misses(reached_half),
-                "budget_to_half_best": reached_half,
+                "best_at_budget": values,
+                "best_median": median(values),
+                "best_q25": percentile(values, 25),
+                "best_q75": percentile(values, 75),
+                "best_min": min(values),
+                "best_max": max(values),
+                "budget_to_target": reached,
+                "budget_to_target_median": to_target,
+                "budget_to_target_fraction": to_target / compared_at,
+                "reached_target": f"{sum(b is not None for b in reached)}/{len(seeds)}",
             }
         )
-    return target, summary
+    tests = [
+        {
+            "first": a,
+            "second": b,
+            **asdict(mann_whitney_u(finals[a], finals[b], "two-sided")),
+        }
+        for a, b in itertools.combinations(runs, 2)
+    ]
+    goal: dict[str, Any] = {"budget_fraction_goal": GOAL_BUDGET_FRACTION, "p_goal": GOAL_P}
+    if RANDOM in finals and TPE_PRUNER in finals:
+        [row] = [m for m in methods if m["method"] == TPE_PRUNER]
+        fraction = float(row["budget_to_target_fraction"])
+        higher = mann_whitney_u(finals[TPE_PRUNER], finals[RANDOM], "greater")
+        goal.update(
+            budget_fraction=fraction,
+            p_higher=higher.p_value,
+            u=higher.u,
+            budget_met=fraction <= GOAL_BUDGET_FRACTION,
+            higher_met=higher.p_value < GOAL_P and median(finals[TPE_PRUNER]) > target,
+        )
+    return {
+        "compared_at": compared_at,
+        "target": target,
+        "methods": methods,
+        "tests": tests,
+        "goal": goal,
+    }
 
 
-def _spent(rows: list[TrialRow]) -> int:
-    """Iterations a study spent in all (it may stop short of the budget at --time-limit)."""
-    return rows[-1].spent if rows else 0
+def _zero_if_nan(value: float) -> float:
+    return 0.0 if math.isnan(value) else value  # no COMPLETE trial: nothing found
 
 
 def _median_with_misses(reached: list[int | None]) -> float:
@@ -309,186 +355,169 @@ def _median_with_misses(reached: list[int | None]) -> float:
     return median(values) if values else math.nan
 
 
-def draw(runs: dict[str, list[list[TrialRow]]], target: float, budget: int, path: Path) -> None:
-    """The Plotly figure: best mAP50-95 so far against iterations, one line per method and seed."""
+def draw(runs: dict[str, dict[str, list[list[TrialRow]]]], budget: int, path: Path) -> None:
+    """The Plotly figure: best mAP50-95 so far against iterations, a panel per data set."""
     import plotly.graph_objects as go
+    from plotly.subplots import make_subplots
 
-    colours = {
-        HAND_TUNED: "#444444",
-        "random": "#1f77b4",
-        "tpe": "#ff7f0e",
-        "tpe+hyperband": "#2ca02c",
-    }
-    fig = go.Figure()
-    for method, seeds in runs.items():
-        for i, rows in enumerate(seeds):
-            xs, ys, best = [0], [0.0], 0.0
-            for row in rows:
-                if row.value is not None:
-                    best = max(best, row.value)
-                xs.append(row.spent)
-                ys.append(best)
-            fig.add_trace(
-                go.Scatter(
-                    x=xs,
-                    y=ys,
-                    mode="lines+markers",
-                    line={"shape": "hv", "color": colours.get(method)},
-                    name=f"{method}" + (f" (seed {i})" if method != HAND_TUNED else ""),
-                    legendgroup=method,
+    colours = {RANDOM: "#1f77b4", TPE: "#ff7f0e", TPE_PRUNER: "#2ca02c"}
+    fig = make_subplots(rows=1, cols=len(runs), subplot_titles=list(runs))
+    for col, by_method in enumerate(runs.values(), start=1):
+        for method, seeds in by_method.items():
+            for i, rows in enumerate(seeds):
+                xs, ys, best = [0], [0.0], 0.0
+                for row in rows:
+                    if row.value is not None:
+                        best = max(best, row.value)
+                    xs.append(row.spent)
+                    ys.append(best)
+                fig.add_trace(
+                    go.Scatter(
+                        x=xs,
+                        y=ys,
+                        mode="lines",
+                        line={"shape": "hv", "color": colours.get(method), "width": 1},
+                        name=method,
+                        legendgroup=method,
+                        showlegend=col == 1 and i == 0,
+                        hovertext=f"{method}, seed {i}",
+                    ),
+                    row=1,
+                    col=col,
                 )
-            )
-    fig.add_hline(y=target, line_dash="dash", annotation_text="best hand-tuned setting")
-    fig.add_vline(x=budget, line_dash="dot", annotation_text="budget")
+        fig.add_vline(x=budget, line_dash="dot", row=1, col=col)
+    fig.update_xaxes(title_text="training iterations spent (all trials of the study)")
+    fig.update_yaxes(title_text="best mAP50-95 so far (COMPLETE trials)", col=1)
     fig.update_layout(
-        title="Best validation mAP50-95 against training iterations spent (shapes)",
-        xaxis_title="training iterations spent (all trials of the study)",
-        yaxis_title="best mAP50-95 so far (COMPLETE trials)",
+        title="Best validation mAP50-95 against training iterations, one line per seed",
         template="plotly_white",
     )
     fig.write_html(path, include_plotlyjs="cdn")
 
 
+def data_path(dataset: str, settings: Settings) -> str:
+    """The data.yaml of a benchmark data set at the settings' image counts (generated once)."""
+    from trainer.shapes import N_TRAIN, N_VAL, SHAPES, SHAPES_LARGE, shapes_yaml
+
+    styles = {"shapes": SHAPES, "shapes-large": SHAPES_LARGE}
+    if dataset not in styles:
+        raise SystemExit(f"unknown data set {dataset!r} (known: {', '.join(styles)})")
+    if dataset == "shapes" and (settings.train_images, settings.val_images) == (N_TRAIN, N_VAL):
+        return "shapes"  # the built-in name, as the study file says
+    n_train, n_val = settings.train_images, settings.val_images
+    return str(shapes_yaml(n_train=n_train, n_val=n_val, style=styles[dataset]))
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
-    """Run every method and seed, print the tables, write the JSON results and the figure."""
+    """Run every data set, method and seed; print the tables; write the results and figure."""
     parser = argparse.ArgumentParser(prog="python -m bench.search_efficiency", description=__doc__)
-    parser.add_argument("--quick", action="store_true", help="smaller problem, 2 seeds")
-    parser.add_argument("--seeds", type=int, help="sampler seeds per search method")
+    parser.add_argument("--preset", choices=PRESETS, default="study", help="settings to start from")
+    parser.add_argument("--seeds", type=int, help="sampler seeds per method (at least 8)")
     parser.add_argument("--epochs", type=int, help="epochs of a full-length trial")
+    parser.add_argument("--eval-interval", type=int, help="evaluate every N epochs")
+    parser.add_argument("--min-resource", type=int, help="the pruner's first rung, in epochs")
     parser.add_argument("--budget-trials", type=int, help="budget in full-length trials")
     parser.add_argument("--imgsz", type=int, help="image size")
     parser.add_argument("--batch", type=int, help="batch size")
-    parser.add_argument("--train-images", type=int, help="first N shapes training images")
-    parser.add_argument("--val-images", type=int, help="first N shapes validation images")
+    parser.add_argument("--train-images", type=int, help="first N training images")
+    parser.add_argument("--val-images", type=int, help="first N validation images")
     parser.add_argument("--startup-trials", type=int, help="TPE n_startup_trials")
-    parser.add_argument("--baselines", type=int, help="run only the first N hand-tuned settings")
+    parser.add_argument("--datasets", help=f"comma-separated, of {', '.join(DATASETS)}")
     parser.add_argument(
-        "--methods",
-        default=",".join(DEFAULT_METHODS),
-        help=f"search methods to run, of {', '.join(METHODS)}",
+        "--methods", default=",".join(METHODS), help=f"comma-separated, of {', '.join(METHODS)}"
     )
-    parser.add_argument(
-        "--jobs", type=int, default=1, help="studies run at once, each in its own process"
-    )
+    parser.add_argument("--jobs", type=int, default=1, help="studies at once, a process each")
     parser.add_argument(
         "--time-limit",
         type=float,
         help="seconds: no trial starts after this (studies may end short of the budget)",
     )
+    parser.add_argument("--name", default="search_efficiency", help="results file name")
     parser.add_argument("--out", type=Path, default=None, help="results folder")
     parser.add_argument(
         "--from-results", type=Path, help="re-summarise a results JSON (no training)"
     )
-    parser.add_argument(
-        "--merge",
-        type=Path,
-        nargs="+",
-        help="results JSONs of the same problem, other methods: write one (--out), no training",
-    )
     args = parser.parse_args(argv)
     if args.from_results:
         return resummarise(args.from_results)
-    if args.merge:
-        return merge_results(args.merge, args.out)
     import torch
 
     torch.set_num_threads(1)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    settings = QUICK if args.quick else Settings()
     changes = {
         "seeds": args.seeds,
         "epochs": args.epochs,
+        "eval_interval": args.eval_interval,
+        "min_resource": args.min_resource,
         "budget_trials": args.budget_trials,
         "imgsz": args.imgsz,
         "batch": args.batch,
         "train_images": args.train_images,
         "val_images": args.val_images,
         "n_startup_trials": args.startup_trials,
-        "baselines": args.baselines,
+        "datasets": tuple(args.datasets.split(",")) if args.datasets else None,
     }
-    settings = Settings(**{**asdict(settings), **{k: v for k, v in changes.items() if v}})
-    from search.study_file import read_study_table
-
-    study_epochs = read_study_table(STUDY)[0]["trial"]["epochs"]
-    if settings.epochs != study_epochs and not args.quick and not args.epochs:
-        raise SystemExit(f"Settings.epochs {settings.epochs} is not the study's {study_epochs}")
+    settings = replace(PRESETS[args.preset], **{k: v for k, v in changes.items() if v})
     if torch.cuda.is_available():
-        settings = Settings(**{**asdict(settings), "device": "cuda"})
+        settings = replace(settings, device="cuda")
     methods = [m for m in args.methods.split(",") if m]
     for method in methods:
         if method not in METHODS:
             raise SystemExit(f"unknown method {method!r} (known: {', '.join(METHODS)})")
+    from search.study_file import read_study_table
 
+    epochs = settings.epochs or int(read_study_table(STUDY)[0]["trial"]["epochs"])
     from trainer.data import load_data
-    from trainer.shapes import N_TRAIN, N_VAL, shapes_yaml
 
-    full_set = (settings.train_images, settings.val_images) == (N_TRAIN, N_VAL)
-    data_path = (
-        "shapes"
-        if full_set
-        else str(shapes_yaml(n_train=settings.train_images, n_val=settings.val_images))
-    )
-    data = load_data(data_path, settings.imgsz)
-    iters_per_epoch = len(data.train) // settings.batch
-    budget = settings.budget_trials * settings.epochs * iters_per_epoch
+    paths = {dataset: data_path(dataset, settings) for dataset in settings.datasets}
+    train_images = {d: len(load_data(p, settings.imgsz).train) for d, p in paths.items()}
+    budgets = {
+        d: settings.budget_trials * epochs * (n // settings.batch) for d, n in train_images.items()
+    }
     print(
-        f"shapes {len(data.train)} train / {len(data.val)} val images at {settings.imgsz} px, "
-        f"batch {settings.batch}, {settings.epochs} epochs a trial; budget {budget} iterations "
-        f"per method and seed; load average {load_average()[0]:.2f}",
+        f"{', '.join(f'{d} ({n} train images)' for d, n in train_images.items())} at "
+        f"{settings.imgsz} px, batch {settings.batch}, {epochs}-epoch trials, {settings.seeds} "
+        f"seeds, budget {settings.budget_trials} trials = "
+        f"{', '.join(f'{b} iterations ({d})' for d, b in budgets.items())}; "
+        f"load average {load_average()[0]:.2f}",
         flush=True,
     )
     started = time.perf_counter()
     deadline = None if args.time_limit is None else time.time() + args.time_limit
     loads = [load_average()[0]]
-    tasks = [(HAND_TUNED, 0)] + [(m, seed) for seed in range(settings.seeds) for m in methods]
-    runs: dict[str, list[list[TrialRow]]] = {}
+    tasks = [
+        (d, m, seed) for d in settings.datasets for seed in range(settings.seeds) for m in methods
+    ]
+    runs: dict[str, dict[str, list[list[TrialRow]]]] = {}
     with tempfile.TemporaryDirectory(prefix="tune-bench-") as tmp:
-        if args.jobs <= 1:
-            for method, seed in tasks:
-                print(f"-- {method}, seed {seed}", flush=True)
-                rows = run_study(
-                    settings, data_path, data, method, seed, budget, Path(tmp), deadline
+        print(f"-- {len(tasks)} studies, {args.jobs} at a time", flush=True)
+        spawn = multiprocessing.get_context("spawn")  # CUDA cannot be forked
+        with ProcessPoolExecutor(args.jobs, mp_context=spawn) as pool:
+            futures = [
+                pool.submit(
+                    _run_in_process, settings, paths[d], m, seed, budgets[d], Path(tmp), deadline
                 )
-                runs.setdefault(method, []).append(rows)
+                for d, m, seed in tasks
+            ]
+            for (dataset, method, _), future in zip(tasks, futures, strict=True):
+                runs.setdefault(dataset, {}).setdefault(method, []).append(future.result())
                 loads.append(load_average()[0])
-        else:
-            print(f"-- {len(tasks)} studies, {args.jobs} at a time", flush=True)
-            spawn = multiprocessing.get_context("spawn")  # CUDA cannot be forked
-            with ProcessPoolExecutor(args.jobs, mp_context=spawn) as pool:
-                futures = [
-                    pool.submit(
-                        _run_in_process, settings, data_path, m, seed, budget, Path(tmp), deadline
-                    )
-                    for m, seed in tasks
-                ]
-                for (method, _), future in zip(tasks, futures, strict=True):
-                    runs.setdefault(method, []).append(future.result())
-                    loads.append(load_average()[0])
-    target, summary = summarise(runs, budget)
-    wall = time.perf_counter() - started
-
-    print(_tables(runs, summary, target, budget))
-    name = "search_efficiency-quick" if args.quick else "search_efficiency"
     payload = {
         "bench": "search_efficiency",
-        "mode": "quick" if args.quick else "full",
+        "preset": args.preset,
         "machine": machine(),
-        "settings": asdict(settings),
-        "data": {"path": data_path, "train": len(data.train), "val": len(data.val)},
-        "budget_iterations": budget,
-        "iterations_per_epoch": iters_per_epoch,
-        "best_hand_tuned": target,
-        "summary": summary,
-        "goal": _goal(summary),
-        "runs": {m: [[asdict(r) for r in rows] for rows in seeds] for m, seeds in runs.items()},
-        "wall_seconds": wall,
+        "settings": {**asdict(settings), "epochs": epochs},
+        "data": {d: {"path": paths[d], "train": train_images[d]} for d in settings.datasets},
+        "budget_iterations": budgets,
+        "runs": {
+            d: {m: [[asdict(r) for r in rows] for rows in seeds] for m, seeds in by.items()}
+            for d, by in runs.items()
+        },
+        "wall_seconds": time.perf_counter() - started,
         "load_average_samples": loads,
         "load_average_median": median(loads),
     }
-    path = write_results(name, payload, args.out)
-    draw(runs, target, budget, path.with_suffix(".html"))
-    print(f"results: {path} and {path.with_suffix('.html')} ({wall:.0f} s)")
-    return payload
+    return _summarise_into(payload, write_results(args.name, payload, args.out))
 
 
 def resummarise(path: Path) -> dict[str, Any]:
@@ -497,130 +526,72 @@ def resummarise(path: Path) -> dict[str, Any]:
     return _summarise_into(payload, path)
 
 
-def merge_results(paths: list[Path], out_dir: Path | None = None) -> dict[str, Any]:
-    """One results JSON from runs of different methods, made apart, on the same problem.
-
-    Refused unless every part has the same settings and data, no method twice, and hand-tuned
-    runs equal to the last digit: the trainer is deterministic on one machine, so differing
-    hand-tuned values mean different machines (or code), whose methods do not compare.
-    """
-    parts: list[dict[str, Any]] = [json.loads(p.read_text()) for p in paths]
-    first = parts[0]
-    runs: dict[str, Any] = {HAND_TUNED: first["runs"][HAND_TUNED]}
-    for path, part in zip(paths, parts, strict=True):
-        for key in ("settings", "data", "budget_iterations"):
-            if part[key] != first[key]:
-                raise SystemExit(f"{path}: {key} {part[key]} differ from {paths[0]}'s {first[key]}")
-        hand = [(r["label"], r["value"]) for r in part["runs"][HAND_TUNED][0]]
-        if hand != [(r["label"], r["value"]) for r in runs[HAND_TUNED][0]]:
-            raise SystemExit(
-                f"{path}: its hand-tuned runs ({', '.join(f'{v:.6g}' for _, v in hand)}) differ "
-                f"from {paths[0]}'s: made on another machine or with other code, so its methods "
-                "cannot be compared with those of the other parts"
-            )
-        for method, seeds in part["runs"].items():
-            if method == HAND_TUNED:
-                continue
-            if method in runs:
-                raise SystemExit(f"{path}: method {method!r} is in two of the parts")
-            runs[method] = seeds
-    payload = {
-        **first,
-        "runs": runs,
-        "machine": [part["machine"] for part in parts],
-        "wall_seconds": sum(part["wall_seconds"] for part in parts),
-        "load_average_samples": [x for part in parts for x in part["load_average_samples"]],
-        "merged_from": [
-            {"path": str(p), "methods": [m for m in part["runs"] if m != HAND_TUNED]}
-            for p, part in zip(paths, parts, strict=True)
-        ],
-    }
-    payload["load_average_median"] = median(payload["load_average_samples"])
-    return _summarise_into(payload, write_results("search_efficiency", payload, out_dir))
-
-
 def _summarise_into(payload: dict[str, Any], path: Path) -> dict[str, Any]:
     """Summarise `payload`'s runs into it, write it to `path` with its figure, print the tables."""
     runs = {
-        method: [[TrialRow(**row) for row in rows] for rows in seeds]
-        for method, seeds in payload["runs"].items()
+        dataset: {
+            method: [[TrialRow(**row) for row in rows] for rows in seeds]
+            for method, seeds in by_method.items()
+        }
+        for dataset, by_method in payload["runs"].items()
     }
-    budget = int(payload["budget_iterations"])
-    target, summary = summarise(runs, budget)
-    payload.update(best_hand_tuned=target, summary=summary, goal=_goal(summary))
+    budgets = payload["budget_iterations"]
+    payload["summary"] = {d: summarise(by, int(budgets[d])) for d, by in runs.items()}
     path.write_text(json.dumps(payload, indent=2, sort_keys=True, default=str) + "\n")
-    draw(runs, target, budget, path.with_suffix(".html"))
-    print(_tables(runs, summary, target, budget))
-    print(f"results: {path} and {path.with_suffix('.html')}")
+    draw(runs, max(int(b) for b in budgets.values()), path.with_suffix(".html"))
+    print(_tables(payload["summary"]))
+    print(f"results: {path} and {path.with_suffix('.html')} ({payload['wall_seconds']:.0f} s)")
     return payload
 
 
-def _goal(summary: list[dict[str, Any]]) -> dict[str, Any]:
-    """TPE with pruning against random search: the fraction of random's budget it needs."""
-    goal: dict[str, Any] = {"target_ratio": 0.30}
-    for key, column in (
-        ("", "budget_to_match_median"),
-        ("half_best_", "budget_to_half_best_median"),
-    ):
-        by = {s["method"]: s[column] for s in summary}
-        tpe, rnd = by.get("tpe+hyperband", math.nan), by.get("random", math.nan)
-        ratio = tpe / rnd if math.isfinite(tpe) and math.isfinite(rnd) and rnd > 0 else math.nan
-        goal[f"{key}tpe_hyperband_budget"] = tpe
-        goal[f"{key}random_budget"] = rnd
-        goal[f"{key}ratio"] = ratio
-        goal[f"{key}met"] = bool(ratio <= 0.30) if math.isfinite(ratio) else None
-    return goal
-
-
-def _tables(
-    runs: dict[str, list[list[TrialRow]]], summary: list[dict[str, Any]], target: float, budget: int
-) -> str:
-    hand = table(
-        ["hand-tuned setting", "mAP50-95", "iterations"],
-        [
-            [r.label, r.value if r.value is not None else r.state, r.iterations]
-            for r in runs[HAND_TUNED][0]
-        ],
-    )
-    methods = table(
-        [
-            "method",
-            "seeds",
-            "trials (median)",
-            "pruned (median)",
-            "iterations spent (fewest of its seeds)",
-            f"best mAP50-95 at {summary[0]['compared_at']} it, median [min, max]",
-            "reached best hand-tuned",
-            "iterations to match it (median; inf = not reached)",
-            f"reached half-best ({summary[0]['half_best']:.4f})",
-            "iterations to half-best (median)",
-        ],
-        [
+def _tables(summaries: dict[str, dict[str, Any]]) -> str:
+    parts = []
+    for dataset, s in summaries.items():
+        methods = table(
             [
-                s["method"],
-                s["seeds"],
-                s["trials_median"],
-                s["pruned_median"],
-                s["spent_min"],
-                f"{s['best_at_budget_median']:.4f} [{s['best_at_budget_min']:.4f}, "
-                f"{s['best_at_budget_max']:.4f}]",
-                s["reached_hand_tuned"],
-                s["budget_to_match_median"],
-                s["reached_half_best"],
-                s["budget_to_half_best_median"],
-            ]
-            for s in summary
-        ],
-    )
-    goal = _goal(summary)
-    line = (
-        f"best hand-tuned mAP50-95 {target:.4f}; TPE+Hyperband needs "
-        f"{goal['tpe_hyperband_budget']} iterations, random {goal['random_budget']}: "
-        f"ratio {goal['ratio']:.3g} (goal <= 0.30); to half-best: "
-        f"{goal['half_best_tpe_hyperband_budget']} vs {goal['half_best_random_budget']}, "
-        f"ratio {goal['half_best_ratio']:.3g}"
-    )
-    return hand + "\n\n" + methods + "\n\n" + line
+                "method",
+                "seeds",
+                "trials (median)",
+                "pruned (median)",
+                f"best mAP50-95 at {s['compared_at']} it: median [IQR] (min-max)",
+                f"reached random's median best {s['target']:.4f}",
+                "iterations to reach it (median; inf = not reached)",
+                "fraction of the budget",
+            ],
+            [
+                [
+                    m["method"],
+                    m["seeds"],
+                    m["trials_median"],
+                    m["pruned_median"],
+                    f"{m['best_median']:.4f} [{m['best_q25']:.4f}, {m['best_q75']:.4f}] "
+                    f"({m['best_min']:.4f}-{m['best_max']:.4f})",
+                    m["reached_target"],
+                    m["budget_to_target_median"],
+                    m["budget_to_target_fraction"],
+                ]
+                for m in s["methods"]
+            ],
+        )
+        tests = table(
+            ["Mann-Whitney U (best at budget)", "U", "p (two-sided)", "method"],
+            [
+                [f"{t['first']} vs {t['second']}", t["u"], t["p_value"], t["method"]]
+                for t in s["tests"]
+            ],
+        )
+        goal = s["goal"]
+        line = f"{dataset}: no goal (random and tpe+pruner were not both run)"
+        if "budget_fraction" in goal:
+            line = (
+                f"{dataset}: tpe+pruner reaches random's median best with "
+                f"{goal['budget_fraction']:.3g} of the budget (goal <= 1/3: "
+                f"{'met' if goal['budget_met'] else 'missed'}); its best at budget is higher than "
+                f"random's with one-sided Mann-Whitney p = {goal['p_higher']:.3g} (goal < 0.05: "
+                f"{'met' if goal['higher_met'] else 'missed'})"
+            )
+        parts.append(f"## {dataset}\n\n{methods}\n\n{tests}\n\n{line}")
+    return "\n\n".join(parts)
 
 
 if __name__ == "__main__":

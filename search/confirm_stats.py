@@ -1,4 +1,5 @@
-"""The statistics of `tune confirm`: spread of a few runs, and a gain with its interval and p-value.
+"""The statistics tune states: spread of a few runs, a gain with its interval and p-value, and a
+rank test between two groups.
 
 Pure functions of plain numbers (no storage, no Optuna), so that they are checked against
 hand-computed values on fixed inputs (tests/search/test_confirm_stats.py).
@@ -16,6 +17,10 @@ N paired runs the exact two-sided signed-rank p-value cannot go below 2 / 2^N (0
 0.0625 at N = 5): a rank test could never call a 5-seed confirmation significant at 0.05, however
 large and consistent the gain. The t-test assumes the per-seed differences are roughly normal;
 with N this small nothing can check that, so read the interval, and the min/max, alongside p.
+
+- `mann_whitney_u`: the Mann-Whitney U test between two independent groups (search methods'
+  best values over seeds, `bench/search_efficiency.py`): exact when no value is tied, else the
+  normal approximation with tie and continuity corrections, as scipy's `mannwhitneyu` does.
 
 Student's t distribution is computed here (regularised incomplete beta function by its continued
 fraction, quantile by bisection) rather than taken from scipy: two functions of about forty
@@ -97,6 +102,97 @@ def _t_gain(mean: float, se: float, df: float, level: float, method: str, n: int
     half = t_quantile(0.5 + level / 2, df) * se
     p = t_two_sided_p(mean / se, df)
     return Gain(mean, mean - half, mean + half, p, method, n, df)
+
+
+@dataclass(frozen=True)
+class RankTest:
+    """A Mann-Whitney U test: U of the first group (pairs it wins, a tie half), and the p-value."""
+
+    u: float
+    p_value: float
+    alternative: str  # "two-sided", "greater" (the first group tends higher) or "less"
+    method: str  # "exact" or "normal"
+
+
+ALTERNATIVES = ("two-sided", "greater", "less")
+
+
+def mann_whitney_u(
+    first: Sequence[float], second: Sequence[float], alternative: str = "two-sided"
+) -> RankTest:
+    """The Mann-Whitney U test of `first` against `second` (scipy's `mannwhitneyu`, method auto)."""
+    if alternative not in ALTERNATIVES:
+        raise ValueError(f"alternative must be one of {ALTERNATIVES}, but got {alternative!r}")
+    if not first or not second:
+        raise ValueError(f"both groups need a value, but got {len(first)} and {len(second)}")
+    n1, n2 = len(first), len(second)
+    ranks = _average_ranks([*first, *second])
+    u = sum(ranks[:n1]) - n1 * (n1 + 1) / 2
+    counts: dict[float, int] = {}
+    for value in [*first, *second]:
+        counts[value] = counts.get(value, 0) + 1
+    if all(c == 1 for c in counts.values()):
+        # exact: under the null every split of the n1 + n2 ranks is equally likely
+        frequencies = _u_frequencies(n1, n2)
+        total = sum(frequencies)
+        k = round(u)
+        at_least = sum(frequencies[k:]) / total  # P(U >= u)
+        at_most = sum(frequencies[: k + 1]) / total  # P(U <= u)
+        p = {"greater": at_least, "less": at_most}.get(alternative, 2 * min(at_least, at_most))
+        return RankTest(u, min(1.0, p), alternative, "exact")
+    n = n1 + n2
+    tie_term = sum(c**3 - c for c in counts.values()) / (n * (n - 1))
+    sigma = math.sqrt(n1 * n2 / 12 * ((n + 1) - tie_term))
+    mean = n1 * n2 / 2
+    if sigma == 0:  # every value equal
+        return RankTest(u, 1.0, alternative, "normal")
+    if alternative == "greater":
+        p = _normal_sf((u - mean - 0.5) / sigma)
+    elif alternative == "less":
+        p = _normal_sf((mean - u - 0.5) / sigma)
+    else:
+        p = 2 * _normal_sf((abs(u - mean) - 0.5) / sigma)
+    return RankTest(u, min(1.0, p), alternative, "normal")
+
+
+def _average_ranks(values: Sequence[float]) -> list[float]:
+    """1-based ranks, tied values sharing the mean of their ranks."""
+    order = sorted(range(len(values)), key=lambda i: values[i])
+    ranks = [0.0] * len(values)
+    start = 0
+    while start < len(order):
+        end = start
+        while end + 1 < len(order) and values[order[end + 1]] == values[order[start]]:
+            end += 1
+        for i in order[start : end + 1]:
+            ranks[i] = (start + end) / 2 + 1
+        start = end + 1
+    return ranks
+
+
+def _u_frequencies(n1: int, n2: int) -> list[int]:
+    """How many of the C(n1 + n2, n1) splits give U = 0, 1, ..., n1 * n2 (no ties).
+
+    The largest value belongs to the first group (U gains n2) or the second (U gains nothing):
+    f(m, n) = f(m - 1, n) shifted by n + f(m, n - 1).
+    """
+    table = [[[1] for _ in range(n2 + 1)] for _ in range(n1 + 1)]
+    for m in range(1, n1 + 1):
+        for n in range(1, n2 + 1):
+            with_first = [0] * n + table[m - 1][n]
+            with_second = table[m][n - 1]
+            size = max(len(with_first), len(with_second))
+            table[m][n] = [
+                (with_first[k] if k < len(with_first) else 0)
+                + (with_second[k] if k < len(with_second) else 0)
+                for k in range(size)
+            ]
+    return table[n1][n2]
+
+
+def _normal_sf(z: float) -> float:
+    """P(Z > z) for a standard normal Z."""
+    return 0.5 * math.erfc(z / math.sqrt(2))
 
 
 # --- Student's t distribution ------------------------------------------------------------------

@@ -21,6 +21,7 @@ import struct
 import tempfile
 import zlib
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -50,6 +51,30 @@ _MAX_OVERLAP = 0.35  # intersection over the smaller box's area, for any pair of
 Box = tuple[int, float, float, float, float]  # cls, x1, y1, x2, y2 in pixels
 
 
+@dataclass(frozen=True)
+class ShapesStyle:
+    """How a `shapes` data set is drawn. The default is the built-in `shapes`; other styles are
+    second data sets for benchmarks (their own seed and cache folder, the same classes)."""
+
+    name: str = "shapes"  # the cache folder's prefix
+    seed: int = SHAPES_SEED
+    max_objects: int = MAX_OBJECTS
+    min_size: float = MIN_SIZE
+    max_size: float = 0.5  # largest object extent, as a fraction of the image's short side
+    camouflage: float = 0.2  # probability of an object coloured close to the background
+    max_grain: float = 20.0  # grain noise sigma is drawn from [3, max_grain]
+
+
+SHAPES = ShapesStyle()
+# A second data set with other object statistics: fewer, larger, never camouflaged objects on
+# less noisy backgrounds. Easier than `shapes`, so that short trials at a small image size learn
+# (bench/search_efficiency.py compares search methods on both).
+SHAPES_LARGE = ShapesStyle(
+    name="shapes-large", seed=20261201, max_objects=3, min_size=20.0, max_size=0.7,
+    camouflage=0.0, max_grain=8.0,
+)  # fmt: skip
+
+
 def cache_root() -> Path:
     """The cache folder: `$TUNE_CACHE` when set, else `~/.cache/tune`."""
     env = os.environ.get("TUNE_CACHE")
@@ -57,7 +82,11 @@ def cache_root() -> Path:
 
 
 def shapes_yaml(
-    cache_dir: Path | None = None, *, n_train: int | None = None, n_val: int | None = None
+    cache_dir: Path | None = None,
+    *,
+    n_train: int | None = None,
+    n_val: int | None = None,
+    style: ShapesStyle = SHAPES,
 ) -> Path:
     """Path of the `shapes` data set's `data.yaml`, generating the data set first if missing.
 
@@ -70,7 +99,7 @@ def shapes_yaml(
     if n_train <= 0 or n_val <= 0:
         raise ValueError(f"image counts must be > 0, but got {n_train=}, {n_val=}")
     root = Path(cache_dir) if cache_dir is not None else cache_root()
-    name = f"shapes-v{SHAPES_VERSION}"
+    name = f"{style.name}-v{SHAPES_VERSION}"
     if (n_train, n_val) != (N_TRAIN, N_VAL):
         name += f"-{n_train}-{n_val}"
     final = root / name
@@ -80,7 +109,7 @@ def shapes_yaml(
     root.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=root))
     try:
-        _generate(tmp, final, n_train, n_val)
+        _generate(tmp, final, n_train, n_val, style)
         try:
             # Atomic on POSIX; fails when another process renamed its copy into place first.
             os.rename(tmp, final)
@@ -92,28 +121,31 @@ def shapes_yaml(
     return yaml_path
 
 
-def _generate(out: Path, final: Path, n_train: int, n_val: int) -> None:
+def _generate(
+    out: Path, final: Path, n_train: int, n_val: int, style: ShapesStyle = SHAPES
+) -> None:
     """Write the whole data set into `out`; `data.yaml` names `final`, where it will live."""
     jobs = []
     for split, count, split_id in (("train", n_train, 0), ("val", n_val, 1)):
         (out / "images" / split).mkdir(parents=True)
         (out / "labels" / split).mkdir(parents=True)
-        jobs += [(out, split, split_id, i) for i in range(count)]
+        jobs += [(out, split, split_id, i, style) for i in range(count)]
     # zlib and numpy's RNG release the GIL: threads share the work between the cores.
     with ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 1)) as pool:
         for _ in pool.map(lambda job: _write_sample(*job), jobs, chunksize=32):
             pass
     names = "\n".join(f"  {i}: {name}" for i, name in enumerate(NAMES))
     (out / "data.yaml").write_text(
-        f"# tune built-in data set, generated (version {SHAPES_VERSION}, seed {SHAPES_SEED})\n"
+        f"# tune built-in data set {style.name}, generated (version {SHAPES_VERSION}, "
+        f"seed {style.seed})\n"
         f"path: {final.resolve()}\ntrain: images/train\nval: images/val\nnames:\n{names}\n"
     )
 
 
-def _write_sample(out: Path, split: str, split_id: int, index: int) -> None:
+def _write_sample(out: Path, split: str, split_id: int, index: int, style: ShapesStyle) -> None:
     # One seed per image: the bytes do not depend on generation order or threads.
-    rng = np.random.default_rng([SHAPES_SEED, split_id, index])
-    image, boxes = draw_image(rng)
+    rng = np.random.default_rng([style.seed, split_id, index])
+    image, boxes = draw_image(rng, style)
     stem = f"{index:06d}"
     (out / "images" / split / f"{stem}.png").write_bytes(_png_bytes(np.asarray(image)))
     label = _label_text(boxes, image.width, image.height)
@@ -152,7 +184,9 @@ def _label_text(boxes: list[Box], width: int, height: int) -> str:
     return "".join(lines)
 
 
-def draw_image(rng: np.random.Generator) -> tuple[Image.Image, list[Box]]:
+def draw_image(
+    rng: np.random.Generator, style: ShapesStyle = SHAPES
+) -> tuple[Image.Image, list[Box]]:
     """Draw one image and its boxes `(cls, x1, y1, x2, y2)` in pixels, all from `rng`."""
     width, height = IMAGE_SIZES[int(rng.integers(len(IMAGE_SIZES)))]
     base = rng.integers(0, 256, 3)
@@ -163,11 +197,12 @@ def draw_image(rng: np.random.Generator) -> tuple[Image.Image, list[Box]]:
         pts = rng.uniform(0, 1, 4) * (width, height, width, height)
         draw.line([float(p) for p in pts], fill=colour, width=int(rng.integers(1, 4)))
     boxes: list[Box] = []
-    for _ in range(int(rng.integers(1, MAX_OBJECTS + 1))):
+    for _ in range(int(rng.integers(1, style.max_objects + 1))):
         for _attempt in range(20):
             cls = int(rng.integers(len(NAMES)))
             # log-uniform size: as many small objects as large ones
-            size = math.exp(rng.uniform(math.log(MIN_SIZE), math.log(0.5 * min(width, height))))
+            largest = style.max_size * min(width, height)
+            size = math.exp(rng.uniform(math.log(style.min_size), math.log(largest)))
             poly, extent = _shape(rng, cls, size)
             cx = rng.uniform(extent[0] + 1, width - extent[0] - 1)
             cy = rng.uniform(extent[1] + 1, height - extent[1] - 1)
@@ -176,13 +211,13 @@ def draw_image(rng: np.random.Generator) -> tuple[Image.Image, list[Box]]:
                 break
         else:
             continue  # crowded image: fewer objects
-        colour = _colour(rng, base)
+        colour = _colour(rng, base, style.camouflage)
         _draw_shape(draw, rng, box, size, poly, colour)
         boxes.append(box)
     pixels = np.asarray(canvas, dtype=np.float32)
     # Grain noise: one luminance value per 2x2 block. As hard for a detector at 128 px as pixel
     # noise, but a twelfth of the entropy, which keeps PNG encoding and the cache small.
-    sigma = rng.uniform(3, 20)
+    sigma = rng.uniform(3, style.max_grain)
     grain = rng.standard_normal(((height + 1) // 2, (width + 1) // 2, 1), dtype=np.float32)
     pixels = pixels + sigma * grain.repeat(2, axis=0).repeat(2, axis=1)[:height, :width]
     return Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8)), boxes
@@ -196,8 +231,10 @@ def _background(rng: np.random.Generator, width: int, height: int, base: np.ndar
     return small.resize((width, height), Image.Resampling.BILINEAR)
 
 
-def _colour(rng: np.random.Generator, base: np.ndarray) -> tuple[int, int, int]:
-    if rng.uniform() < 0.2:  # camouflaged: close to the background colour, yet visible
+def _colour(
+    rng: np.random.Generator, base: np.ndarray, camouflage: float = 0.2
+) -> tuple[int, int, int]:
+    if rng.uniform() < camouflage:  # camouflaged: close to the background colour, yet visible
         # step away from the nearer end of [0, 255] so clipping cannot erase the contrast
         c = base + np.where(base < 128, 1, -1) * rng.integers(30, 71, 3)
     else:

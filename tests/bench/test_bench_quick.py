@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import math
 import os
-from dataclasses import asdict
 from pathlib import Path
 
 import pytest
@@ -62,48 +61,39 @@ def test_budget_accounting() -> None:
     assert math.isnan(best_at(rows, 50))
 
 
-def _results(path: Path, hand_tuned: float, **runs: list[list[TrialRow]]) -> Path:
-    """A results JSON as `bench.search_efficiency` writes it (settings abridged)."""
-    rows = {"hand-tuned": [[TrialRow(0, "COMPLETE", hand_tuned, 100, 100, 1.0, "first model")]]}
-    payload = {
-        "settings": {"epochs": 1},
-        "data": {"path": "shapes"},
-        "budget_iterations": 300,
-        "machine": {"host": path.stem},
-        "wall_seconds": 10.0,
-        "load_average_samples": [1.0],
-        "runs": {
-            method: [[asdict(r) for r in seed] for seed in seeds]
-            for method, seeds in {**rows, **runs}.items()
-        },
+def test_search_efficiency_summary_targets_random_search_and_tests_the_methods() -> None:
+    from bench.search_efficiency import summarise
+
+    def study(*values: float | None) -> list[TrialRow]:
+        """Trials of 100 iterations; None: a pruned trial of 30."""
+        rows, spent = [], 0
+        for i, v in enumerate(values):
+            spent += 100 if v is not None else 30
+            rows.append(TrialRow(i, "COMPLETE" if v is not None else "PRUNED", v, 100, spent, 1.0))
+        return rows
+
+    runs = {
+        "random": [study(0.1, 0.3, 0.2), study(0.4, 0.1, 0.1), study(0.2, 0.1, 0.1)],
+        # two of its studies were cut short (a time limit) at 130 iterations
+        "tpe+pruner": [study(0.5, None), study(None, 0.35), study(0.25, 0.2, 0.1)],
     }
-    path.write_text(json.dumps(payload))
-    return path
-
-
-def test_search_efficiency_merges_runs_made_apart_only_when_they_compare(tmp_path: Path) -> None:
-    from bench.search_efficiency import merge_results
-
-    def study(*values: float) -> list[TrialRow]:
-        return [TrialRow(i, "COMPLETE", v, 100, 100 * (i + 1), 1.0) for i, v in enumerate(values)]
-
-    a = _results(tmp_path / "a.json", 0.2, random=[study(0.1, 0.3, 0.4)])
-    b = _results(tmp_path / "b.json", 0.2, **{"tpe+hyperband": [study(0.25, 0.1, 0.1)]})
-    merged = merge_results([a, b], tmp_path / "out")
-    assert list(merged["runs"]) == ["hand-tuned", "random", "tpe+hyperband"]
-    # random needs 200 iterations to pass the hand-tuned 0.2, TPE with Hyperband 100
-    assert (merged["goal"]["tpe_hyperband_budget"], merged["goal"]["random_budget"]) == (100, 200)
-    assert merged["goal"]["ratio"] == 0.5 and merged["machine"] == [{"host": "a"}, {"host": "b"}]
-    on_disk = json.loads((tmp_path / "out" / "search_efficiency.json").read_text())
-    assert on_disk["goal"]["ratio"] == 0.5
-    assert (tmp_path / "out" / "search_efficiency.html").exists()
-
-    # hand-tuned runs that differ come from another machine (or code): no comparison
-    other = _results(tmp_path / "c.json", 0.19, tpe=[study(0.3)])
-    with pytest.raises(SystemExit, match=r"c\.json: its hand-tuned runs \(0\.19\) differ"):
-        merge_results([a, other], tmp_path / "out")
-    with pytest.raises(SystemExit, match=r"method 'random' is in two of the parts"):
-        merge_results([a, a], tmp_path / "out")
+    summary = summarise(runs, 300)
+    assert summary["compared_at"] == 130  # where all studies got
+    by = {m["method"]: m for m in summary["methods"]}
+    # at 130 iterations random's seeds have only their first trial: median best 0.2, the target
+    assert by["random"]["best_at_budget"] == [0.1, 0.4, 0.2] and summary["target"] == 0.2
+    assert by["tpe+pruner"]["best_at_budget"] == [0.5, 0.35, 0.25]
+    assert by["random"]["budget_to_target"] == [200, 100, 100]
+    assert by["tpe+pruner"]["budget_to_target"] == [100, 130, 100]
+    assert by["tpe+pruner"]["budget_to_target_median"] == 100
+    assert by["tpe+pruner"]["pruned_median"] == 1 and by["random"]["reached_target"] == "3/3"
+    [test] = summary["tests"]
+    assert (test["first"], test["second"], test["method"]) == ("random", "tpe+pruner", "exact")
+    assert test["u"] == 2.0  # 0.4 beats 0.35 and 0.25
+    goal = summary["goal"]
+    assert goal["budget_fraction"] == pytest.approx(100 / 130) and goal["budget_met"] is False
+    assert goal["u"] == 7.0 and goal["p_higher"] == pytest.approx(0.2)  # 4 of the 20 splits
+    assert goal["higher_met"] is False
 
 
 @pytest.mark.postgres
@@ -173,17 +163,20 @@ def test_search_efficiency_smallest(tmp_path: Path) -> None:
     search_efficiency.main(
         [
             *("--imgsz", "64", "--batch", "16", "--train-images", "32", "--val-images", "16"),
-            *("--epochs", "1", "--budget-trials", "1", "--seeds", "1", "--baselines", "1"),
-            *("--methods", "random", "--out", str(tmp_path)),
+            *("--epochs", "1", "--budget-trials", "1", "--seeds", "1"),
+            *("--datasets", "shapes,shapes-large", "--methods", "random,tpe+pruner"),
+            *("--out", str(tmp_path)),
         ]
     )
     result = json.loads((tmp_path / "search_efficiency.json").read_text())
-    assert result["budget_iterations"] == 2  # 32 images / batch 16, one epoch, one trial
-    [hand] = result["runs"]["hand-tuned"]
-    assert [r["label"] for r in hand] == ["first model"] and hand[0]["iterations"] == 2
-    [random_rows] = result["runs"]["random"]
-    assert random_rows[-1]["spent"] >= 2 and random_rows[0]["label"] is None
-    assert {s["method"] for s in result["summary"]} == {"hand-tuned", "random"}
+    # 32 images / batch 16, one epoch, one trial
+    assert result["budget_iterations"] == {"shapes": 2, "shapes-large": 2}
+    for dataset in ("shapes", "shapes-large"):
+        [random_rows] = result["runs"][dataset]["random"]
+        assert random_rows[-1]["spent"] >= 2 and random_rows[0]["state"] == "COMPLETE"
+        methods = [m["method"] for m in result["summary"][dataset]["methods"]]
+        assert methods == ["random", "tpe+pruner"]
+    assert "shapes-large" in result["data"]["shapes-large"]["path"]
     assert (tmp_path / "search_efficiency.html").read_text().count("plotly") > 0
 
 
@@ -198,13 +191,14 @@ def test_search_efficiency_runs_studies_in_parallel_and_stops_at_its_time_limit(
     search_efficiency.main(
         [
             *("--imgsz", "64", "--batch", "16", "--train-images", "32", "--val-images", "16"),
-            *("--epochs", "1", "--budget-trials", "100000", "--seeds", "2", "--baselines", "1"),
-            *("--methods", "random", "--jobs", "2", "--time-limit", "25", "--out", str(tmp_path)),
+            *("--epochs", "1", "--budget-trials", "100000", "--seeds", "2"),
+            *("--datasets", "shapes", "--methods", "random", "--jobs", "2", "--time-limit", "25"),
+            *("--out", str(tmp_path)),
         ]
     )
     result = json.loads((tmp_path / "search_efficiency.json").read_text())
-    assert len(result["runs"]["random"]) == 2  # both seeds, each its own study
-    spent = [rows[-1]["spent"] for rows in result["runs"]["random"]]
-    assert all(0 < s < result["budget_iterations"] for s in spent)  # cut short, not finished
-    [summary] = [s for s in result["summary"] if s["method"] == "random"]
-    assert summary["spent_min"] == min(spent) and summary["compared_at"] == min(spent)
+    seeds = result["runs"]["shapes"]["random"]
+    assert len(seeds) == 2  # both seeds, each its own study
+    spent = [rows[-1]["spent"] for rows in seeds]
+    assert all(0 < s < result["budget_iterations"]["shapes"] for s in spent)  # cut short
+    assert result["summary"]["shapes"]["compared_at"] == min(spent)

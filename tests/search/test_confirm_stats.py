@@ -6,7 +6,15 @@ import math
 
 import pytest
 
-from search.confirm_stats import gain, spread, t_cdf, t_quantile, t_two_sided_p
+from search.confirm_stats import (
+    _u_frequencies,
+    gain,
+    mann_whitney_u,
+    spread,
+    t_cdf,
+    t_quantile,
+    t_two_sided_p,
+)
 
 # two-sided 95% critical values of Student's t (any table; scipy.stats.t.ppf(0.975, df))
 T_975 = {1: 12.706204736174698, 2: 4.302652729911275, 4: 2.7764451051977987, 9: 2.2621571627409915}
@@ -82,3 +90,68 @@ def test_degenerate_inputs() -> None:
         t_cdf(1.0, 0)
     with pytest.raises(ValueError, match="p="):
         t_quantile(1.0, 3)
+
+
+# scipy 1.x `mannwhitneyu(first, second, alternative=...)` on the same inputs (method "auto":
+# exact without ties, the normal approximation with tie and continuity corrections otherwise)
+SCIPY_MANN_WHITNEY = [
+    # no ties, exact (scipy's documentation example)
+    ([19, 22, 16, 29, 24], [20, 11, 17, 12], "two-sided", 17.0, 0.1111111111111111, "exact"),
+    ([19, 22, 16, 29, 24], [20, 11, 17, 12], "greater", 17.0, 0.05555555555555555, "exact"),
+    ([19, 22, 16, 29, 24], [20, 11, 17, 12], "less", 17.0, 0.9682539682539683, "exact"),
+    # 8 against 8, as a search method's best values over 8 seeds
+    (
+        [0.41, 0.52, 0.48, 0.55, 0.61, 0.47, 0.58, 0.50],
+        [0.40, 0.43, 0.39, 0.46, 0.44, 0.51, 0.42, 0.45],
+        "greater", 55.0, 0.007381507381507382, "exact",
+    ),
+    (
+        [0.41, 0.52, 0.48, 0.55, 0.61, 0.47, 0.58, 0.50],
+        [0.40, 0.43, 0.39, 0.46, 0.44, 0.51, 0.42, 0.45],
+        "two-sided", 55.0, 0.014763014763014764, "exact",
+    ),
+    # ties: the normal approximation
+    (
+        [0.3, 0.3, 0.5, 0.6, 0.6, 0.7, 0.2, 0.9],
+        [0.1, 0.3, 0.2, 0.2, 0.4, 0.5, 0.6, 0.1],
+        "two-sided", 49.5, 0.07122746157527438, "normal",
+    ),
+    (
+        [0.3, 0.3, 0.5, 0.6, 0.6, 0.7, 0.2, 0.9],
+        [0.1, 0.3, 0.2, 0.2, 0.4, 0.5, 0.6, 0.1],
+        "greater", 49.5, 0.03561373078763719, "normal",
+    ),
+    (
+        [0.3, 0.3, 0.5, 0.6, 0.6, 0.7, 0.2, 0.9],
+        [0.1, 0.3, 0.2, 0.2, 0.4, 0.5, 0.6, 0.1],
+        "less", 49.5, 0.97194263798595, "normal",
+    ),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("first", "second", "alternative", "u", "p", "method"), SCIPY_MANN_WHITNEY)
+def test_mann_whitney_u_matches_scipy(
+    first: list[float], second: list[float], alternative: str, u: float, p: float, method: str
+) -> None:
+    result = mann_whitney_u(first, second, alternative)
+    assert (result.u, result.method) == (u, method)
+    assert result.p_value == pytest.approx(p, rel=1e-9)
+
+
+def test_the_exact_distribution_counts_every_split() -> None:
+    # by brute force over every way of choosing the first group's ranks among 1..7
+    import itertools
+
+    n1, n2 = 3, 4
+    counts = [0] * (n1 * n2 + 1)
+    for chosen in itertools.combinations(range(1, n1 + n2 + 1), n1):
+        counts[sum(chosen) - n1 * (n1 + 1) // 2] += 1
+    assert _u_frequencies(n1, n2) == counts
+
+
+def test_mann_whitney_u_refuses_bad_input() -> None:
+    with pytest.raises(ValueError, match="both groups need a value"):
+        mann_whitney_u([], [1.0])
+    with pytest.raises(ValueError, match="alternative must be one of"):
+        mann_whitney_u([1.0], [2.0], "bigger")
+    assert mann_whitney_u([0.5, 0.5], [0.5]).p_value == 1.0

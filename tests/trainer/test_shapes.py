@@ -81,18 +81,40 @@ def test_losing_the_rename_race_keeps_the_winner(
 ) -> None:
     real = shapes._generate
 
-    def slow_generate(out: Path, final: Path, n_train: int, n_val: int) -> None:
-        real(out, final, n_train, n_val)
+    def slow_generate(
+        out: Path, final: Path, n_train: int, n_val: int, style: shapes.ShapesStyle
+    ) -> None:
+        real(out, final, n_train, n_val, style)
         # meanwhile another worker finishes and renames its copy into place first
         other = final.parent / ".other"
         other.mkdir()
-        real(other, final, n_train, n_val)
+        real(other, final, n_train, n_val, style)
         other.rename(final)
 
     monkeypatch.setattr(shapes, "_generate", slow_generate)
     path = shapes.shapes_yaml(tmp_path, n_train=4, n_val=2)
     assert path.is_file()
     assert [p.name for p in tmp_path.iterdir()] == [path.parent.name]
+
+
+def test_a_style_is_another_data_set_with_its_own_folder_and_statistics(tmp_path: Path) -> None:
+    large = shapes.shapes_yaml(tmp_path, n_train=40, n_val=4, style=shapes.SHAPES_LARGE)
+    default = shapes.shapes_yaml(tmp_path, n_train=40, n_val=4)
+    assert large.parent.name == f"shapes-large-v{shapes.SHAPES_VERSION}-40-4"
+    assert large.parent != default.parent
+    assert (
+        _files(large.parent)["images/train/000000.png"]
+        != _files(default.parent)["images/train/000000.png"]
+    )
+    style = shapes.SHAPES_LARGE
+    for label in (large.parent / "labels" / "train").iterdir():
+        rows = [line.split() for line in label.read_text().splitlines()]
+        assert 1 <= len(rows) <= style.max_objects
+        image = Image.open(large.parent / "images" / "train" / f"{label.stem}.png")
+        for _cls, _cx, _cy, w, h in rows:
+            # the drawn size is the larger extent of the box (before rotation)
+            extent = max(float(w) * image.width, float(h) * image.height)
+            assert extent >= style.min_size * 0.7
 
 
 _WORKER = """
