@@ -126,7 +126,7 @@ def mann_whitney_u(
     if not first or not second:
         raise ValueError(f"both groups need a value, but got {len(first)} and {len(second)}")
     n1, n2 = len(first), len(second)
-    ranks = _average_ranks([*first, *second])
+    ranks = average_ranks([*first, *second])
     u = sum(ranks[:n1]) - n1 * (n1 + 1) / 2
     counts: dict[float, int] = {}
     for value in [*first, *second]:
@@ -155,7 +155,7 @@ def mann_whitney_u(
     return RankTest(u, min(1.0, p), alternative, "normal")
 
 
-def _average_ranks(values: Sequence[float]) -> list[float]:
+def average_ranks(values: Sequence[float]) -> list[float]:
     """1-based ranks, tied values sharing the mean of their ranks."""
     order = sorted(range(len(values)), key=lambda i: values[i])
     ranks = [0.0] * len(values)

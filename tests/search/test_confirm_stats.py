@@ -92,6 +92,11 @@ def test_degenerate_inputs() -> None:
         t_quantile(1.0, 3)
 
 
+SEEDS_A = [0.41, 0.52, 0.48, 0.55, 0.61, 0.47, 0.58, 0.50]  # as a method's best over 8 seeds
+SEEDS_B = [0.40, 0.43, 0.39, 0.46, 0.44, 0.51, 0.42, 0.45]
+TIED_A = [0.3, 0.3, 0.5, 0.6, 0.6, 0.7, 0.2, 0.9]
+TIED_B = [0.1, 0.3, 0.2, 0.2, 0.4, 0.5, 0.6, 0.1]
+
 # scipy 1.x `mannwhitneyu(first, second, alternative=...)` on the same inputs (method "auto":
 # exact without ties, the normal approximation with tie and continuity corrections otherwise)
 SCIPY_MANN_WHITNEY = [
@@ -99,33 +104,13 @@ SCIPY_MANN_WHITNEY = [
     ([19, 22, 16, 29, 24], [20, 11, 17, 12], "two-sided", 17.0, 0.1111111111111111, "exact"),
     ([19, 22, 16, 29, 24], [20, 11, 17, 12], "greater", 17.0, 0.05555555555555555, "exact"),
     ([19, 22, 16, 29, 24], [20, 11, 17, 12], "less", 17.0, 0.9682539682539683, "exact"),
-    # 8 against 8, as a search method's best values over 8 seeds
-    (
-        [0.41, 0.52, 0.48, 0.55, 0.61, 0.47, 0.58, 0.50],
-        [0.40, 0.43, 0.39, 0.46, 0.44, 0.51, 0.42, 0.45],
-        "greater", 55.0, 0.007381507381507382, "exact",
-    ),
-    (
-        [0.41, 0.52, 0.48, 0.55, 0.61, 0.47, 0.58, 0.50],
-        [0.40, 0.43, 0.39, 0.46, 0.44, 0.51, 0.42, 0.45],
-        "two-sided", 55.0, 0.014763014763014764, "exact",
-    ),
+    # 8 against 8, no ties: exact
+    (SEEDS_A, SEEDS_B, "greater", 55.0, 0.007381507381507382, "exact"),
+    (SEEDS_A, SEEDS_B, "two-sided", 55.0, 0.014763014763014764, "exact"),
     # ties: the normal approximation
-    (
-        [0.3, 0.3, 0.5, 0.6, 0.6, 0.7, 0.2, 0.9],
-        [0.1, 0.3, 0.2, 0.2, 0.4, 0.5, 0.6, 0.1],
-        "two-sided", 49.5, 0.07122746157527438, "normal",
-    ),
-    (
-        [0.3, 0.3, 0.5, 0.6, 0.6, 0.7, 0.2, 0.9],
-        [0.1, 0.3, 0.2, 0.2, 0.4, 0.5, 0.6, 0.1],
-        "greater", 49.5, 0.03561373078763719, "normal",
-    ),
-    (
-        [0.3, 0.3, 0.5, 0.6, 0.6, 0.7, 0.2, 0.9],
-        [0.1, 0.3, 0.2, 0.2, 0.4, 0.5, 0.6, 0.1],
-        "less", 49.5, 0.97194263798595, "normal",
-    ),
+    (TIED_A, TIED_B, "two-sided", 49.5, 0.07122746157527438, "normal"),
+    (TIED_A, TIED_B, "greater", 49.5, 0.03561373078763719, "normal"),
+    (TIED_A, TIED_B, "less", 49.5, 0.97194263798595, "normal"),
 ]  # fmt: skip
 
 
