@@ -48,6 +48,7 @@ import optuna
 from optuna.trial import TrialState
 
 from bench import load_average, machine, median, percentile, table, write_results
+from trainer.shapes import STYLES
 
 STUDY = "loss-weights"
 RANDOM, TPE, TPE_PRUNER = "random", "tpe", "tpe+pruner"
@@ -56,7 +57,7 @@ METHODS: dict[str, tuple[str, bool]] = {  # name -> (sampler, prunes with the st
     TPE: ("TPE", False),
     TPE_PRUNER: ("TPE", True),
 }
-DATASETS = ("shapes", "shapes-large")  # trainer/shapes.py: SHAPES and SHAPES_LARGE
+DATASETS = tuple(STYLES)  # the generated data sets of trainer/shapes.py
 GOAL_BUDGET_FRACTION = 1 / 3
 GOAL_P = 0.05
 
@@ -397,15 +398,15 @@ def draw(runs: dict[str, dict[str, list[list[TrialRow]]]], budget: int, path: Pa
 
 def data_path(dataset: str, settings: Settings) -> str:
     """The data.yaml of a benchmark data set at the settings' image counts (generated once)."""
-    from trainer.shapes import N_TRAIN, N_VAL, SHAPES, SHAPES_LARGE, shapes_yaml
+    from trainer.shapes import N_TRAIN, N_VAL, SHAPES, shapes_yaml
 
-    styles = {"shapes": SHAPES, "shapes-large": SHAPES_LARGE}
-    if dataset not in styles:
-        raise SystemExit(f"unknown data set {dataset!r} (known: {', '.join(styles)})")
-    if dataset == "shapes" and (settings.train_images, settings.val_images) == (N_TRAIN, N_VAL):
-        return "shapes"  # the built-in name, as the study file says
+    if dataset not in STYLES:
+        raise SystemExit(f"unknown data set {dataset!r} (known: {', '.join(STYLES)})")
+    full = (settings.train_images, settings.val_images) == (N_TRAIN, N_VAL)
+    if dataset == SHAPES.name and full:
+        return SHAPES.name  # the built-in name, as the study file says
     n_train, n_val = settings.train_images, settings.val_images
-    return str(shapes_yaml(n_train=n_train, n_val=n_val, style=styles[dataset]))
+    return str(shapes_yaml(n_train=n_train, n_val=n_val, style=STYLES[dataset]))
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
@@ -467,10 +468,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     from search.study_file import read_study_table
 
     epochs = settings.epochs or int(read_study_table(STUDY)[0]["trial"]["epochs"])
-    from trainer.data import load_data
+    from trainer.data import check_data
 
     paths = {dataset: data_path(dataset, settings) for dataset in settings.datasets}
-    train_images = {d: len(load_data(p, settings.imgsz).train) for d, p in paths.items()}
+    # text only: the studies' processes decode the images, each once (`_run_in_process`)
+    train_images = {d: len(check_data(p).train) for d, p in paths.items()}
     budgets = {
         d: settings.budget_trials * epochs * (n // settings.batch) for d, n in train_images.items()
     }

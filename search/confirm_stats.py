@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import math
 import statistics
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
@@ -128,9 +129,7 @@ def mann_whitney_u(
     n1, n2 = len(first), len(second)
     ranks = average_ranks([*first, *second])
     u = sum(ranks[:n1]) - n1 * (n1 + 1) / 2
-    counts: dict[float, int] = {}
-    for value in [*first, *second]:
-        counts[value] = counts.get(value, 0) + 1
+    counts = Counter([*first, *second])
     if all(c == 1 for c in counts.values()):
         # exact: under the null every split of the n1 + n2 ranks is equally likely
         frequencies = _u_frequencies(n1, n2)

@@ -73,6 +73,7 @@ SHAPES_LARGE = ShapesStyle(
     name="shapes-large", seed=20261201, max_objects=3, min_size=20.0, max_size=0.7,
     camouflage=0.0, max_grain=8.0,
 )  # fmt: skip
+STYLES: dict[str, ShapesStyle] = {style.name: style for style in (SHAPES, SHAPES_LARGE)}
 
 
 def cache_root() -> Path:
