@@ -12,6 +12,9 @@ study, and answers:
 - `claim()`: a worker's way to a trial start, through its start gate (search/start_gate.py);
 - `lock()`: the study lock (search/storage.py `StudyLock`).
 
+`ManagedStudy.open(url, name)` opens one (a database URL, or `tune proxy`'s address), and
+`searching(sampler, pruner)` gives the same study with what a worker asks and prunes with.
+
 Callers hold a `ManagedStudy` instead of reaching for `count_states`, `StudyLock`, study ids or
 the stored spec themselves; the storage details stay here and in the modules named above.
 """
@@ -28,7 +31,14 @@ from optuna.trial import FrozenTrial, TrialState
 from search import trial_record
 from search.budget import BudgetUse, use_of
 from search.optuna_compat import study_id, study_storage, trial_id
-from search.storage import StateCounts, StudyLock, count_states
+from search.storage import (
+    StateCounts,
+    StorageSettings,
+    StudyLock,
+    count_states,
+    load_study,
+    open_storage,
+)
 from search.study_file import StudySpec, read_stored_spec
 
 if TYPE_CHECKING:  # the gate is a worker's: `tune status` and launch do not import it
@@ -48,6 +58,33 @@ class ManagedStudy:
         self.storage = rdb or study_storage(study)
         self.id = study_id(study)
         self._gate: StartGate | None = None
+
+    @classmethod
+    def open(
+        cls,
+        url: str,
+        name: str,
+        settings: StorageSettings | None = None,
+        on_reap: Callable[[str], None] | None = None,
+    ) -> ManagedStudy:
+        """Study `name` at `url`: a database URL (tune's RDB storage, `settings` and `on_reap`
+        as `open_storage` takes them) or the address of `tune proxy` (no RDB storage here)."""
+        from search.proxy import connect, is_proxy_url  # the gRPC client only when asked for
+
+        if is_proxy_url(url):
+            return cls(load_study(connect(url), name))
+        rdb = open_storage(url, settings=settings, on_reap=on_reap)
+        return cls(load_study(rdb, name), rdb)
+
+    def searching(
+        self,
+        sampler: optuna.samplers.BaseSampler | None,
+        pruner: optuna.pruners.BasePruner | None,
+    ) -> ManagedStudy:
+        """The same study on the same storage, loaded with the sampler and pruner a worker asks
+        and prunes with (a stored spec's, which needs the study open first to be read)."""
+        storage = self.rdb if self.rdb is not None else study_storage(self.study)
+        return ManagedStudy(load_study(storage, self.name, sampler, pruner), self.rdb)
 
     @property
     def name(self) -> str:

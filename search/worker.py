@@ -69,15 +69,12 @@ from search.optuna_compat import (
 )
 from search.outage import retry_while_down
 from search.packs import PackRound, pack_size, run_pack
-from search.proxy import connect, is_proxy_url
 from search.reaper import Reaper, quiet_heartbeat_thread
 from search.storage import (
     StorageDown,
     StorageError,
     StorageSettings,
-    load_study,
     mask_url,
-    open_storage,
     resolve_url,
 )
 from search.study_file import StudyFileError, StudySpec, read_study_table
@@ -371,14 +368,11 @@ def _join(
     settings: StorageSettings,
     say: Callable[[str], None],
 ) -> tuple[ManagedStudy, StudySpec]:
-    """Open the storage (no RDB storage behind a proxy) and the study with the settings stored
-    with it."""
+    """The study, loaded with the sampler and pruner of the study file stored with it."""
     url = resolve_url(storage)
-    rdb = None if is_proxy_url(url) else open_storage(url, settings=settings, on_reap=say)
-    opened = rdb if rdb is not None else connect(url)
-    spec = _stored_spec(ManagedStudy(load_study(opened, name), rdb), url)
-    study = load_study(opened, name, spec.make_sampler(index), spec.make_pruner())
-    return ManagedStudy(study, rdb), spec
+    managed = ManagedStudy.open(url, name, settings, on_reap=say)
+    spec = _stored_spec(managed, url)
+    return managed.searching(spec.make_sampler(index), spec.make_pruner()), spec
 
 
 def _stored_spec(managed: ManagedStudy, url: str) -> StudySpec:

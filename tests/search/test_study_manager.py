@@ -12,7 +12,7 @@ from optuna.trial import TrialState
 from search import trial_record
 from search.budget import use_of
 from search.launch import prepare_study
-from search.storage import StateCounts, open_storage
+from search.storage import StateCounts, StorageError, open_storage
 from search.study_file import StudySpec
 from search.study_manager import ManagedStudy
 from tests.search.test_budget import SPEC
@@ -86,3 +86,21 @@ def test_fail_running_fails_only_that_workers_trials(managed: ManagedStudy) -> N
     assert managed.fail_running("w1", "w3") == 0
     assert managed.fail_running("w1", "w2") == 1
     assert managed.counts().running == 0
+
+
+def test_open_finds_the_study_and_searching_keeps_it_with_the_workers_sampler(
+    tmp_path: Path,
+) -> None:
+    launched = _managed(tmp_path)
+    url = f"sqlite:///{tmp_path / 'study.db'}"
+    opened = ManagedStudy.open(url, SPEC.name)
+    assert opened.rdb is not None and opened.id == launched.id
+    assert opened.stored_spec() is not None
+    sampler = optuna.samplers.RandomSampler(seed=3)
+    pruner = optuna.pruners.NopPruner()
+    searching = opened.searching(sampler, pruner)
+    assert (searching.study.sampler, searching.study.pruner) == (sampler, pruner)
+    assert (searching.id, searching.rdb) == (opened.id, opened.rdb)
+    assert searching.counts() == launched.counts()
+    with pytest.raises(StorageError, match=f"no study named 'missing'.*{SPEC.name}"):
+        ManagedStudy.open(url, "missing")
