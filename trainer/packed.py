@@ -16,7 +16,12 @@ outcome)`, its `FitResult` or the exception that ended it, and then `refill()`: 
 returns is loaded into that slot at this epoch boundary, exactly as a trial that starts a pack
 (fresh weights from its seed or its checkpoint, its own EMA, BatchNorm statistics, zeroed
 optimizer state and a schedule from its iteration 0, its run directory); None leaves the slot
-empty (zero weights, no loss, no step) and the pack ends when every slot is. A member that
+empty for good and the pack ends when every slot is. An empty slot would still cost its share
+of every convolution, so once a slot is empty the fused model is rebuilt at the epoch boundary
+with only the live trials (`compact=False` keeps the zeroed slot: no loss, no step): each moves
+with its weights, EMA, BatchNorm statistics, optimizer state and schedule, and the stream goes
+on where it was, so its curve is the one it had in the wider pack up to the grouped backward's
+rounding (to 1e-9 in float64; a pack of one is then its solo run to the bit). A member that
 has nothing left to train (resumed from a finished run) is evaluated, finished and handed to
 `done` at once. A refilled member that cannot share the pack raises `ValueError` from
 `fit_pack` before anything of it is loaded (the other trials stay at their last checkpoints).
@@ -132,6 +137,7 @@ from trainer.packed_state import (
     solo_detector,
     solo_ema,
     solo_optimizer,
+    trial_state_dict,
     zero_trial,
 )
 from trainer.records import EvalLine, FitResult, NonFiniteLossError
@@ -168,9 +174,11 @@ def fit_pack(
     refill: Callable[[], PackMember | None] | None = None,
     done: Callable[[PackMember, FitResult | Exception], None] | None = None,
     data: DetectionData | None = None,
+    compact: bool = True,
 ) -> list[FitResult | Exception]:
     """Train `first` as one pack of `len(first)` slots, refilling each slot whose trial ended
-    with `refill()` at the epoch boundary; see the module docstring.
+    with `refill()` at the epoch boundary and, with `compact`, shrinking the fused model to the
+    live trials once a slot stays empty; see the module docstring.
 
     `done(member, outcome)` is called for each trial as it ends, before its slot is refilled;
     the outcomes are also returned, in the order the trials ended.
@@ -205,6 +213,8 @@ def fit_pack(
                     pack.load(k, joining)
         if not pack.live():
             return outcomes
+        if compact and len(pack.live()) < len(pack.slots):
+            pack = pack.compacted()
         pack.train_epoch()
         for trial in pack.live():
             trial.state.epoch += 1
@@ -334,6 +344,32 @@ class _Pack:
         trial.run.write_config(config)
         trial.run.start_metrics(keep_through_iter=trial.state.iteration)
         self.slots[k] = trial
+
+    def compacted(self) -> _Pack:
+        """A pack of only this one's live trials (between epochs, none ended), in their slot
+        order: the same weights, EMA, BatchNorm statistics, optimizer state, schedules and batch
+        stream in a fused model without the empty slots."""
+        live = self.live()
+        smaller = _Pack(self.lead, self.data, self.device, slots=len(live))
+        smaller.generator.set_state(self.generator.get_state())
+        smaller.joined = self.joined
+        weights, averages = self.model.state_dict(), self.ema.module.state_dict()
+        for j, trial in enumerate(live):
+            k, config = trial.slot, trial.config
+            state = trial_state_dict(weights, k, self.model.trials, self.packed)
+            load_trial_state(smaller.model, j, state, smaller.packed)
+            average = trial_state_dict(averages, k, self.model.trials, self.packed)
+            smaller.ema.reset(j, config, average, smaller.packed)
+            smaller.ema.updates[j] = self.ema.updates[k]
+            smaller.optimizer.reset_trial(j, config.optimizer, config.nesterov)
+            smaller.optimizer.load_trial_state(j, self.optimizer.trial_state(k))
+            trial.slot = j
+            smaller.slots[j] = trial
+        logger.info(
+            f"pack: {len(live)} of {len(self.slots)} slots still training, the fused model "
+            f"shrinks to {len(live)}"
+        )
+        return smaller
 
     def finish(self, trial: _Trial) -> FitResult | Exception:
         """The outcome of an ended trial (its summary written when it succeeded); its slot is

@@ -246,6 +246,7 @@ def test_a_freed_slot_is_refilled_at_the_epoch_boundary(
         refill=lambda: waiting.pop() if waiting else None,
         done=lambda member, outcome: ended.append((member, outcome)),
         data=data64,
+        compact=False,  # the slots stay as they are: a shrinking pack differs in rounding
     )
     assert [m for m, _ in ended] == [a, b, c] and [o for _, o in ended] == outcomes
     assert all(isinstance(o, FitResult) for o in outcomes)
@@ -260,7 +261,7 @@ def test_a_freed_slot_is_refilled_at_the_epoch_boundary(
 
     # trials do not mix: B trains the same whether A's slot is refilled or left empty
     a2, b2 = (m.config.replace(out=m.config.out + "2") for m in (a, b))
-    fit_pack([PackMember(a2), PackMember(b2)], data=data64)
+    fit_pack([PackMember(a2), PackMember(b2)], data=data64, compact=False)
     assert _lines(tmp_path / "b2") == _lines(tmp_path / "b")
 
     # C, refilled, is C started in a fresh pack at the same point of the stream (A alone for
@@ -269,8 +270,45 @@ def test_a_freed_slot_is_refilled_at_the_epoch_boundary(
     fit_pack([PackMember(a.config.replace(out=str(tmp_path / "a3")))], data=data64)
     a3 = a.config.replace(out=str(tmp_path / "a3"), resume=True)
     c3 = c_config.replace(out=str(tmp_path / "c3"))
-    fit_pack([PackMember(a3), PackMember(c3)], data=data64)
+    fit_pack([PackMember(a3), PackMember(c3)], data=data64, compact=False)
     assert _lines(tmp_path / "c3") == _lines(tmp_path / "c")
+
+
+@pytest.mark.usefixtures("float64")
+def test_a_pack_shrinks_to_its_live_trials_and_they_train_on_as_before(
+    data_yaml: Path, data64: DetectionData, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A ends after 1 epoch, B after 2, C trains 3 (different optimizers, so the moved optimizer
+    # state is each kind's): the pack shrinks from 3 slots to 2, then to 1. Each trial's
+    # lines are those of the same pack that keeps its emptied slots zeroed, to the grouped
+    # backward's rounding (float64; measured: equal to the bit).
+    def members(tag: str) -> list[PackMember]:
+        def config(name: str, **changes: object) -> TrainConfig:
+            return _config(data_yaml, tmp_path / f"{name}{tag}", **changes)
+
+        return [
+            PackMember(config("a", epochs=1, optimizer="SGD", lr=0.01, nbs=8)),
+            PackMember(config("b", epochs=2, optimizer="Adam", lr=0.001)),
+            PackMember(config("c", epochs=3, optimizer="SGD", lr=0.005, nbs=16, seed=7)),
+        ]
+
+    caplog.set_level("INFO", logger="trainer")
+    shrunk = fit_pack(members("-shrunk"), data=data64)
+    assert [m for m in caplog.messages if "shrinks" in m] == [
+        "pack: 2 of 3 slots still training, the fused model shrinks to 2",
+        "pack: 1 of 2 slots still training, the fused model shrinks to 1",
+    ]
+    kept = fit_pack(members("-kept"), data=data64, compact=False)
+    for outcomes in (shrunk, kept):
+        assert [o.epochs_completed for o in outcomes] == [1, 2, 3]  # type: ignore[union-attr]
+    for name in ("a", "b", "c"):
+        got, expected = _lines(tmp_path / f"{name}-shrunk"), _lines(tmp_path / f"{name}-kept")
+        assert len(got) == len(expected) > 0
+        for line, reference in zip(got, expected, strict=True):
+            assert line.keys() == reference.keys()
+            assert line == pytest.approx(reference, rel=1e-9, abs=1e-12), name
+    checkpoint = torch.load(tmp_path / "c-shrunk" / "last.pt", weights_only=True)
+    assert (checkpoint["epoch"], checkpoint["iteration"]) == (3, 12)
 
 
 def test_trials_at_different_epochs_each_get_their_own_mosaic(
