@@ -19,6 +19,12 @@ an iteration on 2 CPU cores (and runs on the GPU when the images are there):
 
 Every random draw comes from the caller's `torch.Generator`, so an epoch is reproducible from
 the generator's state (what a checkpoint saves).
+
+**Where it runs.** The draws and the labels (a few numbers per image) stay on the host, on the
+host's generator; the pixels are cut, warped, flipped and coloured on the device that holds the
+images (`trainer.data.on_device` keeps a data set on a GPU as uint8). So a batch costs the GPU a
+few kernels, no image crosses from the host, making a batch never waits on the GPU (the host
+only sends it the draws), and an epoch draws the same batches on either device.
 """
 
 from __future__ import annotations
@@ -71,20 +77,21 @@ def mosaic_affine(
     """Build a batch of `len(indices)` images from `images` (uint8 `[N, 3, S, S]`, the split).
 
     `boxes[i]` is `[n, 5]` (cls, x1, y1, x2, y2) in pixels of image i. Returns float images
-    `[B, 3, S, S]` in [0, 255], `batch_index` `[M]` and labels `[M, 5]` (cls, x1, y1, x2, y2)
-    in output pixels, only for objects that are still in the picture.
+    `[B, 3, S, S]` in [0, 255] on the images' device, `batch_index` `[M]` and labels `[M, 5]`
+    (cls, x1, y1, x2, y2) in output pixels on the host, only for objects that are still in the
+    picture. `indices` and the draws are the host's.
     """
-    b, size = len(indices), images.shape[-1]
+    b, size, device = len(indices), images.shape[-1], images.device
     if mosaic:
         others = torch.randint(len(images), (b, 3), generator=generator)
         tiles = torch.cat([indices[:, None], others], dim=1)  # [B, 4]: TL, TR, BL, BR
-        canvas = images.index_select(0, tiles.flatten()).view(b, 2, 2, 3, size, size)
+        canvas = images.index_select(0, tiles.flatten().to(device)).view(b, 2, 2, 3, size, size)
         canvas = canvas.permute(0, 3, 1, 4, 2, 5).reshape(b, 3, 2 * size, 2 * size)
         offsets = torch.tensor([[0, 0], [size, 0], [0, size], [size, size]], dtype=torch.float32)
         centre = size / 2 + torch.rand(b, 2, generator=generator) * size
     else:
         tiles = indices[:, None]
-        canvas = images.index_select(0, indices)
+        canvas = images.index_select(0, indices.to(device))
         offsets = torch.zeros((1, 2))
         centre = torch.full((b, 2), size / 2)
     centre = centre + (torch.rand(b, 2, generator=generator) * 2 - 1) * translate * size
@@ -94,10 +101,11 @@ def mosaic_affine(
     # output pixel u (centre u + 0.5) shows canvas point centre + (u + 0.5 - S/2) / zoom;
     # in grid_sample's [-1, 1] coordinates (align_corners=False) that is an affine map
     # (F.affine_grid's map without rotation, built separably: a third of its time)
-    steps = (torch.arange(size, dtype=torch.float32) + 0.5) * (2 / size) - 1
-    gain = (size / (side * zoom))[:, None]
-    gx = (steps[None] * gain + (2 * centre[:, :1] / side - 1))[:, None, :].expand(b, size, size)
-    gy = (steps[None] * gain + (2 * centre[:, 1:] / side - 1))[:, :, None].expand(b, size, size)
+    steps = (torch.arange(size, dtype=torch.float32, device=device) + 0.5) * (2 / size) - 1
+    gain = (size / (side * zoom))[:, None].to(device)
+    shift = (2 * centre / side - 1).to(device)
+    gx = (steps[None] * gain + shift[:, :1])[:, None, :].expand(b, size, size)
+    gy = (steps[None] * gain + shift[:, 1:])[:, :, None].expand(b, size, size)
     grid = torch.stack((gx, gy), dim=-1)
     # sample (canvas - pad) with zero padding: outside the canvas becomes the pad grey
     source = canvas.to(torch.float32).sub_(PAD_VALUE)
@@ -134,17 +142,17 @@ def augment_batch(
 ) -> tuple[Tensor, Tensor]:
     """Random horizontal flip and HSV-style colour jitter, drawn per image from `generator`.
 
-    `images` `[B, 3, S, S]`, uint8 or float in [0, 255] (flipped in place), `xyxy` `[M, 4]`
-    pixels of the image `batch_index[m]`. Returns float images in [0, 1] and the moved boxes
-    (a new tensor). Boxes flip through torchvision.transforms.v2 with `tv_tensors.BoundingBoxes`.
-    `hue` is the largest rotation as a fraction of the colour circle, `saturation` and `value`
-    the largest relative gain change.
+    `images` `[B, 3, S, S]`, uint8 or float in [0, 255] (flipped in place), on any device;
+    `xyxy` `[M, 4]` pixels of the image `batch_index[m]`, on the host. Returns float images in
+    [0, 1] on the images' device and the moved boxes (a new tensor). Boxes flip through
+    torchvision.transforms.v2 with `tv_tensors.BoundingBoxes`. `hue` is the largest rotation as
+    a fraction of the colour circle, `saturation` and `value` the largest relative gain change.
     """
     b, _, h, w = images.shape
     flip = torch.rand(b, generator=generator) < flip_p
     xyxy = xyxy.clone()
     if bool(flip.any()):
-        chosen = flip.nonzero().flatten()
+        chosen = flip.nonzero().flatten().to(images.device)
         images[chosen] = images[chosen].flip(-1)
         rows = flip[batch_index]
         boxes = tv_tensors.BoundingBoxes(xyxy[rows], format="XYXY", canvas_size=(h, w))
@@ -156,9 +164,9 @@ def augment_batch(
     yiq = torch.zeros((b, 3, 3))
     yiq[:, 0, 0] = 1
     yiq[:, 1, 1], yiq[:, 1, 2], yiq[:, 2, 1], yiq[:, 2, 2] = cos, -sin, sin, cos
-    matrix = (_YIQ_TO_RGB @ yiq @ _RGB_TO_YIQ) * (val / 255)[:, None, None]
+    matrix = ((_YIQ_TO_RGB @ yiq @ _RGB_TO_YIQ) * (val / 255)[:, None, None]).to(images.device)
     flat = images.reshape(b, 3, h * w)
-    out = torch.empty((b, 3, h * w))
+    out = torch.empty((b, 3, h * w), device=images.device)
     # A few images at a time: big temporaries cost page faults on every batch (slow on VMs).
     for c in range(0, b, _CHUNK):
         torch.bmm(matrix[c : c + _CHUNK], flat[c : c + _CHUNK].float(), out=out[c : c + _CHUNK])

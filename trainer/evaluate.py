@@ -87,7 +87,7 @@ def evaluate(
             images = images.contiguous(memory_format=torch.channels_last)
         with autocast():
             outputs = model(images)
-        parts = loss_fn(outputs, targets.to(device))
+        parts = loss_fn(outputs, targets)  # assigned on the host (trainer/loss.py)
         totals += torch.stack([parts.lbox, parts.lobj, parts.lcls, parts.total]).float().cpu()
         batches += 1
         for index, dets in zip(

@@ -29,10 +29,11 @@ import torch
 
 from trainer.augment import AugmentSpec
 from trainer.config import TrainConfig
-from trainer.data import DetectionData, DetectionSplit, iterate_batches, load_data
+from trainer.data import DetectionData, DetectionSplit, iterate_batches, load_data, on_device
 from trainer.ema import ModelEMA
 from trainer.evaluate import coco_map, coco_predictions, evaluate, inference_latency_ms
-from trainer.loss import DetectionLoss, LossParts, LossWeights
+from trainer.iteration_log import LogInterval, StepClock, loss_values, record_iteration
+from trainer.loss import DetectionLoss, LossWeights
 from trainer.model import Detector, build_detector, load_weights
 from trainer.optim import (
     DECAY_GROUP,
@@ -122,6 +123,7 @@ def train_one_epoch(
     model.train()
     autocast = autocast_for(device, config)
     interval = LogInterval()
+    clock = StepClock(device)
     iters_per_epoch = max(len(split) // config.batch, 1)
     warmup = config.resolved_warmup_iters(iters_per_epoch * config.epochs, iters_per_epoch)
     spec = augment_spec(config, state.epoch)
@@ -135,14 +137,14 @@ def train_one_epoch(
         # once for the epoch, not per batch)
         warnings.filterwarnings("ignore", SCHEDULER_BEFORE_STEP_WARNING)
         for images, targets, _ in batches:
-            start = time.perf_counter()
+            started = clock.start()
             set_warmup_momentum(optimizer, config, warmup, state.iteration)
             lr = optimizer.param_groups[DECAY_GROUP]["lr"]
             images = images.to(device, non_blocking=True)
             images = images.contiguous(memory_format=torch.channels_last)
             with autocast():
                 outputs = model(images)
-            parts = loss_fn(outputs, targets.to(device))
+            parts = loss_fn(outputs, targets)  # assigned on the host (trainer/loss.py)
             (parts.total * images.shape[0]).backward()
             if optimizer_steps(config, warmup, state.iteration, state.last_step, last_batch):
                 optimizer.step()
@@ -151,68 +153,10 @@ def train_one_epoch(
                 if ema is not None:
                     ema.update(model)
             scheduler.step()
-            values = loss_values(parts)
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
-            record_iteration(values, time.perf_counter() - start, lr, config, state, interval, run)
+            step = clock.stop(started)
+            record_iteration(loss_values(parts), step, lr, config, state, interval, run)
             _progress(state, config, len(split) // config.batch)
-
-
-@dataclass
-class LogInterval:
-    """Loss sums and timing since the last training line."""
-
-    sums: torch.Tensor = field(default_factory=lambda: torch.zeros(4))
-    iters: int = 0
-    seconds: float = 0.0
-
-
-def loss_values(parts: LossParts) -> torch.Tensor:
-    """`[4]` on the CPU: weighted total, lbox, lobj, lcls (what a training line logs)."""
-    return torch.stack([parts.total.detach(), parts.lbox, parts.lobj, parts.lcls]).cpu()
-
-
-def record_iteration(
-    values: torch.Tensor,
-    elapsed: float,
-    lr: float,
-    config: TrainConfig,
-    state: TrainState,
-    interval: LogInterval,
-    run: RunDir,
-) -> None:
-    """Count a trained batch (`values` from `loss_values`, `elapsed` seconds) and log a line
-    every `log_interval` iterations; a non-finite loss raises `NonFiniteLossError`."""
-    state.iteration += 1
-    if not torch.isfinite(values).all():
-        total, lbox, lobj, lcls = values.tolist()
-        raise NonFiniteLossError(
-            f"loss became non-finite at epoch {state.epoch} / iter {state.iteration}: "
-            f"loss={total}, lbox={lbox}, lobj={lobj}, lcls={lcls} "
-            f"(lr={lr:g}, optimizer={config.optimizer}); try a lower learning rate"
-        )
-    interval.sums += values
-    interval.iters += 1
-    interval.seconds += elapsed
-    state.seconds_training += elapsed
-    state.latencies.append(elapsed)
-    if state.iteration == 1 or state.iteration % config.log_interval == 0:
-        mean = (interval.sums / interval.iters).tolist()
-        line = TrainLine(
-            epoch=state.epoch,
-            iter=state.iteration,
-            lr=lr,
-            loss=mean[0],
-            lbox=mean[1],
-            lobj=mean[2],
-            lcls=mean[3],
-            latency=interval.seconds / interval.iters,
-        )
-        logger.info(line.log_line())
-        run.append(line)
-        state.pending.append(line)
-        interval.sums.zero_()
-        interval.iters, interval.seconds = 0, 0.0
+    interval.settle(config, state)  # the epoch's losses and times, before it is evaluated
 
 
 def fit(
@@ -231,6 +175,7 @@ def fit(
     if data is None:
         data = load_data(config.data, config.imgsz, skip_bad=config.skip_bad)
     check_data_matches(data, config)
+    data = on_device(data, device)  # its images, when they fit a GPU
 
     model = build_detector(config.model, nc=len(data.names))
     if config.weights:

@@ -14,7 +14,10 @@ Each component is a per-image mean quantity, like YOLOv5's loss before its final
 
 Target assignment (`build_targets`) is YOLOv5's: a target matches an anchor when their width and
 height ratios are both within 4x, and is assigned to its own cell plus the two neighbouring cells
-nearest its centre.
+nearest its centre. It needs the targets and the outputs' grid sizes, never an output's value, so
+it runs where the targets are: on the host for the trainer's batches (trainer/data.py), whose
+assignments then go to the device. Its variable-size selections would otherwise make the host
+wait for the GPU in every iteration.
 """
 
 from __future__ import annotations
@@ -76,7 +79,8 @@ class DetectionLoss:
     """Loss of a `Detector`'s raw outputs against normalised targets.
 
     `targets` is `[M, 6]`: `(batch_index, class, cx, cy, w, h)` with coordinates normalised to
-    `[0, 1]` of the input image; the input size is read from the outputs' grid times stride.
+    `[0, 1]` of the input image, on any device (the host's keep the GPU from waiting: module
+    docstring); the input size is read from the outputs' grid times stride.
     """
 
     def __init__(self, detector: Detector, weights: LossWeights) -> None:
@@ -102,7 +106,7 @@ class DetectionLoss:
         dtype = torch.promote_types(outputs[0].dtype, torch.float32)
         with torch.autocast(device_type=device.type, enabled=False):
             outputs = [o.to(dtype) for o in outputs]
-            targets = targets.to(device=device, dtype=dtype)
+            targets = targets.to(dtype=dtype)
             lbox, lobj, lcls = self.components(outputs, targets)
         total = weighted_total(lbox, lobj, lcls, self.weights)
         return LossParts(total, lbox.detach(), lobj.detach(), lcls.detach())
@@ -134,8 +138,9 @@ class DetectionLoss:
         return lbox, lobj, lcls
 
     def build_targets(self, outputs: list[Tensor], targets: Tensor) -> list[Assigned]:
-        """YOLOv5's assignment: per level, the (image, anchor, cell) slots each target trains."""
-        device = outputs[0].device
+        """YOLOv5's assignment: per level, the (image, anchor, cell) slots each target trains,
+        computed where `targets` are and returned on the outputs' device."""
+        device = targets.device
         if targets.ndim != 2 or targets.shape[1] != 6:
             raise ValueError(f"targets must be [M, 6], but got shape {tuple(targets.shape)}")
         if targets.numel() and int(targets[:, 1].max()) >= self.nc:
@@ -173,7 +178,8 @@ class DetectionLoss:
             gi = gij[:, 0].clamp(0, w - 1)
             gj = gij[:, 1].clamp(0, h - 1)
             box = torch.cat((gxy - torch.stack((gi, gj), 1), gwh), 1)
-            result.append(Assigned(b, a, gj, gi, box, anchors[a], c))
+            assigned = Assigned(b, a, gj, gi, box, anchors[a], c)
+            result.append(Assigned(*(x.to(pi.device, non_blocking=True) for x in assigned)))
         return result
 
 

@@ -4,7 +4,8 @@ On CUDA: the peak memory of one training step (forward, loss, backward) of the f
 packs of 1 and of 2 trials on a real batch gives what one trial more costs; the pack is as many
 trials as fit `headroom` of the device's free memory, at most `limit`. The optimizer's and EMA's
 state (a few copies of the weights, small beside activations for these detectors) are within
-the headroom. Anywhere else: 1 (a pack measured slower than separate runs on CPU:
+the headroom, and the data set's images are on the device before the free memory is read
+(`trainer.data.on_device`). Anywhere else: 1 (a pack measured slower than separate runs on CPU:
 docs/benchmarks.md).
 
 The arithmetic (`pack_size_for`) is tested on CPU; the probe itself has not yet run on a GPU.
@@ -15,7 +16,7 @@ from __future__ import annotations
 import torch
 
 from trainer.config import TrainConfig
-from trainer.data import DetectionData, iterate_batches
+from trainer.data import DetectionData, iterate_batches, on_device
 from trainer.fit import resolve_device
 from trainer.loss import DetectionLoss, LossWeights
 from trainer.model import build_detector
@@ -31,6 +32,7 @@ def auto_pack_size(
     device = resolve_device(config.device)
     if device.type != "cuda":
         return 1
+    data = on_device(data, device)  # before the free memory is read: the runs will hold it
     free, _ = torch.cuda.mem_get_info(device)
     one = _peak_step_bytes(config, data, 1, device)
     two = _peak_step_bytes(config, data, 2, device)

@@ -98,8 +98,8 @@ weights are scaled by 1 + 1e-15).
 
 from __future__ import annotations
 
+import contextlib
 import logging
-import time
 import warnings
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -110,9 +110,8 @@ from torch import Tensor
 
 from trainer.augment import AugmentSpec
 from trainer.config import PACK_SHARED_FIELDS, PackMember, TrainConfig
-from trainer.data import DetectionData, iterate_batches, load_data
+from trainer.data import DetectionData, iterate_batches, load_data, on_device
 from trainer.fit import (
-    LogInterval,
     Report,
     TrainState,
     augment_spec,
@@ -121,10 +120,9 @@ from trainer.fit import (
     checkpoint_state,
     evaluate_and_record,
     finish_run,
-    loss_values,
-    record_iteration,
     resolve_device,
 )
+from trainer.iteration_log import LogInterval, StepClock, loss_values, record_iteration
 from trainer.loss import DetectionLoss, LossWeights
 from trainer.model import Detector, build_detector, load_weights
 from trainer.optim import DECAY_GROUP, SCHEDULER_BEFORE_STEP_WARNING, parameter_groups
@@ -191,6 +189,7 @@ def fit_pack(
     if data is None:
         data = load_data(lead.data, lead.imgsz, skip_bad=lead.skip_bad)
     check_data_matches(data, lead)
+    data = on_device(data, device)  # its images, when they fit a GPU
     if len(data.train) // lead.batch == 0:
         raise ValueError(
             f"batch must not exceed the {len(data.train)} training images, but got "
@@ -292,6 +291,7 @@ class _Pack:
         kinds, nesterov = [lead.optimizer] * slots, [lead.nesterov] * slots
         self.optimizer = PackedOptimizer(groups, kinds, nesterov)  # type: ignore[arg-type]
         self.generator = torch.Generator().manual_seed(lead.seed)
+        self.clock = StepClock(device)
         self.slots: list[_Trial | None] = [None] * slots
         self.joined = 0
 
@@ -437,6 +437,9 @@ class _Pack:
                     return
                 wanted = [trials for trials, _ in streams]
                 self._train_batch([(t, b[0], b[1]) for t, b in zip(wanted, batches, strict=True)])
+        for trial in self.live():  # the epoch's losses and times, before it is evaluated
+            with self._alone(trial):
+                trial.interval.settle(trial.config, trial.state)
 
     def _streams(self) -> list[tuple[list[_Trial], Iterator[tuple[Tensor, Tensor, Tensor]]]]:
         """This epoch's batches per augmentation the live trials want: the oldest trial's from
@@ -464,7 +467,7 @@ class _Pack:
         return streams
 
     def _train_batch(self, groups: list[tuple[list[_Trial], Tensor, Tensor]]) -> None:
-        start = time.perf_counter()
+        started = self.clock.start()
         live = sorted((t for trials, _, _ in groups for t in trials if t.alive), key=_slot)
         for trial in live:
             trial.schedule.begin(trial.state.iteration)
@@ -474,7 +477,7 @@ class _Pack:
         lrs = [t.schedule.lrs()[DECAY_GROUP] for t in live]
         images = self._images(groups)
         targets = {
-            t.slot: batch_targets.to(self.device)
+            t.slot: batch_targets  # assigned on the host (trainer/loss.py)
             for trials, _, batch_targets in groups
             for t in trials
         }
@@ -497,18 +500,22 @@ class _Pack:
             self.ema.update(self.model, active, self.packed)
         for trial in live:
             trial.schedule.end()
-        values = [loss_values(p) for p in parts]
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
         # each trial's latency is its share of the pack's iteration
-        share = (time.perf_counter() - start) / len(live)
-        for trial, value, lr in zip(live, values, lrs, strict=True):
-            try:
+        share = self.clock.stop(started).shared(len(live))
+        for trial, part, lr in zip(live, parts, lrs, strict=True):
+            with self._alone(trial):
                 record_iteration(
-                    value, share, lr, trial.config, trial.state, trial.interval, trial.run
-                )
-            except NonFiniteLossError as exc:
-                self.fail(trial, exc)
+                    loss_values(part), share, lr, trial.config, trial.state, trial.interval,
+                    trial.run,
+                )  # fmt: skip
+
+    @contextlib.contextmanager
+    def _alone(self, trial: _Trial) -> Iterator[None]:
+        """Where a trial's losses are read on the host: a non-finite one fails it alone."""
+        try:
+            yield
+        except NonFiniteLossError as exc:
+            self.fail(trial, exc)
 
     def _images(self, groups: list[tuple[list[_Trial], Tensor, Tensor]]) -> Tensor:
         """The model's input: the batch, or, when trials want different augmentations, one

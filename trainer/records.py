@@ -22,7 +22,7 @@ class TrainLine:
 
     `loss` is the weighted total (what was back-propagated, not comparable across weights);
     `lbox`, `lobj`, `lcls` are the unweighted components, comparable across trials.
-    `latency` is seconds per training iteration (synchronised on CUDA).
+    `latency` is seconds per training iteration (CUDA events on a GPU: trainer/iteration_log.py).
     """
 
     epoch: int

@@ -1,4 +1,5 @@
-"""Training on a CUDA device: bf16 autocast, channels_last, synchronised timing, CPU parity.
+"""Training on a CUDA device: bf16 autocast, channels_last, synchronised timing, CPU parity, the
+data set held on the device.
 
 These run only where `torch.cuda.is_available()` (they are skipped in CI, which has no GPU); the
 device tool's GPU machine runs them with `python -m pytest tests/trainer/test_cuda.py`.
@@ -13,7 +14,9 @@ from pathlib import Path
 import pytest
 import torch
 
+from trainer.augment import AugmentSpec
 from trainer.config import TrainConfig
+from trainer.data import iterate_batches, load_data, on_device
 from trainer.fit import autocast_for, fit, resolve_device
 from trainer.model import build_detector
 from trainer.shapes import shapes_yaml
@@ -101,3 +104,76 @@ def test_a_cuda_index_beyond_the_machine_is_a_clear_error() -> None:
     missing = torch.cuda.device_count()
     with pytest.raises(ValueError, match=f"cuda:{missing}.*has {missing} CUDA device"):
         resolve_device(f"cuda:{missing}")
+
+
+def test_a_data_set_on_the_gpu_serves_the_hosts_batches(tiny_yaml: Path) -> None:
+    """`on_device` copies the images once; batches made there are the host's (same draws, same
+    labels; the pixels to float rounding of the GPU's bilinear sampling and colour matmul)."""
+    data = load_data(str(tiny_yaml), 64)
+    device = torch.device("cuda")
+    held = on_device(data, device)
+    assert held.train.images.device.type == "cuda" and held.train.images.dtype == torch.uint8
+    assert on_device(data, device) is held and on_device(held, device) is held
+    spec = AugmentSpec(mosaic=0.5, scale=0.3, translate=0.1)
+    host = iterate_batches(
+        data.train, 16, shuffle=True, augment=spec, generator=torch.Generator().manual_seed(2)
+    )
+    gpu = iterate_batches(
+        held.train, 16, shuffle=True, augment=spec, generator=torch.Generator().manual_seed(2)
+    )
+    for (images, targets, indices), (on_gpu, gpu_targets, gpu_indices) in zip(
+        host, gpu, strict=True
+    ):
+        assert on_gpu.device.type == "cuda" and gpu_targets.device.type == "cpu"
+        assert torch.equal(targets, gpu_targets) and torch.equal(indices, gpu_indices)
+        torch.testing.assert_close(on_gpu.cpu(), images, rtol=0, atol=2e-3)
+
+
+def _host_waits_in_an_epoch(root: Path, n_train: int) -> int:
+    """How often one training epoch of `n_train` images (batches of 16) makes the host wait
+    for the GPU (torch's sync debug mode warns at each wait)."""
+    import warnings
+
+    from trainer.ema import ModelEMA
+    from trainer.fit import TrainState, train_one_epoch
+    from trainer.loss import DetectionLoss, LossWeights
+    from trainer.optim import build_optimizer, build_scheduler
+    from trainer.run_dir import RunDir
+
+    data_yaml = shapes_yaml(root / "cache", n_train=n_train, n_val=4)
+    out = root / f"run{n_train}"
+    config = _config(data_yaml, out, device="cuda", log_interval=1000, epochs=1)
+    device = torch.device("cuda")
+    data = on_device(load_data(str(data_yaml), 64), device)
+    model = build_detector("nano", nc=len(data.names)).to(device)
+    ema = ModelEMA(model, config.ema_decay, config.ema_tau)
+    loss_fn = DetectionLoss(model, LossWeights(config.lbox, config.lobj, config.lcls))
+    optimizer = build_optimizer(model, config)
+    iters = n_train // config.batch
+    scheduler = build_scheduler(optimizer, config, iters, iters)
+    run = RunDir(out)
+    run.start_metrics(keep_through_iter=0)
+    state = TrainState()
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("warn")
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            train_one_epoch(
+                model, ema, loss_fn, optimizer, scheduler, data.train, config, state, device,
+                torch.Generator().manual_seed(0), run,
+            )  # fmt: skip
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    assert state.iteration == iters
+    return sum("synchroniz" in str(w.message) for w in caught)
+
+
+def test_an_epoch_waits_on_the_gpu_as_often_whatever_its_length(tmp_path: Path) -> None:
+    """No host synchronisation inside an iteration: the data set on the device, the targets
+    assigned on the host, the losses summed and timed on the device and read at a training
+    line and at the epoch's end. An epoch of 8 batches waits as often as one of 4."""
+    _host_waits_in_an_epoch(tmp_path / "warm-up", 64)  # CUDA's and cuDNN's first-use waits
+    short, long = (_host_waits_in_an_epoch(tmp_path, n) for n in (64, 128))
+    print(f"host waits on the GPU: {short} in an epoch of 4 batches, {long} in one of 8")
+    assert long == short

@@ -12,14 +12,18 @@ import torch
 from PIL import Image
 
 from trainer import shapes
+from trainer.augment import AugmentSpec
 from trainer.data import (
+    DEVICE_SHARE,
     DataError,
     DetectionSplit,
     augment_batch,
+    fits_on_device,
     iterate_batches,
     label_path,
     load_data,
     load_split,
+    on_device,
     read_data_yaml,
     resolve_data,
 )
@@ -381,3 +385,39 @@ def test_jpeg_with_exif_rotation_and_draft(tmp_path: Path) -> None:
     assert torch.allclose(split.boxes[0], torch.tensor([[0.0, 8, 0, 24, 16]]))
     green = split.images[1][:, 10:22].float().mean(dim=(1, 2))
     assert green[1] > 180 and green[0] < 30 and green[2] < 30
+
+
+def test_batches_of_images_held_on_another_device_are_made_there_with_the_hosts_labels(
+    tmp_path: Path,
+) -> None:
+    # what a GPU-held data set does (trainer.data.on_device), checked here on the meta device,
+    # which keeps shapes only and refuses most operations that mix it with host tensors:
+    # the pixels are cut, warped, flipped and coloured where the images are; the draws, labels
+    # and indices stay the host's, so an epoch is the same batches on either device
+    data = load_data(str(shapes.shapes_yaml(tmp_path, n_train=48, n_val=4)), 64)
+    elsewhere = dataclasses.replace(data.train, images=data.train.images.to("meta"))
+    for spec in (AugmentSpec(mosaic=0.5, scale=0.3, translate=0.1), AugmentSpec(), False):
+        host = iterate_batches(
+            data.train, 16, shuffle=True, augment=spec, generator=torch.Generator().manual_seed(4)
+        )
+        there = iterate_batches(
+            elsewhere, 16, shuffle=True, augment=spec, generator=torch.Generator().manual_seed(4)
+        )
+        for (images, targets, indices), (held, held_targets, held_indices) in zip(
+            host, there, strict=True
+        ):
+            assert held.device.type == "meta" and held.shape == images.shape
+            assert held.dtype == images.dtype == torch.float32
+            assert torch.equal(held_targets, targets) and torch.equal(held_indices, indices)
+
+
+def test_a_data_set_stays_on_the_host_of_a_cpu_or_a_gpu_it_would_crowd(tmp_path: Path) -> None:
+    data = load_data(str(shapes.shapes_yaml(tmp_path, n_train=8, n_val=4)), 32)
+    assert on_device(data, torch.device("cpu")) is data
+    assert data.image_bytes == (8 + 4) * 3 * 32 * 32
+    # 1,200 images at 128 px (59 MB) go on any GPU; 10,000 at 640 px (12.3 GB) not on a 24 GB one
+    assert fits_on_device(59_000_000, 20 * 10**9)
+    assert not fits_on_device(12_300_000_000, 24 * 10**9)
+    assert fits_on_device(12_300_000_000, 130 * 10**9)
+    assert fits_on_device(int(DEVICE_SHARE * 10**9), 10**9)
+    assert not fits_on_device(int(DEVICE_SHARE * 10**9) + 1, 10**9)
