@@ -721,7 +721,7 @@ def main_starts(args: argparse.Namespace) -> dict[str, Any]:
     the exclusive study lock (tune before issue 16) and starts holding it shared."""
     worker_counts = [int(w) for w in (args.workers or "1,8,32").split(",")]
     existing = int(args.existing or 100)
-    cells = []
+    cells: list[dict[str, Any]] = []
     for workers in worker_counts:
         per_worker = max(3, math.ceil(args.samples / workers))
         # alternate which mode runs first, so that a drift in the machine's load favours neither

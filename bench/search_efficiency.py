@@ -286,8 +286,18 @@ def summarise(runs: dict[str, list[list[TrialRow]]], budget: int) -> dict[str, A
     random search's median best; Mann-Whitney U tests between methods; the goal."""
     from search.confirm_stats import mann_whitney_u
 
-    # studies cut short by --time-limit are compared where all of them got to
-    spent = [rows[-1].spent if rows else 0 for seeds in runs.values() for rows in seeds]
+    # a seed whose study of some method never started (--time-limit) is left out, and the
+    # studies cut short are compared where all of them got to
+    n_seeds = min(len(seeds) for seeds in runs.values())
+    kept = [i for i in range(n_seeds) if all(seeds[i] for seeds in runs.values())]
+    left_out = n_seeds - len(kept)
+    if not kept:
+        raise SystemExit(
+            f"no seed has a trial of every method ({', '.join(runs)}): nothing to compare "
+            "(a --time-limit too short for the first trials?)"
+        )
+    runs = {method: [seeds[i] for i in kept] for method, seeds in runs.items()}
+    spent = [rows[-1].spent for seeds in runs.values() for rows in seeds]
     compared_at = min([budget, *spent])
     finals = {
         method: [_zero_if_nan(best_at(rows, compared_at)) for rows in seeds]
@@ -340,6 +350,7 @@ def summarise(runs: dict[str, list[list[TrialRow]]], budget: int) -> dict[str, A
         )
     return {
         "compared_at": compared_at,
+        "seeds_left_out": left_out,
         "target": target,
         "methods": methods,
         "tests": tests,
@@ -591,6 +602,11 @@ def _tables(summaries: dict[str, dict[str, Any]]) -> str:
                 f"{'met' if goal['budget_met'] else 'missed'}); its best at budget is higher than "
                 f"random's with one-sided Mann-Whitney p = {goal['p_higher']:.3g} (goal < 0.05: "
                 f"{'met' if goal['higher_met'] else 'missed'})"
+            )
+        if s.get("seeds_left_out"):
+            line += (
+                f"\n({s['seeds_left_out']} seeds left out: a study of theirs never started "
+                "before the time limit)"
             )
         parts.append(f"## {dataset}\n\n{methods}\n\n{tests}\n\n{line}")
     return "\n\n".join(parts)

@@ -95,6 +95,16 @@ def test_search_efficiency_summary_targets_random_search_and_tests_the_methods()
     assert goal["u"] == 7.0 and goal["p_higher"] == pytest.approx(0.2)  # 4 of the 20 splits
     assert goal["higher_met"] is False
 
+    # a seed whose study of one method never started before the time limit is left out, not
+    # compared at 0 iterations
+    runs["random"].append([])
+    runs["tpe+pruner"].append(study(0.9))
+    late = summarise(runs, 300)
+    assert late["seeds_left_out"] == 1 and late["compared_at"] == 130
+    assert late["methods"] == summary["methods"]
+    with pytest.raises(SystemExit, match="no seed has a trial of every method"):
+        summarise({"random": [[]], "tpe+pruner": [study(0.5)]}, 300)
+
 
 @pytest.mark.postgres
 def test_control_plane_smallest(tmp_path: Path) -> None:
