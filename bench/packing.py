@@ -4,6 +4,7 @@
     uv run python -m bench.packing --device cuda --k 1,2,4,8,16,32,64
     uv run python -m bench.packing --device cuda --model medium --k 1,4,16
     uv run python -m bench.packing --fusion                        # the fusion probe (CPU)
+    uv run python -m bench.packing --shrink 4 --iters 20           # a pack whose slots empty
 
 Main mode: one solo `trainer.fit.fit` and `trainer.packed.fit_packed` with K trials (AdamW,
 SGD and Adam by turns, all one seed), nano, 128 px, batch 32, one epoch of `--iters` iterations
@@ -24,6 +25,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
+import json
 import statistics
 import tempfile
 import time
@@ -39,7 +41,7 @@ from trainer.data import DetectionData, DetectionSplit, load_data
 from trainer.fit import fit
 from trainer.loss import DetectionLoss, LossWeights
 from trainer.model import build_detector
-from trainer.packed import fit_packed, load_trial_state, packed_names
+from trainer.packed import PackMember, fit_pack, fit_packed, load_trial_state, packed_names
 from trainer.records import FitResult
 
 OPTIMIZERS: tuple[dict[str, Any], ...] = (
@@ -114,6 +116,39 @@ def throughput(args: argparse.Namespace) -> dict[str, Any]:
         )  # fmt: skip
         print(f"K={k}: {rate:.1f} trial-images/s ({rate / solo_rate:.2f}x solo)", flush=True)
     return {"rows": rows, "solo": solo.to_dict()}
+
+
+def shrink(args: argparse.Namespace) -> dict[str, Any]:
+    """A pack of `--shrink` K trials whose K - 1 end after one epoch and one trains on for two
+    more, once shrinking to its live trial (the default) and once keeping its zeroed slots, side
+    by side: the wall time of the pack and the last trial's iteration time in its last epochs."""
+    torch.set_num_threads(args.threads)
+    full = load_data("shapes", args.imgsz)
+    data = DetectionData(
+        full.names, _head(full.train, args.iters * args.batch), _head(full.val, 32)
+    )
+    root = Path(tempfile.mkdtemp(prefix="packing-shrink-"))
+    base = TrainConfig(
+        model=args.model, imgsz=args.imgsz, batch=args.batch, epochs=1, device=args.device,
+        threads=args.threads, log_interval=1, eval_interval=3,
+    )  # fmt: skip
+    rows = []
+    for compact in (True, False):
+        members = [
+            PackMember(base.replace(out=str(root / f"{compact}-{i}"), epochs=1 if i else 3))
+            for i in range(args.shrink)
+        ]
+        started = time.perf_counter()
+        fit_pack(members, data=data, compact=compact)
+        wall = time.perf_counter() - started
+        lines = [json.loads(line) for line in (root / f"{compact}-0" / "metrics.jsonl").open()]
+        tail = [line["latency"] for line in lines if line.get("epoch", 0) >= 1 and "lr" in line]
+        rows.append(
+            {"run": "shrinks" if compact else "keeps its empty slots", "k": args.shrink,
+             "wall_s": wall, "tail_iteration_s": statistics.median(tail)}
+        )  # fmt: skip
+        print(rows[-1], flush=True)
+    return {"rows": rows, "tail_speedup": rows[1]["tail_iteration_s"] / rows[0]["tail_iteration_s"]}
 
 
 @contextlib.contextmanager
@@ -213,8 +248,18 @@ def main() -> None:
     parser.add_argument("--iters", type=int, default=30, help="iterations per run")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--fusion", action="store_true", help="run the fusion probe instead")
+    parser.add_argument(
+        "--shrink", type=int, metavar="K", help="a pack of K whose slots empty: shrunk or kept"
+    )
     args = parser.parse_args()
     args.k = [int(k) for k in args.k.split(",")]
+    if args.shrink:
+        payload = shrink(args)
+        path = write_results(
+            f"packing-shrink-{args.device}", {"machine": machine(), "args": vars(args), **payload}
+        )
+        print(f"the last trial's iterations: {payload['tail_speedup']:.2f}x faster shrunk; {path}")
+        return
     if args.fusion:
         payload = fusion(args)
         path = write_results(
