@@ -85,9 +85,12 @@ class Settings:
 
 
 PRESETS = {
-    # The loss-weights study's trials (33 epochs, rungs at 6 and 18) with 8 random start-up
-    # draws: what a GPU with several studies at once can run (bench/gpu.sh).
-    "study": Settings(),
+    # The loss-weights study's trials (33 epochs, rungs at 6 and 18): what a GPU with several
+    # studies at once can run (bench/gpu.sh). TPE models after 3 random draws: of the study's 8
+    # start-up trials 6 are its enqueued baselines and start trial, which this benchmark leaves
+    # out, and 8 random ones would be half the budget, the first third of it all random draws
+    # shared with random search (docs/benchmarks.md, "Search efficiency").
+    "study": Settings(n_startup_trials=3),
     # Scaled so that 8 seeds x 3 methods on one data set fit in about 75 minutes of two cores:
     # 6-epoch trials (222 iterations, mAP50-95 ~0.06 with the trainer's defaults), evaluated every
     # epoch, one rung at epoch 4, 120 validation images, a budget of 8 trials. TPE models after 3
