@@ -76,17 +76,23 @@ def _reset_peak(device: str) -> None:
         torch.cuda.reset_peak_memory_stats()
 
 
-def throughput(args: argparse.Namespace) -> dict[str, Any]:
+def _setup(args: argparse.Namespace, **config: Any) -> tuple[DetectionData, Path, TrainConfig]:
+    """The data (`--iters` batches of `shapes`, 32 validation images), a scratch folder and the
+    one-epoch config every run of this benchmark starts from, with `config`'s changes."""
     torch.set_num_threads(args.threads)
     full = load_data("shapes", args.imgsz)
     data = DetectionData(
         full.names, _head(full.train, args.iters * args.batch), _head(full.val, 32)
     )
-    root = Path(tempfile.mkdtemp(prefix="packing-"))
     base = TrainConfig(
         model=args.model, imgsz=args.imgsz, batch=args.batch, epochs=1, device=args.device,
-        threads=args.threads, log_interval=10**6,
+        threads=args.threads,
     )  # fmt: skip
+    return data, Path(tempfile.mkdtemp(prefix="packing-")), base.replace(**config)
+
+
+def throughput(args: argparse.Namespace) -> dict[str, Any]:
+    data, root, base = _setup(args, log_interval=10**6)
     rows: list[dict[str, Any]] = []
     _reset_peak(args.device)
     with _busy(args.device) as busy:
@@ -122,16 +128,7 @@ def shrink(args: argparse.Namespace) -> dict[str, Any]:
     """A pack of `--shrink` K trials whose K - 1 end after one epoch and one trains on for two
     more, once shrinking to its live trial (the default) and once keeping its zeroed slots, side
     by side: the wall time of the pack and the last trial's iteration time in its last epochs."""
-    torch.set_num_threads(args.threads)
-    full = load_data("shapes", args.imgsz)
-    data = DetectionData(
-        full.names, _head(full.train, args.iters * args.batch), _head(full.val, 32)
-    )
-    root = Path(tempfile.mkdtemp(prefix="packing-shrink-"))
-    base = TrainConfig(
-        model=args.model, imgsz=args.imgsz, batch=args.batch, epochs=1, device=args.device,
-        threads=args.threads, log_interval=1, eval_interval=3,
-    )  # fmt: skip
+    data, root, base = _setup(args, log_interval=1, eval_interval=3)
     rows = []
     for compact in (True, False):
         members = [
