@@ -5,7 +5,8 @@
 #   2. bench.throughput's GPU section (nano and medium images/s, 1/2/4 trials sharing the GPU,
 #      GPU utilisation, the worker loop's duty cycle on the GPU);
 #   3. bench.packing: packs of 1..64 nano and 1, 4, 16 medium trials against one trial alone
-#      (aggregate trial-images/s, GPU busy, memory per trial; issue 13);
+#      (aggregate trial-images/s, GPU busy, memory per trial; issue 13), and K trials'
+#      evaluations, K solo passes against one fused pass with the mAP on the device;
 #   4. bench.search_efficiency on the loss-weights study's trials, 8 seeds, on shapes and
 #      shapes-large (issue 15), every study in its own process (one per CPU core), stopped at the
 #      time left.
@@ -52,6 +53,7 @@ step "trial packing (nano 1..64, medium 1/4/16)"
 timeout 420 $py -m bench.packing --device cuda --k 1,2,4,8,16,32,64 --iters 40 2>&1 | tee -a "$log"
 timeout 300 $py -m bench.packing --device cuda --model medium --k 1,4,16 --iters 20 2>&1 \
   | tee -a "$log"
+timeout 240 $py -m bench.packing --device cuda --eval --k 1,4,16,32 2>&1 | tee -a "$log"
 
 # One torch thread per study (set in the bench); keep numpy/OpenMP in the COCO evaluation to one
 # thread too, or 16 processes each start 16 threads.

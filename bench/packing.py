@@ -5,6 +5,7 @@
     uv run python -m bench.packing --device cuda --model medium --k 1,4,16
     uv run python -m bench.packing --fusion                        # the fusion probe (CPU)
     uv run python -m bench.packing --shrink 4 --iters 20           # a pack whose slots empty
+    uv run python -m bench.packing --eval --k 1,4,16               # K trials' evaluations
 
 Main mode: one solo `trainer.fit.fit` and `trainer.packed.fit_packed` with K trials (AdamW,
 SGD and Adam by turns, all one seed), nano, 128 px, batch 32, one epoch of `--iters` iterations
@@ -13,6 +14,14 @@ process. Per run: the median iteration time (a packed trial's `train_latency` is
 the pack's iteration, so `batch / latency` is the pack's aggregate trial-images/s), and on CUDA
 the peak memory (`torch.cuda.max_memory_allocated`) per trial. Writes
 bench/results/packing-<device>.json.
+
+Evaluation mode: K nano trials (their own random weights) evaluated at one boundary on the
+whole validation split of `shapes` (250 images), as fit does it K times (`evaluate` and
+`coco_map` per trial) and as a pack does it once (`evaluate_slots`, one pass of the fused
+model, and `coco_maps`); then the mAP step alone, COCOeval (faster-coco-eval) on the host once
+per trial as tune did before `trainer/mean_ap.py`, against `mean_average_precision` for the K
+runs at once on the device. Median of `--repeats` seconds each; the mAPs of every way must
+agree. Writes bench/results/packing-eval-<device>.json.
 
 Fusion mode: forward + loss + backward of K nano detectors at (64 px, batch 8) and (128 px,
 batch 32), median ms per iteration, for K separate modules, a loop of `functional_call` over
@@ -36,12 +45,15 @@ from typing import Any
 import torch
 
 from bench import machine, table, write_results
+from bench.coco_reference import cocoeval_map
 from trainer.config import TrainConfig
 from trainer.data import DetectionData, DetectionSplit, load_data
-from trainer.fit import fit
+from trainer.evaluate import coco_map, coco_maps, evaluate, evaluate_slots, ground_truth
+from trainer.fit import autocast_for, fit, resolve_device
 from trainer.loss import DetectionLoss, LossWeights
 from trainer.model import build_detector
 from trainer.packed import PackMember, fit_pack, fit_packed, load_trial_state, packed_names
+from trainer.packed_state import solo_detector
 from trainer.records import FitResult
 
 OPTIMIZERS: tuple[dict[str, Any], ...] = (
@@ -148,6 +160,74 @@ def shrink(args: argparse.Namespace) -> dict[str, Any]:
     return {"rows": rows, "tail_speedup": rows[1]["tail_iteration_s"] / rows[0]["tail_iteration_s"]}
 
 
+def evaluation(args: argparse.Namespace) -> dict[str, Any]:
+    """K trials' evaluations at one boundary, each way side by side (module docstring)."""
+    torch.set_num_threads(args.threads)
+    data = load_data("shapes", args.imgsz)
+    rows = [_evaluation_row(args, k, data) for k in args.k]
+    return {"rows": rows, "val_images": len(data.val)}
+
+
+def _evaluation_row(args: argparse.Namespace, k: int, data: DetectionData) -> dict[str, Any]:
+    device, val, nc = resolve_device(args.device), data.val, len(data.names)
+    autocast = autocast_for(device, TrainConfig(device=args.device))
+    torch.manual_seed(0)
+    packed = build_detector(args.model, nc=nc, trials=k)
+    packed.to(device=device, memory_format=torch.channels_last)  # type: ignore[call-overload]
+    names = packed_names(packed, build_detector(args.model, nc=nc))
+    solos = [solo_detector(packed, i, names, args.model) for i in range(k)]
+    losses = {i: DetectionLoss(packed, LossWeights(0.05, 1.0, 0.5)) for i in range(k)}
+
+    def timed(work: Callable[[], list[tuple[float, float]]]) -> tuple[float, Any]:
+        times, result = [], []
+        for _ in range(args.repeats):
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            start = time.perf_counter()
+            result = work()
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            times.append(time.perf_counter() - start)
+        return statistics.median(times), result
+
+    def fused_detections() -> list[list[torch.Tensor]]:
+        results = evaluate_slots(packed, losses, val, args.batch, device, autocast, True)
+        return [results[i].detections for i in range(k)]
+
+    def alone() -> list[tuple[float, float]]:
+        return [
+            coco_map(val, evaluate(s, losses[i], val, args.batch, device, autocast, True)
+                     .detections, nc)
+            for i, s in enumerate(solos)
+        ]  # fmt: skip
+
+    def fused() -> list[tuple[float, float]]:
+        return coco_maps(val, fused_detections(), nc, ground_truth(val, nc, device))
+
+    alone_s, alone_maps = timed(alone)
+    fused_s, fused_maps = timed(fused)
+    runs = fused_detections()
+    truth = [val.original_boxes(i) for i in range(len(val))]
+    host_s, host_maps = timed(lambda: [cocoeval_map(truth, r, nc, faster=True) for r in runs])
+    device_s, device_maps = timed(lambda: coco_maps(val, runs, nc, ground_truth(val, nc, device)))
+    for maps in (fused_maps, host_maps, device_maps):
+        for got, expected in zip(maps, alone_maps, strict=True):
+            if max(abs(a - b) for a, b in zip(got, expected, strict=True)) > 1e-6:
+                raise AssertionError(f"mAPs disagree at K={k}: {got} and {expected}")
+    row = {
+        "k": k,
+        "detections_per_trial": sum(len(d) for r in runs for d in r) / k,
+        "alone_s": alone_s,
+        "fused_s": fused_s,
+        "eval_speedup": alone_s / fused_s,
+        "cocoeval_host_s": host_s,
+        "mean_ap_s": device_s,
+        "map_speedup": host_s / device_s,
+    }
+    print(row, flush=True)
+    return row
+
+
 @contextlib.contextmanager
 def _busy(device: str) -> Iterator[Callable[[], float | None]]:
     """On CUDA, GPU utilisation (%) sampled while the block runs (median, `nvidia-smi`); on CPU
@@ -248,8 +328,31 @@ def main() -> None:
     parser.add_argument(
         "--shrink", type=int, metavar="K", help="a pack of K whose slots empty: shrunk or kept"
     )
+    parser.add_argument("--eval", action="store_true", help="time K trials' evaluations")
+    parser.add_argument("--repeats", type=int, default=3, help="--eval: runs of each way")
     args = parser.parse_args()
     args.k = [int(k) for k in args.k.split(",")]
+    if args.eval:
+        payload = evaluation(args)
+        device = "cpu" if args.device == "cpu" else "cuda"
+        path = write_results(
+            f"packing-eval-{device}", {"machine": machine(), "args": vars(args), **payload}
+        )
+        print(
+            table(
+                ["K", "detections/trial", "K alone s", "fused s", "speedup",
+                 "COCOeval host s", "mean_ap s", "mAP speedup"],
+                [
+                    [r["k"], f"{r['detections_per_trial']:.0f}", f"{r['alone_s']:.2f}",
+                     f"{r['fused_s']:.2f}", f"{r['eval_speedup']:.2f}x",
+                     f"{r['cocoeval_host_s']:.3f}", f"{r['mean_ap_s']:.3f}",
+                     f"{r['map_speedup']:.1f}x"]
+                    for r in payload["rows"]
+                ],
+            )
+        )  # fmt: skip
+        print(path)
+        return
     if args.shrink:
         payload = shrink(args)
         path = write_results(

@@ -1,29 +1,26 @@
 """Evaluation: NMS with torchvision.ops, COCO mAP, COCO-format predictions.
 
 One pass over the validation split gives both the detections and the unweighted validation
-losses. mAP is COCO's AP computed against ground truth built from the split's labels, in original
-image pixels, by faster-coco-eval: a C++ port of pycocotools' COCOeval that gives the same numbers
-about four times faster (measured: 1.2 s instead of 4.6 s for 25,000 detections, a cost paid at
-every evaluation of every trial). tests/trainer/test_fit.py checks it against pycocotools itself.
+losses. mAP is COCO's AP against ground truth built from the split's labels, in original image
+pixels, computed by `trainer.mean_ap` with torch on the device the detections are on: COCOeval's
+numbers (tests/trainer/test_mean_ap.py checks them against pycocotools' COCOeval), without
+moving the detections to the host or paying COCOeval's host time once per trial of a pack.
 """
 
 from __future__ import annotations
 
 import contextlib
-import io
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
-import numpy as np
 import torch
-from faster_coco_eval import COCO
-from faster_coco_eval import COCOeval_faster as COCOeval
 from torchvision.ops import batched_nms
 
 from trainer.data import DetectionSplit, iterate_batches
 from trainer.loss import DetectionLoss
+from trainer.mean_ap import GroundTruth, mean_average_precision
 from trainer.model import Detector, decode
 
 CONF_THRESHOLD = 0.001  # low, as for mAP: the precision/recall curve needs the low-score tail
@@ -74,9 +71,28 @@ def evaluate(
     channels_last: bool,
 ) -> Evaluation:
     """Run the model over `split` once: detections in original pixels plus validation losses."""
+    return evaluate_slots(model, {0: loss_fn}, split, batch_size, device, autocast, channels_last)[
+        0
+    ]
+
+
+@torch.no_grad()
+def evaluate_slots(
+    model: Detector,
+    loss_fns: Mapping[int, DetectionLoss],
+    split: DetectionSplit,
+    batch_size: int,
+    device: torch.device,
+    autocast: Callable[[], contextlib.AbstractContextManager[None]],
+    channels_last: bool,
+) -> dict[int, Evaluation]:
+    """`evaluate` for the trials in some slots of a packed detector, in one pass of the fused
+    model: slot k's outputs are scored with `loss_fns[k]` (a solo detector is slot 0)."""
+    was_training = model.training
     model.eval()
-    detections: list[torch.Tensor] = [torch.empty(0, 6)] * len(split)
-    totals = torch.zeros(4)
+    detections = {k: [torch.empty(0, 6, device=device)] * len(split) for k in loss_fns}
+    # summed on the device, read once at the end: no wait for the device inside the pass
+    totals = {k: torch.zeros(4, device=device) for k in loss_fns}
     batches = 0
     generator = torch.Generator().manual_seed(0)
     for images, targets, indices in iterate_batches(
@@ -87,81 +103,42 @@ def evaluate(
             images = images.contiguous(memory_format=torch.channels_last)
         with autocast():
             outputs = model(images)
-        parts = loss_fn(outputs, targets)  # assigned on the host (trainer/loss.py)
-        totals += torch.stack([parts.lbox, parts.lobj, parts.lcls, parts.total]).float().cpu()
+        if model.trials == 1:  # a solo detector's outputs have no trial dim
+            outputs = [o.unsqueeze(0) for o in outputs]
         batches += 1
-        for index, dets in zip(
-            indices.tolist(), non_max_suppression(decode(model, outputs)), strict=True
-        ):
-            dets = dets.cpu()
-            dets[:, :4] = split.to_original(dets[:, :4], index)
-            detections[index] = dets
-    model.train()
-    mean = (totals / max(batches, 1)).tolist()
-    return Evaluation(detections, *mean)
+        rows = indices.tolist()
+        for k, loss_fn in loss_fns.items():
+            mine = [o[k] for o in outputs]
+            parts = loss_fn(mine, targets)  # assigned on the host (trainer/loss.py)
+            totals[k] += torch.stack([parts.lbox, parts.lobj, parts.lcls, parts.total]).float()
+            for index, dets in zip(rows, non_max_suppression(decode(model, mine)), strict=True):
+                # they stay on the device: trainer.mean_ap scores them there
+                dets[:, :4] = split.to_original(dets[:, :4], index)
+                detections[k][index] = dets
+    model.train(was_training)
+    return {k: Evaluation(detections[k], *(totals[k] / max(batches, 1)).tolist()) for k in loss_fns}
 
 
-def _ground_truth(split: DetectionSplit, nc: int) -> COCO:
-    """The split's labels as a COCO ground-truth object; image ids are split indices."""
-    images: list[dict[str, object]] = []
-    annotations: list[dict[str, object]] = []
-    for index in range(len(split)):
-        height, width = split.orig_sizes[index]
-        images.append({"id": index, "width": width, "height": height})
-        for cls, x1, y1, x2, y2 in split.original_boxes(index).tolist():
-            w, h = x2 - x1, y2 - y1
-            annotations.append(
-                {
-                    # COCOeval treats id 0 as "unmatched": ids start at 1
-                    "id": len(annotations) + 1,
-                    "image_id": index,
-                    "category_id": int(cls),
-                    "bbox": [x1, y1, w, h],
-                    "area": w * h,
-                    "iscrowd": 0,
-                }
-            )
-    coco = COCO()
-    coco.dataset = {
-        "images": images,
-        "annotations": annotations,
-        "categories": [{"id": c, "name": str(c)} for c in range(nc)],
-    }
-    with contextlib.redirect_stdout(io.StringIO()):
-        coco.createIndex()
-    return coco
+def ground_truth(split: DetectionSplit, nc: int, device: torch.device) -> GroundTruth:
+    """The split's labels, in original pixels, as `trainer.mean_ap` scores against them."""
+    boxes = [split.original_boxes(index) for index in range(len(split))]
+    return GroundTruth.of(boxes, nc, device)
 
 
 def coco_map(split: DetectionSplit, detections: list[torch.Tensor], nc: int) -> tuple[float, float]:
-    """(mAP50, mAP50-95) of `detections` on `split`, computed by pycocotools' COCOeval."""
-    rows = [
-        np.column_stack(
-            [
-                np.full(len(d), index),
-                d[:, 0].numpy(),
-                d[:, 1].numpy(),
-                (d[:, 2] - d[:, 0]).numpy(),
-                (d[:, 3] - d[:, 1]).numpy(),
-                d[:, 4].numpy(),
-                d[:, 5].numpy(),
-            ]
-        )
-        for index, d in enumerate(detections)
-        if len(d)
-    ]
-    if not rows:
-        return 0.0, 0.0
-    gt = _ground_truth(split, nc)
-    if not gt.dataset["annotations"]:
-        return 0.0, 0.0
-    with contextlib.redirect_stdout(io.StringIO()):
-        dt = gt.loadRes(np.concatenate(rows).astype(np.float64))
-        coco_eval = COCOeval(gt, dt, iouType="bbox")
-        coco_eval.evaluate()
-        coco_eval.accumulate()
-        coco_eval.summarize()
-    # stats[0] = AP@[.5:.95], stats[1] = AP@.5; -1 means "no ground truth", reported as 0
-    return max(float(coco_eval.stats[1]), 0.0), max(float(coco_eval.stats[0]), 0.0)
+    """(mAP50, mAP50-95) of `detections` (per image, on any one device) on `split`, as COCOeval
+    computes them."""
+    device = detections[0].device if detections else torch.device("cpu")
+    return coco_maps(split, [detections], nc, ground_truth(split, nc, device))[0]
+
+
+def coco_maps(
+    split: DetectionSplit, runs: list[list[torch.Tensor]], nc: int, truth: GroundTruth
+) -> list[tuple[float, float]]:
+    """`coco_map` of several runs' detections on one split at once (a pack's trials)."""
+    if len(split) != truth.num_images:
+        raise ValueError(f"truth is of {truth.num_images} images, but the split has {len(split)}")
+    return mean_average_precision(runs, truth)
 
 
 def coco_predictions(
@@ -169,7 +146,8 @@ def coco_predictions(
 ) -> list[dict[str, object]]:
     """Detections in COCO results format: image_id from the file stem, bbox [x, y, w, h] px."""
     results: list[dict[str, object]] = []
-    for index, dets in enumerate(detections):
+    on_host = torch.cat(detections).cpu().split([len(d) for d in detections]) if detections else []
+    for index, dets in enumerate(on_host):  # one read from the device, not one per image
         image_id = split.image_ids[index]
         for x1, y1, x2, y2, score, cls in dets.tolist():
             results.append(

@@ -31,7 +31,13 @@ from trainer.augment import AugmentSpec
 from trainer.config import TrainConfig
 from trainer.data import DetectionData, DetectionSplit, iterate_batches, load_data, on_device
 from trainer.ema import ModelEMA
-from trainer.evaluate import coco_map, coco_predictions, evaluate, inference_latency_ms
+from trainer.evaluate import (
+    Evaluation,
+    coco_map,
+    coco_predictions,
+    evaluate,
+    inference_latency_ms,
+)
 from trainer.iteration_log import LogInterval, StepClock, loss_values, record_iteration
 from trainer.loss import DetectionLoss, LossWeights
 from trainer.model import Detector, build_detector, load_weights
@@ -275,6 +281,7 @@ def evaluate_and_record(
     device: torch.device,
     run: RunDir,
 ) -> tuple[EvalLine, EvalReport]:
+    """Evaluate `model` on the validation split and record it (`record_evaluation`)."""
     start = time.perf_counter()
     result = evaluate(
         model,
@@ -285,9 +292,27 @@ def evaluate_and_record(
         autocast_for(device, config),
         channels_last=True,
     )
-    mAP50, mAP50_95 = coco_map(data.val, result.detections, nc=len(data.names))
+    maps = coco_map(data.val, result.detections, nc=len(data.names))
+    return record_evaluation(result, maps, time.perf_counter() - start, data, config, state, run)
+
+
+def record_evaluation(
+    result: Evaluation,
+    maps: tuple[float, float],
+    seconds: float,
+    data: DetectionData,
+    config: TrainConfig,
+    state: TrainState,
+    run: RunDir,
+) -> tuple[EvalLine, EvalReport]:
+    """Write an evaluation (its `mAP50, mAP50-95` and the `seconds` it took so far) to the run:
+    predictions.json, the metrics line, the log; returns the line and the report for the
+    search. A non-finite validation loss raises `NonFiniteLossError` after the line is written.
+    """
+    start = time.perf_counter()
+    mAP50, mAP50_95 = maps
     run.write_predictions(coco_predictions(data.val, result.detections))
-    seconds = time.perf_counter() - start
+    seconds += time.perf_counter() - start
     state.seconds_evaluating += seconds
     line = EvalLine(
         epoch=state.epoch,

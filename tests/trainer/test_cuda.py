@@ -177,3 +177,20 @@ def test_an_epoch_waits_on_the_gpu_as_often_whatever_its_length(tmp_path: Path) 
     short, long = (_host_waits_in_an_epoch(tmp_path, n) for n in (64, 128))
     print(f"host waits on the GPU: {short} in an epoch of 4 batches, {long} in one of 8")
     assert long == short
+
+
+def test_the_map_computed_on_the_gpu_is_the_hosts() -> None:
+    """trainer/mean_ap.py on CUDA: the same matches and precisions in float64 as on the host,
+    for several runs at once (the scenes of tests/trainer/test_mean_ap.py)."""
+    from tests.trainer.test_mean_ap import _scene
+    from trainer.mean_ap import GroundTruth, mean_average_precision
+
+    scenes = [_scene(seed) for seed in range(3)]
+    truth = scenes[0][0]
+    runs = [dets[: len(truth)] for _, dets in scenes]
+    results = {}
+    for name in ("cpu", "cuda"):
+        device = torch.device(name)
+        on = [[d.to(device) for d in run] for run in runs]
+        results[name] = mean_average_precision(on, GroundTruth.of(truth, 4, device))
+    assert results["cuda"] == pytest.approx(results["cpu"], rel=1e-12)

@@ -132,6 +132,12 @@ def test_a_packed_trial_follows_its_solo_loss_curve_in_float64(
         for name in ("loss", "lbox", "lobj", "lcls"):
             got, expected = [x[name] for x in packed], [x[name] for x in solo]
             assert got == pytest.approx(expected, rel=1e-9), (k, name)
+        # and its evaluation, made for the three at once in one pass of the fused model (of
+        # its EMA for two trials, of its own weights for the third), is its solo one: the
+        # same mAP and validation losses
+        (got_eval,) = _eval_lines(tmp_path / f"pack{k}")
+        (expected_eval,) = _eval_lines(tmp_path / f"solo{k}")
+        assert got_eval == pytest.approx(expected_eval, rel=1e-9), k
 
 
 def test_a_packed_trial_follows_its_solo_loss_curve_in_float32(
