@@ -160,13 +160,21 @@ def test_ctrl_c_stops_launch_and_leaves_nothing_running(pg_url: str, tmp_path: P
     )  # fmt: skip
     deadline = time.monotonic() + 60
     running: list[optuna.trial.FrozenTrial] = []
-    while time.monotonic() < deadline and not running:
+    while time.monotonic() < deadline and not running and proc.poll() is None:
         time.sleep(0.5)
         try:
             running = [t for t in _trials(pg_url) if t.state == TrialState.RUNNING]
-        except (KeyError, Exception):
+        except Exception:  # launch has not created the study (or its tables) yet
             running = []
-    assert running, "no trial started within 60 s"
+    if not running:  # seen once in CI: say what launch and its workers were doing
+        proc.kill()
+        code, out, err = _finish(proc, timeout=30)
+        logs = sorted((tmp_path / "runs" / "smoke").glob("worker-*.log"))
+        shown = "".join(f"\n--- {p.name}\n{p.read_text()}" for p in logs)
+        pytest.fail(
+            f"no trial started within 60 s (launch exit {code})\n--- stdout\n{out}\n"
+            f"--- stderr\n{err}{shown}"
+        )
     proc.send_signal(signal.SIGINT)
     code, out, err = _finish(proc, timeout=90)
     assert code == 130, err
