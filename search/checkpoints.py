@@ -72,7 +72,7 @@ class CheckpointStore:
                 self._artifacts().remove(previous[0])
         return True
 
-    def discard(self, trial: optuna.Trial) -> None:
+    def discard(self, trial: FrozenTrial | optuna.Trial) -> None:
         """Delete the trial's checkpoint from the store (a pruned or failed trial's is useless)."""
         mark = trial_record.read_checkpoint(trial)
         if mark is not None and self.path.is_dir():

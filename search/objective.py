@@ -39,7 +39,7 @@ from search.checkpoints import CheckpointStore
 from search.failpoints import failpoint
 from search.optuna_compat import record_heartbeat, trial_id
 from search.outage import Outage, retry_while_down
-from search.storage import StorageDown, StudyLock, mask_text
+from search.storage import StudyLock, mask_text
 from search.study_file import StudySpec
 from search.trainers.base import (
     Evaluation,
@@ -332,11 +332,11 @@ class TrialRun:
             raise optuna.TrialPruned(f"pruned after {step} epochs at {value:.4f} {metric}")
 
     def stopped(self, exc: BaseException) -> None:
-        """The trainer ended with `exc`: say so and drop the checkpoint nothing will resume."""
+        """The trainer ended with `exc`: say so. Its checkpoint stays until the trial's end is
+        stored (`discard_ended_checkpoint`): until then a reaper may still resume the trial."""
         ctx, number = self.ctx, self.trial.number
         if isinstance(exc, optuna.TrialPruned):
             ctx.log(f"trial {number} {exc}")
-            _discard_checkpoint(ctx, self.trial)
         elif isinstance(exc, UpdateFinishedTrialError):
             # reaped while we trained (a long pause): its retry owns the trial and checkpoint now
             ctx.log(f"trial {number} was reaped while this worker still ran it")
@@ -345,9 +345,6 @@ class TrialRun:
             ctx.log(
                 f"trial {number} failed after {time.monotonic() - self.started:.0f} s: {reason}"
             )
-            if not isinstance(exc, StorageDown):
-                # nothing resumes a failed trial; one the database lost is reaped and resumed
-                _discard_checkpoint(ctx, self.trial)
 
     def complete(self, outcome: TrialOutcome) -> float:
         """Record the trainer's final result; the objective value."""
@@ -392,10 +389,15 @@ def _resume_retry(trial: optuna.Trial, ctx: WorkerContext, job: TrialJob) -> Tri
     return replace(job, resume=True) if step is not None else job
 
 
-def _discard_checkpoint(ctx: WorkerContext, trial: optuna.Trial) -> None:
-    if ctx.checkpoints is not None:
+def discard_ended_checkpoint(ctx: WorkerContext, told: FrozenTrial) -> None:
+    """Drop the checkpoint of a trial this worker has told PRUNED or FAIL (`told`, as the storage
+    has it now): nothing resumes it. Only once its end is stored: a worker lost (or a database
+    gone) between a discard and the tell left the trial RUNNING with a checkpoint that was no
+    longer there, and its retry started from scratch, blaming the artifact folder."""
+    if ctx.checkpoints is not None and told.state in (TrialState.PRUNED, TrialState.FAIL):
+        # a failed delete only costs disk
         with contextlib.suppress(Exception):
-            ctx.checkpoints.discard(trial)
+            ctx.checkpoints.discard(told)
 
 
 def record_failure(trial: optuna.Trial, exc: BaseException) -> None:

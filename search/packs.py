@@ -29,7 +29,13 @@ import optuna
 from optuna.exceptions import UpdateFinishedTrialError
 from optuna.trial import TrialState
 
-from search.objective import InFlight, Interrupted, TrialRun, record_failure
+from search.objective import (
+    InFlight,
+    Interrupted,
+    TrialRun,
+    discard_ended_checkpoint,
+    record_failure,
+)
 from search.optuna_compat import study_storage, trial_id
 from search.start_gate import NoStart, StartGate
 from search.trainers.base import PackedJob, PackingTrainer, TrialOutcome
@@ -184,6 +190,7 @@ def _told(
         return
     frozen = study_storage(run.trial.study).get_trial(trial_id(run.trial))
     ctx.tally.count(frozen)
+    discard_ended_checkpoint(ctx, frozen)
     states.append(frozen.state)
 
 

@@ -62,6 +62,7 @@ from search.objective import (
     TrialTally,
     WorkerContext,
     describe_error,
+    discard_ended_checkpoint,
     make_objective,
 )
 from search.optuna_compat import (
@@ -350,8 +351,9 @@ def _run_one_trial(
         return None
     if not finished:
         return None
-    trial = finished[0]
+    trial = finished[0]  # as stored once Optuna told it: its end is recorded
     ctx.tally.count(trial)
+    discard_ended_checkpoint(ctx, trial)
     if ctx.stop.requested:
         raise Interrupted("stop requested")
     return trial.state

@@ -212,6 +212,32 @@ def test_baselines_are_never_pruned(tmp_path: Path) -> None:
     assert any(t.state == TrialState.PRUNED for t in trials)  # the pruner did have data
 
 
+def test_a_pruned_trial_keeps_its_checkpoint_until_it_is_told_pruned(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # a worker lost between dropping the checkpoint and the tell (killed, or the database gone)
+    # left a RUNNING trial pointing at a deleted file: its retry started from scratch (seen as a
+    # flaky test_workers_give_up_when_the_database_stays_down)
+    url, _ = _study(tmp_path, n_trials=2, epochs=3)
+    artifacts = tmp_path / "artifacts"
+    monkeypatch.setenv("FAKE_CHECKPOINT", "1")
+    monkeypatch.setattr(optuna.Trial, "should_prune", lambda self: True)
+    at_tell: list[bool] = []
+    real_set_state = optuna.storages.RDBStorage.set_trial_state_values
+
+    def set_state(storage: Any, trial_id: int, state: TrialState, values: Any = None) -> bool:
+        if state == TrialState.PRUNED:
+            mark = trial_record.read_checkpoint(storage.get_trial(trial_id))
+            at_tell.append(mark is not None and (artifacts / mark[0]).is_file())
+        return bool(real_set_state(storage, trial_id, state, values))
+
+    monkeypatch.setattr(optuna.storages.RDBStorage, "set_trial_state_values", set_state)
+    _work(url, tmp_path, artifacts=artifacts)
+    assert at_tell == [True, True]  # still there for a retry until the trial's end is stored
+    assert [t.state for t in _trials(url)] == [TrialState.PRUNED] * 2
+    assert not [p for p in artifacts.rglob("*") if p.is_file()]  # then dropped
+
+
 def test_a_reaped_trial_is_dropped_and_the_worker_goes_on(tmp_path: Path) -> None:
     url, _ = _study(tmp_path, n_trials=3)
     reaper = optuna.load_study(study_name="smoke", storage=url)
