@@ -5,11 +5,11 @@
     uv run python -m bench.control_plane --load     # study load, status, report by record layout
 
 Each cell of the grid gets a fresh PostgreSQL database (created and dropped here, like the tests'
-`pg_url`), a study made by `search.launch.prepare_study` from `studies/loss-weights.toml` (no
-baselines, the sampler chosen by `--sampler`, Hyperband as in the study file), N finished trials
+`pg_url`), a study made by `search.running.launch.prepare_study` from `studies/loss-weights.toml`
+(no baselines, the sampler chosen by `--sampler`, Hyperband as in the study file), N finished trials
 bulk-inserted through Optuna's own table models (with the params, intermediate values and user
 attrs a real trial carries), then W worker processes that run the REAL worker loop
-(`search.worker.run_worker`) with a trivial training function: it reports one evaluation per
+(`search.running.worker.run_worker`) with a trivial training function: it reports one evaluation per
 epoch and returns at once, so everything left is control plane.
 
 How each call is timed (inside the worker processes, with `time.perf_counter`):
@@ -154,8 +154,8 @@ def _instrument() -> None:
     """Wrap the calls we time; only ever done inside a benchmark worker process."""
     import optuna.study._optimize as optimize_module
 
-    from search.storage import StudyLock
-    from search.study_manager import ManagedStudy
+    from search.bookkeeping.storage import StudyLock
+    from search.bookkeeping.study_manager import ManagedStudy
 
     optuna.Study.ask = _timed("ask", optuna.Study.ask)  # type: ignore[method-assign]
     tell = optimize_module._tell_with_warning
@@ -182,8 +182,8 @@ def _worker_process(
     url: str, index: int, out: str, ready: Any, go: Any, fast_starts: bool, hold: float
 ) -> None:
     """One benchmark worker: instrument, wait for the others, run the real worker loop."""
-    from search.storage import StorageSettings
-    from search.worker import run_worker
+    from search.bookkeeping.storage import StorageSettings
+    from search.running.worker import run_worker
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     _instrument()
@@ -240,7 +240,7 @@ def throwaway_database(admin_url: str = ADMIN_URL) -> Iterator[tuple[str, str]]:
 def bench_study_table(sampler: str, epochs: int) -> dict[str, Any]:
     """studies/loss-weights.toml as a table, without baselines or a start trial, with `sampler`
     and `epochs`."""
-    from search.study_file import Overrides, apply_overrides, read_study_table
+    from search.study.study_file import Overrides, apply_overrides, read_study_table
 
     # through the overrides, as `--epochs` does: a first rung beyond `epochs` moves to its end
     raw = apply_overrides(read_study_table(STUDY)[0], Overrides(epochs=epochs))
@@ -265,13 +265,14 @@ def populate(
     """Insert `n` finished trials (1 in 3 COMPLETE, the others PRUNED) in a few bulk statements.
 
     Each carries what a tune trial carries: ten params, one intermediate value per epoch reached,
-    a value, and tune's user attrs laid out as `records` says: "compact" (`search.trial_record`
-    now: the curve in segments, placement in one attribute), "legacy" (before issue 16: one
-    attribute per curve point, host, device and worker apart) or "none" (Optuna's own rows only,
-    the yardstick for the study load). Config and (if complete) summary in both tune layouts.
+    a value, and tune's user attrs laid out as `records` says: "compact"
+    (`search.bookkeeping.trial_record` now: the curve in segments, placement in one attribute),
+    "legacy" (before issue 16: one attribute per curve point, host, device and worker apart) or
+    "none" (Optuna's own rows only, the yardstick for the study load). Config and (if complete)
+    summary in both tune layouts.
     """
-    from search import trial_record
-    from search.study_file import parse_study
+    from search.bookkeeping import trial_record
+    from search.study.study_file import parse_study
 
     spec = parse_study(trial_record.read_study_spec(study) or {}, "bench")
     probe = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=seed))
@@ -440,11 +441,11 @@ def run_cell(
     With `proxy`, the workers reach the database through a `tune proxy`; `fast_starts=False`
     takes the exclusive study lock for every start (tune before issue 16); `hold`: seconds each
     trivial epoch waits."""
-    from search import trial_record
-    from search.launch import prepare_study
-    from search.storage import open_storage
-    from search.study_file import parse_study
-    from search.study_manager import ManagedStudy
+    from search.bookkeeping import trial_record
+    from search.bookkeeping.storage import open_storage
+    from search.bookkeeping.study_manager import ManagedStudy
+    from search.running.launch import prepare_study
+    from search.study.study_file import parse_study
 
     with throwaway_database() as (url, database):
         storage = open_storage(url, create_schema=True)
@@ -551,7 +552,7 @@ def run_cell(
 def _load_process(url: str, out: str, loader: str) -> None:
     """In a fresh process (a cold cache, as a worker joining): open the study, load its trials,
     through tune's storage (`open_storage`: trials read with plain SQL) or Optuna's own."""
-    from search.storage import load_study, open_storage
+    from search.bookkeeping.storage import load_study, open_storage
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     started = time.perf_counter()
@@ -598,9 +599,9 @@ def run_load(
     existing: int, records: str, repeats: int, epochs: int, report: bool = True
 ) -> dict[str, Any]:
     """Study load, `tune status` and `tune report` on `existing` trials laid out as `records`."""
-    from search.launch import prepare_study
-    from search.storage import open_storage
-    from search.study_file import parse_study
+    from search.bookkeeping.storage import open_storage
+    from search.running.launch import prepare_study
+    from search.study.study_file import parse_study
 
     with throwaway_database() as (url, database), tempfile.TemporaryDirectory() as tmp:
         storage = open_storage(url, create_schema=True)

@@ -25,7 +25,7 @@ from typing import Any
 
 import torch
 
-from search.study_file import load_study_file
+from search.study.study_file import load_study_file
 from trainer.config import TrainConfig
 from trainer.data import iterate_batches, load_data
 from trainer.fit import fit

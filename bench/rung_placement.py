@@ -54,7 +54,7 @@ def _train_one(job: tuple[int, str, dict[str, Any], dict[str, Any]]) -> dict[str
 
 def spearman(xs: list[float], ys: list[float]) -> float:
     """Spearman's rank correlation (average ranks for ties)."""
-    from search.confirm_stats import average_ranks
+    from search.confirm.stats import average_ranks
 
     rx, ry = average_ranks(xs), average_ranks(ys)
     mx, my = sum(rx) / len(rx), sum(ry) / len(ry)
@@ -97,7 +97,7 @@ def main() -> None:
 
     import optuna
 
-    from search.study_file import load_study_file
+    from search.study.study_file import load_study_file
 
     spec = load_study_file(args.study)
     extra: dict[str, Any] = {}

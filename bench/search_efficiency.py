@@ -5,8 +5,8 @@ pruner, over many seeds, on two generated data sets.
     uv run python -m bench.search_efficiency --preset cpu --jobs 2     # scaled to fit 2 CPU cores
     uv run python -m bench.search_efficiency --from-results R.json     # re-summarise, no training
 
-Methods, each through the search package's own objective (`search.objective.make_objective`) and
-the real trainer (`trainer.fit.fit`), one SQLite study per data set, method and seed, one torch
+Methods, each through the search package's own objective (`search.running.objective.make_objective`)
+and the real trainer (`trainer.fit.fit`), one SQLite study per data set, method and seed, one torch
 thread per study (`--jobs N` runs N studies at once, each in its own process):
 
 - random: `RandomSampler`, no pruning;
@@ -24,7 +24,7 @@ within it; a study with none counts as 0.
 Summary per data set: for each method the median and interquartile range of the best at budget
 over seeds; the target, random search's median best at budget; the budget each method needs to
 reach it (median over seeds, a seed that never does counting as infinite); and the Mann-Whitney U
-test between every pair of methods (`search.confirm_stats.mann_whitney_u`). The goal: TPE with the
+test between every pair of methods (`search.confirm.stats.mann_whitney_u`). The goal: TPE with the
 pruner reaches the target with at most a third of the budget, and its best at budget is higher
 than random search's with one-sided p < 0.05. Writes bench/results/<name>.json and .html.
 """
@@ -122,7 +122,7 @@ class TrialRow:
 
 
 def _study_table(settings: Settings, data: str, method: str, seed: int) -> dict[str, Any]:
-    from search.study_file import Overrides, apply_overrides, read_study_table
+    from search.study.study_file import Overrides, apply_overrides, read_study_table
 
     raw = apply_overrides(read_study_table(STUDY)[0], Overrides(epochs=settings.epochs, data=data))
     raw["name"] = f"bench-{method.replace('+', '-')}-{seed}"
@@ -162,11 +162,11 @@ def run_study(
     With a `deadline` (a `time.time()` value) no trial starts after it: the study ends short of
     its budget, and the summary compares every study where all of them got to.
     """
-    from search import trial_record
-    from search.launch import prepare_study
-    from search.objective import GracefulStop, TrialTally, WorkerContext, make_objective
-    from search.storage import open_storage
-    from search.study_file import parse_study
+    from search.bookkeeping import trial_record
+    from search.bookkeeping.storage import open_storage
+    from search.running.launch import prepare_study
+    from search.running.objective import GracefulStop, TrialTally, WorkerContext, make_objective
+    from search.study.study_file import parse_study
     from search.trainers.builtin import TuneTrainer
     from trainer.fit import fit
 
@@ -287,7 +287,7 @@ def budget_to_reach(rows: list[TrialRow], target: float) -> int | None:
 def summarise(runs: dict[str, list[list[TrialRow]]], budget: int) -> dict[str, Any]:
     """One data set's summary: per method, the best at budget over seeds and the budget to reach
     random search's median best; Mann-Whitney U tests between methods; the goal."""
-    from search.confirm_stats import mann_whitney_u
+    from search.confirm.stats import mann_whitney_u
 
     # a seed whose study of some method never started (--time-limit) is left out, and the
     # studies cut short are compared where all of them got to
@@ -479,7 +479,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     for method in methods:
         if method not in METHODS:
             raise SystemExit(f"unknown method {method!r} (known: {', '.join(METHODS)})")
-    from search.study_file import read_study_table
+    from search.study.study_file import read_study_table
 
     epochs = settings.epochs or int(read_study_table(STUDY)[0]["trial"]["epochs"])
     from trainer.data import check_data

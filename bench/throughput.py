@@ -3,9 +3,9 @@
     uv run python -m bench.throughput            # CPU: 4 trials x 2 epochs, 1 and 2 threads
     uv run python -m bench.throughput --quick    # CPU: 3 trials x 1 epoch, 1 thread
 
-CPU section: the REAL worker loop (`search.worker.run_worker`) with the real trainer on `shapes`
-(nano, 128 px, batch 32), a SQLite study made from `studies/loss-weights.toml` in a temporary
-folder (its first trials are the hand-tuned baselines). Images/s is the trainer's own
+CPU section: the REAL worker loop (`search.running.worker.run_worker`) with the real trainer on
+`shapes` (nano, 128 px, batch 32), a SQLite study made from `studies/loss-weights.toml` in a
+temporary folder (its first trials are the hand-tuned baselines). Images/s is the trainer's own
 `FitResult.images_per_second` (training iterations only, timed per iteration); the duty cycle is
 `WorkerStats.duty_cycle`: seconds in training and evaluation over the worker's wall time (which
 includes loading the data set, shown apart, and every storage round trip).
@@ -32,7 +32,7 @@ from typing import Any
 import optuna
 
 from bench import PeriodicSampler, load_average, machine, median, table, write_results
-from search.launch import mps_running
+from search.running.launch import mps_running
 
 STUDY = "loss-weights"
 
@@ -51,11 +51,11 @@ def worker_run(
     """Run `trials` trials of `epochs` epochs through `run_worker`; images/s and duty cycle."""
     import torch
 
-    from search import trial_record
-    from search.launch import prepare_study
-    from search.storage import open_storage
-    from search.study_file import Overrides, apply_overrides, parse_study, read_study_table
-    from search.worker import run_worker
+    from search.bookkeeping import trial_record
+    from search.bookkeeping.storage import open_storage
+    from search.running.launch import prepare_study
+    from search.running.worker import run_worker
+    from search.study.study_file import Overrides, apply_overrides, parse_study, read_study_table
     from trainer.data import load_data
     from trainer.fit import fit
 

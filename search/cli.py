@@ -20,7 +20,7 @@ from trainer.config import TRAIN_PARAMS  # light: no torch
 from trainer.params import Param
 
 if TYPE_CHECKING:
-    from search.launch import ConfirmResult, LaunchResult  # lazily at run time (optuna)
+    from search.running.launch import ConfirmResult, LaunchResult  # lazily at run time (optuna)
 
 
 def _fail(message: str, code: int = 2) -> typer.Exit:
@@ -77,7 +77,7 @@ app = typer.Typer(
 
 def train(ctx: typer.Context, **values: Any) -> None:
     """Train and evaluate one detector, printing the notes' log lines."""
-    from search.train_command import run_train
+    from search.commands.train_command import run_train
 
     values = dict(ctx.params)
     # options the user typed override a --hyp file; those left at their defaults do not
@@ -162,7 +162,7 @@ train.__signature__ = _train_signature()  # type: ignore[attr-defined]
 app.command()(train)
 
 
-# --- search: launch, worker, status, best (search/launch.py, worker.py, status.py, best.py) -----
+# --- search: launch, worker, status, best (search/running/launch.py, worker.py, status.py, best.py)
 
 _STORAGE_HELP = "study storage URL; default $TUNE_STORAGE, else sqlite:///tune.db here"
 _TRAINER_HELP = "for tests and soak runs only: a module with fit() (and load_data()) to train with"
@@ -170,10 +170,10 @@ _TRAINER_HELP = "for tests and soak runs only: a module with fit() (and load_dat
 
 def _search_errors() -> tuple[type[Exception], ...]:
     """The errors a search command reports as one line (no traceback)."""
-    from search.best import NoBestTrialError
-    from search.launch import LaunchError
-    from search.storage import StorageError
-    from search.worker import WorkerError
+    from search.bookkeeping.storage import StorageError
+    from search.commands.best import NoBestTrialError
+    from search.running.launch import LaunchError
+    from search.running.worker import WorkerError
 
     return (ValueError, StorageError, LaunchError, WorkerError, NoBestTrialError)
 
@@ -199,8 +199,8 @@ def launch(
     trainer_module: str | None = typer.Option(None, hidden=True, help=_TRAINER_HELP),
 ) -> None:
     """Create/load a study, enqueue its baselines, run local workers until the budget is spent."""
-    from search.launch import launch as run_launch
-    from search.study_file import Overrides
+    from search.running.launch import launch as run_launch
+    from search.study.study_file import Overrides
 
     try:
         gpu_list = _parse_gpus(gpus, workers)
@@ -239,7 +239,7 @@ def worker(
     trainer_module: str | None = typer.Option(None, hidden=True, help=_TRAINER_HELP),
 ) -> None:
     """Join an existing study (from any machine) and run trials until its budget is spent."""
-    from search.worker import run_worker
+    from search.running.worker import run_worker
 
     try:
         stats = run_worker(
@@ -265,8 +265,8 @@ def status(
     storage: str | None = typer.Option(None, help=_STORAGE_HELP),
 ) -> None:
     """Trials by state, the best trial, baselines, running trials (host, age) and failures."""
-    from search.status import format_status, study_status
-    from search.storage import load_study, open_storage
+    from search.bookkeeping.storage import load_study, open_storage
+    from search.commands.status import format_status, study_status
 
     try:
         typer.echo(format_status(study_status(load_study(open_storage(storage), study))))
@@ -290,8 +290,8 @@ def best(
     ),
 ) -> None:
     """The best trial's parameters; --export writes them as a file the target trainer takes."""
-    from search.best import best_trial, export_best, format_best
-    from search.storage import load_study, open_storage
+    from search.bookkeeping.storage import load_study, open_storage
+    from search.commands.best import best_trial, export_best, format_best
 
     if fmt is not None and export is None:
         raise _fail("--format needs --export FILE")
@@ -323,7 +323,7 @@ def confirm(
 ) -> None:
     """Retrain the top trials and the best baseline with fresh seeds; state the gain with its
     spread. Resumable: run it again, or `tune worker --study NAME:confirm` on other machines."""
-    from search.launch import confirm as run_confirm
+    from search.running.launch import confirm as run_confirm
 
     try:
         gpu_list = _parse_gpus(gpus, workers)
@@ -369,7 +369,7 @@ def _parse_gpus(gpus: str | None, workers: int | None = None) -> list[int] | Non
     return ids
 
 
-# --- report and dashboard (search/report/, search/dashboard.py) ---------------------------------
+# --- report and dashboard (search/report/, search/commands/dashboard.py) --------------------------
 
 
 @app.command()
@@ -380,8 +380,8 @@ def report(
     top: int = typer.Option(5, min=0, help="best trials shown besides the baselines"),
 ) -> None:
     """Write one self-contained HTML report (opens offline) comparing the study's trials."""
+    from search.bookkeeping.storage import StorageError, load_study, open_storage
     from search.report import write_report
-    from search.storage import StorageError, load_study, open_storage
 
     try:
         path = write_report(load_study(open_storage(storage), study), out, top_k=top)
@@ -400,8 +400,8 @@ def dashboard(
     ),
 ) -> None:
     """Run optuna-dashboard on the study storage, bound to loopback unless --host says otherwise."""
-    from search.dashboard import serve
-    from search.storage import StorageError
+    from search.bookkeeping.storage import StorageError
+    from search.commands.dashboard import serve
 
     try:
         serve(storage, host=host, port=port, artifacts=artifacts, echo=typer.echo)
@@ -419,8 +419,8 @@ def proxy(
 ) -> None:
     """Serve the storage to many workers (`tune worker --storage grpc://HOST:PORT`) through
     Optuna's gRPC proxy: one bounded pool of database connections, heartbeats and reaping."""
-    from search.proxy import serve
-    from search.storage import StorageError
+    from search.bookkeeping.proxy import serve
+    from search.bookkeeping.storage import StorageError
 
     try:
         serve(storage, host=host, port=port, echo=typer.echo)

@@ -27,7 +27,7 @@ WARMUP_MIN_ITERS = 100  # the field's floor on warmup length (Ultralytics, YOLOv
 
 # what the trials of one pack share (trainer/packed.py): the architecture and the batch stream
 # (a trial's epochs, eval interval and resume are its own); a study that draws one of these
-# cannot pack its trials (search/study_file.py)
+# cannot pack its trials (search/study/study_file.py)
 PACK_SHARED_FIELDS: tuple[str, ...] = (
     "data", "model", "imgsz", "batch", "skip_bad", "augment", "mosaic", "close_mosaic",
     "scale", "translate", "fliplr", "hsv_h", "hsv_s", "hsv_v", "device", "amp", "threads",

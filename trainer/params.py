@@ -2,7 +2,7 @@
 
 A `Param` says a parameter's name, kind, valid range or choices, default, help and where it
 comes from in the field's hyperparameter files. A `ParamRegistry` is one trainer's list of them.
-The search space's checks (`search/space.py`), the study file's pins, `tune train`'s options,
+The search space's checks (`search/study/space.py`), the study file's pins, `tune train`'s options,
 `hyp.yaml` and the report's labels all read a registry, so a parameter is spelled once, where its
 trainer declares it: for tune's own detector that is its `TrainConfig` field (`param(...)` in
 `trainer/config.py`), for an adapter its module (`search/trainers/`).

@@ -13,8 +13,8 @@ from pathlib import Path
 import optuna
 from optuna.trial import FrozenTrial
 
-from search import trial_record
-from search.confirm_results import read_confirmation_of
+from search.bookkeeping import trial_record
+from search.confirm.results import read_confirmation_of
 from search.report.draw import latency_figure, panels_figure
 from search.report.gather import ReportData, gather
 from search.report.html import render_page

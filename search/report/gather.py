@@ -3,11 +3,12 @@
 The report compares trials the way the hand-tuning notes did: panels over iterations (the
 evaluation, one unweighted loss per component the trials recorded, the weighted total, the
 learning rate and the training latency: `panels.py` describes them), a few log lines per run,
-and a table. Everything here is read from the Optuna storage through `search.trial_record`, so a
-report drawn on machine A needs nothing written on machine B; so is the study's confirmation
-(`tune confirm`, its confirm study in the same storage), whose figure becomes the headline when
-there is one (the words: `verdict.py`). A big study draws a capped set of its trials
-(`selection.py`) and counts them all. `draw` and `html` turn the result into a page.
+and a table. Everything here is read from the Optuna storage through
+`search.bookkeeping.trial_record`, so a report drawn on machine A needs nothing written on machine
+B; so is the study's confirmation (`tune confirm`, its confirm study in the same storage), whose
+figure becomes the headline when there is one (the words: `verdict.py`). A big study draws a capped
+set of its trials (`selection.py`) and counts them all. `draw` and `html` turn the result into a
+page.
 """
 
 from __future__ import annotations
@@ -26,8 +27,8 @@ import optuna
 from optuna.study import StudyDirection
 from optuna.trial import FrozenTrial, TrialState
 
-from search import trial_record
-from search.confirm_results import Confirmation
+from search.bookkeeping import trial_record
+from search.confirm.results import Confirmation
 from search.report.key_params import KeyParams, contour_params, key_params
 from search.report.panels import PanelSpec, components_of, panel_specs
 from search.report.selection import (

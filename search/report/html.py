@@ -16,8 +16,8 @@ from typing import Any
 import plotly.graph_objects as go
 from plotly.offline import get_plotlyjs
 
-from search.confirm_results import METRICS, Confirmation
-from search.confirm_stats import LEVEL
+from search.confirm.results import METRICS, Confirmation
+from search.confirm.stats import LEVEL
 from search.report.draw import trial_colors
 from search.report.gather import ReportData, TrialRow
 from search.report.views import View

@@ -23,7 +23,7 @@ from typing import Any
 
 from optuna.trial import FrozenTrial, TrialState
 
-from search import trial_record
+from search.bookkeeping import trial_record
 from search.trainers import DEFAULT_TRAINER, make_trainer
 from trainer.params import LOSS_WEIGHT, ParamRegistry
 

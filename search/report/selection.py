@@ -27,7 +27,7 @@ from typing import Any
 from optuna.study import StudyDirection
 from optuna.trial import FrozenTrial, TrialState
 
-from search import trial_record
+from search.bookkeeping import trial_record
 
 # Trials drawn in the panels (and listed in the table): 50 lines a panel is already more than a
 # reader follows, the legend stays a list one can scan, and drawing stays a fraction of a second

@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from search.confirm_results import Confirmation, confirmed_sentence
+from search.confirm.results import Confirmation, confirmed_sentence
 from search.trainers.base import val_key
 
 if TYPE_CHECKING:  # gather imports this module: the rows' type only, at type-checking time

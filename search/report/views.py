@@ -19,7 +19,7 @@ from optuna.storages import InMemoryStorage
 from optuna.study import StudyDirection
 from optuna.trial import FrozenTrial, TrialState
 
-from search.optuna_compat import without_matplotlib_views
+from search.bookkeeping.optuna_compat import without_matplotlib_views
 
 with without_matplotlib_views():  # about 1 s of imports tune does not draw with
     import optuna.visualization as ov

@@ -107,7 +107,7 @@ class Evaluation:
     seconds_evaluating: float = 0.0
 
     def to_point(self) -> dict[str, Any]:
-        """The curve point stored on the trial (`search/trial_record.py`), in the layout
+        """The curve point stored on the trial (`search/bookkeeping/trial_record.py`), in the layout
         `trainer.records.EvalReport.to_dict()` has always had."""
         evaluation: dict[str, Any] = {
             "epoch": self.step,

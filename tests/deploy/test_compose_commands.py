@@ -21,7 +21,7 @@ import pytest
 import sqlalchemy as sa
 from optuna.trial import TrialState
 
-from search.storage import ENV_VAR
+from search.bookkeeping.storage import ENV_VAR
 from tests.deploy import ROOT, SBATCH_FILE, interpolate, load_compose, service_command
 
 pytestmark = [pytest.mark.postgres, pytest.mark.slow]

@@ -18,7 +18,7 @@ import pytest
 import sqlalchemy as sa
 import yaml
 
-from search.storage import ENV_VAR, resolve_url
+from search.bookkeeping.storage import ENV_VAR, resolve_url
 from tests.deploy import (
     COMPOSE_FILE,
     DOCKERFILE,

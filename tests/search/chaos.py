@@ -3,10 +3,11 @@
 The kind of test Ray Tune runs: while a study runs, a supervisor SIGKILLs a random worker every
 few seconds (a bounded number of times) and starts a new one in its place, as a preemptible pool
 or a crashing node would. Random kills from outside rarely land in the narrow windows that matter
-(most hit a worker loading its data), so the workers also arm fail points (`search/failpoints.py`):
-they kill themselves while holding the study lock, right after a trial is created (before its
-first heartbeat), or between an evaluation and its checkpoint. With `outage` set (a stop and a
-start of the test's own PostgreSQL server), some disruptions are database outages instead.
+(most hit a worker loading its data), so the workers also arm fail points
+(`search/running/failpoints.py`): they kill themselves while holding the study lock, right after a
+trial is created (before its first heartbeat), or between an evaluation and its checkpoint. With
+`outage` set (a stop and a start of the test's own PostgreSQL server), some disruptions are database
+outages instead.
 
 `run_chaos` returns what happened; `check_study` asserts what must hold at the end. Used by
 `test_reliability_chaos.py` (CI size) and `bench/chaos.py` (a longer soak).
@@ -24,7 +25,7 @@ from pathlib import Path
 
 from optuna.trial import FrozenTrial, TrialState
 
-from search import trial_record
+from search.bookkeeping import trial_record
 from tests.search.reliability_support import (
     Worker,
     fast_env,

@@ -24,10 +24,10 @@ import optuna
 from optuna.storages import RDBStorage
 from optuna.trial import FrozenTrial, TrialState
 
-from search.launch import prepare_study
-from search.storage import StorageSettings, open_storage
-from search.study_file import Overrides, load_study_file
-from search.worker import WorkerStats, run_worker
+from search.bookkeeping.storage import StorageSettings, open_storage
+from search.running.launch import prepare_study
+from search.running.worker import WorkerStats, run_worker
+from search.study.study_file import Overrides, load_study_file
 
 ROOT = Path(__file__).parents[2]
 BIN = Path(sys.executable).parent
@@ -178,7 +178,7 @@ def wait_for(what: str, check: Callable[[], T | None], timeout: float, every: fl
 
 def running_of(url: str, worker: Worker) -> FrozenTrial | None:
     """The trial `worker` is running now, if any."""
-    from search import trial_record
+    from search.bookkeeping import trial_record
 
     for t in trials(url):
         if t.state == TrialState.RUNNING and (

@@ -33,10 +33,10 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from search import trial_record
-from search.launch import prepare_study
-from search.storage import open_storage
-from search.study_file import Overrides, load_study_file
+from search.bookkeeping import trial_record
+from search.bookkeeping.storage import open_storage
+from search.running.launch import prepare_study
+from search.study.study_file import Overrides, load_study_file
 
 pytestmark = pytest.mark.slow
 

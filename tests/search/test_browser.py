@@ -22,7 +22,7 @@ import optuna
 import pytest
 from PIL import Image
 
-from search.dashboard import dashboard_command, dashboard_url, is_loopback
+from search.commands.dashboard import dashboard_command, dashboard_url, is_loopback
 from search.report import write_report
 from tests.search.test_report_gather import PLAN, build_study
 from tests.search.test_report_html import SEVEN_TITLES

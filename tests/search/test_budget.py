@@ -1,4 +1,5 @@
-"""The study's compute budget (`search/budget.py`): what is spent, what is promised, who may start.
+"""The study's compute budget (`search/bookkeeping/budget.py`): what is spent, what is promised, who
+may start.
 
 The accounting on hand-made trials, then the real thing: two `tune worker` processes on
 PostgreSQL racing for an epoch budget that must not be overshot.
@@ -14,11 +15,11 @@ import optuna
 from optuna.distributions import BaseDistribution, FloatDistribution
 from optuna.trial import FrozenTrial, TrialState, create_trial
 
-from search import trial_record
-from search.budget import BudgetUse, decide, trial_epochs, use_of
-from search.launch import prepare_study
-from search.storage import open_storage
-from search.study_file import StudySpec, load_study_file, parse_study
+from search.bookkeeping import trial_record
+from search.bookkeeping.budget import BudgetUse, decide, trial_epochs, use_of
+from search.bookkeeping.storage import open_storage
+from search.running.launch import prepare_study
+from search.study.study_file import StudySpec, load_study_file, parse_study
 from tests.search.reliability_support import fast_env, start_worker, trials
 
 _DIST: dict[str, BaseDistribution] = {"lr": FloatDistribution(0.0001, 0.02, log=True)}
@@ -115,7 +116,7 @@ def test_with_a_trial_count_too_the_first_budget_spent_ends_the_study() -> None:
 
 
 def test_the_launch_plan_names_the_budget_and_the_stop_points() -> None:
-    from search.budget import describe_plan
+    from search.bookkeeping.budget import describe_plan
 
     assert describe_plan(SPEC) == (
         "budget 30 epochs, trials of 12 epochs, SuccessiveHalving may stop them at epochs 2, 6, "

@@ -13,11 +13,11 @@ import optuna
 import pytest
 from typer.testing import CliRunner
 
+from search.bookkeeping.storage import open_storage
 from search.cli import app
-from search.dashboard import artifact_folder
-from search.launch import prepare_study
-from search.storage import open_storage
-from search.study_file import load_study_file
+from search.commands.dashboard import artifact_folder
+from search.running.launch import prepare_study
+from search.study.study_file import load_study_file
 
 BIN = Path(sys.executable).parent
 TUNE = [str(BIN / "tune")] if (BIN / "tune").exists() else [sys.executable, "-m", "search.cli"]

@@ -12,17 +12,17 @@ import pytest
 from optuna.trial import TrialState
 from typer.testing import CliRunner
 
-from search import trial_record
+from search.bookkeeping import trial_record
+from search.bookkeeping.storage import load_study, open_storage
 from search.cli import app
-from search.confirm import FIRST_SEED, ConfirmError, confirm_name
-from search.confirm_results import format_confirmation, read_confirmation
-from search.confirm_stats import gain
-from search.launch import confirm, prepare_study
+from search.commands.status import format_status, study_status
+from search.confirm.plan import FIRST_SEED, ConfirmError, confirm_name
+from search.confirm.results import format_confirmation, read_confirmation
+from search.confirm.stats import gain
 from search.report import write_report
-from search.status import format_status, study_status
-from search.storage import load_study, open_storage
-from search.study_file import Overrides, load_study_file, parse_study
-from search.worker import run_worker
+from search.running.launch import confirm, prepare_study
+from search.running.worker import run_worker
+from search.study.study_file import Overrides, load_study_file, parse_study
 from tests.search import fake_trainer
 
 EPOCHS = 3

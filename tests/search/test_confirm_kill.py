@@ -11,11 +11,11 @@ import optuna
 import pytest
 from optuna.trial import FrozenTrial, TrialState
 
-from search import trial_record
-from search.confirm import confirm_name
-from search.confirm_results import read_confirmation
-from search.launch import confirm
-from search.storage import StorageSettings, open_storage
+from search.bookkeeping import trial_record
+from search.bookkeeping.storage import StorageSettings, open_storage
+from search.confirm.plan import confirm_name
+from search.confirm.results import read_confirmation
+from search.running.launch import confirm
 from tests.search.reliability_support import (
     Worker,
     fast_env,

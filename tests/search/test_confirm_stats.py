@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from search.confirm_stats import (
+from search.confirm.stats import (
     _u_frequencies,
     gain,
     mann_whitney_u,

@@ -14,9 +14,9 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-from search import trial_record
+from search.bookkeeping import trial_record
 from search.cli import app
-from search.export import ExportError, default_format, export_values
+from search.commands.export import ExportError, default_format, export_values
 from trainer.config import TrainConfig
 from trainer.hyp import YOLOV5_DEFAULTS
 

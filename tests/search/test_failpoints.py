@@ -10,9 +10,11 @@ from pathlib import Path
 
 import pytest
 
-from search.failpoints import POINTS, parse
+from search.running.failpoints import POINTS, parse
 
-_PROGRAM = "from search.failpoints import failpoint; failpoint('trial-created'); print('alive')"
+_PROGRAM = (
+    "from search.running.failpoints import failpoint; failpoint('trial-created'); print('alive')"
+)
 
 
 def _run(spec: str | None) -> subprocess.CompletedProcess[str]:

@@ -19,11 +19,11 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from search import trial_record
+from search.bookkeeping import trial_record
+from search.bookkeeping.storage import open_storage
 from search.cli import app
-from search.launch import prepare_study
-from search.storage import open_storage
-from search.study_file import Overrides, load_study_file
+from search.running.launch import prepare_study
+from search.study.study_file import Overrides, load_study_file
 from trainer.config import TrainConfig
 from trainer.hyp import read_hyp
 
@@ -244,7 +244,7 @@ def test_a_cuda_machine_gets_one_worker_per_gpu_and_a_warning_when_workers_would
     """Trials sharing a GPU without MPS ran >10x slower on an H200 (docs/benchmarks.md)."""
     import torch
 
-    from search.launch import mps_running, plan_workers, visible_gpus
+    from search.running.launch import mps_running, plan_workers, visible_gpus
 
     monkeypatch.setenv("CUDA_MPS_PIPE_DIRECTORY", str(tmp_path / "mps"))
     assert visible_gpus("cpu") == []

@@ -1,7 +1,7 @@
-"""Each Optuna private name tune uses (`search/optuna_compat.py`) still means what tune needs, and
-the stale-trial rule that also reaps trials that never beat. Both back ends; on PostgreSQL also
-with a session time zone other than UTC, where heartbeats and start times are stored in
-different zones."""
+"""Each Optuna private name tune uses (`search/bookkeeping/optuna_compat.py`) still means what tune
+needs, and the stale-trial rule that also reaps trials that never beat. Both back ends; on
+PostgreSQL also with a session time zone other than UTC, where heartbeats and start times are stored
+in different zones."""
 
 from __future__ import annotations
 
@@ -18,8 +18,8 @@ import sqlalchemy as sa
 from optuna.storages import RetryHeartbeatStaleTrialCallback
 from optuna.trial import TrialState
 
-from search import optuna_compat
-from search.optuna_compat import (
+from search.bookkeeping import optuna_compat
+from search.bookkeeping.optuna_compat import (
     HeartbeatRDBStorage,
     TrialHeartbeatModel,
     TrialModel,
@@ -29,8 +29,8 @@ from search.optuna_compat import (
     study_storage,
     trial_id,
 )
-from search.reaper import reap_stale_trials
-from search.storage import count_states, session
+from search.bookkeeping.storage import count_states, session
+from search.running.reaper import reap_stale_trials
 
 GRACE = 3
 
@@ -146,7 +146,7 @@ def test_a_trial_that_never_beat_is_stale_after_the_grace_period(
 
 
 def test_the_storage_tune_opens_uses_the_rule(tmp_path: Path) -> None:
-    from search.storage import open_storage
+    from search.bookkeeping.storage import open_storage
 
     rdb = open_storage(f"sqlite:///{tmp_path / 't.db'}", create_schema=True)
     assert isinstance(rdb, HeartbeatRDBStorage)

@@ -4,7 +4,7 @@ trial its own end, beats for all of them, and a SIGKILLed packed worker has all 
 reaped, retried and resumed.
 
 The fake trainer's `fit_pack` (tests/search/fake_trainer.py) keeps `trainer.packed.fit_pack`'s
-contract without torch; tests/search/test_real_pack.py runs the real one through a worker.
+contract without torch; tests/search/test_real_trainer.py runs the real one through a worker.
 """
 
 from __future__ import annotations
@@ -18,12 +18,12 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from search import trial_record
-from search.launch import prepare_study
-from search.packs import pack_size
-from search.storage import StorageSettings, open_storage
-from search.study_file import StudyFileError, StudySpec, load_study_file, parse_study
-from search.worker import run_worker
+from search.bookkeeping import trial_record
+from search.bookkeeping.storage import StorageSettings, open_storage
+from search.running.launch import prepare_study
+from search.running.packs import pack_size
+from search.running.worker import run_worker
+from search.study.study_file import StudyFileError, StudySpec, load_study_file, parse_study
 from tests.search.reliability_support import (
     fast_env,
     finished,

@@ -14,8 +14,8 @@ import pytest
 from typer.testing import CliRunner
 
 from search.cli import app
-from search.space import SpaceError, parse_space
-from search.study_file import StudyFileError, parse_study
+from search.study.space import SpaceError, parse_space
+from search.study.study_file import StudyFileError, parse_study
 from search.trainers import make_trainer
 from search.trainers.builtin import PARAMS
 from trainer.config import TRAIN_PARAMS, TrainConfig

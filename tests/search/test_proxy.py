@@ -19,10 +19,10 @@ import optuna
 import pytest
 from optuna.trial import FrozenTrial, TrialState
 
-from search import trial_record
-from search.optuna_compat import HEARTBEAT_ATTR, running_trials, study_id, trial_id
-from search.proxy import LOCK_ATTR, Leases, ProxyBackend, is_proxy_url, parse_proxy_url
-from search.storage import StorageError, open_storage
+from search.bookkeeping import trial_record
+from search.bookkeeping.optuna_compat import HEARTBEAT_ATTR, running_trials, study_id, trial_id
+from search.bookkeeping.proxy import LOCK_ATTR, Leases, ProxyBackend, is_proxy_url, parse_proxy_url
+from search.bookkeeping.storage import StorageError, open_storage
 from tests.search.reliability_support import (
     GRACE,
     Proxy,

@@ -1,4 +1,4 @@
-"""tune's pruner rules (`search/pruning.py`) around every Optuna pruner a study may name."""
+"""tune's pruner rules (`search/study/pruning.py`) around every Optuna pruner a study may name."""
 
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from search import trial_record
-from search.pruning import (
+from search.bookkeeping import trial_record
+from search.study.pruning import (
     PRUNER_TYPES,
     PrunerSpec,
     SparingPruner,
@@ -16,7 +16,7 @@ from search.pruning import (
     rungs,
     stop_points,
 )
-from search.study_file import load_study_file
+from search.study.study_file import load_study_file
 
 EPOCHS = 20
 STOPPING = tuple(t for t in PRUNER_TYPES if t != "None")

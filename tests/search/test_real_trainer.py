@@ -8,11 +8,11 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from search import trial_record
-from search.launch import prepare_study
-from search.storage import open_storage
-from search.study_file import Overrides, load_study_file
-from search.worker import run_worker
+from search.bookkeeping import trial_record
+from search.bookkeeping.storage import open_storage
+from search.running.launch import prepare_study
+from search.running.worker import run_worker
+from search.study.study_file import Overrides, load_study_file
 
 pytestmark = pytest.mark.slow
 
@@ -48,7 +48,7 @@ def test_real_trainer_runs_baseline_and_sampled_trial(tmp_path: Path) -> None:
 def test_real_trainer_trains_a_pack_and_refills_it(tmp_path: Path) -> None:
     """`[trial] pack = 2` with tune's own trainer: two trials fused into one model, the third
     started into the first free slot (issue 13)."""
-    from search.study_file import parse_study
+    from search.study.study_file import parse_study
 
     url = f"sqlite:///{tmp_path / 'tune.db'}"
     raw = load_study_file("smoke", Overrides(n_trials=3, epochs=1)).raw

@@ -18,9 +18,9 @@ import pytest
 import sqlalchemy as sa
 from optuna.trial import TrialState
 
-from search import trial_record
-from search.outage import is_connection_error, retry_while_down
-from search.storage import StorageDown, StorageSettings
+from search.bookkeeping import trial_record
+from search.bookkeeping.outage import is_connection_error, retry_while_down
+from search.bookkeeping.storage import StorageDown, StorageSettings
 from tests.search.chaos import ChaosPlan, check_study, run_chaos
 from tests.search.own_postgres import NoPostgres, OwnPostgres, free_port, own_postgres_server
 from tests.search.reliability_support import (

@@ -20,8 +20,8 @@ import optuna
 import pytest
 from optuna.trial import FrozenTrial, TrialState
 
-from search import trial_record
-from search.storage import open_storage
+from search.bookkeeping import trial_record
+from search.bookkeeping.storage import open_storage
 from tests.search.reliability_support import (
     GRACE,
     HEARTBEAT,

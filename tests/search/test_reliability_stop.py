@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 from optuna.trial import FrozenTrial, TrialState
 
-from search import trial_record
+from search.bookkeeping import trial_record
 from tests.search.reliability_support import (
     FAKE,
     ROOT,

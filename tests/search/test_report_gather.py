@@ -1,6 +1,6 @@
-"""The report's gathering, on a study built with the Optuna API and `search.trial_record` the way
-the worker stores trials: complete, pruned (short curves), failed, running and baseline trials,
-in a real PostgreSQL database."""
+"""The report's gathering, on a study built with the Optuna API and
+`search.bookkeeping.trial_record` the way the worker stores trials: complete, pruned (short curves),
+failed, running and baseline trials, in a real PostgreSQL database."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import pytest
 from optuna.distributions import CategoricalDistribution, FloatDistribution
 from optuna.trial import TrialState
 
-from search import trial_record
+from search.bookkeeping import trial_record
 from search.report import gather_study
 from search.report import key_params as key_params_module
 from search.report.gather import gather, log_excerpt
@@ -105,7 +105,8 @@ def _report(params: dict, final: float, epoch: int, epochs: int) -> EvalReport:
 def build_study(
     storage: str | None, name: str = "loss-weights", constrained: bool = True
 ) -> optuna.Study:
-    """A study shaped like a real one: the `PLAN` stored through `search.trial_record`."""
+    """A study shaped like a real one: the `PLAN` stored through
+    `search.bookkeeping.trial_record`."""
     study = optuna.create_study(study_name=name, storage=storage, direction="maximize")
     for label, params, final, reached, state, inference_ms in PLAN:
         study.enqueue_trial(params)

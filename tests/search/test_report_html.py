@@ -13,7 +13,7 @@ import plotly.graph_objects as go
 import pytest
 from plotly.offline import get_plotlyjs
 
-from search import trial_record
+from search.bookkeeping import trial_record
 from search.report import gather_study, write_report
 from search.report.draw import legend_name, panels_figure
 from search.report.gather import gather

@@ -13,7 +13,7 @@ from optuna.distributions import FloatDistribution
 from optuna.study import StudyDirection
 from optuna.trial import FrozenTrial, TrialState
 
-from search import trial_record
+from search.bookkeeping import trial_record
 from search.report import gather_study, write_report
 from search.report.gather import gather
 from search.report.selection import even_sample, select, view_sample

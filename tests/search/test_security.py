@@ -25,10 +25,10 @@ import pytest
 import sqlalchemy as sa
 from optuna.trial import TrialState
 
-from search import trial_record
-from search.log_masking import MaskingFilter, mask_library_logs
-from search.storage import open_storage
-from search.study_file import StudyFileError, load_study_file, parse_study
+from search.bookkeeping import trial_record
+from search.bookkeeping.storage import open_storage
+from search.running.log_masking import MaskingFilter, mask_library_logs
+from search.study.study_file import StudyFileError, load_study_file, parse_study
 
 ROOT = Path(__file__).parents[2]
 BIN = Path(sys.executable).parent

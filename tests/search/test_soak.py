@@ -29,10 +29,10 @@ import pytest
 from optuna.trial import TrialState
 
 from bench import ConnectionSampler
-from search import trial_record
-from search.launch import prepare_study
-from search.storage import StorageSettings, open_storage
-from search.study_file import Overrides, load_study_file
+from search.bookkeeping import trial_record
+from search.bookkeeping.storage import StorageSettings, open_storage
+from search.running.launch import prepare_study
+from search.study.study_file import Overrides, load_study_file
 from tests.conftest import PG_ADMIN_URL
 
 pytestmark = [pytest.mark.postgres, pytest.mark.slow]

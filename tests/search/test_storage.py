@@ -10,7 +10,7 @@ import optuna
 import pytest
 import sqlalchemy
 
-from search.storage import (
+from search.bookkeeping.storage import (
     DEFAULT_URL,
     ENV_VAR,
     StorageError,

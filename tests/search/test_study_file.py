@@ -10,9 +10,9 @@ from typing import Any
 import optuna
 import pytest
 
-from search.pruning import stop_points
-from search.space import ChoiceParam, FloatParam
-from search.study_file import (
+from search.study.pruning import stop_points
+from search.study.space import ChoiceParam, FloatParam
+from search.study.study_file import (
     Overrides,
     StudyFileError,
     apply_overrides,

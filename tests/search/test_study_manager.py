@@ -1,5 +1,5 @@
-"""The study-manager layer (`search/study_manager.py`) on a real SQLite storage: the stored spec,
-trials by state, the budget's use and failing a stopped worker's trials."""
+"""The study-manager layer (`search/bookkeeping/study_manager.py`) on a real SQLite storage: the
+stored spec, trials by state, the budget's use and failing a stopped worker's trials."""
 
 from __future__ import annotations
 
@@ -9,12 +9,12 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from search import trial_record
-from search.budget import use_of
-from search.launch import prepare_study
-from search.storage import StateCounts, StorageError, open_storage
-from search.study_file import StudySpec
-from search.study_manager import ManagedStudy
+from search.bookkeeping import trial_record
+from search.bookkeeping.budget import use_of
+from search.bookkeeping.storage import StateCounts, StorageError, open_storage
+from search.bookkeeping.study_manager import ManagedStudy
+from search.running.launch import prepare_study
+from search.study.study_file import StudySpec
 from tests.search.test_budget import SPEC
 
 pytestmark = pytest.mark.filterwarnings("ignore:Heartbeat of storage:UserWarning")

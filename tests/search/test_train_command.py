@@ -9,8 +9,8 @@ from typing import Any
 import pytest
 from typer.testing import CliRunner
 
-from search import train_command
 from search.cli import app
+from search.commands import train_command
 from trainer.config import TrainConfig
 
 

@@ -18,7 +18,7 @@ import optuna
 import pytest
 import yaml
 
-from search.objective import GracefulStop, Interrupted
+from search.running.objective import GracefulStop, Interrupted
 from search.trainers import make_trainer
 from search.trainers.base import Evaluation, TrainerError, TrialJob
 from search.trainers.command import CommandFailed, CommandTrainer, from_options
@@ -453,11 +453,11 @@ lr0 = 0.2
 def test_a_command_study_through_a_worker_fails_crashes_and_hangs_clearly(tmp_path: Path) -> None:
     from optuna.trial import TrialState
 
-    from search import trial_record
-    from search.launch import prepare_study
-    from search.storage import open_storage
-    from search.study_file import load_study_file
-    from search.worker import run_worker
+    from search.bookkeeping import trial_record
+    from search.bookkeeping.storage import open_storage
+    from search.running.launch import prepare_study
+    from search.running.worker import run_worker
+    from search.study.study_file import load_study_file
 
     study_file = tmp_path / "command-study.toml"
     study_file.write_text(

@@ -324,7 +324,7 @@ def one_big_box(root: Path, n_train: int = 32, n_val: int = 8, size: int = 64) -
 
 
 def test_lobj_is_not_an_ultralytics_parameter(tmp_path: Path) -> None:
-    from search.study_file import StudyFileError, load_study_file
+    from search.study.study_file import StudyFileError, load_study_file
 
     study = tmp_path / "bad.toml"
     study.write_text(
@@ -346,7 +346,7 @@ def test_an_ultralytics_study_runs_end_to_end(tmp_path: Path) -> None:
     from optuna.trial import TrialState
     from ultralytics.cfg import get_cfg
 
-    from search.best import best_trial, export_best
+    from search.commands.best import best_trial, export_best
     from search.report import gather_study
 
     data = one_big_box(tmp_path / "data")

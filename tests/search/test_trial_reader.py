@@ -14,14 +14,14 @@ from optuna.distributions import CategoricalDistribution, FloatDistribution, Int
 from optuna.storages import RDBStorage
 from optuna.trial import TrialState
 
-from search.optuna_compat import (
+from search.bookkeeping.optuna_compat import (
     AttrKeys,
     HeartbeatRDBStorage,
     read_trials,
     read_user_attrs,
     study_id,
 )
-from search.storage import open_storage
+from search.bookkeeping.storage import open_storage
 
 
 def _study(url: str) -> tuple[RDBStorage, optuna.Study]:

@@ -1,5 +1,6 @@
-"""Trial records (`search/trial_record.py`): the compact curve layout, and studies written in the
-layout before it (one attribute per evaluation) still read. In-memory storage, no trainer."""
+"""Trial records (`search/bookkeeping/trial_record.py`): the compact curve layout, and studies
+written in the layout before it (one attribute per evaluation) still read. In-memory storage, no
+trainer."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import pytest
 from optuna.distributions import FloatDistribution
 from optuna.trial import TrialState
 
-from search import trial_record
+from search.bookkeeping import trial_record
 from search.report.gather import gather
 from search.trainers.builtin import evaluation_of
 from trainer.records import EvalLine, EvalReport, TrainLine

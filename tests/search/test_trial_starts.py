@@ -4,7 +4,7 @@ study-wide budget still holds.
 While the budget is far from spent, a worker holds the study lock *shared*, counts the other
 starters holding it and starts when the budget leaves room for all of them
 (`budget.decide(racing=)`); near the end it takes the lock exclusively as before
-(`search/worker.py`). Checked here: the lock's two modes on PostgreSQL and in the proxy, the
+(`search/running/worker.py`). Checked here: the lock's two modes on PostgreSQL and in the proxy, the
 budget's room for racers, and 16 worker processes racing for the last 3 trials of a budget on
 PostgreSQL and through `tune proxy`, with no trial too many.
 """
@@ -21,9 +21,9 @@ from typing import Any
 import pytest
 from optuna.trial import TrialState
 
-from search.budget import BudgetUse, decide
-from search.proxy import Leases
-from search.storage import StorageSettings, StudyLock, open_storage
+from search.bookkeeping.budget import BudgetUse, decide
+from search.bookkeeping.proxy import Leases
+from search.bookkeeping.storage import StorageSettings, StudyLock, open_storage
 from tests.search.reliability_support import Proxy, fast_env, free_port, make_study, trials
 from tests.search.test_budget import SPEC
 
@@ -102,7 +102,7 @@ def test_proxy_leases_are_shared_or_exclusive() -> None:
 
 def _race_worker(url: str, index: int, folder: str, results: Any, go: Any) -> None:
     """One of the racing workers (a process of the forkserver): run the real worker loop."""
-    from search.worker import run_worker
+    from search.running.worker import run_worker
     from tests.search import fake_trainer
 
     go.wait(60)
@@ -126,7 +126,7 @@ def _race(url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> list[tup
     for key, value in fast_env(tmp_path, FAKE_STEP_SECONDS="0.3", FAKE_CHECKPOINT="0").items():
         monkeypatch.setenv(key, value)
     context = mp.get_context("forkserver")
-    context.set_forkserver_preload(["search.worker", "tests.search.fake_trainer"])
+    context.set_forkserver_preload(["search.running.worker", "tests.search.fake_trainer"])
     results, go = context.Queue(), context.Event()
     procs = [
         context.Process(target=_race_worker, args=(url, i, str(tmp_path), results, go))

@@ -13,11 +13,11 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from search import trial_record
-from search.launch import LaunchError, prepare_study
-from search.storage import open_storage
-from search.study_file import Overrides, StudySpec, load_study_file
-from search.worker import WorkerError, run_worker
+from search.bookkeeping import trial_record
+from search.bookkeeping.storage import open_storage
+from search.running.launch import LaunchError, prepare_study
+from search.running.worker import WorkerError, run_worker
+from search.study.study_file import Overrides, StudySpec, load_study_file
 from tests.search import fake_trainer
 from trainer.config import TrainConfig
 from trainer.records import EvalReport, FitResult, NonFiniteLossError
@@ -31,7 +31,7 @@ def _study(
     url = f"sqlite:///{tmp_path / 'tune.db'}"
     spec = load_study_file("smoke", Overrides(n_trials=n_trials, epochs=epochs))
     if raw_changes:
-        from search.study_file import parse_study
+        from search.study.study_file import parse_study
 
         raw = dict(spec.raw)
         for table, values in raw_changes.items():
@@ -107,13 +107,13 @@ def test_a_worker_reads_the_study_before_it_takes_the_study_lock(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The first read of a large study is slow; done under the lock, every worker waits on it."""
-    import search.storage
-    import search.study_manager
+    import search.bookkeeping.storage
+    import search.bookkeeping.study_manager
 
     url, spec = _study(tmp_path, n_trials=4)  # its baselines wait in the storage already
     assert len(_trials(url)) == len(spec.baselines) > 0
     cached_at_first_lock: list[int] = []
-    real_acquire = search.storage.StudyLock.acquire
+    real_acquire = search.bookkeeping.storage.StudyLock.acquire
 
     def acquire(lock: Any) -> None:
         if not cached_at_first_lock:
@@ -126,15 +126,15 @@ def test_a_worker_reads_the_study_before_it_takes_the_study_lock(
         real_acquire(lock)
 
     loaded: list[Any] = []
-    real_load = search.study_manager.load_study
+    real_load = search.bookkeeping.study_manager.load_study
 
     def load_study(*args: Any, **kwargs: Any) -> Any:
         study = real_load(*args, **kwargs)
         loaded.append(study)
         return study
 
-    monkeypatch.setattr(search.storage.StudyLock, "acquire", acquire)
-    monkeypatch.setattr(search.study_manager, "load_study", load_study)
+    monkeypatch.setattr(search.bookkeeping.storage.StudyLock, "acquire", acquire)
+    monkeypatch.setattr(search.bookkeeping.study_manager, "load_study", load_study)
     stats = _work(url, tmp_path)
     assert cached_at_first_lock == [len(spec.baselines)]  # the study was read before the lock
     assert stats.study_load_seconds > 0

@@ -15,7 +15,7 @@ from typing import TypeVar
 
 import sqlalchemy as sa
 
-from search.storage import StorageDown, mask_text
+from search.bookkeeping.storage import StorageDown, mask_text
 
 T = TypeVar("T")
 

@@ -25,7 +25,7 @@ import optuna
 from optuna.artifacts import FileSystemArtifactStore, download_artifact, upload_artifact
 from optuna.trial import FrozenTrial
 
-from search import trial_record
+from search.bookkeeping import trial_record
 
 ARTIFACTS_ENV = "TUNE_ARTIFACTS"
 DEFAULT_ARTIFACTS = Path("tune-artifacts")

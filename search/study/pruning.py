@@ -29,7 +29,7 @@ samplers fit their model on a trial's own Hyperband bracket only when `study.pru
 together (it still weighs a pruned trial by the step it reached).
 
 `stop_points` says at which evaluation steps a trial may end; the study's compute budget
-(`search/budget.py`) reserves the epochs a running trial will train up to its next one.
+(`search/bookkeeping/budget.py`) reserves the epochs a running trial will train up to its next one.
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ from dataclasses import dataclass
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from search import trial_record
+from search.bookkeeping import trial_record
 
 PRUNER_TYPES: tuple[str, ...] = ("SuccessiveHalving", "Hyperband", "Median", "None")
 # trials whose evaluations count towards n_min_trials; a FAIL one is left out, since its retry

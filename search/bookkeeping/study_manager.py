@@ -2,15 +2,17 @@
 study, in one place (issue 13).
 
 `ManagedStudy` holds an opened Optuna study, the RDB storage under it (None behind `tune proxy`,
-which does the database's side for its workers: search/proxy.py) and the storage's id of the
-study, and answers:
+which does the database's side for its workers: search/bookkeeping/proxy.py) and the storage's id of
+the study, and answers:
 
-- `stored_spec()`: the study file `tune launch` stored with the study (search/study_file.py);
+- `stored_spec()`: the study file `tune launch` stored with the study (search/study/study_file.py);
 - `counts()`: trials by state (in the database when tune's SQL reaches it);
-- `budget_use(spec)`: what the study has spent and promised of its budget (search/budget.py);
+- `budget_use(spec)`: what the study has spent and promised of its budget
+  (search/bookkeeping/budget.py);
 - `fail_running(worker_id, ...)`: fail what these workers left RUNNING ("interrupted");
-- `claim()`: a worker's way to a trial start, through its start gate (search/start_gate.py);
-- `lock()`: the study lock (search/storage.py `StudyLock`).
+- `claim()`: a worker's way to a trial start, through its start gate
+  (search/bookkeeping/start_gate.py);
+- `lock()`: the study lock (search/bookkeeping/storage.py `StudyLock`).
 
 `ManagedStudy.open(url, name)` opens one (a database URL, or `tune proxy`'s address), and
 `searching(sampler, pruner)` gives the same study with what a worker asks and prunes with.
@@ -28,10 +30,10 @@ from typing import TYPE_CHECKING
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from search import trial_record
-from search.budget import BudgetUse, use_of
-from search.optuna_compat import study_id, study_storage, trial_id
-from search.storage import (
+from search.bookkeeping import trial_record
+from search.bookkeeping.budget import BudgetUse, use_of
+from search.bookkeeping.optuna_compat import study_id, study_storage, trial_id
+from search.bookkeeping.storage import (
     StateCounts,
     StorageSettings,
     StudyLock,
@@ -39,11 +41,11 @@ from search.storage import (
     load_study,
     open_storage,
 )
-from search.study_file import StudySpec, read_stored_spec
+from search.study.study_file import StudySpec, read_stored_spec
 
 if TYPE_CHECKING:  # the gate is a worker's: `tune status` and launch do not import it
-    from search.objective import WorkerContext
-    from search.start_gate import NoStart, StartGate
+    from search.bookkeeping.start_gate import NoStart, StartGate
+    from search.running.objective import WorkerContext
 
 # a held study lock under which one trial may start (the trial's start releases it)
 Claim = StudyLock
@@ -69,7 +71,10 @@ class ManagedStudy:
     ) -> ManagedStudy:
         """Study `name` at `url`: a database URL (tune's RDB storage, `settings` and `on_reap`
         as `open_storage` takes them) or the address of `tune proxy` (no RDB storage here)."""
-        from search.proxy import connect, is_proxy_url  # the gRPC client only when asked for
+        from search.bookkeeping.proxy import (  # the gRPC client only when asked for
+            connect,
+            is_proxy_url,
+        )
 
         if is_proxy_url(url):
             return cls(load_study(connect(url), name))
@@ -130,7 +135,7 @@ class ManagedStudy:
         self, ctx: WorkerContext, poll_interval: float, fast_starts: bool = True
     ) -> StartGate:
         """Set up this worker's start gate (`claim` goes through it); the gate."""
-        from search.start_gate import StartGate
+        from search.bookkeeping.start_gate import StartGate
 
         self._gate = StartGate(self, ctx, poll_interval, fast_starts)
         return self._gate

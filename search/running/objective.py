@@ -3,16 +3,16 @@
 The objective builds a `TrialJob` from the study settings and the drawn (or, for a baseline,
 enqueued) parameters, runs it on the study's trainer (`search/trainers/`: tune's own, Ultralytics
 or a command), records config, placement and every evaluation through
-`search/trial_record.py`, lets the pruner stop it at evaluation steps (`search/pruning.py`: never
-a baseline, which trains `[budget] baseline_epochs` of the full-length schedule, or all of it, so
-that reports compare like with like), and returns the objective metric.
-Any failure is stored on the trial as one masked line before Optuna marks it FAIL.
+`search/bookkeeping/trial_record.py`, lets the pruner stop it at evaluation steps
+(`search/study/pruning.py`: never a baseline, which trains `[budget] baseline_epochs` of the
+full-length schedule, or all of it, so that reports compare like with like), and returns the
+objective metric. Any failure is stored on the trial as one masked line before Optuna marks it FAIL.
 
 After each evaluation the trainer's checkpoint is uploaded to the artifact store
-(`search/checkpoints.py`). A retry of a reaped trial (same parameters, cloned by the storage's
-heartbeat callback) downloads its predecessor's latest checkpoint, re-records the evaluations
-up to it and trains on with `job.resume`: a lost worker costs at most one evaluation interval.
-Storage writes are retried while the database is unreachable (`retry_while_down`).
+(`search/bookkeeping/checkpoints.py`). A retry of a reaped trial (same parameters, cloned by the
+storage's heartbeat callback) downloads its predecessor's latest checkpoint, re-records the
+evaluations up to it and trains on with `job.resume`: a lost worker costs at most one evaluation
+interval. Storage writes are retried while the database is unreachable (`retry_while_down`).
 """
 
 from __future__ import annotations
@@ -34,13 +34,13 @@ import optuna
 from optuna.exceptions import UpdateFinishedTrialError
 from optuna.trial import FrozenTrial, TrialState
 
-from search import trial_record
-from search.checkpoints import CheckpointStore
-from search.failpoints import failpoint
-from search.optuna_compat import record_heartbeat, trial_id
-from search.outage import Outage, retry_while_down
-from search.storage import StudyLock, mask_text
-from search.study_file import StudySpec
+from search.bookkeeping import trial_record
+from search.bookkeeping.checkpoints import CheckpointStore
+from search.bookkeeping.optuna_compat import record_heartbeat, trial_id
+from search.bookkeeping.outage import Outage, retry_while_down
+from search.bookkeeping.storage import StudyLock, mask_text
+from search.running.failpoints import failpoint
+from search.study.study_file import StudySpec
 from search.trainers.base import (
     Evaluation,
     Trainer,
@@ -128,7 +128,9 @@ class TrialTally:
     pruned: int = 0
     failed: int = 0
     dropped: int = 0  # reaped by another worker while this one still ran it
-    started_racing: int = 0  # started without the exclusive study lock (search/start_gate.py)
+    started_racing: int = (
+        0  # started without the exclusive study lock (search/bookkeeping/start_gate.py)
+    )
     busy_seconds: float = 0.0
     last_error: str | None = None
     errors: list[str] = field(default_factory=list)
@@ -164,7 +166,7 @@ class WorkerContext:
     checkpoints: CheckpointStore | None = None  # None: no upload, no resume
     storage_down_limit: float = 300.0  # seconds to retry a write while the database is down
     outage: Outage = field(default_factory=Outage)  # shared with the worker loop
-    # a confirm study's worker runs only enqueued runs and never samples (search/confirm.py)
+    # a confirm study's worker runs only enqueued runs and never samples (search/confirm/plan.py)
     enqueued_only: bool = False
 
     def store(self, call: Callable[[], T], what: str = "the storage") -> T:
@@ -245,8 +247,8 @@ def make_objective(
 
 class TrialRun:
     """One trial from RUNNING to its end, in the steps a trial run alone (`make_objective`) and
-    a trial in a pack (`search/packs.py`) share: `begin` (heartbeat, placement, parameters, job,
-    resume, config), `report` (each evaluation: recorded, checkpointed, maybe pruned), then
+    a trial in a pack (`search/running/packs.py`) share: `begin` (heartbeat, placement, parameters,
+    job, resume, config), `report` (each evaluation: recorded, checkpointed, maybe pruned), then
     `complete` with the trainer's outcome, or `stopped` with what ended it."""
 
     def __init__(self, ctx: WorkerContext, trial: optuna.Trial) -> None:
@@ -271,8 +273,8 @@ class TrialRun:
         failpoint("trial-created")
         # The first heartbeat and the placement, before anything else: a worker lost from here
         # on leaves a trial that beat and says whose it was. (One lost before the beat is reaped
-        # by its start time: search/optuna_compat.py.) Optuna's heartbeat thread may be writing
-        # the first beat at the same moment; the storage keeps one of the two.
+        # by its start time: search/bookkeeping/optuna_compat.py.) Optuna's heartbeat thread may be
+        # writing the first beat at the same moment; the storage keeps one of the two.
         ctx.store(lambda: record_heartbeat(trial.study, trial_id(trial)))
         ctx.store(lambda: trial_record.record_placement(trial, ctx.device_label, ctx.worker_id))
         if claim is not None:
@@ -286,7 +288,7 @@ class TrialRun:
         out = ctx.runs_dir / trial.study.study_name / f"trial-{trial.number:04d}"
         confirm = trial_record.read_confirm(trial)
         # a confirm run retrains a parent trial with its own seed (its length is the confirm
-        # study's trial.epochs, search/confirm.py); every other trial keeps the recipe's seed
+        # study's trial.epochs, search/confirm/plan.py); every other trial keeps the recipe's seed
         seed = None if confirm is None else confirm[1]
         job = ctx.spec.job(params, out, device=ctx.device, threads=ctx.threads, seed=seed)
         job = ctx.store(lambda: _resume_retry(trial, ctx, job))
@@ -320,7 +322,8 @@ class TrialRun:
             # never at the last step: the run is already paid for, and Hyperband would
             # otherwise discard a finished result when the run length falls on one of its
             # rungs (epochs 1, 3, 9, ... with reduction factor 3). Baselines are asked too, so
-            # that their values join the rungs; the pruner never stops them (search/pruning.py)
+            # that their values join the rungs; the pruner never stops them
+            # (search/study/pruning.py)
             last_step = step >= job.epochs
             prune = not last_step and ctx.store(trial.should_prune)
             length = self.baseline_length

@@ -11,8 +11,8 @@ Layout (see `studies/loss-weights.toml`):
                  pinned for every trial (model, imgsz, batch, ...); [trial.<trainer>] its options
     [sampler]    type = "TPE" | "Random", optional seed, n_startup_trials
     [pruner]     type = "SuccessiveHalving" | "Hyperband" | "Median" | "None", min_resource,
-                 reduction_factor, n_min_trials (search/pruning.py)
-    [space]      see search/space.py
+                 reduction_factor, n_min_trials (search/study/pruning.py)
+    [space]      see search/study/space.py
     [[baselines]] label plus a value for every [space] parameter (milestones as fractions)
 
 Every mistake is one `StudyFileError` naming the file, the key and the value. The validated raw
@@ -34,9 +34,9 @@ from typing import Any
 
 import optuna
 
-from search import trial_record
-from search.pruning import PRUNER_TYPES, PrunerSpec, SparingPruner, build_pruner, stop_points
-from search.space import SearchSpace, SpaceError, parse_space
+from search.bookkeeping import trial_record
+from search.study.pruning import PRUNER_TYPES, PrunerSpec, SparingPruner, build_pruner, stop_points
+from search.study.space import SearchSpace, SpaceError, parse_space
 from search.trainers import DEFAULT_TRAINER, make_trainer
 from search.trainers.base import Trainer, TrainerError, TrialJob, packs
 from trainer.config import TrainConfig
@@ -62,7 +62,8 @@ class Objective:
 
 @dataclass(frozen=True)
 class Budget:
-    """What the whole study may spend, shared by every worker on every machine (search/budget.py).
+    """What the whole study may spend, shared by every worker on every machine
+    (search/bookkeeping/budget.py).
 
     `epochs` counts training: the epochs every trial trained, summed over the study (a pruned
     trial counts the epochs it ran, a retry only those after the checkpoint it resumed from).
@@ -90,7 +91,7 @@ class TrialSettings:
     epochs: int = 12
     eval_interval: int = 1
     device: str = "auto"
-    # trials a worker trains at once as one pack (search/packs.py), or "auto" (`pack_size`)
+    # trials a worker trains at once as one pack (search/running/packs.py), or "auto" (`pack_size`)
     pack: int | str = 1
     recipe: tuple[tuple[str, Any], ...] = ()
     options: tuple[tuple[str, Any], ...] = ()  # the `[trial.<trainer>]` table
@@ -192,7 +193,8 @@ class StudySpec:
 
     def make_pruner(self) -> SparingPruner:
         """The `[pruner]` over evaluation steps (epochs completed, up to `trial.epochs`), sparing
-        baselines and waiting for `n_min_trials` evaluations at a step (`search/pruning.py`)."""
+        baselines and waiting for `n_min_trials` evaluations at a step
+        (`search/study/pruning.py`)."""
         return build_pruner(self.pruner, self.trial.epochs)
 
 
@@ -219,7 +221,7 @@ def resolve_study_path(name_or_path: str, studies_dir: Path | None = None) -> Pa
         if not given.is_file():
             raise StudyFileError(f"study file not found: {given}")
         return given
-    folders = [studies_dir] if studies_dir else [STUDIES_DIR, Path(__file__).parents[1] / "studies"]
+    folders = [studies_dir] if studies_dir else [STUDIES_DIR, Path(__file__).parents[2] / "studies"]
     for folder in folders:
         candidate = folder / f"{name_or_path}.toml"
         if candidate.is_file():

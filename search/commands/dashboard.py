@@ -12,8 +12,8 @@ import os
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
-from search.checkpoints import ARTIFACTS_ENV, DEFAULT_ARTIFACTS, artifacts_dir
-from search.storage import mask_url, open_storage, resolve_url
+from search.bookkeeping.checkpoints import ARTIFACTS_ENV, DEFAULT_ARTIFACTS, artifacts_dir
+from search.bookkeeping.storage import mask_url, open_storage, resolve_url
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8080
@@ -50,7 +50,8 @@ def dashboard_command(storage_url: str | None = None) -> str:
 def artifact_folder(
     artifacts: Path | None = None, environ: Mapping[str, str] | None = None
 ) -> Path | None:
-    """The artifact folder the dashboard serves: the workers' own (`search.checkpoints`).
+    """The artifact folder the dashboard serves: the workers' own
+    (`search.bookkeeping.checkpoints`).
 
     `artifacts` (`--artifacts`) must exist. Else `$TUNE_ARTIFACTS`, the folder workers upload to,
     created when missing (a dashboard may start before the first checkpoint is uploaded). Else
@@ -80,8 +81,8 @@ def serve(
     `storage_url` resolves like every command (`--storage`, `$TUNE_STORAGE`, `sqlite:///tune.db`).
     `artifacts` is the folder artifact store (see `artifact_folder`: by default the workers'
     `$TUNE_ARTIFACTS`, else `tune-artifacts/` when it exists).
-    Raises `search.storage.StorageError` for a storage that can't be opened, `ValueError` for a
-    bad port or a missing artifact folder, `OSError` when the port is taken.
+    Raises `search.bookkeeping.storage.StorageError` for a storage that can't be opened,
+    `ValueError` for a bad port or a missing artifact folder, `OSError` when the port is taken.
     """
     import optuna_dashboard
     from optuna.artifacts import FileSystemArtifactStore

@@ -1,8 +1,8 @@
 """`tune best`: the best trial's parameters, and a file of them for the trainer you use.
 
 `tune best --export FILE` writes the trial's values as a file its target takes as it is
-(search/export.py): a complete YOLOv5 hyp file for a study of tune's own trainer (`tune train
---hyp FILE` reads it back, YOLOv5's `train.py --hyp FILE` trains with it), an Ultralytics cfg
+(search/commands/export.py): a complete YOLOv5 hyp file for a study of tune's own trainer (`tune
+train --hyp FILE` reads it back, YOLOv5's `train.py --hyp FILE` trains with it), an Ultralytics cfg
 (`yolo train cfg=FILE`) for a study of the Ultralytics trainer or when `--format ultralytics`
 asks for one. The values come from the trial's stored config, so the file holds what ran.
 """
@@ -15,8 +15,8 @@ from typing import Any
 import optuna
 from optuna.trial import FrozenTrial
 
-from search import trial_record
-from search.export import RUN_SETTINGS, Export, export_values
+from search.bookkeeping import trial_record
+from search.commands.export import RUN_SETTINGS, Export, export_values
 from search.trainers import DEFAULT_TRAINER
 from trainer.config import TrainConfig
 from trainer.hyp import config_to_hyp
@@ -77,7 +77,7 @@ def export_best(
     study: optuna.Study, trial: FrozenTrial, path: Path, fmt: str | None = None
 ) -> Export:
     """Write the best trial's values to `path` in format `fmt` (None: the study's trainer's
-    default, search/export.py); an `ExportError` (a ValueError) when it cannot be."""
+    default, search/commands/export.py); an `ExportError` (a ValueError) when it cannot be."""
     trainer = study_trainer(study)
     header = (
         f"tune best --study {study.study_name}: trial {trial.number} of trainer {trainer}, "

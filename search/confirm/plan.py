@@ -4,7 +4,7 @@ A study's best trial is the best of many noisy runs, so part of its lead is luck
 second trap"). `tune confirm --study NAME` retrains the study's top K sampled trials, its best
 hand-tuned baseline and any trial named with `--trial`, each with the same N fresh seeds at one
 length (default: the study's full length), and states the gain with its spread
-(`search/confirm_results.py`, `search/confirm_stats.py`).
+(`search/confirm/results.py`, `search/confirm/stats.py`).
 
 How (design decisions):
 
@@ -19,7 +19,7 @@ How (design decisions):
   no baselines (the baseline is one of the enqueued runs, trained to the full confirm length like
   every other: the parent's baselines may have stopped at `[budget] baseline_epochs`, a confirm
   compares equal lengths), and a budget of exactly the planned runs. The spec keeps the parent's
-  name; only the run folders follow the Optuna study's name (`search/objective.py`).
+  name; only the run folders follow the Optuna study's name (`search/running/objective.py`).
 - **Workers only run enqueued runs** in a confirm study (`decide_enqueued`): it never samples. A
   run that fails (an exception, not a lost worker) stays failed; the next `tune confirm`
   enqueues it again.
@@ -43,10 +43,10 @@ import optuna
 from optuna.storages import RDBStorage
 from optuna.trial import FrozenTrial, TrialState
 
-from search import trial_record
-from search.budget import Decision
-from search.study_file import StudyFileError, StudySpec, parse_study
-from search.study_manager import ManagedStudy
+from search.bookkeeping import trial_record
+from search.bookkeeping.budget import Decision
+from search.bookkeeping.study_manager import ManagedStudy
+from search.study.study_file import StudyFileError, StudySpec, parse_study
 
 SUFFIX = ":confirm"
 FIRST_SEED = 1  # the parent's trials train with TrainConfig's default seed, 0

@@ -17,9 +17,9 @@ What tune needs beyond Optuna's public API:
   of the ORM (issue 16: a worker joining a study of 10,000 trials spent 12 s building an ORM
   object per row; `tune status` and `tune report` as long);
 - `optuna.storages._CachedStorage` (`CachedStorage`), the cache `optuna.storages.get_storage`
-  puts in front of an RDB storage, which `tune proxy` subclasses (`search/proxy.py`), and its
-  `_backend`, the RDB storage behind a study's cache (`rdb_backend`), which `tune status` and
-  `tune report` read with `read_trials` leaving bulky user attrs in the database (`AttrKeys`);
+  puts in front of an RDB storage, which `tune proxy` subclasses (`search/bookkeeping/proxy.py`),
+  and its `_backend`, the RDB storage behind a study's cache (`rdb_backend`), which `tune status`
+  and `tune report` read with `read_trials` leaving bulky user attrs in the database (`AttrKeys`);
 - `GrpcStorageProxy._setup` and the generated gRPC stub, to open the proxy's channel with short
   reconnect backoffs (`ReconnectingGrpcStorageProxy`);
 - not a name but a side effect: `import optuna.visualization` imports its matplotlib twin, and
@@ -129,7 +129,8 @@ def rdb_backend(study: optuna.Study) -> RDBStorage | None:
 
 def stale_trial_ids(storage: RDBStorage, study_id: int) -> list[int]:
     """The study's stale trials now (`RunningTrial.is_stale`: a read, no lock). tune's reapers
-    fail them (`search/reaper.py`); Optuna's `fail_stale_trials` does not (`HeartbeatRDBStorage`).
+    fail them (`search/running/reaper.py`); Optuna's `fail_stale_trials` does not
+    (`HeartbeatRDBStorage`).
     """
     interval = storage.heartbeat_interval
     if interval is None:
@@ -220,10 +221,10 @@ class HeartbeatRDBStorage(RDBStorage):
     Reaping: Optuna's `fail_stale_trials`, which `study.optimize` runs before every `ask`, finds
     nothing here (`_get_stale_trial_ids`). It fails a stale trial first and enqueues its retry
     after, holding no lock, so a worker starting a trial in between saw a slot free that the
-    retry was about to fill; and workers start trials concurrently (search/worker.py). tune's
-    reapers (`search/reaper.py`) fail them in the safe order under the exclusive study lock, by
-    tune's rule (`stale_trial_ids`): Optuna's (no heartbeat for the grace period) plus a RUNNING
-    trial that never beat and is RUNNING for longer than the grace period.
+    retry was about to fill; and workers start trials concurrently (search/running/worker.py).
+    tune's reapers (`search/running/reaper.py`) fail them in the safe order under the exclusive
+    study lock, by tune's rule (`stale_trial_ids`): Optuna's (no heartbeat for the grace period)
+    plus a RUNNING trial that never beat and is RUNNING for longer than the grace period.
     """
 
     def _get_stale_trial_ids(self, study_id: int) -> list[int]:

@@ -1,6 +1,6 @@
 """The study's budget: may a worker start another trial? Counted from the storage.
 
-A study spends its `[budget]` (search/study_file.py `Budget`) in two units:
+A study spends its `[budget]` (search/study/study_file.py `Budget`) in two units:
 
 - **trials**: COMPLETE + PRUNED trials, at most `n_trials`;
 - **epochs**: training epochs, summed over every trial of the study, at most `epochs`. A trial's
@@ -19,12 +19,12 @@ promoted trial is never cut short); with `[pruner] type = "None"`, nothing. A wa
 reaped trial always starts: it continues a trial the budget already admitted.
 
 Workers start trials without the exclusive study lock while the budget is far from spent
-(`search/worker.py`): `decide(..., racing=k)` then leaves room for the k starts by other workers
-that its reading of the trials cannot see yet.
+(`search/running/worker.py`): `decide(..., racing=k)` then leaves room for the k starts by other
+workers that its reading of the trials cannot see yet.
 
 `decide` is a pure function of the trials' states and progress, so workers, `tune launch`,
 `tune status` and the tests read the budget the same way (`ManagedStudy.budget_use` reads it from a
-study, search/study_manager.py).
+study, search/bookkeeping/study_manager.py).
 """
 
 from __future__ import annotations
@@ -36,9 +36,9 @@ from typing import Literal
 
 from optuna.trial import FrozenTrial, TrialState
 
-from search import trial_record
-from search.pruning import stop_points
-from search.study_file import Budget, StudySpec
+from search.bookkeeping import trial_record
+from search.study.pruning import stop_points
+from search.study.study_file import Budget, StudySpec
 
 Decision = Literal["start", "wait", "spent"]
 
@@ -127,8 +127,8 @@ def decide(spec: StudySpec, use: BudgetUse, racing: int = 0) -> tuple[Decision, 
     or stop (spent); with the reason, for the worker's log.
 
     `racing`: other workers that may be starting a trial at this moment without it showing in
-    `use` (a start without the exclusive study lock, `search/worker.py`). Each is counted as a
-    running trial that holds the longest first stop point, and so is this worker's own trial: any
+    `use` (a start without the exclusive study lock, `search/running/worker.py`). Each is counted as
+    a running trial that holds the longest first stop point, and so is this worker's own trial: any
     of them may get the next baseline. With a retry waiting, racers never start (the retry's
     hold is not in `use` yet and any of them may get it): one worker at a time takes it.
     """

@@ -3,7 +3,7 @@
 Trials by state, the budget, the best trial with its parameters, the baselines, running trials
 with their host and age, retries of trials that lost their worker (which trial each retries and
 the step it resumed from), failed trials with their error, and the study's confirmation when
-`tune confirm` ran (search/confirm_results.py). `study_status` gathers (tested),
+`tune confirm` ran (search/confirm/results.py). `study_status` gathers (tested),
 `format_status` writes the text.
 """
 
@@ -16,11 +16,11 @@ from typing import Any
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from search import trial_record
-from search.confirm_results import Confirmation, format_confirmation, read_confirmation_of
-from search.storage import StateCounts
-from search.study_file import StudyFileError
-from search.study_manager import ManagedStudy
+from search.bookkeeping import trial_record
+from search.bookkeeping.storage import StateCounts
+from search.bookkeeping.study_manager import ManagedStudy
+from search.confirm.results import Confirmation, format_confirmation, read_confirmation_of
+from search.study.study_file import StudyFileError
 
 
 @dataclass(frozen=True)

@@ -24,14 +24,15 @@ Layout on an Optuna trial:
     own retry history is in system attrs and read through `RetryHeartbeatStaleTrialCallback`;
     user attrs are copied to a retry, so readers prefer the system attrs);
   - ``checkpoint``: ``{"artifact_id", "step"}`` of the latest evaluation checkpoint uploaded to the
-    artifact store (`search/checkpoints.py`); copied to a retry, which resumes from it;
+    artifact store (`search/bookkeeping/checkpoints.py`); copied to a retry, which resumes from it;
   - ``resumed_from``: ``{"trial", "step"}`` on a retry that resumed from its predecessor's
     checkpoint at evaluation step ``step``;
   - ``stopped``: why a trial that the pruner did not stop ended early, e.g. "stopped at its
     length, 9 epochs" on a baseline (`[budget] baseline_epochs`); its state is PRUNED, so that
     samplers weigh it by the step it reached, as a pruned trial;
-  - ``confirm``: ``{"of", "seed"}`` on a run of a confirm study (`search/confirm.py`): the number
-    of the parent study's trial it retrains and the trainer seed it runs with (copied to a retry).
+  - ``confirm``: ``{"of", "seed"}`` on a run of a confirm study (`search/confirm/plan.py`): the
+    number of the parent study's trial it retrains and the trainer seed it runs with (copied to a
+    retry).
 - system attrs ``artifacts:<id>``: Optuna's own record of uploaded artifacts.
 
 Why the curve is packed (issue 16): every worker, the dashboard and the report load whole studies,
@@ -47,8 +48,8 @@ Layout on the Optuna study (study user attrs):
 
 - ``tune:spec``: the validated study file (a TOML table, CLI overrides applied), written by
   `tune launch`, read by every worker so that all machines run the same settings;
-- ``tune:confirm``: on a confirm study only (`search/confirm.py`), its plan: the parent study, the
-  confirm length, the seeds and the trials it retrains. Workers run only its enqueued runs.
+- ``tune:confirm``: on a confirm study only (`search/confirm/plan.py`), its plan: the parent study,
+  the confirm length, the seeds and the trials it retrains. Workers run only its enqueued runs.
 """
 
 from __future__ import annotations
@@ -63,7 +64,7 @@ import optuna
 from optuna.storages import RetryHeartbeatStaleTrialCallback
 from optuna.trial import FrozenTrial
 
-from search.optuna_compat import (
+from search.bookkeeping.optuna_compat import (
     AttrKeys,
     rdb_backend,
     read_trials,

@@ -4,10 +4,10 @@ With `[trial] pack = K` (or "auto", `pack_size`) a worker runs its trials K at a
 the trainer's `run_pack` (`search/trainers/base.py`; tune's own trainer fuses them into one
 model, `trainer/packed.py`). Each trial is its own Optuna trial from start to end:
 
-- it starts through the same start gate as a trial run alone (`search/start_gate.py`), one
-  start at a time, so the study-wide budget holds for packs exactly as for single trials;
-- `TrialRun` (`search/objective.py`) records its heartbeat, placement, parameters, config and
-  every evaluation, uploads its checkpoints and asks the pruner, as for a trial run alone;
+- it starts through the same start gate as a trial run alone (`search/bookkeeping/start_gate.py`),
+  one start at a time, so the study-wide budget holds for packs exactly as for single trials;
+- `TrialRun` (`search/running/objective.py`) records its heartbeat, placement, parameters, config
+  and every evaluation, uploads its checkpoints and asks the pruner, as for a trial run alone;
 - the worker's reaper thread beats for every trial of the pack, so a killed worker leaves K
   stale trials that are reaped, retried and resumed from their checkpoints like any other;
 - when a trial ends (it ran its length, was pruned or stopped at its baseline length, or
@@ -29,15 +29,15 @@ import optuna
 from optuna.exceptions import UpdateFinishedTrialError
 from optuna.trial import TrialState
 
-from search.objective import (
+from search.bookkeeping.optuna_compat import study_storage, trial_id
+from search.bookkeeping.start_gate import NoStart, StartGate
+from search.running.objective import (
     InFlight,
     Interrupted,
     TrialRun,
     discard_ended_checkpoint,
     record_failure,
 )
-from search.optuna_compat import study_storage, trial_id
-from search.start_gate import NoStart, StartGate
 from search.trainers.base import PackedJob, PackingTrainer, TrialOutcome
 
 # trials that may fail in a row while starting (a config the trainer refuses) before a pack stops

@@ -1,6 +1,6 @@
 """What a study's confirm runs showed, read from the storage alone: per confirmed setting the
-spread of its runs and its gain over the baseline (`search/confirm.py` plans and enqueues them,
-`search/confirm_stats.py` computes). `tune confirm`, `tune status` and the report read it here.
+spread of its runs and its gain over the baseline (`search/confirm/plan.py` plans and enqueues them,
+`search/confirm/stats.py` computes). `tune confirm`, `tune status` and the report read it here.
 
 A setting "holds up" when the lower end of its gain's 95% interval is above zero (for the paired
 and Welch t intervals this is the same as a two-sided p < 0.05 with a positive gain).
@@ -14,10 +14,10 @@ import optuna
 from optuna.storages import BaseStorage
 from optuna.trial import FrozenTrial, TrialState
 
-from search import trial_record
-from search.confirm import ConfirmPlan, confirm_name
-from search.confirm_stats import LEVEL, Gain, Spread, gain, spread
-from search.optuna_compat import study_storage
+from search.bookkeeping import trial_record
+from search.bookkeeping.optuna_compat import study_storage
+from search.confirm.plan import ConfirmPlan, confirm_name
+from search.confirm.stats import LEVEL, Gain, Spread, gain, spread
 
 METRICS = ("mAP50_95", "mAP50")
 

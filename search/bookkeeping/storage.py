@@ -5,11 +5,11 @@ needs of its own (counting trials by state, a study-wide lock), all behind `sess
   folder, so the first command works without a server. PostgreSQL
   (`postgresql+psycopg2://user:password@host/db`) is for several processes or machines.
 - Heartbeats with `RetryHeartbeatStaleTrialCallback` (they act only inside `study.optimize()`;
-  workers also reap in a thread, see `search/reaper.py`), connection pre-ping and a small pool
-  per process for PostgreSQL, a busy timeout for SQLite. `StorageSettings.from_env()` reads
+  workers also reap in a thread, see `search/running/reaper.py`), connection pre-ping and a small
+  pool per process for PostgreSQL, a busy timeout for SQLite. `StorageSettings.from_env()` reads
   short heartbeat settings for tests from `$TUNE_HEARTBEAT_INTERVAL` and friends.
 - A database that goes away (restart, network) is retried with backoff for up to
-  `storage_down_limit` seconds (`search/outage.py`); after that `StorageDown` says so.
+  `storage_down_limit` seconds (`search/bookkeeping/outage.py`); after that `StorageDown` says so.
 - The schema is created only by `open_storage(create_schema=True)` (`tune launch`), never by
   workers: many workers creating tables at once fail.
 - Passwords never leave this module unmasked: every message that shows a URL uses `mask_url`, and
@@ -37,7 +37,7 @@ from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
 from optuna.trial import FrozenTrial, TrialState
 from sqlalchemy import orm
 
-from search.optuna_compat import HeartbeatRDBStorage, TrialModel
+from search.bookkeeping.optuna_compat import HeartbeatRDBStorage, TrialModel
 
 ENV_VAR = "TUNE_STORAGE"
 DEFAULT_URL = "sqlite:///tune.db"
@@ -337,15 +337,15 @@ class StudyLock:
     reaper while it fails and re-enqueues a stale trial, and a worker from "is there budget
     left?" until its new trial is RUNNING when the budget is nearly spent, so that two workers
     never both take the last trial. `shared=True` is a worker's claim while the budget is far
-    from spent (`search/worker.py`): any number of starters hold it at once, `holders()` says how
-    many, and none holds it while an exclusive holder has it or waits for it (so starters never
-    see a reaper's half-done work, and a waiting exclusive taker is not starved).
+    from spent (`search/running/worker.py`): any number of starters hold it at once, `holders()`
+    says how many, and none holds it while an exclusive holder has it or waits for it (so starters
+    never see a reaper's half-done work, and a waiting exclusive taker is not starved).
 
     PostgreSQL: a session advisory lock in either mode (released by the server if the process
-    dies). A worker behind `tune proxy`: a lease held in the proxy (`search/proxy.py`). SQLite
-    (one machine): an flock on a file in the temporary folder named after the database, exclusive
-    only (`shares()` is False: a claim there is an exclusive lock). Other back ends: no lock.
-    `release()` may be called early and more than once.
+    dies). A worker behind `tune proxy`: a lease held in the proxy (`search/bookkeeping/proxy.py`).
+    SQLite (one machine): an flock on a file in the temporary folder named after the database,
+    exclusive only (`shares()` is False: a claim there is an exclusive lock). Other back ends: no
+    lock. `release()` may be called early and more than once.
 
     Waiting for it is never silent: every `say_every` seconds a line to `log` says how long this
     process has waited and, on PostgreSQL, which server process holds the lock (a holder that is
@@ -372,12 +372,12 @@ class StudyLock:
         self._say_every = say_every
         self._conn: sa.Connection | None = None
         self._file: IO[bytes] | None = None
-        self._lease: Any = None  # a `search.proxy.ProxyLock`
+        self._lease: Any = None  # a `search.bookkeeping.proxy.ProxyLock`
 
     @staticmethod
     def shares(storage: optuna.storages.BaseStorage) -> bool:
         """Whether the lock has a shared mode on `storage` (PostgreSQL, the proxy)."""
-        from search.proxy import ProxyClient
+        from search.bookkeeping.proxy import ProxyClient
 
         if isinstance(storage, RDBStorage):
             return storage.engine.dialect.name == "postgresql"
@@ -407,7 +407,7 @@ class StudyLock:
 
     def acquire(self) -> StudyLock:
         if not isinstance(self._storage, RDBStorage):
-            from search.proxy import ProxyClient, ProxyLock
+            from search.bookkeeping.proxy import ProxyClient, ProxyLock
 
             if isinstance(self._storage, ProxyClient):
                 holder = f"{os.getpid()}:{id(self)}:{time.monotonic()}"

@@ -4,7 +4,7 @@ Optuna logs a failed trial as `Trial N failed ... because of the following error
 traceback, on its own handler, unmasked: an exception whose message quotes the storage URL (a
 careless library, a connection string in a config error) would put the password into every
 worker log. `mask_library_logs()` adds a filter to Optuna's handlers that runs the message and the
-formatted traceback through `search.storage.mask_text` before they are written.
+formatted traceback through `search.bookkeeping.storage.mask_text` before they are written.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import logging
 
 import optuna
 
-from search.storage import mask_text
+from search.bookkeeping.storage import mask_text
 
 _FORMATTER = logging.Formatter()
 

@@ -1,5 +1,5 @@
 """`tune launch`: create (or load) a study, enqueue its baselines once, run local workers, watch.
-`tune confirm` (`confirm` below) runs a study's confirm study the same way (search/confirm.py).
+`tune confirm` (`confirm` below) runs a study's confirm study the same way (search/confirm/plan.py).
 
 The study row, the schema and the baselines are made here, once, before any worker starts
 (workers racing to create tables fail). Workers are `tune worker` subprocesses:
@@ -29,16 +29,9 @@ from optuna.storages import RDBStorage
 from optuna.study import StudyDirection
 from optuna.trial import TrialState
 
-from search import trial_record
-from search.budget import BudgetUse, describe_plan
-from search.confirm import plan_confirm, prepare_confirm
-from search.confirm_results import (
-    Confirmation,
-    confirmed_sentence,
-    format_confirmation,
-    read_confirmation,
-)
-from search.storage import (
+from search.bookkeeping import trial_record
+from search.bookkeeping.budget import BudgetUse, describe_plan
+from search.bookkeeping.storage import (
     ENV_VAR,
     StateCounts,
     load_study,
@@ -46,10 +39,17 @@ from search.storage import (
     open_storage,
     resolve_url,
 )
-from search.study_file import BUILTIN_DATA, Overrides, StudySpec, load_study_file
-from search.study_manager import ManagedStudy
+from search.bookkeeping.study_manager import ManagedStudy
+from search.confirm.plan import plan_confirm, prepare_confirm
+from search.confirm.results import (
+    Confirmation,
+    confirmed_sentence,
+    format_confirmation,
+    read_confirmation,
+)
+from search.running.worker import DEFAULT_RUNS_DIR
+from search.study.study_file import BUILTIN_DATA, Overrides, StudySpec, load_study_file
 from search.trainers.builtin import TRAINER_MODULE_ENV
-from search.worker import DEFAULT_RUNS_DIR
 
 # parts of a stored study that may change between launches (everything else must match, or the
 # trials of one study would not be comparable)
@@ -249,7 +249,7 @@ def confirm(
     out: Callable[[str], None] = print,
 ) -> ConfirmResult:
     """Retrain study `study`'s top trials and best baseline with `seeds` fresh seeds (its confirm
-    study, search/confirm.py) with local workers until every run is done; print the result.
+    study, search/confirm/plan.py) with local workers until every run is done; print the result.
 
     Crash-safe and resumable like a study: run it again (or `tune worker --study NAME:confirm`
     anywhere) and it goes on where it stopped. `workers=0` only enqueues the runs.

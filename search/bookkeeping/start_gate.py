@@ -15,8 +15,8 @@ Two ways through (issue 16: trial starts that scale with the workers):
 - **exclusive**, otherwise (near the end of the budget, a stale trial to reap, a retry waiting,
   a confirm study, SQLite): hold the study lock alone, read the study's budget use (trials
   finished, epochs trained and promised to running trials, for every process on every machine:
-  `search/budget.py`) and decide with nobody else starting; reap stale trials (a dead worker's
-  trial may hold the budget) before waiting and before starting.
+  `search/bookkeeping/budget.py`) and decide with nobody else starting; reap stale trials (a dead
+  worker's trial may hold the budget) before waiting and before starting.
 """
 
 from __future__ import annotations
@@ -29,24 +29,24 @@ from typing import TYPE_CHECKING, Literal
 import optuna
 from optuna.trial import TrialState
 
-from search.budget import decide
-from search.confirm import decide_enqueued
-from search.failpoints import failpoint
-from search.objective import WorkerContext
-from search.optuna_compat import RunningTrial, running_trials, stale_trial_ids, study_id
-from search.reaper import reap_stale_trials
-from search.storage import StudyLock
-from search.study_file import StudySpec
+from search.bookkeeping.budget import decide
+from search.bookkeeping.optuna_compat import RunningTrial, running_trials, stale_trial_ids, study_id
+from search.bookkeeping.storage import StudyLock
+from search.confirm.plan import decide_enqueued
+from search.running.failpoints import failpoint
+from search.running.objective import WorkerContext
+from search.running.reaper import reap_stale_trials
+from search.study.study_file import StudySpec
 
 if TYPE_CHECKING:
-    from search.study_manager import ManagedStudy
+    from search.bookkeeping.study_manager import ManagedStudy
 
 NoStart = Literal["budget", "wait"]
 
 
 class StartGate:
     """The worker's way to a trial start; see the module docstring. A worker opens it through
-    its study's manager (`ManagedStudy.open_gate`, search/study_manager.py)."""
+    its study's manager (`ManagedStudy.open_gate`, search/bookkeeping/study_manager.py)."""
 
     def __init__(
         self,
@@ -117,8 +117,8 @@ class StartGate:
             return "budget"
         # running trials may hold the rest of the budget; one may still fail (or its worker be
         # dead) and free it: reap stale ones before waiting. And before a new trial: tune reaps
-        # itself (Optuna's own reaping inside `ask` is off, search/optuna_compat.py), and a
-        # retry waiting is the trial this worker should get
+        # itself (Optuna's own reaping inside `ask` is off, search/bookkeeping/optuna_compat.py),
+        # and a retry waiting is the trial this worker should get
         self._reap()
         if decision == "wait":
             if patient:

@@ -13,18 +13,18 @@ else. What tune needs beyond it, and how it gets it:
   reaps through it. A worker beats by writing the trial system attr `HEARTBEAT_ATTR` (tune's
   reaper thread, `search/optuna_compat.record_heartbeat`); this server turns that write into a
   real heartbeat row (the database's clock) and stores no attribute.
-- reaping: the server runs the reaper for every study in the storage (`search/reaper.py`'s
+- reaping: the server runs the reaper for every study in the storage (`search/running/reaper.py`'s
   `reap_stale_trials`: fail the stale trial, enqueue its retry, which resumes from its checkpoint
   as usual); workers behind the proxy reap nothing themselves.
 - the study lock (no two workers take the last slot of the budget): leases per study held in this
   server (`LOCK_ATTR` writes: take, exclusive or shared, or give back; a lease not to be had answers
   NOT_FOUND, which the client sees as KeyError and retries; the study's system attrs as the server
   hands them out carry `SHARERS_ATTR`, the count of shared leases, which a worker starting without
-  the exclusive lock reads: `search/worker.py`). A lease not given back within `LOCK_LEASE` seconds
-  (its worker died holding it) lapses. The server's reaper takes the same lease exclusively, and
-  PostgreSQL's advisory lock too, so workers that use the database directly are excluded as well;
-  workers behind the proxy do not take PostgreSQL's lock, so `tune launch` enqueueing baselines
-  while proxied workers start trials is not excluded (launch first, as compose does).
+  the exclusive lock reads: `search/running/worker.py`). A lease not given back within `LOCK_LEASE`
+  seconds (its worker died holding it) lapses. The server's reaper takes the same lease exclusively,
+  and PostgreSQL's advisory lock too, so workers that use the database directly are excluded as
+  well; workers behind the proxy do not take PostgreSQL's lock, so `tune launch` enqueueing
+  baselines while proxied workers start trials is not excluded (launch first, as compose does).
 - tune's own SQL (`count_states`, `running_trials`): not available through the proxy; the worker
   reads what it needs from the trials instead (`BudgetWait` names running trials without their
   heartbeat ages).
@@ -32,8 +32,8 @@ else. What tune needs beyond it, and how it gets it:
   behind the proxy need `$TUNE_ARTIFACTS` on a shared folder exactly as before.
 
 A restarted proxy is ridden out: workers retry the unreachable server with backoff
-(`search/outage.py`, gRPC's UNAVAILABLE counts as a connection error) for `storage_down_limit`.
-Leases die with the server (a lease held across a restart is simply gone).
+(`search/bookkeeping/outage.py`, gRPC's UNAVAILABLE counts as a connection error) for
+`storage_down_limit`. Leases die with the server (a lease held across a restart is simply gone).
 """
 
 from __future__ import annotations
@@ -50,8 +50,12 @@ from typing import Any
 import optuna
 from optuna.storages import BaseStorage, RDBStorage
 
-from search.optuna_compat import HEARTBEAT_ATTR, CachedStorage, ReconnectingGrpcStorageProxy
-from search.storage import (
+from search.bookkeeping.optuna_compat import (
+    HEARTBEAT_ATTR,
+    CachedStorage,
+    ReconnectingGrpcStorageProxy,
+)
+from search.bookkeeping.storage import (
     StorageError,
     StorageSettings,
     StudyLock,
@@ -268,8 +272,8 @@ def proxy_settings() -> StorageSettings:
 
 def reap_all(backend: ProxyBackend, log: Callable[[str], None]) -> None:
     """One round of the proxy's reaper: stale trials of every study failed and retried."""
-    from search.optuna_compat import stale_trial_ids
-    from search.reaper import reap_stale_trials
+    from search.bookkeeping.optuna_compat import stale_trial_ids
+    from search.running.reaper import reap_stale_trials
 
     for frozen in backend.get_all_studies():
         study_id = backend.get_study_id_from_name(frozen.study_name)

@@ -4,23 +4,23 @@ The loop, per trial:
 
 1. while the budget is far from spent, start without waiting for anyone: hold the study lock
    shared, count the other starters holding it, and start when `decide(racing=...)` leaves room
-   for all of them (`search/start_gate.py` says why that never overshoots). Trial starts then
-   scale with the workers instead of queueing at one lock (issue 16, docs/benchmarks.md);
+   for all of them (`search/bookkeeping/start_gate.py` says why that never overshoots). Trial starts
+   then scale with the workers instead of queueing at one lock (issue 16, docs/benchmarks.md);
 2. otherwise (near the end of the budget, a stale trial to reap, a retry waiting, a confirm
    study, SQLite) take the study lock exclusively and read the study's budget use from the
-   storage (`search/budget.py`: trials finished, epochs trained and promised to running trials,
-   for every process on every machine): stop when it is spent; when the trials already RUNNING
-   hold the rest, reap stale trials (one of them may have lost its worker), release, say in the
-   log what it waits for (`BudgetWait`) and look again. A confirm study's worker
-   (`search/confirm.py`) never samples: it starts only while an enqueued run waits, waits while
+   storage (`search/bookkeeping/budget.py`: trials finished, epochs trained and promised to running
+   trials, for every process on every machine): stop when it is spent; when the trials already
+   RUNNING hold the rest, reap stale trials (one of them may have lost its worker), release, say in
+   the log what it waits for (`BudgetWait`) and look again. A confirm study's worker
+   (`search/confirm/plan.py`) never samples: it starts only while an enqueued run waits, waits while
    runs are running, else stops;
    either way the trial runs inside `study.optimize(n_trials=1)` (heartbeats act only there),
    and the objective releases the lock once the trial is RUNNING;
 3. whatever the trial does (exception, non-finite loss, out of memory, reaped by another worker),
    the worker records it and goes on; only a run of consecutive failures stops it.
 
-The worker reaches its study through `ManagedStudy` (search/study_manager.py: the claim, the
-stored spec, failing its own trials on exit), not through the storage's details. What a trial
+The worker reaches its study through `ManagedStudy` (search/bookkeeping/study_manager.py: the claim,
+the stored spec, failing its own trials on exit), not through the storage's details. What a trial
 needs of the worker is fixed when it starts (`WorkerContext`); what changes from trial to trial
 is `InFlight` and the claim its start hands over (`TrialRun.begin(claim)`).
 
@@ -52,10 +52,22 @@ import optuna
 from optuna.exceptions import UpdateFinishedTrialError
 from optuna.trial import FrozenTrial, TrialState
 
-from search import trial_record
-from search.checkpoints import CheckpointStore
-from search.log_masking import mask_library_logs
-from search.objective import (
+from search.bookkeeping import trial_record
+from search.bookkeeping.checkpoints import CheckpointStore
+from search.bookkeeping.optuna_compat import (
+    trial_id,
+)
+from search.bookkeeping.outage import retry_while_down
+from search.bookkeeping.storage import (
+    StorageDown,
+    StorageError,
+    StorageSettings,
+    mask_url,
+    resolve_url,
+)
+from search.bookkeeping.study_manager import Claim, ManagedStudy
+from search.running.log_masking import mask_library_logs
+from search.running.objective import (
     GracefulStop,
     InFlight,
     Interrupted,
@@ -65,21 +77,9 @@ from search.objective import (
     discard_ended_checkpoint,
     make_objective,
 )
-from search.optuna_compat import (
-    trial_id,
-)
-from search.outage import retry_while_down
-from search.packs import PackRound, pack_size, run_pack
-from search.reaper import Reaper, quiet_heartbeat_thread
-from search.storage import (
-    StorageDown,
-    StorageError,
-    StorageSettings,
-    mask_url,
-    resolve_url,
-)
-from search.study_file import StudyFileError, StudySpec, read_study_table
-from search.study_manager import Claim, ManagedStudy
+from search.running.packs import PackRound, pack_size, run_pack
+from search.running.reaper import Reaper, quiet_heartbeat_thread
+from search.study.study_file import StudyFileError, StudySpec, read_study_table
 from search.trainers.base import PackingTrainer, Trainer, packs
 from search.trainers.builtin import LoadDataFn, TrainFn, TuneTrainer
 
@@ -182,7 +182,8 @@ def run_worker(
             should_stop=lambda: stop.requested,
             log=say,
         )
-        # rdb is None behind `tune proxy`, which does the database's side (search/proxy.py)
+        # rdb is None behind `tune proxy`, which does the database's side
+        # (search/bookkeeping/proxy.py)
         managed, spec = while_down(lambda: _join(storage, name, index, settings, say))
         optuna_study = managed.study
         trainer = _trainer(spec, train_fn, load_data, trainer_module)

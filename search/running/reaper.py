@@ -31,9 +31,14 @@ import optuna
 from optuna.exceptions import UpdateFinishedTrialError
 from optuna.trial import TrialState
 
-from search.optuna_compat import record_heartbeat, stale_trial_ids, study_id, study_storage
-from search.outage import connection_reason, is_connection_error
-from search.storage import LockAbandoned, StudyLock, mask_text
+from search.bookkeeping.optuna_compat import (
+    record_heartbeat,
+    stale_trial_ids,
+    study_id,
+    study_storage,
+)
+from search.bookkeeping.outage import connection_reason, is_connection_error
+from search.bookkeeping.storage import LockAbandoned, StudyLock, mask_text
 
 
 def reap_stale_trials(
