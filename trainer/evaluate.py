@@ -90,6 +90,21 @@ def evaluate_slots(
     model: slot k's outputs are scored with `loss_fns[k]` (a solo detector is slot 0)."""
     was_training = model.training
     model.eval()
+    try:
+        return _evaluate_slots(model, loss_fns, split, batch_size, device, autocast, channels_last)
+    finally:
+        model.train(was_training)
+
+
+def _evaluate_slots(
+    model: Detector,
+    loss_fns: Mapping[int, DetectionLoss],
+    split: DetectionSplit,
+    batch_size: int,
+    device: torch.device,
+    autocast: Callable[[], contextlib.AbstractContextManager[None]],
+    channels_last: bool,
+) -> dict[int, Evaluation]:
     detections = {k: [torch.empty(0, 6, device=device)] * len(split) for k in loss_fns}
     # summed on the device, read once at the end: no wait for the device inside the pass
     totals = {k: torch.zeros(4, device=device) for k in loss_fns}
@@ -115,7 +130,6 @@ def evaluate_slots(
                 # they stay on the device: trainer.mean_ap scores them there
                 dets[:, :4] = split.to_original(dets[:, :4], index)
                 detections[k][index] = dets
-    model.train(was_training)
     return {k: Evaluation(detections[k], *(totals[k] / max(batches, 1)).tolist()) for k in loss_fns}
 
 

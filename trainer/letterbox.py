@@ -36,8 +36,12 @@ class Letterbox:
 
     def to_original(self, xyxy: torch.Tensor, orig_hw: tuple[int, int]) -> torch.Tensor:
         """Boxes `[n, 4]` from letterboxed to original pixels, clipped to the original image."""
-        offset = xyxy.new_tensor([self.pad_x, self.pad_y, self.pad_x, self.pad_y])
-        out = (xyxy - offset) / self.scale
+        # Python numbers, not a tensor of them: on a GPU that tensor is a copy from the host,
+        # which waits for the device at every image of an evaluation
+        out = xyxy.clone()
+        out[:, 0::2] -= self.pad_x
+        out[:, 1::2] -= self.pad_y
+        out /= self.scale
         h, w = orig_hw
         out[:, 0::2] = out[:, 0::2].clamp(0, w)
         out[:, 1::2] = out[:, 1::2].clamp(0, h)

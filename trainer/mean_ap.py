@@ -50,6 +50,12 @@ class GroundTruth:
         """From per-image `[n, 5]` (cls, x1, y1, x2, y2) boxes in original pixels."""
         counts = torch.tensor([len(b) for b in boxes], dtype=torch.long)
         rows = torch.cat([b.double().reshape(-1, 5) for b in boxes]) if boxes else torch.empty(0, 5)
+        bad = (rows[:, 0] < 0) | (rows[:, 0] >= num_classes) | (rows[:, 0] != rows[:, 0].round())
+        if bool(bad.any()):
+            raise ValueError(
+                f"ground-truth classes must be whole numbers in [0, {num_classes}), but got "
+                f"cls={rows[bad, 0][0].item()}"
+            )
         corners = rows[:, 1:].double()
         xywh = torch.cat([corners[:, :2], corners[:, 2:] - corners[:, :2]], dim=1)
         return cls(
@@ -99,7 +105,7 @@ class _Detections:
     run: Tensor  # [D] int64
     image: Tensor  # [D]
     cls: Tensor  # [D]
-    score: Tensor  # [D] float32
+    score: Tensor  # [D], in float64 as COCO holds it
     xywh: Tensor  # [D, 4] float64
     rank: Tensor  # [D] its place in its group by score, 0 first
     loaded: Tensor  # [D] its row in the concatenation of runs and images (COCO's load order)
@@ -108,14 +114,23 @@ class _Detections:
     def of(cls, runs: Sequence[Sequence[Tensor]], truth: GroundTruth) -> _Detections:
         device = truth.xywh.device
         per_image = [d.reshape(-1, 6) for run in runs for d in run]
-        counts = torch.tensor([len(d) for d in per_image], device=device)
-        flat = torch.cat(per_image).to(device) if per_image else torch.empty(0, 6, device=device)
+        counts = torch.tensor([len(d) for d in per_image], dtype=torch.long, device=device)
+        # COCO's results hold x, y as given and w = x2 - x1 in the detections' own dtype: taken
+        # per run, before runs of other dtypes would promote it
+        per_run = [
+            torch.cat([d.reshape(-1, 6) for d in run]).to(device)
+            if run
+            else torch.empty(0, 6, device=device)
+            for run in runs
+        ]
+        xywh = torch.cat(
+            [torch.cat([r[:, :2], r[:, 2:4] - r[:, :2]], dim=1).double() for r in per_run]
+        )
+        flat = torch.cat([r.double() for r in per_run])
         slot = torch.arange(len(per_image), device=device).repeat_interleave(counts)
         run, image = slot // truth.num_images, slot % truth.num_images
         label = flat[:, 5].long()
         known = (label >= 0) & (label < truth.num_classes)  # COCOeval scores the gt's classes
-        # COCO's results hold x, y as given and w = x2 - x1 as float32 computes it
-        xywh = torch.cat([flat[:, :2], flat[:, 2:4] - flat[:, :2]], dim=1).double()
         loaded = torch.arange(len(flat), device=device)
         run, image, label, score, xywh, loaded = (
             t[known] for t in (run, image, label, flat[:, 4], xywh, loaded)

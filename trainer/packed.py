@@ -403,7 +403,7 @@ class _Pack:
                 )  # fmt: skip
             except Exception as exc:  # its own failure, as an evaluation's
                 outcome = exc
-        zero_trial(self.model, trial.slot, self.packed)
+        self._zero(trial.slot)
         self.ema.reset(trial.slot, None)
         self.slots[trial.slot] = None
         return outcome
@@ -411,7 +411,13 @@ class _Pack:
     def fail(self, trial: _Trial, exc: Exception) -> None:
         logger.warning(f"trial {trial.slot} ({trial.config.out}) stopped: {exc}")
         trial.error = exc
-        zero_trial(self.model, trial.slot, self.packed)
+        self._zero(trial.slot)
+
+    def _zero(self, k: int) -> None:
+        """Zero slot k in the model and in its EMA: a failed trial's EMA may hold the NaNs its
+        weights had, and evaluations run the EMA's fused model."""
+        zero_trial(self.model, k, self.packed)
+        zero_trial(self.ema.module, k, self.packed)
 
     def evaluate(self, trials: list[_Trial]) -> None:
         """Evaluate, checkpoint and report `trials` as `fit` does, in one pass of the fused

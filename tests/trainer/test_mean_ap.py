@@ -123,3 +123,18 @@ def test_cocoeval_ties_an_iou_at_a_threshold_and_a_detection_between_two_boxes()
     (ours,) = _ours(truth, [dets], nc=2)
     assert ours == pytest.approx(_cocoeval(truth, dets, nc=2), rel=1e-12)
     assert ours[0] == pytest.approx(1.0)  # every detection matches at IoU 0.5
+
+
+def test_a_run_scores_the_same_next_to_runs_of_another_dtype_and_bad_truth_is_refused() -> None:
+    # w = x2 - x1 is 5 in float32 and just under in float64: IoU 0.5 with the box, or less
+    truth = [torch.tensor([[0, 0, 0, 10, 10.0]])]
+    dets = [torch.tensor([[0.0374, 0, 5.037399768829346, 10, 0.9, 0]], dtype=torch.float32)]
+    (alone,) = _ours(truth, [dets], nc=1)
+    assert alone == pytest.approx(_cocoeval(truth, dets, nc=1), rel=1e-12)
+    assert alone == pytest.approx((1.0, 0.1))
+    together = _ours(truth, [[d.double() for d in dets], dets], nc=1)
+    assert together == [(0.0, 0.0), alone]
+    with pytest.raises(ValueError, match=r"ground-truth classes .* \[0, 4\).*cls=4"):
+        GroundTruth.of([torch.tensor([[4.0, 0, 0, 10, 10]])], 4, torch.device("cpu"))
+    nothing = GroundTruth.of([], 4, torch.device("cpu"))
+    assert mean_average_precision([[]], nothing) == [(0.0, 0.0)]

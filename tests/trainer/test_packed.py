@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -164,8 +165,24 @@ def test_a_packed_trial_follows_its_solo_loss_curve_in_float32(
 
 
 def test_a_failing_trial_stops_alone(
-    data_yaml: Path, data64: DetectionData, tmp_path: Path
+    data_yaml: Path, data64: DetectionData, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    # what the fused evaluations run: a failed trial's slot is zeroed in the EMA too, so its
+    # huge or NaN weights never pass through the fused model again (compact=False: a shrunk
+    # pack would drop the slot)
+    failed_slot_zero: list[bool] = []
+
+    def evaluate_slots(model: Detector, *args: Any, **kwargs: Any) -> Any:
+        stem = model.state_dict()["stem.conv.weight"].unflatten(0, (3, -1))
+        failed_slot_zero.append(bool((stem[2] == 0).all()))
+        return real_evaluate_slots(model, *args, **kwargs)
+
+    real_evaluate_slots = trainer.packed.evaluate_slots
+    monkeypatch.setattr(trainer.packed, "evaluate_slots", evaluate_slots)
+    real_fit_pack = trainer.packed.fit_pack
+    monkeypatch.setattr(
+        trainer.packed, "fit_pack", lambda *a, **kw: real_fit_pack(*a, **kw, compact=False)
+    )
     stopped = RuntimeError("pruned")
     seen: dict[int, list[int]] = {0: [], 1: []}
 
@@ -192,6 +209,7 @@ def test_a_failing_trial_stops_alone(
     assert isinstance(nan, NonFiniteLossError)
     assert not (tmp_path / "nan" / "last.pt").exists()
     assert ok.mAP50_95 >= 0 and (tmp_path / "ok" / "summary.json").exists()
+    assert failed_slot_zero == [False, True]  # at epoch 1 (where the NaN trial fails) and 2
 
 
 def test_a_packed_trial_resumes_packed_exactly_and_alone(
