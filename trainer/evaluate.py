@@ -12,7 +12,7 @@ from __future__ import annotations
 import contextlib
 import statistics
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 
 import torch
@@ -71,9 +71,8 @@ def evaluate(
     channels_last: bool,
 ) -> Evaluation:
     """Run the model over `split` once: detections in original pixels plus validation losses."""
-    return evaluate_slots(model, {0: loss_fn}, split, batch_size, device, autocast, channels_last)[
-        0
-    ]
+    slots = evaluate_slots(model, {0: loss_fn}, split, batch_size, device, autocast, channels_last)
+    return slots[0]
 
 
 @torch.no_grad()
@@ -88,49 +87,46 @@ def evaluate_slots(
 ) -> dict[int, Evaluation]:
     """`evaluate` for the trials in some slots of a packed detector, in one pass of the fused
     model: slot k's outputs are scored with `loss_fns[k]` (a solo detector is slot 0)."""
+    with _evaluating(model):
+        detections = {k: [torch.empty(0, 6, device=device)] * len(split) for k in loss_fns}
+        # summed on the device, read once at the end: no wait for the device inside the pass
+        totals = {k: torch.zeros(4, device=device) for k in loss_fns}
+        batches = 0
+        generator = torch.Generator().manual_seed(0)
+        for images, targets, indices in iterate_batches(
+            split, batch_size, shuffle=False, augment=False, generator=generator
+        ):
+            images = images.to(device, non_blocking=True)
+            if channels_last:
+                images = images.contiguous(memory_format=torch.channels_last)
+            with autocast():
+                outputs = model(images)
+            if model.trials == 1:  # a solo detector's outputs have no trial dim
+                outputs = [o.unsqueeze(0) for o in outputs]
+            batches += 1
+            rows = indices.tolist()
+            for k, loss_fn in loss_fns.items():
+                mine = [o[k] for o in outputs]
+                parts = loss_fn(mine, targets)  # assigned on the host (trainer/loss.py)
+                totals[k] += torch.stack([parts.lbox, parts.lobj, parts.lcls, parts.total]).float()
+                for index, dets in zip(rows, non_max_suppression(decode(model, mine)), strict=True):
+                    # they stay on the device: trainer.mean_ap scores them there
+                    dets[:, :4] = split.to_original(dets[:, :4], index)
+                    detections[k][index] = dets
+        return {
+            k: Evaluation(detections[k], *(totals[k] / max(batches, 1)).tolist()) for k in loss_fns
+        }
+
+
+@contextlib.contextmanager
+def _evaluating(model: Detector) -> Iterator[None]:
+    """`model` in eval mode for the block, then in the mode it had, also after an error."""
     was_training = model.training
     model.eval()
     try:
-        return _evaluate_slots(model, loss_fns, split, batch_size, device, autocast, channels_last)
+        yield
     finally:
         model.train(was_training)
-
-
-def _evaluate_slots(
-    model: Detector,
-    loss_fns: Mapping[int, DetectionLoss],
-    split: DetectionSplit,
-    batch_size: int,
-    device: torch.device,
-    autocast: Callable[[], contextlib.AbstractContextManager[None]],
-    channels_last: bool,
-) -> dict[int, Evaluation]:
-    detections = {k: [torch.empty(0, 6, device=device)] * len(split) for k in loss_fns}
-    # summed on the device, read once at the end: no wait for the device inside the pass
-    totals = {k: torch.zeros(4, device=device) for k in loss_fns}
-    batches = 0
-    generator = torch.Generator().manual_seed(0)
-    for images, targets, indices in iterate_batches(
-        split, batch_size, shuffle=False, augment=False, generator=generator
-    ):
-        images = images.to(device, non_blocking=True)
-        if channels_last:
-            images = images.contiguous(memory_format=torch.channels_last)
-        with autocast():
-            outputs = model(images)
-        if model.trials == 1:  # a solo detector's outputs have no trial dim
-            outputs = [o.unsqueeze(0) for o in outputs]
-        batches += 1
-        rows = indices.tolist()
-        for k, loss_fn in loss_fns.items():
-            mine = [o[k] for o in outputs]
-            parts = loss_fn(mine, targets)  # assigned on the host (trainer/loss.py)
-            totals[k] += torch.stack([parts.lbox, parts.lobj, parts.lcls, parts.total]).float()
-            for index, dets in zip(rows, non_max_suppression(decode(model, mine)), strict=True):
-                # they stay on the device: trainer.mean_ap scores them there
-                dets[:, :4] = split.to_original(dets[:, :4], index)
-                detections[k][index] = dets
-    return {k: Evaluation(detections[k], *(totals[k] / max(batches, 1)).tolist()) for k in loss_fns}
 
 
 def ground_truth(split: DetectionSplit, nc: int, device: torch.device) -> GroundTruth:
@@ -186,21 +182,20 @@ def inference_latency_ms(
     runs: int = 20,
 ) -> float:
     """Median milliseconds per image at batch 1 (forward, decode and NMS), after warm-up."""
-    model.eval()
-    x = image[None].to(device).float() / 255
-    if channels_last:
-        x = x.contiguous(memory_format=torch.channels_last)
-    times = []
-    for i in range(warmup + runs):
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        start = time.perf_counter()
-        with autocast():
-            outputs = model(x)
-        non_max_suppression(decode(model, outputs))
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        if i >= warmup:
-            times.append(time.perf_counter() - start)
-    model.train()
+    with _evaluating(model):
+        x = image[None].to(device).float() / 255
+        if channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        times = []
+        for i in range(warmup + runs):
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            start = time.perf_counter()
+            with autocast():
+                outputs = model(x)
+            non_max_suppression(decode(model, outputs))
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            if i >= warmup:
+                times.append(time.perf_counter() - start)
     return statistics.median(times) * 1000
