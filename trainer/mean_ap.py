@@ -108,13 +108,13 @@ class _Detections:
     score: Tensor  # [D], in float64 as COCO holds it
     xywh: Tensor  # [D, 4] float64
     rank: Tensor  # [D] its place in its group by score, 0 first
-    loaded: Tensor  # [D] its row in the concatenation of runs and images (COCO's load order)
 
     @classmethod
     def of(cls, runs: Sequence[Sequence[Tensor]], truth: GroundTruth) -> _Detections:
         device = truth.xywh.device
-        per_image = [d.reshape(-1, 6) for run in runs for d in run]
-        counts = torch.tensor([len(d) for d in per_image], dtype=torch.long, device=device)
+        counts = torch.tensor(
+            [len(d) for run in runs for d in run], dtype=torch.long, device=device
+        )
         # COCO's results hold x, y as given and w = x2 - x1 in the detections' own dtype: taken
         # per run, before runs of other dtypes would promote it
         per_run = [
@@ -127,18 +127,13 @@ class _Detections:
             [torch.cat([r[:, :2], r[:, 2:4] - r[:, :2]], dim=1).double() for r in per_run]
         )
         flat = torch.cat([r.double() for r in per_run])
-        slot = torch.arange(len(per_image), device=device).repeat_interleave(counts)
+        slot = torch.arange(len(counts), device=device).repeat_interleave(counts)
         run, image = slot // truth.num_images, slot % truth.num_images
         label = flat[:, 5].long()
         known = (label >= 0) & (label < truth.num_classes)  # COCOeval scores the gt's classes
-        loaded = torch.arange(len(flat), device=device)
-        run, image, label, score, xywh, loaded = (
-            t[known] for t in (run, image, label, flat[:, 4], xywh, loaded)
-        )
-        # by score (ties in loaded order), then stably by group: each group's rows by score
-        by_score = torch.sort(score, descending=True, stable=True).indices
+        run, image, label, score, xywh = (t[known] for t in (run, image, label, flat[:, 4], xywh))
         group = (run * truth.num_images + image) * truth.num_classes + label
-        order = by_score[torch.sort(group[by_score], stable=True).indices]
+        order = _by_group_then_score(group, score)  # rows are in load order here
         group = group[order]
         _, sizes = torch.unique_consecutive(group, return_counts=True)
         starts = torch.cumsum(sizes, 0) - sizes
@@ -151,11 +146,17 @@ class _Detections:
             score=score[keep],
             xywh=xywh[keep],
             rank=rank[rank < MAX_DETECTIONS],
-            loaded=loaded[keep],
         )
 
     def __len__(self) -> int:
         return len(self.run)
+
+
+def _by_group_then_score(group: Tensor, score: Tensor) -> Tensor:
+    """The order of rows by group, and by score (highest first) within it; rows of equal group
+    and score keep their order (COCO's mergesort by score, per group)."""
+    by_score = torch.sort(score, descending=True, stable=True).indices
+    return by_score[torch.sort(group[by_score], stable=True).indices]
 
 
 def _iou(d: Tensor, g: Tensor) -> Tensor:
@@ -245,11 +246,11 @@ def _precision(dets: _Detections, matched: Tensor, truth: GroundTruth, runs: int
     area = dets.xywh[:, 2] * dets.xywh[:, 3]
     out_of_range = (area < AREA_RANGE[0]) | (area > AREA_RANGE[1])
     ignored = ~matched & out_of_range[:, None]
-    # each (run, class) segment in COCO's order: by score, ties in load order (image, then row)
-    by_load = torch.argsort(dets.loaded)
-    by_score = by_load[torch.sort(dets.score[by_load], descending=True, stable=True).indices]
+    # each (run, class) segment in COCO's order: by score, ties by image, then in load order.
+    # The rows are by (run, image, class) and by score within that, ties in load order, so a
+    # stable sort keeps exactly those ties
     segment = dets.run * truth.num_classes + dets.cls
-    order = by_score[torch.sort(segment[by_score], stable=True).indices]
+    order = _by_group_then_score(segment, dets.score)
     true_pos = (matched & ~ignored)[order].long()
     false_pos = (~matched & ~ignored)[order].long()
     tp_sum, fp_sum = torch.cumsum(true_pos, 0), torch.cumsum(false_pos, 0)

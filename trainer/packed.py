@@ -35,8 +35,9 @@ fused model over the validation split, each slot holding the weights its trial e
 (`trainer.mean_ap`); then each is recorded, checkpointed and reported as `fit` does. So K trials
 launch one pass's kernels instead of K, and none waits for COCOeval on the host. A packed
 trial's evaluation is its solo one: in float64 the same mAP and validation losses to 1e-9
-(tests/trainer/test_packed.py). On this CPU the fused pass is 0.8x as fast as K solo passes,
-as fused training is (bench.packing --eval, docs/benchmarks.md); it is made for the GPU.
+(tests/trainer/test_packed.py). On this CPU the fused pass takes 1x to 1.6x the time of K solo
+passes (K = 1 to 16), as fused training does (bench.packing --eval, docs/benchmarks.md); it is
+made for the GPU.
 
 Failures are per trial: a non-finite loss, or an exception raised by its `report` (a pruned
 trial), stops that trial (its weights are zeroed so nothing non-finite flows through the fused
@@ -369,6 +370,7 @@ class _Pack:
         smaller = _Pack(self.lead, self.data, self.device, slots=len(live))
         smaller.generator.set_state(self.generator.get_state())
         smaller.joined = self.joined
+        smaller._truth = self._truth
         weights, averages = self.model.state_dict(), self.ema.module.state_dict()
         for j, trial in enumerate(live):
             k, config = trial.slot, trial.config
