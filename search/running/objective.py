@@ -316,8 +316,9 @@ class TrialRun:
             # from the previous checkpoint and redoes this step, so the curve has no gap
             ctx.store(lambda: trial_record.record_eval(trial, step, evaluation, metric))
             failpoint("eval-recorded")
-            if ctx.checkpoints is not None and ctx.trainer.checkpoint is not None:
-                store, file = ctx.checkpoints, job.out / ctx.trainer.checkpoint
+            file = evaluation.checkpoint
+            if ctx.checkpoints is not None and ctx.trainer.checkpoint is not None and file:
+                store = ctx.checkpoints
                 ctx.store(lambda: store.upload(trial, file, step), "the checkpoint")
             # never at the last step: the run is already paid for, and Hyperband would
             # otherwise discard a finished result when the run length falls on one of its

@@ -13,9 +13,12 @@ report) depends on this module only:
   evaluation, and returns a `TrialOutcome`. `report` may raise (`optuna.TrialPruned` when the
   pruner stops the trial, `Interrupted` when the worker stops): the trainer lets it through, after
   stopping whatever it started.
-- `checkpoint`: the file, relative to `job.out`, the trainer saves after each evaluation (before
-  it reports). The search uploads it, and a retry of a lost trial finds it there again with
-  `job.resume` set; None: the trainer cannot resume, a retry starts over.
+- `checkpoint`: the file, relative to `job.out`, the trainer resumes from: a retry of a lost trial
+  finds its predecessor's last uploaded checkpoint there, with `job.resume` set; None: the
+  trainer cannot resume, a retry starts over. Each evaluation names the file holding the
+  checkpoint of its own step, complete (`Evaluation.checkpoint`), which the search uploads
+  before the trainer goes on; a trainer whose checkpoint another process writes reports a
+  snapshot (`checkpoint_watch.py`), never a file that may be half written.
 
 A trainer never sees Optuna: it receives frozen values and a callback (DESIGN.md, "Contracts").
 """
@@ -96,6 +99,9 @@ class Evaluation:
     validation loss components by name; `train` the training lines logged since the previous
     evaluation (`TRAIN_KEYS` plus `l<component>`). `iter` places the evaluation on the training
     curves' axis (iterations; None: the trainer does not count them, the step is used).
+    `checkpoint` is the file holding this step's checkpoint, complete and written by nobody
+    while the search uploads it (None: no checkpoint of this step; a retry resumes from the
+    last one uploaded, whose step the storage records).
     """
 
     step: int
@@ -105,6 +111,7 @@ class Evaluation:
     iter: int | None = None
     seconds_training: float = 0.0
     seconds_evaluating: float = 0.0
+    checkpoint: Path | None = None
 
     def to_point(self) -> dict[str, Any]:
         """The curve point stored on the trial (`search/bookkeeping/trial_record.py`), in the layout

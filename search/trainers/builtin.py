@@ -12,6 +12,7 @@ from __future__ import annotations
 import importlib
 import os
 from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
 from typing import Any, Protocol
 
 from search.trainers.base import (
@@ -32,6 +33,7 @@ PARAMS = ParamRegistry(
     "tune", tuple(p for p in TRAIN_PARAMS if p.name not in (*JOB_FIELDS, "weights"))
 )
 COMPONENTS: tuple[str, ...] = ("box", "obj", "cls")
+CHECKPOINT = "last.pt"  # trainer/run_dir.py saves it after each evaluation, before reporting
 # for tests and soak runs: a module with fit(config, report, data) and optionally load_data()
 TRAINER_MODULE_ENV = "TUNE_TRAINER_MODULE"
 
@@ -83,7 +85,7 @@ class TuneTrainer:
     params = PARAMS
     components = COMPONENTS
     pack_shared = PACK_SHARED_FIELDS
-    checkpoint: str | None = "last.pt"  # trainer/run_dir.py saves it after each evaluation
+    checkpoint: str | None = CHECKPOINT
 
     def __init__(
         self,
@@ -132,7 +134,7 @@ class TuneTrainer:
         train_fn, _ = self._fns()
 
         def on_eval(step: int, metrics: EvalReport) -> None:
-            report(evaluation_of(step, metrics))
+            report(evaluation_of(step, metrics, job.out / CHECKPOINT))
 
         return outcome_of(train_fn(self.config(job), on_eval, self._data))
 
@@ -156,7 +158,7 @@ class TuneTrainer:
 
         def member(packed: PackedJob) -> PackMember:
             def on_eval(step: int, metrics: EvalReport) -> None:
-                packed.report(evaluation_of(step, metrics))
+                packed.report(evaluation_of(step, metrics, packed.job.out / CHECKPOINT))
 
             made = PackMember(self.config(packed.job), on_eval)
             jobs[id(made)] = packed
@@ -182,8 +184,9 @@ def outcome_of(result: FitResult) -> TrialOutcome:
     )
 
 
-def evaluation_of(step: int, metrics: EvalReport) -> Evaluation:
-    """tune's `EvalReport` as the search's `Evaluation` (the same stored point)."""
+def evaluation_of(step: int, metrics: EvalReport, checkpoint: Path | None = None) -> Evaluation:
+    """tune's `EvalReport` as the search's `Evaluation` (the same stored point). `checkpoint`:
+    the run folder's checkpoint, which `fit` saved for this step before it reported."""
     e = metrics.eval
     return Evaluation(
         step=step,
@@ -193,6 +196,7 @@ def evaluation_of(step: int, metrics: EvalReport) -> Evaluation:
         iter=e.iter,
         seconds_training=metrics.seconds_training,
         seconds_evaluating=metrics.seconds_evaluating,
+        checkpoint=checkpoint,
     )
 
 

@@ -13,6 +13,7 @@ for users, is `docs/own-trainer.md`.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -27,6 +28,7 @@ import yaml
 
 from search.trainers import process_group
 from search.trainers.base import Evaluation, ReportFn, TrainerError, TrialJob, TrialOutcome
+from search.trainers.checkpoint_watch import SNAPSHOT_NAME, CheckpointWatch
 from search.trainers.command_options import (
     JOB_PLACEHOLDERS,
     CommandOptions,
@@ -44,10 +46,7 @@ from trainer.params import ParamRegistry
 
 HYP_FILE, LOG_FILE, SUMMARY_FILE = "hyp.yaml", "command.log", "summary.json"
 DEFAULT_SEED = 0  # `{seed}` when the search sets none
-# A script that saves its checkpoint just after its evaluation line (as `tune train` does) gets
-# this long to do it before the evaluation is reported and the checkpoint uploaded.
-CHECKPOINT_WAIT = 5.0
-# ... and the reader thread this long to catch up with stdout lines printed before an evaluation
+# The reader thread gets this long to catch up with stdout lines printed before an evaluation
 # (a script that prints no notes lines costs it once, at its first evaluation)
 STDOUT_WAIT = 2.0
 _POLL = 0.05  # seconds between looks at the output and the metrics file
@@ -130,8 +129,8 @@ class CommandTrainer:
                 f"trial.command.command cannot start {argv[0]!r}: {exc.strerror} (command={argv!r})"
             ) from None
         try:
-            watch = _Watch(self, job, report, reader, MetricsTail(metrics_path))
-            returncode, last = watch.follow(proc)
+            watch = _Watch(self, job, report, proc, reader, MetricsTail(metrics_path))
+            returncode, last = watch.follow()
         finally:
             process_group.end_group(proc, self.options.grace)
             reader.join(timeout=2.0)
@@ -160,14 +159,20 @@ class _Watch:
         trainer: CommandTrainer,
         job: TrialJob,
         report: ReportFn,
+        proc: Any,
         reader: process_group.OutputReader,
         tail: MetricsTail,
     ) -> None:
         self.options = trainer.options
         self.report = report
+        self.proc = proc
         self.reader = reader
         self.metrics = tail
-        self.checkpoint = Path(job.out) / trainer.checkpoint if trainer.checkpoint else None
+        self.checkpoints = (
+            CheckpointWatch(Path(job.out) / trainer.checkpoint, Path(job.out) / SNAPSHOT_NAME)
+            if trainer.checkpoint
+            else None
+        )
         self.output: deque[str] = deque(maxlen=_TAIL_LINES)
         self.from_file: list[dict[str, float | int]] = []
         self.from_stdout: list[dict[str, float | int]] = []
@@ -178,10 +183,10 @@ class _Watch:
         self.stdout_silent = False  # no notes line by the first evaluation
         self.last_activity = time.monotonic()
         self.last_report = time.monotonic()
-        self.checkpoint_seen = self._checkpoint_state()
 
-    def follow(self, proc: Any) -> tuple[int, EvalLine | None]:
+    def follow(self) -> tuple[int, EvalLine | None]:
         """Until the command exits: report its evaluations; raise on a hang."""
+        proc = self.proc
         while (returncode := proc.poll()) is None:
             self._step(final=False, running=True)
             idle = time.monotonic() - max(self.last_activity, self.reader.last_output)
@@ -250,7 +255,7 @@ class _Watch:
             return  # reported already (the file was rewritten from its start)
         if running:
             self._wait_for_stdout(line)
-            self._wait_for_checkpoint()
+        checkpoint = self._checkpoint(line)
         now = time.monotonic()
         pending = self.from_file if self.file_has_training else self.from_stdout
         # stdout and the file are two channels, read in turns: the evaluation's iter says which
@@ -265,31 +270,37 @@ class _Watch:
             iter=line.iter,
             # the command's own split is unknown: its whole wall time counts as training
             seconds_training=now - self.last_report,
+            checkpoint=checkpoint,
         )
         self.from_file, self.from_stdout = (later, []) if self.file_has_training else ([], later)
         self.last, self.last_report = line, now
         self.report(evaluation)
 
-    def _checkpoint_state(self) -> tuple[int, int, int] | None:
-        if self.checkpoint is None:
+    def _checkpoint(self, line: EvalLine) -> Path | None:
+        """The snapshot of this evaluation's checkpoint (`checkpoint_watch.py`), or None."""
+        if line.checkpoint is not None and self.checkpoints is None:
+            raise CommandFailed(
+                f"{self.options.metrics}: the evaluation at step {line.step} names checkpoint "
+                f"{line.checkpoint!r}, but trial.command.checkpoint (the file a retry resumes "
+                "from) is not set"
+            )
+        if self.checkpoints is None:
             return None
-        try:
-            stat = os.stat(self.checkpoint)
-        except FileNotFoundError:
-            return None
-        return (stat.st_ino, stat.st_mtime_ns, stat.st_size)
+        if line.checkpoint is not None:
+            return self.checkpoints.named(line.checkpoint)
+        return self.checkpoints.wait(self._gone_on)
 
-    def _wait_for_checkpoint(self) -> None:
-        """Before a report (after which the search uploads the checkpoint): wait, briefly, for
-        a checkpoint newer than the one of the previous report."""
-        if self.checkpoint is None:
-            return
-        deadline = time.monotonic() + CHECKPOINT_WAIT
-        while (state := self._checkpoint_state()) == self.checkpoint_seen or state is None:
-            if time.monotonic() >= deadline:
-                break
-            time.sleep(0.01)
-        self.checkpoint_seen = state
+    def _gone_on(self) -> bool:
+        """Whether a checkpoint version seen from now on is not surely this evaluation's, whole:
+        the command has failed (a killed writer leaves its file torn, and resting) or has
+        written its next evaluation line. (After an exit 0 every write has landed.)"""
+        if self.proc.poll() not in (None, 0):
+            return True
+        for text in self.metrics.peek():
+            with contextlib.suppress(MetricsLineError):  # the main loop reports a bad line
+                if isinstance(parse_metrics_line(text, "", self.options.components), EvalLine):
+                    return True
+        return False
 
     def tail(self) -> str:
         """The command's last output lines, newest kept whole, for a failure's reason."""

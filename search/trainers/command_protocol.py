@@ -5,8 +5,10 @@ line of the metrics file:
 
 - an **evaluation line** has `mAP50_95` and/or `mAP50`, the step (`step`, else `epoch`: epochs
   completed), optionally `iter` (the training curves' axis), unweighted validation loss
-  components as `val_l<name>` (`val_lbox`) and any other numbers (`val_loss`, the weighted
-  total, among them), which become metrics;
+  components as `val_l<name>` (`val_lbox`), any other numbers (`val_loss`, the weighted
+  total, among them), which become metrics, and optionally `checkpoint`: the file, relative to
+  the trial's folder, that the script has finished writing for this step
+  (`search/trainers/checkpoint_watch.py`);
 - every other line is a **training line**: `iter` (required), `epoch`, `lr`, `loss` (the
   weighted total), `latency` (seconds per iteration) and components as `l<name>`.
 
@@ -47,6 +49,7 @@ class EvalLine:
     metrics: dict[str, float]
     losses: dict[str, float]
     iter: int | None
+    checkpoint: str | None = None  # the file, relative to OUT, the script finished for this step
 
 
 @dataclass(frozen=True)
@@ -118,7 +121,26 @@ def _eval_line(
             losses[name] = float(value)
         else:
             metrics[key] = float(value)
-    return EvalLine(int(step), metrics, losses, int(iteration) if iteration is not None else None)
+    return EvalLine(
+        int(step),
+        metrics,
+        losses,
+        int(iteration) if iteration is not None else None,
+        _checkpoint_name(obj.get("checkpoint"), text, where),
+    )
+
+
+def _checkpoint_name(name: Any, text: str, where: str) -> str | None:
+    """An evaluation line's `checkpoint`: a file inside OUT, named relative to it."""
+    if name is None:
+        return None
+    inside = isinstance(name, str) and name and not Path(name).is_absolute()
+    if not inside or ".." in Path(name).parts:
+        raise MetricsLineError(
+            f"{where}: checkpoint must name a file inside the trial's folder, relative to it "
+            f'("last.pt"), but got {_quote(text)}'
+        )
+    return name
 
 
 def parse_notes_line(text: str) -> TrainPoint | None:
@@ -170,6 +192,13 @@ class MetricsTail:
             self._lineno += 1
             lines.append((self._lineno, raw.decode("utf-8", "replace")))
         return lines
+
+    def peek(self) -> list[str]:
+        """The complete lines written after what `read` returned, without consuming them."""
+        if self._fd is None:
+            return []
+        ahead = self._pending + os.pread(self._fd, 1 << 20, self._offset)
+        return [raw.decode("utf-8", "replace") for raw in ahead.split(b"\n")[:-1]]
 
     def _follow(self) -> None:
         try:

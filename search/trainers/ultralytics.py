@@ -8,7 +8,8 @@ Ultralytics' own train arguments plus the hand-tuning notes' `MultiStepLR` sched
 (`milestones`, `gamma`), which multiplies Ultralytics' own lr schedule.
 
 Evaluations reach the search through Ultralytics' callbacks: `on_fit_epoch_end` runs after the
-validation and after `last.pt` is saved, so a report always has its checkpoint on disk. An
+validation and after `last.pt` is saved, on the same thread, so a report's checkpoint is
+complete and of its step. An
 exception from `report` (pruned, worker stopping) propagates out of Ultralytics' training loop,
 and out of `run`. Losses are reported unweighted: Ultralytics multiplies each component by its
 gain (`box`, `cls`, `dfl`) before it logs it, and the adapter divides the gain back out.
@@ -41,6 +42,7 @@ from search.trainers.base import (
 from search.trainers.ultralytics_params import COMPONENTS, OWN, PARAMS
 
 INSTALL = "uv sync --extra ultralytics"
+CHECKPOINT = "weights/last.pt"  # relative to the trial's folder, Ultralytics' save_dir
 # Ultralytics' loss item -> component; YOLO26's DFL-free head logs its box-distance loss as
 # l1_loss, and the `dfl` gain is what multiplies it (cfg/default.yaml: "DFL ... L1 on YOLO26")
 _LOSS_ITEMS: dict[str, str] = {
@@ -61,7 +63,7 @@ class UltralyticsTrainer:
     name = "ultralytics"
     params = PARAMS
     components = COMPONENTS
-    checkpoint: str | None = "weights/last.pt"
+    checkpoint: str | None = CHECKPOINT
 
     def __init__(self, workers: int = 0, log_every: int = 20) -> None:
         self.workers = workers
@@ -320,6 +322,8 @@ class _Progress:
             iter=self._iter,
             seconds_training=self._since[0],
             seconds_evaluating=self._since[1],
+            # saved by Ultralytics on this thread just before this callback (`save_model`)
+            checkpoint=self.job.out / CHECKPOINT,
         )
         self.seconds_training += self._since[0]
         self.seconds_evaluating += self._since[1]

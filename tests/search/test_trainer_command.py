@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import concurrent.futures
 import ctypes
+import dataclasses
 import json
 import os
+import random
 import signal
 import sys
 import threading
@@ -18,8 +20,9 @@ import optuna
 import pytest
 import yaml
 
+from search.bookkeeping.checkpoints import CheckpointStore
 from search.running.objective import GracefulStop, Interrupted
-from search.trainers import make_trainer
+from search.trainers import checkpoint_watch, make_trainer
 from search.trainers.base import Evaluation, TrainerError, TrialJob
 from search.trainers.command import CommandFailed, CommandTrainer, from_options
 from search.trainers.command_protocol import (
@@ -29,6 +32,7 @@ from search.trainers.command_protocol import (
     parse_metrics_line,
     parse_notes_line,
 )
+from tests.search.command_script import whole_step
 from trainer.records import EvalLine as TuneEvalLine
 from trainer.records import TrainLine
 
@@ -104,14 +108,109 @@ def test_training_lines_in_the_metrics_file_win_over_stdout(tmp_path: Path) -> N
     assert command_trainer("ok").components == ()  # undeclared: whatever the script reports
 
 
-def test_a_checkpoint_saved_just_after_the_evaluation_line_is_waited_for(tmp_path: Path) -> None:
+def test_a_checkpoint_saved_just_after_the_evaluation_line_is_waited_for(
+    tmp_path: Path, quick_checkpoints: None
+) -> None:
     saved: list[str] = []
 
     def report(evaluation: Evaluation) -> None:  # the search uploads the checkpoint here
-        saved.append((tmp_path / "trial" / "last.pt").read_text())
+        assert evaluation.checkpoint is not None
+        saved.append(evaluation.checkpoint.read_text())
 
     command_trainer("late", checkpoint="last.pt").run(job(tmp_path, 2), report)
     assert saved == ["step 1", "step 2"]
+
+
+# --- checkpoints written by another process: what is uploaded, and what a retry resumes from --
+
+
+@pytest.fixture
+def quick_checkpoints(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A shorter stability interval and wait, and the scripts' epochs long enough to rest in."""
+    monkeypatch.setattr(checkpoint_watch, "STABLE_SECONDS", 0.2)
+    monkeypatch.setattr(checkpoint_watch, "WAIT_SECONDS", 1.5)
+    monkeypatch.setenv("SCRIPT_EPOCH_SECONDS", "0.4")
+
+
+def checkpointing(mode: str) -> CommandTrainer:
+    return command_trainer(mode, checkpoint="last.pt", resume_args=["--resume"])
+
+
+@pytest.mark.parametrize("mode", ["chunks", "inplace", "renamed"])
+def test_each_evaluation_uploads_its_own_step_whole(
+    tmp_path: Path, mode: str, quick_checkpoints: None
+) -> None:
+    uploaded: list[int | None] = []
+
+    def report(evaluation: Evaluation) -> None:
+        assert evaluation.checkpoint is not None, f"no checkpoint at step {evaluation.step}"
+        uploaded.append(whole_step(evaluation.checkpoint.read_text()))
+        time.sleep(0.3)  # the upload takes a while; the script goes on writing meanwhile
+
+    checkpointing(mode).run(job(tmp_path, 3), report)
+    assert uploaded == [1, 2, 3]
+
+
+def test_a_script_that_never_writes_its_checkpoint_uploads_none(
+    tmp_path: Path, quick_checkpoints: None
+) -> None:
+    reported: list[Evaluation] = []
+    checkpointing("never").run(job(tmp_path, 2), reported.append)
+    assert [e.checkpoint for e in reported] == [None, None]
+
+
+def test_a_checkpoint_named_by_a_study_without_one_is_an_error(tmp_path: Path) -> None:
+    with pytest.raises(CommandFailed, match=r"names checkpoint 'last.pt', but .*checkpoint"):
+        command_trainer("renamed").run(job(tmp_path, 1), lambda e: None)
+
+
+@pytest.mark.parametrize("mode", ["chunks", "inplace", "renamed", "never"])
+def test_a_retry_after_a_sigkill_resumes_from_a_whole_checkpoint_of_the_stored_step(
+    tmp_path: Path, mode: str, quick_checkpoints: None
+) -> None:
+    seed = random.randrange(1 << 30)
+    instant = random.Random(seed).uniform(0.0, 1.4)  # after its start; 4 epochs take over 1.6 s
+    study = optuna.create_study()
+    trial = study.ask()
+    store = CheckpointStore(tmp_path / "artifacts")
+    stored_evals: list[int] = []
+
+    def report(evaluation: Evaluation) -> None:  # as the objective: the evaluation, then its file
+        stored_evals.append(evaluation.step)
+        if evaluation.checkpoint is not None:
+            store.upload(trial, evaluation.checkpoint, evaluation.step)
+
+    first = job(tmp_path / "first", 4)
+
+    def kill() -> None:
+        pgid = first.out / "pgid"
+        deadline = time.monotonic() + 60
+        while not pgid.is_file() or not pgid.read_text():  # the script has started
+            assert time.monotonic() < deadline, "the script never started"
+            time.sleep(0.01)
+        time.sleep(instant)
+        os.killpg(int(pgid.read_text()), signal.SIGKILL)
+
+    killer = threading.Thread(target=kill)
+    killer.start()
+    with pytest.raises(CommandFailed, match="killed by SIGKILL"):
+        checkpointing(mode).run(first, report)
+    killer.join()
+
+    # the retry, as a worker runs it: the stored checkpoint, if any, restored into its folder
+    retry = job(tmp_path / "retry", 4)
+    stored = store.restore(study.trials[0], retry.out / "last.pt")
+    retry = dataclasses.replace(retry, resume=stored is not None)
+    resumed: list[int] = []
+    checkpointing(mode).run(retry, lambda e: resumed.append(e.step))  # exit 4 on a torn file
+    where = f"mode {mode}, killed at {instant:.2f} s (seed {seed}), evaluations {stored_evals}"
+    if mode == "never":
+        assert stored is None, where
+    # killed before its first evaluation, a trial has nothing to resume from
+    assert stored is None or stored in stored_evals, where
+    if stored is not None:
+        assert int((retry.out / "resumed.txt").read_text()) == stored, where
+    assert resumed == list(range((stored or 0) + 1, 5)), where
 
 
 def test_placeholders_env_and_registry(tmp_path: Path) -> None:
