@@ -8,15 +8,23 @@ A study spends its `[budget]` (search/study/study_file.py `Budget`) in two units
   checkpoint it resumed from (those epochs were trained, and counted, by its predecessor). A
   failed trial's epochs count too: they were spent.
 
-A new trial starts only when the epochs still free cover what it will surely train: up to its
-first stop point (the pruner's first rung, or its full length without a pruner). Epochs already
-promised count as taken: a running trial holds the epochs up to its first stop point and, once it
-has passed that first rung, up to its full length (a trial the pruner kept once is the kind that
-runs to the end; holding only its next rung let the last trials of a measured study overshoot its
-budget by two full-length runs, docs/benchmarks.md). What a study may spend beyond `epochs` is
-only what a trial promoted at its first rung trains when the budget was already promised (a
-promoted trial is never cut short); with `[pruner] type = "None"`, nothing. A waiting retry of a
-reaped trial always starts: it continues a trial the budget already admitted.
+The epoch budget is a hard cap: the epochs spent never exceed `epochs`. Two rules share it:
+
+- **Start**: a new trial starts only when the epochs still free cover its first stop point (the
+  pruner's first rung, or its full length without a pruner). Epochs already promised count as
+  taken.
+- **Hold**: a running trial holds the budget up to an epoch, its *hold* (`trial_record`
+  ``budget_hold``; its first stop point until it has one). It promises what lies between its
+  progress and its hold. At a stop point the pruner keeps it at, it raises its hold under the
+  study's exclusive lock (`extended_hold`): to its full length when the free epochs pay for that
+  (a trial the pruner kept once is the kind that runs to the end), else to its furthest stop
+  point they pay for. When they do not pay for even the next one, it ends at this evaluation,
+  "stopped: budget spent" (PRUNED, with that reason; never counted as the pruner's).
+
+So a kept trial takes the free epochs before any trial that has not started (its start needs
+them free), a new trial only starts on epochs nobody holds, and what is left idle at the end is
+less than a first rung or a trial's next stretch. A waiting retry of a reaped trial always
+starts: it continues its predecessor's hold, which the budget already admitted.
 
 Workers start trials without the exclusive study lock while the budget is far from spent
 (`search/running/worker.py`): `decide(..., racing=k)` then leaves room for the k starts by other
@@ -34,6 +42,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
+import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from search.bookkeeping import trial_record
@@ -94,27 +103,50 @@ def use_of(spec: StudySpec, trials: Sequence[FrozenTrial]) -> BudgetUse:
     """Spent and promised budget of a study with these trials (any states)."""
     finished = running = spent = promised = retries = 0
     oldest_waiting: FrozenTrial | None = None
-    full = stop_points(spec.pruner, spec.trial.epochs, spec.trial.eval_interval)
-    baseline = stop_points(
-        spec.pruner, spec.trial.epochs, spec.trial.eval_interval, spec.baseline_epochs
-    )
     for t in trials:
         spent += trial_epochs(t)
         if t.state in (TrialState.COMPLETE, TrialState.PRUNED):
             finished += 1
         elif t.state == TrialState.RUNNING:
             running += 1
-            points = baseline if trial_record.read_baseline(t) is not None else full
-            last = t.last_step or 0
-            # before its first stop point: up to it; past it: to its end
-            end = points[0] if last < points[0] else points[-1]
-            promised += max(0, end - last)
+            promised += max(0, hold_of(spec, t) - _progress(t))
         elif t.state == TrialState.WAITING:
             retries += bool(trial_record.read_retry_history(t))
             if oldest_waiting is None or t.number < oldest_waiting.number:
                 oldest_waiting = t
     baseline_next = oldest_waiting is not None and trial_record.read_baseline(oldest_waiting)
     return BudgetUse(finished, running, spent, promised, retries, bool(baseline_next))
+
+
+def _stop_points(spec: StudySpec, baseline: bool) -> tuple[int, ...]:
+    length = spec.baseline_epochs if baseline else None
+    return stop_points(spec.pruner, spec.trial.epochs, spec.trial.eval_interval, length)
+
+
+def hold_of(spec: StudySpec, trial: FrozenTrial | optuna.Trial) -> int:
+    """The epoch a running trial may train up to: its recorded hold, else the first stop point
+    its start was admitted for."""
+    baseline = trial_record.read_baseline(trial) is not None
+    return trial_record.read_hold(trial) or _stop_points(spec, baseline)[0]
+
+
+def _progress(trial: FrozenTrial) -> int:
+    """The epoch a trial has reached: its last evaluation, or a retry's resumed checkpoint."""
+    return max(trial.last_step or 0, trial_record.read_resumed_step(trial) or 0)
+
+
+def extended_hold(spec: StudySpec, use: BudgetUse, trial: FrozenTrial, step: int) -> int | None:
+    """The new hold of `trial`, kept by the pruner at evaluation `step` (which its hold has
+    reached): its full length if the free epochs pay for it, else its furthest stop point they
+    pay for; None when they pay for no stop point after `step` (it must stop). `use` is the
+    study's, read under the exclusive lock, this trial included."""
+    points = _stop_points(spec, baseline=trial_record.read_baseline(trial) is not None)
+    later = [p for p in points if p > step]
+    if spec.budget.epochs is None:
+        return later[-1] if later else None
+    free = spec.budget.epochs - use.epochs_spent - use.epochs_promised
+    payable = [p for p in later if p - step <= free]
+    return payable[-1] if payable else None
 
 
 def first_stop(spec: StudySpec, length: int | None) -> int:

@@ -9,6 +9,8 @@ the study, and answers:
 - `counts()`: trials by state (in the database when tune's SQL reaches it);
 - `budget_use(spec)`: what the study has spent and promised of its budget
   (search/bookkeeping/budget.py);
+- `extend_hold(trial, step, spec)`: under the study lock, raise a kept trial's hold on the epoch
+  budget, or say that the budget cannot pay for its next stop point;
 - `fail_running(worker_id, ...)`: fail what these workers left RUNNING ("interrupted");
 - `claim()`: a worker's way to a trial start, through its start gate
   (search/bookkeeping/start_gate.py);
@@ -23,6 +25,7 @@ the stored spec themselves; the storage details stay here and in the modules nam
 
 from __future__ import annotations
 
+import dataclasses
 from collections import Counter
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
@@ -31,7 +34,7 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from search.bookkeeping import trial_record
-from search.bookkeeping.budget import BudgetUse, use_of
+from search.bookkeeping.budget import BudgetUse, extended_hold, use_of
 from search.bookkeeping.optuna_compat import study_id, study_storage, trial_id
 from search.bookkeeping.storage import (
     StateCounts,
@@ -115,6 +118,34 @@ class ManagedStudy:
         if trials is None:
             trials = self.study.get_trials(deepcopy=False)
         return use_of(spec, trials)
+
+    def extend_hold(
+        self,
+        trial: optuna.Trial,
+        step: int,
+        spec: StudySpec,
+        log: Callable[[str], None] | None = None,
+    ) -> int | None:
+        """The new hold of `trial`, which the pruner kept at evaluation `step` where its hold
+        ended (`budget.extended_hold`), recorded on it; None: the budget cannot pay for its next
+        stop point, and it must stop. Read and written under the study's exclusive lock, so
+        that no start and no other hold takes the same epochs; with the budget stored now (a
+        later `tune launch --budget-epochs` may have raised it)."""
+        stored = self.stored_spec()
+        if stored is not None:
+            spec = dataclasses.replace(spec, budget=stored.budget)
+        if spec.budget.epochs is None:  # nothing to share: the trial holds its full length
+            hold = spec.trial.epochs
+        else:
+            with self.lock(log=log):
+                trials = self.study.get_trials(deepcopy=False)
+                own = next(t for t in trials if t.number == trial.number)
+                found = extended_hold(spec, use_of(spec, trials), own, step)
+                if found is None:
+                    return None
+                hold = found
+        trial_record.record_hold(trial, hold)
+        return hold
 
     def fail_running(self, *worker_ids: str) -> int:
         """Fail (reason "interrupted") every RUNNING trial placed on one of these workers: what a

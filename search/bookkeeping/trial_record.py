@@ -30,6 +30,9 @@ Layout on an Optuna trial:
   - ``stopped``: why a trial that the pruner did not stop ended early, e.g. "stopped at its
     length, 9 epochs" on a baseline (`[budget] baseline_epochs`); its state is PRUNED, so that
     samplers weigh it by the step it reached, as a pruned trial;
+  - ``budget_hold``: the epoch up to which a running trial may train on the study's epoch budget
+    (`search/bookkeeping/budget.py`); raised under the study lock when the pruner keeps it at a
+    stop point; copied to a retry, which continues the same hold;
   - ``confirm``: ``{"of", "seed"}`` on a run of a confirm study (`search/confirm/plan.py`): the
     number of the parent study's trial it retrains and the trainer seed it runs with (copied to a
     retry).
@@ -92,6 +95,7 @@ RETRY_OF = "retry_of"
 CHECKPOINT = "checkpoint"
 RESUMED_FROM = "resumed_from"
 STOPPED = "stopped"
+BUDGET_HOLD = "budget_hold"
 STUDY_SPEC = "tune:spec"
 CONFIRM = "confirm"
 CONFIRM_PLAN = "tune:confirm"
@@ -188,6 +192,18 @@ def record_resume(trial: optuna.Trial, retry_of: int, step: int | None) -> None:
 def record_stopped(trial: optuna.Trial, why: str) -> None:
     """The trial ends early, not pruned: `why`, one line (shown in reports)."""
     trial.set_user_attr(STOPPED, why)
+
+
+def record_hold(trial: optuna.Trial, epoch: int) -> None:
+    """The trial may train up to `epoch` on the study's epoch budget."""
+    trial.set_user_attr(BUDGET_HOLD, epoch)
+
+
+def read_hold(trial: FrozenTrial | optuna.Trial) -> int | None:
+    """The epoch a running trial holds the budget up to, or None (it holds its first stop
+    point, which its start was admitted for)."""
+    hold = trial.user_attrs.get(BUDGET_HOLD)
+    return hold if isinstance(hold, int) and not isinstance(hold, bool) else None
 
 
 def restore_curve(trial: optuna.Trial, points: list[dict[str, Any]]) -> None:

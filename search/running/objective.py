@@ -35,6 +35,7 @@ from optuna.exceptions import UpdateFinishedTrialError
 from optuna.trial import FrozenTrial, TrialState
 
 from search.bookkeeping import trial_record
+from search.bookkeeping.budget import hold_of
 from search.bookkeeping.checkpoints import CheckpointStore
 from search.bookkeeping.optuna_compat import record_heartbeat, trial_id
 from search.bookkeeping.outage import Outage, retry_while_down
@@ -168,6 +169,11 @@ class WorkerContext:
     outage: Outage = field(default_factory=Outage)  # shared with the worker loop
     # a confirm study's worker runs only enqueued runs and never samples (search/confirm/plan.py)
     enqueued_only: bool = False
+    # the study's epoch budget: raise a kept trial's hold past a step, or None when it must stop
+    # (`ManagedStudy.extend_hold`); None: no budget to ask
+    extend_hold: Callable[[optuna.Trial, int], int | None] | None = None
+    # `time.monotonic()` past which a trial ends at its next evaluation (`[budget] timeout`)
+    deadline: float | None = None
 
     def store(self, call: Callable[[], T], what: str = "the storage") -> T:
         """`call()` (a storage write), retried while the database is unreachable."""
@@ -327,13 +333,37 @@ class TrialRun:
             # (search/study/pruning.py)
             last_step = step >= job.epochs
             prune = not last_step and ctx.store(trial.should_prune)
-            length = self.baseline_length
-            if length is not None and step >= length and not last_step:
-                why = f"stopped at its length, {step} epochs"
+            why = None if prune or last_step else ctx.store(lambda: self._stop_reason(step))
+            if why is not None:
                 ctx.store(lambda: trial_record.record_stopped(trial, why))
-                raise optuna.TrialPruned(f"(baseline) {why}")
+                raise optuna.TrialPruned(f"{why} at {value:.4f} {metric}")
         if prune:
             raise optuna.TrialPruned(f"pruned after {step} epochs at {value:.4f} {metric}")
+
+    def _stop_reason(self, step: int) -> str | None:
+        """Why a trial the pruner keeps ends at evaluation `step` anyway (stored as its
+        ``stopped``, shown by status and the report), or None: a baseline at its length, an
+        epoch budget that cannot pay for its next stop point, a worker past its time limit."""
+        epochs = f"{step} epoch{'s' if step != 1 else ''}"
+        length = self.baseline_length
+        if length is not None and step >= length:
+            return f"stopped at its length, {epochs}"
+        if not self._budget_pays_on(step):
+            return f"stopped: budget spent, after {epochs}"
+        deadline = self.ctx.deadline
+        if deadline is not None and time.monotonic() >= deadline:
+            return f"stopped: time limit, after {epochs}"
+        return None
+
+    def _budget_pays_on(self, step: int) -> bool:
+        """Whether the epoch budget lets the trial train past `step`: its hold reaches further,
+        or the study's free epochs pay for its next stop point (its hold is raised)."""
+        extend = self.ctx.extend_hold
+        if extend is None:
+            return True
+        if hold_of(self.ctx.spec, self.trial) > step:
+            return True
+        return extend(self.trial, step) is not None
 
     def stopped(self, exc: BaseException) -> None:
         """The trainer ended with `exc`: say so. Its checkpoint stays until the trial's end is

@@ -200,6 +200,8 @@ def run_worker(
         while_down(lambda: joined.get_trials(deepcopy=False))
         stats.study_load_seconds = time.monotonic() - loading
         device = "cuda" if gpu is not None else spec.trial.device
+        limit = timeout if timeout is not None else spec.budget.timeout
+        deadline = None if limit is None else started + limit
         ctx = WorkerContext(
             spec=spec,
             trainer=trainer,
@@ -214,6 +216,8 @@ def run_worker(
             checkpoints=CheckpointStore(artifacts),
             storage_down_limit=settings.storage_down_limit,
             enqueued_only=trial_record.read_confirm_plan(optuna_study) is not None,
+            extend_hold=lambda trial, step: managed.extend_hold(trial, step, spec, say),
+            deadline=deadline,
         )
         in_flight = InFlight()  # what changes per trial; ctx stays as it is
         reaper = Reaper(
@@ -224,8 +228,6 @@ def run_worker(
             say,
             settle=settings.grace_period,
         ).start()
-        limit = timeout if timeout is not None else spec.budget.timeout
-        deadline = None if limit is None else started + limit
         with quiet_heartbeat_thread(say):
             stats.stopped_because = _loop(
                 managed,

@@ -12,15 +12,16 @@ from pathlib import Path
 from typing import Any
 
 import optuna
+import pytest
 from optuna.distributions import BaseDistribution, FloatDistribution
 from optuna.trial import FrozenTrial, TrialState, create_trial
 
 from search.bookkeeping import trial_record
-from search.bookkeeping.budget import BudgetUse, decide, trial_epochs, use_of
+from search.bookkeeping.budget import BudgetUse, decide, extended_hold, trial_epochs, use_of
 from search.bookkeeping.storage import open_storage
 from search.running.launch import prepare_study
 from search.study.study_file import StudySpec, load_study_file, parse_study
-from tests.search.reliability_support import fast_env, start_worker, trials
+from tests.search.reliability_support import Proxy, fast_env, free_port, start_worker, trials
 
 _DIST: dict[str, BaseDistribution] = {"lr": FloatDistribution(0.0001, 0.02, log=True)}
 
@@ -77,16 +78,37 @@ def test_spent_epochs_count_every_trial_once() -> None:
     assert (use.epochs_spent, use.finished, use.running, use.epochs_promised) == (24, 3, 0, 0)
 
 
-def test_running_trials_hold_their_first_rung_then_their_full_length() -> None:
+def test_running_trials_hold_their_first_rung_then_what_they_were_given() -> None:
     running = [
         _trial(TrialState.RUNNING, 0),  # to the first rung: 2
         _trial(TrialState.RUNNING, 1),  # to the first rung: 1 more
-        _trial(TrialState.RUNNING, 3),  # kept at the first rung: to the end, 9 more
-        _trial(TrialState.RUNNING, 7),  # 5 more
+        _trial(TrialState.RUNNING, 3, budget_hold=12),  # kept at the first rung: 9 more
+        _trial(TrialState.RUNNING, 3, budget_hold=6),  # kept, but paid to its next rung: 3
         _trial(TrialState.RUNNING, 1, baseline="hand-tuned"),  # a baseline, to its length 4
     ]
     use = use_of(SPEC, running)
-    assert (use.epochs_spent, use.epochs_promised, use.running) == (12, 2 + 1 + 9 + 5 + 3, 5)
+    assert (use.epochs_spent, use.epochs_promised, use.running) == (8, 2 + 1 + 9 + 3 + 3, 5)
+
+
+def _at(step: int, **user_attrs: Any) -> FrozenTrial:
+    return _trial(TrialState.RUNNING, step, **user_attrs)
+
+
+def test_a_kept_trial_is_paid_to_its_end_else_its_furthest_stop_point_else_it_stops() -> None:
+    # 30 epochs; rungs at 2 and 6, trials of 12: a trial kept at 2 wants 10 more
+    kept = _at(2)
+    assert extended_hold(SPEC, BudgetUse(epochs_spent=2), kept, 2) == 12
+    # 18 spent: 10 free, enough for the end
+    assert extended_hold(SPEC, BudgetUse(epochs_spent=20), kept, 2) == 12
+    # 21 spent: 9 free, not for the end (10) but for the next rung (4)
+    assert extended_hold(SPEC, BudgetUse(epochs_spent=21), kept, 2) == 6
+    # others hold what is left: 3 free, not even the next rung
+    assert extended_hold(SPEC, BudgetUse(epochs_spent=21, epochs_promised=6), kept, 2) is None
+    # kept at 6 with 6 to go, paid only to 6 before: 5 free is not enough
+    assert extended_hold(SPEC, BudgetUse(epochs_spent=25), _at(6, budget_hold=6), 6) is None
+    assert extended_hold(SPEC, BudgetUse(epochs_spent=24), _at(6, budget_hold=6), 6) == 12
+    # a baseline's stop points end at its length
+    assert extended_hold(SPEC, BudgetUse(epochs_spent=2), _at(2, baseline="b"), 2) == 4
 
 
 def test_a_trial_starts_only_when_its_first_rung_is_paid_for() -> None:
@@ -148,3 +170,53 @@ def test_two_workers_on_postgresql_never_overshoot_an_epoch_budget(
     assert len(workers) == 2  # both took part
     study = optuna.load_study(study_name="smoke", storage=pg_url)
     assert use_of(spec, study.get_trials()).epochs_spent == 16
+
+
+@pytest.mark.parametrize("through", ["postgresql", "proxy"])
+def test_kept_trials_on_two_workers_never_overshoot_an_epoch_budget(
+    through: str, pg_url: str, tmp_path: Path
+) -> None:
+    # Every trial is better than the ones before it, so successive halving keeps each at its
+    # rungs (2 and 6) and every trial wants its full 12 epochs. Each start is paid for (2
+    # epochs), the rest only while it lasts: a budget of 30 pays for two whole trials (24), and
+    # the next two, kept at epoch 2, find 2 epochs left at most, short of their next rung.
+    raw = copy.deepcopy(load_study_file("smoke").raw)
+    raw.pop("baselines")
+    raw["budget"] = {"epochs": 30}
+    raw["trial"] = {**raw["trial"], "epochs": 12}
+    raw["pruner"] = {"type": "SuccessiveHalving", "min_resource": 2, "reduction_factor": 3}
+    spec = parse_study(raw)
+    storage = open_storage(pg_url, create_schema=True)
+    prepare_study(spec, storage)
+    study = optuna.load_study(study_name="smoke", storage=pg_url)
+    fixed = {"lcls": 0.1, "lobj": 1.0, "lbox": 0.5, "optimizer": "SGD"}
+    for lr in (0.0003, 0.0005, 0.0008, 0.0012, 0.0016, 0.002, 0.0025, 0.003):  # to the optimum
+        study.enqueue_trial({**fixed, "lr": lr, "milestone1": 1.0, "milestone2_rest": 1.0})
+    env = fast_env(tmp_path, FAKE_STEP_SECONDS="0.1", FAKE_CHECKPOINT="0")
+    url, proxy = pg_url, None
+    if through == "proxy":
+        port = free_port()
+        proxy = Proxy(pg_url, port, env, tmp_path / "proxy.log").start()
+        url = f"grpc://127.0.0.1:{port}"
+    try:
+        racing = [start_worker(url, tmp_path, env, f"w{i}") for i in range(2)]
+        for worker in racing:
+            assert worker.wait(180) == 0, worker.text()
+    finally:
+        if proxy is not None:
+            proxy.stop()
+    done = trials(pg_url)
+    spent = sum(t.last_step or 0 for t in done)
+    assert spent <= 30, [(t.number, t.state.name, t.last_step) for t in done]
+    budget_stops = [t for t in done if trial_record.read_stopped(t)]
+    assert budget_stops, [(t.number, t.state.name, t.last_step) for t in done]
+    for t in budget_stops:
+        assert t.state == TrialState.PRUNED
+        assert trial_record.read_stopped(t) == f"stopped: budget spent, after {t.last_step} epochs"
+        assert t.last_step is not None and t.last_step > 1
+    # the pruner stopped none of them: each is a trial it kept, or one the budget ended
+    stopped = {t.number for t in budget_stops}
+    table = [(t.number, t.state.name, t.last_step, trial_record.read_stopped(t)) for t in done]
+    ended = [t for t in done if t.state != TrialState.WAITING]  # enqueued, never started
+    assert all(t.state == TrialState.COMPLETE or t.number in stopped for t in ended), table
+    assert use_of(spec, study.get_trials()).epochs_spent == spent

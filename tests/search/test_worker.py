@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import signal
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -352,3 +353,24 @@ def test_baselines_stop_at_their_length_and_the_budget_counts_epochs(tmp_path: P
     # 18 epochs left pay for three 6-epoch trials, and nothing is left for a fourth
     assert [(t.state, t.last_step) for t in sampled] == [(TrialState.COMPLETE, 6)] * 3
     assert stats.stopped_because == "budget"
+
+
+def test_a_trial_past_the_time_limit_ends_at_its_next_evaluation(tmp_path: Path) -> None:
+    url, _ = _study(tmp_path, n_trials=3, epochs=6, pruner={"type": "None"})
+    timeout = 0.5
+
+    def fit_past_the_deadline(config: Any, report: Any = None, data: Any = None) -> Any:
+        called = time.monotonic()  # after the worker started: its deadline is before this + 0.5
+
+        def report_late(step: int, metrics: Any) -> None:
+            time.sleep(max(0.0, called + timeout + 0.05 - time.monotonic()))
+            report(step, metrics)
+
+        return fake_trainer.fit(config, report_late, data)
+
+    stats = _work(url, tmp_path, train_fn=fit_past_the_deadline, timeout=timeout)
+    first, *rest = _trials(url)
+    assert (first.state, first.last_step) == (TrialState.PRUNED, 1)
+    assert trial_record.read_stopped(first) == "stopped: time limit, after 1 epoch"
+    assert stats.stopped_because == "timeout"
+    assert all(t.state == TrialState.WAITING for t in rest)  # nothing started after it
