@@ -65,7 +65,7 @@ from typing import Any
 
 import optuna
 from optuna.storages import RetryHeartbeatStaleTrialCallback
-from optuna.trial import FrozenTrial
+from optuna.trial import FrozenTrial, TrialState
 
 from search.bookkeeping.optuna_compat import (
     AttrKeys,
@@ -386,6 +386,26 @@ def read_stopped(trial: FrozenTrial) -> str | None:
     """Why a trial the pruner did not stop ended early, or None."""
     why = trial.user_attrs.get(STOPPED)
     return why if isinstance(why, str) else None
+
+
+def stopped_counts(trials: list[FrozenTrial]) -> dict[str, int]:
+    """PRUNED trials the pruner did not stop, by why, without their epochs: {"stopped: budget
+    spent": 2, "stopped at their length": 5 (baselines), ...}."""
+    counts: dict[str, int] = {}
+    for t in trials:
+        why = read_stopped(t) if t.state == TrialState.PRUNED else None
+        if why:
+            kind = why.split(",")[0]
+            kind = "stopped at their length" if kind == "stopped at its length" else kind
+            counts[kind] = counts.get(kind, 0) + 1
+    return dict(sorted(counts.items()))
+
+
+def pruned_words(pruned: int, stopped: dict[str, int]) -> str:
+    """`3 pruned, 1 stopped: budget spent`: the pruner's stops apart from the others."""
+    return f"{pruned - sum(stopped.values())} pruned" + "".join(
+        f", {n} {why}" for why, n in stopped.items()
+    )
 
 
 def read_retry_history(trial: FrozenTrial) -> list[int]:

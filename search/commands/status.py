@@ -20,6 +20,7 @@ from search.bookkeeping import trial_record
 from search.bookkeeping.storage import StateCounts
 from search.bookkeeping.study_manager import ManagedStudy
 from search.confirm.results import Confirmation, format_confirmation, read_confirmation_of
+from search.confirm.standing import standing_of
 from search.study.study_file import StudyFileError
 
 
@@ -47,6 +48,9 @@ class StudyStatus:
     counts: StateCounts
     budget: str | None  # what the study spent of its stored budget, e.g. "81/120 epochs"
     best: TrialLine | None
+    standing: str  # what the best is (the defaults, a baseline, a find) and is worth
+    # PRUNED trials that the pruner did not stop, by why: "budget spent", "time limit", ...
+    stopped: dict[str, int]
     baselines: list[TrialLine]
     running: list[TrialLine]
     failed: list[TrialLine]
@@ -64,9 +68,10 @@ def study_status(study: optuna.Study, now: dt.datetime | None = None) -> StudySt
     managed = ManagedStudy(study)
     counts = managed.counts(trials)
     try:
-        best: TrialLine | None = _line(study.best_trial, now)
+        best_trial: FrozenTrial | None = study.best_trial
     except ValueError:
-        best = None
+        best_trial = None
+    best = _line(best_trial, now) if best_trial is not None else None
     retried_by = {}
     for t in trials:
         retry_of = trial_record.read_retry_of(t)
@@ -87,6 +92,8 @@ def study_status(study: optuna.Study, now: dt.datetime | None = None) -> StudySt
         counts=counts,
         budget=_budget_line(managed, trials),
         best=best,
+        standing=standing_of(trials, best_trial, study.direction).describe(),
+        stopped=trial_record.stopped_counts(trials),
         baselines=[line(t) for t in baselines],
         running=[line(t) for t in by_state[TrialState.RUNNING]],
         failed=[line(t, retried_by.get(t.number)) for t in by_state[TrialState.FAIL]],
@@ -130,15 +137,14 @@ def format_status(status: StudyStatus, max_failed: int = 10) -> str:
     """The text `tune status` prints."""
     c = status.counts
     budget = f", budget {status.budget}" if status.budget else ""
+    pruned = trial_record.pruned_words(c.pruned, status.stopped)
     lines = [
-        f"study {status.name}: {c.finished} done "
-        f"({c.complete} complete, {c.pruned} pruned), "
+        f"study {status.name}: {c.finished} done ({c.complete} complete, {pruned}), "
         f"{c.fail} failed, {c.running} running, {c.waiting} waiting{budget}"
     ]
     if status.best is not None:
         b = status.best
-        label = f" [baseline: {b.label}]" if b.label else ""
-        lines.append(f"best: trial {b.number}{label} mAP50-95 {b.value:.4f}")
+        lines.append(f"best: trial {b.number}, mAP50-95 {b.value:.4f}: {status.standing}")
         lines.extend(f"  {k} = {_fmt(v)}" for k, v in b.params.items())
     else:
         lines.append("best: no trial complete yet")

@@ -29,6 +29,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from search.bookkeeping import trial_record
 from search.confirm.results import Confirmation
+from search.confirm.standing import standing_of
 from search.report.key_params import KeyParams, contour_params, key_params
 from search.report.panels import PanelSpec, components_of, panel_specs
 from search.report.selection import (
@@ -408,7 +409,9 @@ def gather(
     ]
     # best first, then the baselines, then the rest of the top: the order a reader compares in
     logs.sort(key=lambda e: (rows[e.trial].role != BEST, rows[e.trial].role != BASELINE, e.trial))
-    single_run = headline(row_list, ranked, direction_name)
+    best_trial = next((t for t in drawn if ranked and t.number == ranked[0]), None)
+    standing = standing_of(drawn, best_trial, direction)
+    single_run = headline(row_list, ranked, direction_name, standing)
     confirmed_line = None
     if confirmation is not None:
         confirmed_line = confirmed_headline(confirmation, row_list, ranked)

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from search.confirm.results import Confirmation, confirmed_sentence
+from search.confirm.standing import LEARNED, Standing, gain_words
 from search.trainers.base import val_key
 
 if TYPE_CHECKING:  # gather imports this module: the rows' type only, at type-checking time
@@ -60,47 +61,50 @@ def compare_at_equal_length(
     return Comparison(best, baseline, step, best_value, baseline_value)
 
 
-def headline(rows: Sequence[TrialRow], ranked: Sequence[int], direction: str) -> str:
-    """One sentence: the best trial's gain over the best baseline at equal length, or why it
-    can't be said yet."""
+def headline(
+    rows: Sequence[TrialRow], ranked: Sequence[int], direction: str, standing: Standing
+) -> str:
+    """What the study found, in two sentences: the best trial, what it is (the trainer's
+    defaults, a hand-tuned baseline, a setting the search found) and its gain over the defaults
+    (`standing`); then its gain over the best hand-tuned baseline at their length, unless
+    neither had learned there (`standing.py`, "A detector below LEARNED")."""
     if not rows:
         return "The study has no trials yet: nothing to compare."
     by_number = {r.number: r for r in rows}
-    if ranked and by_number[ranked[0]].baseline is not None:
-        best = by_number[ranked[0]]
+    if not ranked:
+        return (
+            f"No trial has completed yet ({len(rows)} so far), so nothing can be compared with "
+            "the trainer's defaults or the hand-tuned baselines."
+        )
+    best = by_number[ranked[0]]
+    if best.baseline is not None:
         return (
             f"The best trial so far is the hand-tuned baseline '{best.baseline}' (#{best.number}, "
             f"mAP50-95 {best.value:.4f}): the search has not beaten hand tuning yet."
         )
-    if not ranked:
-        return (
-            f"No trial has completed yet ({len(rows)} so far), so no gain over the hand-tuned "
-            "baselines can be stated."
-        )
-    best = by_number[ranked[0]]
-    comparison = compare_at_equal_length(rows, ranked)
-    if comparison is None:
-        return (
-            f"Best trial #{best.number} reaches mAP50-95 {best.value:.4f}; no hand-tuned baseline "
-            "has been evaluated at a length it reached, so its gain over hand tuning can't be "
-            "stated yet."
-        )
-    c = comparison
-    gain = c.best_value - c.baseline_value
-    if direction != "maximize":
-        gain = -gain
-    relative = f" ({gain / abs(c.baseline_value):+.0%})" if c.baseline_value else ""
-    versus = (
-        f"{gain:+.4f}{relative} over the best hand-tuned baseline '{c.baseline.baseline}' "
-        f"(#{c.baseline.number}, {c.baseline_value:.4f})"
-    )
+    c = compare_at_equal_length(rows, ranked)
     full = best.last_step
-    if full is None or c.step >= full:
-        return f"Best trial #{best.number} reaches mAP50-95 {best.value:.4f}, {versus}."
+    after = f" after {full} epochs" if c is not None and full is not None and c.step < full else ""
+    first = f"Best trial #{best.number} reaches mAP50-95 {best.value:.4f}{after}: "
+    first += standing.describe() + "."
+    if not any(r.baseline is not None for r in rows):
+        return first
+    if c is None:
+        return first + " No hand-tuned baseline has been evaluated at a length it reached."
+    where = "" if not after else f"At {c.step} epochs, what the baselines train, "
+    versus = f"the best hand-tuned baseline '{c.baseline.baseline}' (#{c.baseline.number}"
+    if max(c.best_value, c.baseline_value) < LEARNED:
+        return first + (
+            f" {where or f'At {c.step} epochs, '}the baselines have not learned: {versus}, "
+            f"{c.baseline_value:.4f}) and this trial ({c.best_value:.4f}) are both below "
+            f"{LEARNED} mAP50-95, so no gain over hand tuning can be stated at that length."
+        )
+    gain = gain_words(c.best_value, c.baseline_value, direction == "maximize")
+    had = f"it had {c.best_value:.4f}: " if where else ""
     return (
-        f"Best trial #{best.number} reaches mAP50-95 {best.value:.4f} after {full} epochs. At "
-        f"equal length, {c.step} epochs (what the baselines train), it had {c.best_value:.4f}: "
-        f"{versus}."
+        first
+        + f" {where or 'Against hand tuning: '}{had}{gain} over {versus}, "
+        + (f"{c.baseline_value:.4f}).")
     )
 
 

@@ -27,7 +27,7 @@ from typing import IO, Any
 import optuna
 from optuna.storages import RDBStorage
 from optuna.study import StudyDirection
-from optuna.trial import TrialState
+from optuna.trial import FrozenTrial, TrialState
 
 from search.bookkeeping import trial_record
 from search.bookkeeping.budget import BudgetUse, describe_plan
@@ -47,6 +47,7 @@ from search.confirm.results import (
     format_confirmation,
     read_confirmation,
 )
+from search.confirm.standing import Standing, standing_of
 from search.running.worker import DEFAULT_RUNS_DIR
 from search.study.study_file import BUILTIN_DATA, Overrides, StudySpec, load_study_file
 from search.trainers.builtin import TRAINER_MODULE_ENV
@@ -69,6 +70,8 @@ class LaunchResult:
     use: BudgetUse = field(default_factory=BudgetUse)
     exit_codes: list[int] = field(default_factory=list)
     interrupted: bool = False
+    standing: str = ""  # what the best trial is and is worth (`search/confirm/standing.py`)
+    stopped: dict[str, int] = field(default_factory=dict)  # `trial_record.stopped_counts`
 
     @property
     def ok(self) -> bool:
@@ -227,6 +230,8 @@ class ConfirmResult:
     enqueued: int  # runs enqueued by this call (0: all were done or under way already)
     exit_codes: list[int] = field(default_factory=list)
     interrupted: bool = False
+    standing: str = ""  # what the best trial is and is worth (`search/confirm/standing.py`)
+    stopped: dict[str, int] = field(default_factory=dict)  # `trial_record.stopped_counts`
 
     @property
     def ok(self) -> bool:
@@ -441,26 +446,31 @@ def _progress_line(study: optuna.Study, spec: StudySpec) -> str:
     managed = ManagedStudy(study)
     trials = study.get_trials(deepcopy=False)
     counts = managed.counts(trials)
-    value, number = _best(study)
+    standing = _standing(study, trials)
     best = (
-        f"best mAP50-95 {value:.4f} (trial {number})"
-        if value is not None
+        f"best mAP50-95 {standing.best.value:.4f} (trial {standing.best.number}, "
+        f"{standing.short()})"
+        if standing.best is not None and standing.best.value is not None
         else "no trial complete yet"
     )
     return (
         f"budget {managed.budget_use(spec, trials).describe(spec.budget)}: "
-        f"{counts.complete} complete, {counts.pruned} pruned, "
+        f"{counts.complete} complete, "
+        f"{trial_record.pruned_words(counts.pruned, trial_record.stopped_counts(trials))}, "
         f"failed {counts.fail}, running {counts.running}, "
         f"waiting {counts.waiting} | {best}"
     )
 
 
-def _best(study: optuna.Study) -> tuple[float | None, int | None]:
+def _standing(study: optuna.Study, trials: list[FrozenTrial] | None = None) -> Standing:
+    """The study's best trial and what it is worth against the trainer's defaults."""
     try:
-        best = study.best_trial
+        best: FrozenTrial | None = study.best_trial
     except ValueError:
-        return None, None
-    return best.value, best.number
+        best = None
+    if trials is None:
+        trials = study.get_trials(deepcopy=False)
+    return standing_of(trials, best, study.direction)
 
 
 def _stop_workers(
@@ -488,24 +498,37 @@ def _result(
 ) -> LaunchResult:
     managed = ManagedStudy(study, rdb)
     counts = managed.counts()
-    value, number = _best(study)
+    trials = study.get_trials(deepcopy=False)
+    standing = _standing(study, trials)
+    best = standing.best
     codes = [_code(c) for c in (exit_codes or [])]
     use = managed.budget_use(spec)
     wall = time.monotonic() - started
-    return LaunchResult(counts, value, number, wall, use, codes, interrupted)
+    return LaunchResult(
+        counts,
+        best.value if best is not None else None,
+        best.number if best is not None else None,
+        wall,
+        use,
+        codes,
+        interrupted,
+        standing.describe(),
+        trial_record.stopped_counts(trials),
+    )
 
 
 def _summary_line(result: LaunchResult, spec: StudySpec) -> str:
     c = result.counts
     best = (
-        f"best mAP50-95 {result.best_value:.4f} (trial {result.best_number})"
+        f"best mAP50-95 {result.best_value:.4f} (trial {result.best_number}): {result.standing}"
         if result.best_value is not None
         else "no trial complete"
     )
     how = "interrupted" if result.interrupted else "finished"
+    pruned = trial_record.pruned_words(c.pruned, result.stopped)
     return (
         f"{how} in {result.wall_seconds:.0f} s: {result.use.describe(spec.budget)} "
-        f"({c.complete} complete, {c.pruned} pruned), {c.fail} failed, {c.running} running | {best}"
+        f"({c.complete} complete, {pruned}), {c.fail} failed, {c.running} running | {best}"
     )
 
 

@@ -176,21 +176,27 @@ def test_two_workers_on_postgresql_never_overshoot_an_epoch_budget(
 def test_kept_trials_on_two_workers_never_overshoot_an_epoch_budget(
     through: str, pg_url: str, tmp_path: Path
 ) -> None:
-    # Every trial is better than the ones before it, so successive halving keeps each at its
-    # rungs (2 and 6) and every trial wants its full 12 epochs. Each start is paid for (2
+    # Successive halving has its rungs at 2 and 6 but stops nobody (n_min_trials: it waits
+    # for more evaluations at a rung than the study makes), so every trial is kept at its
+    # rungs and wants its full 12 epochs, whichever order the workers report in. Each start is paid for (2
     # epochs), the rest only while it lasts: a budget of 30 pays for two whole trials (24), and
     # the next two, kept at epoch 2, find 2 epochs left at most, short of their next rung.
     raw = copy.deepcopy(load_study_file("smoke").raw)
     raw.pop("baselines")
     raw["budget"] = {"epochs": 30}
     raw["trial"] = {**raw["trial"], "epochs": 12}
-    raw["pruner"] = {"type": "SuccessiveHalving", "min_resource": 2, "reduction_factor": 3}
+    raw["pruner"] = {
+        "type": "SuccessiveHalving",
+        "min_resource": 2,
+        "reduction_factor": 3,
+        "n_min_trials": 100,
+    }
     spec = parse_study(raw)
     storage = open_storage(pg_url, create_schema=True)
     prepare_study(spec, storage)
     study = optuna.load_study(study_name="smoke", storage=pg_url)
     fixed = {"lcls": 0.1, "lobj": 1.0, "lbox": 0.5, "optimizer": "SGD"}
-    for lr in (0.0003, 0.0005, 0.0008, 0.0012, 0.0016, 0.002, 0.0025, 0.003):  # to the optimum
+    for lr in (0.0003, 0.0005, 0.0008, 0.0012, 0.0016, 0.002, 0.0025, 0.003):
         study.enqueue_trial({**fixed, "lr": lr, "milestone1": 1.0, "milestone2_rest": 1.0})
     env = fast_env(tmp_path, FAKE_STEP_SECONDS="0.1", FAKE_CHECKPOINT="0")
     url, proxy = pg_url, None
@@ -220,3 +226,9 @@ def test_kept_trials_on_two_workers_never_overshoot_an_epoch_budget(
     ended = [t for t in done if t.state != TrialState.WAITING]  # enqueued, never started
     assert all(t.state == TrialState.COMPLETE or t.number in stopped for t in ended), table
     assert use_of(spec, study.get_trials()).epochs_spent == spent
+    # status tells the budget's stops apart from the pruner's
+    from search.commands.status import format_status, study_status
+
+    head = format_status(study_status(study)).splitlines()[0]
+    complete = sum(t.state == TrialState.COMPLETE for t in done)
+    assert f"({complete} complete, 0 pruned, {len(budget_stops)} stopped: budget spent)" in head

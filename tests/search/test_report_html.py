@@ -54,7 +54,8 @@ def test_page_is_self_contained(page: str) -> None:
 
 
 def test_page_has_the_verdict_and_seven_panels(page: str) -> None:
-    assert "Best trial #3 reaches mAP50-95 0.4200, +0.0600 (+17%)" in page
+    assert "Best trial #3 reaches mAP50-95 0.4200: a setting the search found" in page
+    assert "+0.0600 (+17%) over the best hand-tuned baseline" in page
     assert "optimizer SGD → Adam" in page
     assert 'id="panels"' in page
     for title in SEVEN_TITLES:
