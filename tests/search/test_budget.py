@@ -178,9 +178,9 @@ def test_kept_trials_on_two_workers_never_overshoot_an_epoch_budget(
 ) -> None:
     # Successive halving has its rungs at 2 and 6 but stops nobody (n_min_trials: it waits
     # for more evaluations at a rung than the study makes), so every trial is kept at its
-    # rungs and wants its full 12 epochs, whichever order the workers report in. Each start is paid for (2
-    # epochs), the rest only while it lasts: a budget of 30 pays for two whole trials (24), and
-    # the next two, kept at epoch 2, find 2 epochs left at most, short of their next rung.
+    # rungs and wants its full 12 epochs, whichever order the workers report in. Each start is
+    # paid for (2 epochs), the rest only while it lasts: a budget of 30 pays for two whole
+    # trials (24), and what starts next finds too little for its end.
     raw = copy.deepcopy(load_study_file("smoke").raw)
     raw.pop("baselines")
     raw["budget"] = {"epochs": 30}
