@@ -2,9 +2,10 @@
 
 A study's best trial is the best of many noisy runs, so part of its lead is luck (DESIGN.md, "the
 second trap"). `tune confirm --study NAME` retrains the study's top K sampled trials, its best
-hand-tuned baseline and any trial named with `--trial`, each with the same N fresh seeds at one
-length (default: the study's full length), and states the gain with its spread
-(`search/confirm/results.py`, `search/confirm/stats.py`).
+hand-tuned baseline, its start trial (the trainer's defaults: what a user gets without tune) and
+any trial named with `--trial`, each with the same N fresh seeds at one length (default: the
+study's full length), and states the gains over the baseline and over the defaults with their
+spread (`search/confirm/results.py`, `search/confirm/stats.py`).
 
 How (design decisions):
 
@@ -65,19 +66,25 @@ def confirm_name(study: str) -> str:
 
 @dataclass(frozen=True)
 class ConfirmPlan:
-    """What a confirm study retrains: the parent's `trials` (best first, then `--trial` ones) and
-    its best `baseline`, each with every seed of `seeds`, for `epochs` epochs."""
+    """What a confirm study retrains: the parent's `trials` (best first, then `--trial` ones),
+    its best `baseline` and its start trial, the trainer's `defaults` (what a user gets without
+    tune), each with every seed of `seeds`, for `epochs` epochs."""
 
     parent: str
     epochs: int
     seeds: tuple[int, ...]
     trials: tuple[int, ...]
     baseline: int | None
+    defaults: int | None = None
 
     @property
     def targets(self) -> tuple[int, ...]:
-        """Every parent trial retrained: the trials, then the baseline."""
-        extra = () if self.baseline is None or self.baseline in self.trials else (self.baseline,)
+        """Every parent trial retrained: the trials, then the baseline, then the defaults."""
+        extra = tuple(
+            n
+            for n in dict.fromkeys((self.baseline, self.defaults))
+            if n is not None and n not in self.trials
+        )
         return self.trials + extra
 
     @property
@@ -93,6 +100,7 @@ class ConfirmPlan:
             "seeds": list(self.seeds),
             "trials": list(self.trials),
             "baseline": self.baseline,
+            "defaults": self.defaults,
         }
 
     @classmethod
@@ -103,6 +111,7 @@ class ConfirmPlan:
             seeds=tuple(int(s) for s in raw["seeds"]),
             trials=tuple(int(n) for n in raw["trials"]),
             baseline=None if raw.get("baseline") is None else int(raw["baseline"]),
+            defaults=None if raw.get("defaults") is None else int(raw["defaults"]),
         )
 
     def merged(self, newer: ConfirmPlan) -> ConfirmPlan:
@@ -115,7 +124,8 @@ class ConfirmPlan:
         trials = self.trials + tuple(n for n in newer.trials if n not in self.trials)
         seeds = self.seeds if len(self.seeds) >= len(newer.seeds) else newer.seeds
         baseline = self.baseline if self.baseline is not None else newer.baseline
-        return ConfirmPlan(self.parent, self.epochs, seeds, trials, baseline)
+        defaults = self.defaults if self.defaults is not None else newer.defaults
+        return ConfirmPlan(self.parent, self.epochs, seeds, trials, baseline, defaults)
 
 
 def stored_spec(study: optuna.Study) -> StudySpec:
@@ -186,12 +196,17 @@ def plan_confirm(
     baseline = best_baseline(all_trials)
     if baseline is not None and baseline in chosen:
         baseline = None  # named with --trial: confirmed once, as a trial
+    start = next(
+        (t.number for t in all_trials if trial_record.read_start(t) and _has_params(t, spec)),
+        None,
+    )
     return ConfirmPlan(
         parent=parent.study_name,
         epochs=epochs if epochs is not None else spec.trial.epochs,
         seeds=tuple(range(FIRST_SEED, FIRST_SEED + seeds)),
         trials=tuple(chosen),
         baseline=baseline,
+        defaults=start,
     )
 
 

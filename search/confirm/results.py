@@ -33,11 +33,16 @@ class ConfirmedRow:
     planned: int  # runs planned for it
     spreads: dict[str, Spread] = field(default_factory=dict)  # metric -> spread of its runs
     gain: Gain | None = None  # objective over the baseline (None: it is the baseline, or too few)
+    defaults: bool = False  # it is the start trial, the trainer's defaults
+    # objective over the trainer's defaults (None: it is the defaults, or none were confirmed)
+    gain_over_defaults: Gain | None = None
 
     @property
     def name(self) -> str:
         if self.baseline is not None:
             return f"baseline '{self.baseline}' (#{self.number})"
+        if self.defaults:
+            return f"the trainer's defaults (#{self.number})"
         return f"#{self.number}"
 
     @property
@@ -66,6 +71,11 @@ class Confirmation:
     @property
     def baseline(self) -> ConfirmedRow | None:
         return next((r for r in self.rows if r.baseline is not None), None)
+
+    @property
+    def defaults(self) -> ConfirmedRow | None:
+        """The trainer's defaults (the parent's start trial), when they were confirmed."""
+        return next((r for r in self.rows if r.defaults), None)
 
 
 def read_confirmation(
@@ -130,6 +140,8 @@ def confirmation_of(
     }
     base = results.get(plan.baseline) if plan.baseline is not None else None
     base_values = {s: v[metric] for s, v in (base or {}).items()}
+    start = results.get(plan.defaults) if plan.defaults is not None else None
+    start_values = {s: v[metric] for s, v in (start or {}).items()}
     rows = []
     for number in plan.targets:
         trial = parents.get(number)
@@ -140,9 +152,14 @@ def confirmation_of(
             if ran and all(m in v for v in ran.values())
         }
         is_baseline = number == plan.baseline
+        by_seed = {s: v[metric] for s, v in ran.items()}
         row_gain = None
         if not is_baseline and base_values:
-            row_gain = gain({s: v[metric] for s, v in ran.items()}, base_values, LEVEL)
+            row_gain = gain(by_seed, base_values, LEVEL)
+        is_defaults = number == plan.defaults
+        over_defaults = None
+        if not is_defaults and not is_baseline and start_values:
+            over_defaults = gain(by_seed, start_values, LEVEL)
         complete = trial is not None and trial.state == TrialState.COMPLETE
         rows.append(
             ConfirmedRow(
@@ -153,6 +170,8 @@ def confirmation_of(
                 planned=len(plan.seeds),
                 spreads=spreads,
                 gain=row_gain,
+                defaults=is_defaults,
+                gain_over_defaults=over_defaults,
             )
         )
     return Confirmation(
@@ -192,7 +211,7 @@ def confirmed_sentence(c: Confirmation, best: int | None = None) -> str:
     versus = (
         f"{g.mean:+.4f} {label} over baseline '{c.baseline.baseline}' "
         f"({LEVEL:.0%} CI {g.low:+.4f}..{g.high:+.4f}, {g.method} p={g.p_value:.2g})"
-    )
+    ) + _versus_defaults(c, row)
     seeds = f"{g.n} {'paired ' if g.method == 'paired t' else ''}seeds at {c.epochs} epochs"
     partial = f" ({progress})" if c.done < c.planned else ""
     if row.held_up:
@@ -203,6 +222,23 @@ def confirmed_sentence(c: Confirmation, best: int | None = None) -> str:
     return (
         f"Trial #{row.number} ({what}) did not hold up over {seeds}: {_mean(row, c.metric)}, "
         f"{versus}: {_verdict(g)}{partial}."
+    )
+
+
+def _versus_defaults(c: Confirmation, row: ConfirmedRow) -> str:
+    """The same row against the trainer's defaults on the same seeds, when they were confirmed."""
+    if row.defaults:
+        return "; it is the trainer's defaults: the search found nothing better"
+    d = row.gain_over_defaults
+    start = c.defaults
+    if d is None or start is None:
+        return ""
+    verdict = {"holds up": "better than", "worse than the baseline": "worse than"}.get(
+        _verdict(d), "within the noise of"
+    )
+    return (
+        f"; {d.mean:+.4f} over the trainer's defaults (#{start.number}, {LEVEL:.0%} CI "
+        f"{d.low:+.4f}..{d.high:+.4f}, p={d.p_value:.2g}): {verdict} the defaults"
     )
 
 
@@ -229,6 +265,12 @@ def format_confirmation(c: Confirmation) -> str:
             parts.append(
                 f"gain {g.mean:+.4f} ({LEVEL:.0%} CI {g.low:+.4f}..{g.high:+.4f}, "
                 f"{g.method} p={g.p_value:.2g}): {verdict}"
+            )
+        d = row.gain_over_defaults
+        if d is not None:
+            parts.append(
+                f"over the defaults {d.mean:+.4f} ({LEVEL:.0%} CI {d.low:+.4f}..{d.high:+.4f}, "
+                f"p={d.p_value:.2g})"
             )
         lines.append(", ".join(parts))
     return "\n".join(lines)

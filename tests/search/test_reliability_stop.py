@@ -153,7 +153,8 @@ def test_a_worker_waiting_for_the_budget_stops_at_once(
     wait_for("the one trial", lambda: running_of(pg_url, busy) or running_of(pg_url, idle), 90)
     waiting = idle if running_of(pg_url, busy) else busy
     wait_for("the other to join", lambda: "joined study" in waiting.text(), 60)
-    time.sleep(1.0)  # it is polling the budget now
+    # it waits for the budget now: its start gate says so in its log
+    wait_for("the other to wait", lambda: "hold the rest" in waiting.text(), 60, every=0.05)
     sent = waiting.signal(signal.SIGTERM)
     assert waiting.wait(timeout=30) == 130, waiting.text()
     assert time.monotonic() - sent < 5
