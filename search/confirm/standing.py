@@ -106,7 +106,7 @@ class Standing:
         if self.role == "defaults":
             said = "the start point, the trainer's defaults"
             if self.best_draw is None:
-                return f"{said}; no setting the search drew has completed yet"
+                return f"{said}; no setting the search drew ran its full length"
             if versus is None:
                 return f"{said}; no setting the search drew beat it"
             return (
