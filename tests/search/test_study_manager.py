@@ -44,7 +44,8 @@ def managed(tmp_path: Path) -> ManagedStudy:
     managed.study.tell(done, 0.9)
     pruned = _run(managed, "w1", 2)
     managed.study.tell(pruned, state=TrialState.PRUNED)
-    _run(managed, "w1", 3)
+    kept = _run(managed, "w1", 3)
+    trial_record.record_hold(kept, 12)  # kept at its first rung, paid to its end
     _run(managed, "w2", 1)
     return managed
 
@@ -72,7 +73,7 @@ def test_budget_use_reads_the_studys_trials(managed: ManagedStudy) -> None:
     assert use.finished == 2 + len(SPEC.baselines)
     assert use.running == 2
     assert use.epochs_spent == 12 + 2 + 3 + 1
-    # running trials hold up to their first stop point (2), then to the end (12)
+    # running trials hold up to their first stop point (2), or to the hold they were given (12)
     assert use.epochs_promised == (12 - 3) + (2 - 1)
     assert managed.budget_use(SPEC, []) == use_of(SPEC, [])
 
