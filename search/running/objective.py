@@ -264,6 +264,7 @@ class TrialRun:
         self.metric = ctx.spec.objective.metric
         self.baseline_length: int | None = None
         self._job: TrialJob | None = None
+        self._hold: int | None = None  # the epoch it holds the budget to, once read
 
     @property
     def job(self) -> TrialJob:
@@ -361,9 +362,12 @@ class TrialRun:
         extend = self.ctx.extend_hold
         if extend is None:
             return True
-        if hold_of(self.ctx.spec, self.trial) > step:
+        if self._hold is None:  # read once: only this run raises it
+            self._hold = hold_of(self.ctx.spec, self.trial)
+        if self._hold > step:
             return True
-        return extend(self.trial, step) is not None
+        self._hold = extend(self.trial, step)
+        return self._hold is not None
 
     def stopped(self, exc: BaseException) -> None:
         """The trainer ended with `exc`: say so. Its checkpoint stays until the trial's end is
