@@ -119,6 +119,7 @@ class TrialRow:
     spent: int  # cumulative iterations of this study after this trial
     seconds: float
     label: str | None = None
+    params: dict[str, Any] | None = None  # the trial's drawn params
 
 
 def _study_table(settings: Settings, data: str, method: str, seed: int) -> dict[str, Any]:
@@ -156,11 +157,13 @@ def run_study(
     budget: int,
     tmp: Path,
     deadline: float | None = None,
+    raw: dict[str, Any] | None = None,
 ) -> list[TrialRow]:
     """Run one method with one seed on one data set until `budget` iterations are spent.
 
     With a `deadline` (a `time.time()` value) no trial starts after it: the study ends short of
-    its budget, and the summary compares every study where all of them got to.
+    its budget, and the summary compares every study where all of them got to. `raw`: the study
+    table to run instead of this benchmark's (`bench/search_vs_defaults.py` gives its own).
     """
     from search.bookkeeping import trial_record
     from search.bookkeeping.storage import open_storage
@@ -170,7 +173,7 @@ def run_study(
     from search.trainers.builtin import TuneTrainer
     from trainer.fit import fit
 
-    raw = _study_table(settings, data_path, method, seed)
+    raw = raw or _study_table(settings, data_path, method, seed)
     spec = parse_study(raw, f"bench {method} seed {seed}")
     folder = Path(tempfile.mkdtemp(prefix=f"{spec.name}-", dir=tmp))  # data sets share `tmp`
     storage = open_storage(f"sqlite:///{folder / 'study.db'}", create_schema=True)
@@ -223,6 +226,7 @@ def run_study(
             iterations=iterations,
             spent=spent,
             seconds=time.perf_counter() - started,
+            params=dict(trial.params),
         )
         rows.append(row)
         shown = f"{row.value:.4f}" if row.value is not None else "-"
@@ -248,6 +252,7 @@ def _run_in_process(
     budget: int,
     tmp: Path,
     deadline: float | None,
+    raw: dict[str, Any] | None = None,
 ) -> list[TrialRow]:
     """One study in a worker process (`--jobs`): the data loaded once per process, one thread."""
     import torch
@@ -258,7 +263,8 @@ def _run_in_process(
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     if data_path not in _LOADED:
         _LOADED[data_path] = load_data(data_path, settings.imgsz)
-    return run_study(settings, data_path, _LOADED[data_path], method, seed, budget, tmp, deadline)
+    data = _LOADED[data_path]
+    return run_study(settings, data_path, data, method, seed, budget, tmp, deadline, raw)
 
 
 def _collect_into(

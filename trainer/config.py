@@ -14,7 +14,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from trainer.params import AUG, LOSS_WEIGHT, OPT, SCHED, ParamRegistry, param, registry_of
+from trainer.params import (
+    AUG,
+    LOSS_WEIGHT,
+    OPT,
+    SCHED,
+    ParamRegistry,
+    SearchRange,
+    param,
+    registry_of,
+)
 from trainer.records import EvalReport
 
 Optimizer = Literal["SGD", "Adam", "AdamW"]
@@ -58,28 +67,74 @@ class TrainConfig:
     skip_bad: bool = param(False, "skip bad samples with a warning, don't stop", group="data")
     augment: bool = param(True, "training augmentation (off: none of it)", group="augmentation")
 
+    # `search=`: a natural search range (a `[space]` entry `{}`, search/study/space.py),
+    # a factor of 3 to 4 around the recipe's values for what it tuned, Ultralytics' Tuner's
+    # bounds (`ultralytics/engine/tuner.py`) for the schedule and augmentation
+
     # loss weights: applied once, in trainer.loss, to the unweighted components
     # (YOLOv5's hyp.scratch 0.05 / 1.0 / 0.5 with its scaling for 128 px and a few classes:
     # obj * (imgsz / 640)^2, cls * nc / 80; the notes' first model is 0.05 / 1.0 / 0.5)
-    lbox: float = param(0.05, "box loss weight", low=0, hyp="box", group=LOSS_WEIGHT)
-    lobj: float = param(0.04, "objectness loss weight", low=0, hyp="obj", group=LOSS_WEIGHT)
-    lcls: float = param(0.03, "classification loss weight", low=0, hyp="cls", group=LOSS_WEIGHT)
+    lbox: float = param(
+        0.05, "box loss weight", low=0, hyp="box", search=SearchRange(around=3), group=LOSS_WEIGHT
+    )
+    lobj: float = param(
+        0.04,
+        "objectness loss weight",
+        low=0,
+        hyp="obj",
+        search=SearchRange(around=3),
+        group=LOSS_WEIGHT,
+    )
+    lcls: float = param(
+        0.03,
+        "classification loss weight",
+        low=0,
+        hyp="cls",
+        search=SearchRange(around=3),
+        group=LOSS_WEIGHT,
+    )
 
     # optimisation
-    optimizer: str = param("AdamW", "optimizer", choices=OPTIMIZERS, hyp="optimizer", group=OPT)
+    optimizer: str = param(
+        "AdamW", "optimizer", choices=OPTIMIZERS, hyp="optimizer", search=SearchRange(), group=OPT
+    )
     # measured: 0.001 learns ~10x slower in 10 epochs here (benchmarks.md)
-    lr: float = param(0.01, "initial learning rate", low=0, low_open=True, hyp="lr0", group=OPT)
+    lr: float = param(
+        0.01,
+        "initial learning rate",
+        low=0,
+        low_open=True,
+        hyp="lr0",
+        search=SearchRange(around=3),
+        group=OPT,
+    )
     momentum: float = param(
-        0.9, "SGD momentum (Adam: beta1)", low=0, high=1, high_open=True, hyp="momentum", group=OPT
+        0.9,
+        "SGD momentum (Adam: beta1)",
+        low=0,
+        high=1,
+        high_open=True,
+        hyp="momentum",
+        search=SearchRange(0.8, 0.98),
+        group=OPT,
     )
     nesterov: bool = param(False, "Nesterov momentum (SGD)", group=OPT)
     weight_decay: float = param(
-        0.0005, "weight decay", low=0, high=1, high_open=True, hyp="weight_decay", group=OPT
+        0.0005,
+        "weight decay",
+        low=0,
+        high=1,
+        high_open=True,
+        hyp="weight_decay",
+        search=SearchRange(around=4),
+        group=OPT,
     )
     # warmup: lr from 0 (biases: from warmup_bias_lr) and SGD momentum from warmup_momentum, over
     # warmup_iters iterations, or when None over max(warmup_epochs of iterations, 100)
     warmup_iters: int | None = param(None, "warmup iterations (unset: from warmup_epochs)", low=0)
-    warmup_epochs: float = param(3.0, "warmup epochs", low=0, hyp="warmup_epochs", group=SCHED)
+    warmup_epochs: float = param(
+        3.0, "warmup epochs", low=0, hyp="warmup_epochs", search=SearchRange(0, 5), group=SCHED
+    )
     # Ultralytics: 0.1 for SGD, 0 for Adam (lr is a step size)
     warmup_bias_lr: float = param(
         0.0, "bias lr at the start of warmup", low=0, hyp="warmup_bias_lr", group=SCHED
@@ -98,7 +153,14 @@ class TrainConfig:
         "linear", "lr decay over the run", choices=LR_DECAYS, hyp="lr_decay", group=SCHED
     )
     lrf: float = param(
-        0.01, "final lr, a fraction of lr", low=0, low_open=True, high=1, hyp="lrf", group=SCHED
+        0.01,
+        "final lr, a fraction of lr",
+        low=0,
+        low_open=True,
+        high=1,
+        hyp="lrf",
+        search=SearchRange(0.01, 1.0, log=True),
+        group=SCHED,
     )
     # ... times gamma at each MultiStepLR milestone: iterations, or fractions of the run when
     # every value is <= 1 (a fraction of 1.0 falls at the very end of the run, i.e. no decay)
@@ -108,10 +170,18 @@ class TrainConfig:
         low=0,
         low_open=True,
         hyp="milestones",
+        search=SearchRange(),
         group=SCHED,
     )
     gamma: float = param(
-        0.5, "lr factor at each milestone", low=0, low_open=True, high=1, hyp="gamma", group=SCHED
+        0.5,
+        "lr factor at each milestone",
+        low=0,
+        low_open=True,
+        high=1,
+        hyp="gamma",
+        search=SearchRange(0.1, 0.9),
+        group=SCHED,
     )
     # nominal batch: gradients of ceil(nbs / batch) batches are summed before a step, and weight
     # decay is scaled by batch * accumulate / nbs, so lr and weight decay mean the same at any
@@ -132,7 +202,13 @@ class TrainConfig:
 
     # augmentation (training only; `augment=False` turns all of it off)
     mosaic: float = param(
-        1.0, "probability of a 2x2 mosaic batch", low=0, high=1, hyp="mosaic", group=AUG
+        1.0,
+        "probability of a 2x2 mosaic batch",
+        low=0,
+        high=1,
+        hyp="mosaic",
+        search=SearchRange(0, 1),
+        group=AUG,
     )
     close_mosaic: int = param(
         10, "no mosaic in the last N epochs", low=0, hyp="close_mosaic", group=AUG
@@ -144,17 +220,47 @@ class TrainConfig:
         high=1,
         high_open=True,
         hyp="scale",
+        search=SearchRange(0, 0.9),
         group=AUG,
     )
     translate: float = param(
-        0.1, "random shift, fraction of the image", low=0, hyp="translate", group=AUG
+        0.1,
+        "random shift, fraction of the image",
+        low=0,
+        hyp="translate",
+        search=SearchRange(0, 0.5),
+        group=AUG,
     )
-    fliplr: float = param(0.5, "horizontal flip chance", low=0, high=1, hyp="fliplr", group=AUG)
+    fliplr: float = param(
+        0.5,
+        "horizontal flip chance",
+        low=0,
+        high=1,
+        hyp="fliplr",
+        search=SearchRange(0, 1),
+        group=AUG,
+    )
     hsv_h: float = param(
-        0.015, "hue jitter, fraction of the circle", low=0, high=1, hyp="hsv_h", group=AUG
+        0.015,
+        "hue jitter, fraction of the circle",
+        low=0,
+        high=1,
+        hyp="hsv_h",
+        search=SearchRange(0, 0.1),
+        group=AUG,
     )
-    hsv_s: float = param(0.7, "saturation gain jitter", low=0, high=1, hyp="hsv_s", group=AUG)
-    hsv_v: float = param(0.4, "value gain jitter", low=0, high=1, hyp="hsv_v", group=AUG)
+    hsv_s: float = param(
+        0.7,
+        "saturation gain jitter",
+        low=0,
+        high=1,
+        hyp="hsv_s",
+        search=SearchRange(0, 0.9),
+        group=AUG,
+    )
+    hsv_v: float = param(
+        0.4, "value gain jitter", low=0, high=1, hyp="hsv_v", search=SearchRange(0, 0.9), group=AUG
+    )
 
     # bookkeeping
     eval_interval: int = param(1, "evaluate (and report) every N epochs, and after the last", low=1)

@@ -28,6 +28,29 @@ _META = "tune.param"
 
 
 @dataclass(frozen=True)
+class SearchRange:
+    """A parameter's natural search range, which a `[space]` entry `{}` takes.
+
+    Either bounds (`low`, `high`, `log`) or `around`, a factor on both sides of the default drawn
+    log-uniformly (`around=3`: default / 3 to default x 3), clipped to the parameter's valid
+    values. For a choice or a boolean, no field: every choice. Field tuners keep such a table per
+    key (Ultralytics' `Tuner.space`, YOLOv5's `meta` in `train.py --evolve`).
+    """
+
+    low: float | None = None
+    high: float | None = None
+    log: bool = False
+    around: float | None = None
+
+    def __post_init__(self) -> None:
+        bounded = self.low is not None and self.high is not None
+        if self.around is not None and (bounded or self.around <= 1):
+            raise ValueError(f"a range around the default needs only around > 1, got {self}")
+        if self.around is None and (self.low is None) != (self.high is None):
+            raise ValueError(f"a search range needs both low and high, got {self}")
+
+
+@dataclass(frozen=True)
 class Param:
     """One parameter a trainer accepts.
 
@@ -50,6 +73,7 @@ class Param:
     nullable: bool = False  # None is a valid value (e.g. "not set: the trainer decides")
     hyp: str | None = None
     group: str = ""
+    search: SearchRange | None = None  # its natural search range; None: give one in [space]
 
     @property
     def searchable(self) -> bool:

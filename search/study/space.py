@@ -6,6 +6,15 @@ A space is declared in the `[space]` table of a study file, one entry per parame
     close_mosaic = { low = 0, high = 10, int = true }  # an int
     optimizer = { choices = ["SGD", "Adam", "AdamW"] } # some of a choice parameter's choices
     nesterov = { choices = [false, true] }             # a boolean
+    lr = { around = 3 }                                # log-uniform, default / 3 .. default x 3
+    momentum = {}                                      # the registry's natural range for it
+    groups = ["loss weight", "optimisation"]           # every parameter of these groups that
+                                                       # has a natural range (`Param.search`)
+
+`around` is relative to the trainer's default with the study's `[trial]` pins applied: a study
+searches near the recipe it would otherwise run (the field's own tuners, YOLOv5's `--evolve` and
+Ultralytics' `Tuner`, mutate the defaults within a factor of a few), and any trainer's registry
+can say what "near" means per parameter. Wide ranges stay possible with `low`/`high`.
 
 Which names are valid, of what kind and inside which range comes from the trainer's parameter
 registry (`trainer/params.py`, `search/trainers/`): a space is checked against the trainer the
@@ -22,19 +31,25 @@ a short run.
 
 from __future__ import annotations
 
+import contextlib
 import math
-from collections.abc import Mapping
+import warnings
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import optuna
 
-from trainer.params import Param, ParamRegistry
+from trainer.params import Param, ParamRegistry, SearchRange
 
 MILESTONES = "milestones"
 MILESTONE1 = "milestone1"
 MILESTONE2_REST = "milestone2_rest"
 _MILESTONE_PARTS = (MILESTONE1, MILESTONE2_REST)
+# the milestone fractions' natural ranges, for a trainer whose `milestones` has one: the first
+# in the second half of the run (or at its end: no decay), the second anywhere after it
+_NATURAL_FRACTIONS = {MILESTONE1: SearchRange(0.5, 1.0), MILESTONE2_REST: SearchRange(0.0, 1.0)}
+GROUPS = "groups"
 
 
 class SpaceError(ValueError):
@@ -51,7 +66,8 @@ class FloatParam:
     log: bool = False
 
     def suggest(self, trial: optuna.Trial) -> float:
-        return trial.suggest_float(self.name, self.low, self.high, log=self.log)
+        with _baselines_may_lie_outside():
+            return trial.suggest_float(self.name, self.low, self.high, log=self.log)
 
     def contains(self, value: Any) -> bool:
         return _is_number(value) and self.low <= value <= self.high
@@ -70,7 +86,8 @@ class IntParam:
     log: bool = False
 
     def suggest(self, trial: optuna.Trial) -> int:
-        return trial.suggest_int(self.name, self.low, self.high, log=self.log)
+        with _baselines_may_lie_outside():
+            return trial.suggest_int(self.name, self.low, self.high, log=self.log)
 
     def contains(self, value: Any) -> bool:
         return (
@@ -138,11 +155,15 @@ class SearchSpace:
         """The trainer parameters this space sets (its milestone fractions make `milestones`)."""
         return tuple(self.to_values({name: 0.5 for name in self.names}))
 
-    def baseline_params(self, values: Mapping[str, Any], where: str) -> dict[str, Any]:
+    def baseline_params(
+        self, values: Mapping[str, Any], where: str, *, inside: bool = True
+    ) -> dict[str, Any]:
         """Turn a baseline's values (milestones as fractions of the run) into this space's params.
 
-        Every parameter of the space must be given, nothing else, and each value must lie inside
-        the space (so that the baseline is a point the search could have drawn).
+        Every parameter of the space must be given, nothing else. With `inside`, each value must
+        lie inside the space (the trainer's defaults, where the search starts); without, a number
+        may lie outside its range (a hand-tuned setting far from the defaults a local space is
+        centred on), but a choice must be one the space offers.
         """
         given = dict(values)
         params: dict[str, Any] = {}
@@ -161,7 +182,10 @@ class SearchSpace:
                 shown = MILESTONES if param.name in _MILESTONE_PARTS else param.name
                 raise SpaceError(f"{where}: missing {shown} (every [space] parameter must be set)")
             value = params[param.name]
-            if not param.contains(value):
+            outside_ok = not inside and _is_number(value) and not isinstance(param, ChoiceParam)
+            if isinstance(param, IntParam) and not isinstance(value, int):
+                outside_ok = False
+            if not param.contains(value) and not outside_ok:
                 raise SpaceError(
                     f"{where}: {param.name}={value!r} is outside the space {param.describe()}"
                 )
@@ -217,13 +241,21 @@ def space_names(registry: ParamRegistry) -> tuple[str, ...]:
     return names + _MILESTONE_PARTS if MILESTONES in registry else names
 
 
-def parse_space(table: Any, registry: ParamRegistry, where: str = "space") -> SearchSpace:
+def parse_space(
+    table: Any,
+    registry: ParamRegistry,
+    defaults: Mapping[str, Any] | None = None,
+    where: str = "space",
+) -> SearchSpace:
     """Validate a `[space]` table against a trainer's parameters; every mistake names its key
-    and value."""
+    and value. `defaults` are the values `around` is relative to (the registry's defaults when
+    None; a study passes them with its `[trial]` pins)."""
     if not isinstance(table, dict) or not table:
         raise SpaceError(
             f"[{where}] must be a table with at least one parameter, but got {table!r}"
         )
+    centre = {**registry.defaults(), **(defaults or {})}
+    table = _expand_groups(table, registry, where)
     known = space_names(registry)
     params: list[Dimension] = []
     for name, spec in table.items():
@@ -238,17 +270,89 @@ def parse_space(table: Any, registry: ParamRegistry, where: str = "space") -> Se
                 f"{key} must be a table like {{ low = .., high = .. }}, but got {spec!r}"
             )
         param = registry.get(name)
+        if not spec:
+            spec = _natural(key, name, registry)
         if name in _MILESTONE_PARTS:
             params.append(_parse_fraction(key, name, spec))
         elif param is not None and param.kind in ("choice", "bool"):
             params.append(_parse_choice(key, param, spec))
         else:
             assert param is not None
+            if "around" in spec:
+                spec = _around(key, param, spec, centre.get(name))
             params.append(_parse_number(key, param, spec))
     names = [p.name for p in params]
     if MILESTONE2_REST in names and MILESTONE1 not in names:
         raise SpaceError(f"{where}.{MILESTONE2_REST} needs {where}.{MILESTONE1} as well")
     return SearchSpace(tuple(params))
+
+
+def _expand_groups(table: dict[str, Any], registry: ParamRegistry, where: str) -> dict[str, Any]:
+    """`groups = [...]`: every parameter of those groups with a natural range, as `{}`; an entry
+    of its own replaces it."""
+    if GROUPS not in table:
+        return table
+    groups = table[GROUPS]
+    known = sorted({p.group for p in registry if p.group and p.search is not None})
+    if not isinstance(groups, list) or not groups or not all(g in known for g in groups):
+        raise SpaceError(
+            f"{where}.{GROUPS} must be a list of parameter groups of trainer "
+            f"{registry.trainer!r} (known: {', '.join(known)}), but got {GROUPS}={groups!r}"
+        )
+    expanded: dict[str, Any] = {}
+    for param in registry:
+        if param.group in groups and param.search is not None:
+            names = _MILESTONE_PARTS if param.name == MILESTONES else (param.name,)
+            expanded.update({name: {} for name in names if param.searchable or name != MILESTONES})
+    explicit = {k: v for k, v in table.items() if k != GROUPS}
+    return {**{k: v for k, v in expanded.items() if k not in explicit}, **explicit}
+
+
+def _natural(key: str, name: str, registry: ParamRegistry) -> dict[str, Any]:
+    """The `[space]` entry of a parameter's natural range (`{}` in a study file)."""
+    owner = registry.get(MILESTONES if name in _MILESTONE_PARTS else name)
+    natural = owner.search if owner is not None else None
+    if natural is None:
+        raise SpaceError(
+            f"{key}: trainer {registry.trainer!r} declares no natural search range for {name}; "
+            "give { low = .., high = .. } or { around = .. }, but got {}"
+        )
+    if name in _MILESTONE_PARTS:
+        natural = _NATURAL_FRACTIONS[name]
+    assert owner is not None
+    if owner.kind == "bool":
+        return {"choices": [False, True]}
+    if owner.kind == "choice":
+        return {"choices": list(owner.choices)}
+    if natural.around is not None:
+        return {"around": natural.around}
+    return {"low": natural.low, "high": natural.high, "log": natural.log}
+
+
+def _around(key: str, param: Param, spec: dict[str, Any], default: Any) -> dict[str, Any]:
+    """`{ around = F }`: log-uniform from default / F to default x F, inside the valid values."""
+    unknown = sorted(set(spec) - {"around"})
+    if unknown:
+        raise SpaceError(
+            f"unknown key {key}.{unknown[0]} (around takes no other key: it is log-uniform), "
+            f"but got {spec!r}"
+        )
+    factor = spec["around"]
+    if not _is_number(factor) or not math.isfinite(factor) or factor <= 1:
+        raise SpaceError(f"{key}.around must be a factor > 1, but got around={factor!r}")
+    if not _is_number(default) or default <= 0:
+        raise SpaceError(
+            f"{key}: around needs a default above 0 to search around, "
+            f"but {param.name}'s default is {default!r}"
+        )
+    low, high = default / factor, default * factor
+    if param.high is not None:
+        high = min(high, math.nextafter(param.high, -math.inf) if param.high_open else param.high)
+    if param.low is not None and param.low > 0:
+        low = max(low, math.nextafter(param.low, math.inf) if param.low_open else param.low)
+    if param.kind == "int":
+        low, high = max(1, math.ceil(low)), max(1, math.floor(high))
+    return {"low": low, "high": high, "log": True}
 
 
 def _parse_choice(key: str, param: Param, spec: dict[str, Any]) -> ChoiceParam:
@@ -315,6 +419,15 @@ def _parse_fraction(key: str, name: str, spec: dict[str, Any]) -> FloatParam:
             f"{key}: fractions of the rest lie in [0, 1], but got low={low:g}, high={high:g}"
         )
     return FloatParam(name, float(low), float(high), log)
+
+
+@contextlib.contextmanager
+def _baselines_may_lie_outside() -> Iterator[None]:
+    # an enqueued baseline outside a local space is meant (SearchSpace.baseline_params):
+    # Optuna uses the fixed value and warns; the warning says nothing the study file does not
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Fixed parameter .* is out of range")
+        yield
 
 
 def _is_number(value: Any) -> bool:

@@ -9,7 +9,8 @@ Layout (see `studies/loss-weights.toml`):
     [trial]      trainer ("tune" | "ultralytics" | "command", search/trainers/), data, epochs (a
                  trial's full length), eval_interval, device, plus any parameter of the trainer
                  pinned for every trial (model, imgsz, batch, ...); [trial.<trainer>] its options
-    [sampler]    type = "TPE" | "Random", optional seed, n_startup_trials
+    [sampler]    type = "Evolution" | "CMA-ES" | "GP" | "TPE" | "Random" (search/study/samplers.py),
+                 optional seed, n_startup_trials, start_from_defaults
     [pruner]     type = "SuccessiveHalving" | "Hyperband" | "Median" | "None", min_resource,
                  reduction_factor, n_min_trials (search/study/pruning.py)
     [space]      see search/study/space.py
@@ -36,15 +37,16 @@ import optuna
 
 from search.bookkeeping import trial_record
 from search.study.pruning import PRUNER_TYPES, PrunerSpec, SparingPruner, build_pruner, stop_points
-from search.study.space import SearchSpace, SpaceError, parse_space
+from search.study.samplers import SAMPLER_TYPES, SamplerSpec, build_sampler
+from search.study.space import ChoiceParam, SearchSpace, SpaceError, parse_space
 from search.trainers import DEFAULT_TRAINER, make_trainer
 from search.trainers.base import Trainer, TrainerError, TrialJob, packs
 from trainer.config import TrainConfig
+from trainer.params import ParamRegistry
 
 STUDIES_DIR = Path("studies")
 BUILTIN_DATA: tuple[str, ...] = ("shapes",)
 METRICS: tuple[str, ...] = ("mAP50_95", "mAP50")
-SAMPLERS: tuple[str, ...] = ("TPE", "Random")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 _KIND_NAMES: dict[type, str] = {int: "an integer", float: "a number", str: "a string"}
 _TOP_KEYS = ("name", "objective", "budget", "trial", "sampler", "pruner", "space", "baselines")
@@ -99,16 +101,6 @@ class TrialSettings:
 
 # the search's own settings; every other [trial] key is a parameter of the trainer
 _SETTINGS = ("trainer", "data", "epochs", "eval_interval", "device", "pack")
-
-
-@dataclass(frozen=True)
-class SamplerSpec:
-    type: str = "TPE"
-    seed: int | None = None
-    n_startup_trials: int = 10
-    # the first sampled trial trains with the trainer's own defaults (a point the search starts
-    # from, enqueued after the baselines; pruned like any other sampled trial)
-    start_from_defaults: bool = False
 
 
 @dataclass(frozen=True)
@@ -184,12 +176,19 @@ class StudySpec:
             return None
         return self.space.params_of(self.values({}), "sampler.start_from_defaults")
 
+    def default_params(self) -> dict[str, Any] | None:
+        """The [space] params of the trainer's defaults (with [trial]'s pins), or None when they
+        lie outside the space."""
+        try:
+            return self.space.params_of(self.values({}), "the trainer's defaults")
+        except SpaceError:
+            return None
+
     def make_sampler(self, offset: int = 0) -> optuna.samplers.BaseSampler:
-        """The sampler; `offset` (a worker index) keeps parallel workers from drawing alike."""
-        seed = None if self.sampler.seed is None else self.sampler.seed + 7919 * offset
-        if self.sampler.type == "Random":
-            return optuna.samplers.RandomSampler(seed=seed)
-        return optuna.samplers.TPESampler(seed=seed, n_startup_trials=self.sampler.n_startup_trials)
+        """The sampler (`search/study/samplers.py`), started from the trainer's defaults where
+        it can be; `offset` (a worker index) keeps parallel workers from drawing alike."""
+        choices = [p.name for p in self.space.params if isinstance(p, ChoiceParam)]
+        return build_sampler(self.sampler, self.default_params(), offset, choices)
 
     def make_pruner(self) -> SparingPruner:
         """The `[pruner]` over evaluation steps (epochs completed, up to `trial.epochs`), sparing
@@ -309,12 +308,14 @@ def _parse(raw: dict[str, Any], check_data: bool) -> StudySpec:
     objective = _objective(_table(raw, "objective"))
     trial_table = _table(raw, "trial")
     trainer = _trainer(trial_table)
-    space = parse_space(raw.get("space"), trainer.params)
+    # `around` is relative to what a trial would run without the space: defaults, then pins
+    pins = {k: v for k, v in trial_table.items() if k in trainer.params}
+    space = parse_space(raw.get("space"), trainer.params, pins)
     trial = _trial(trial_table, trainer, check_data, space.drawn_values())
     sampler = _sampler(_table(raw, "sampler"))
     pruner = _pruner(_table(raw, "pruner"), trial)
     budget = _budget(_table(raw, "budget", required=True), trial, pruner)
-    baselines = _baselines(raw.get("baselines", []), space)
+    baselines = _baselines(raw.get("baselines", []), space, trainer.params)
     spec = StudySpec(
         name, objective, budget, trial, sampler, pruner, space, baselines, copy.deepcopy(raw)
     )
@@ -493,9 +494,9 @@ def _pack(t: dict[str, Any], trainer: Trainer, space_names: tuple[str, ...]) -> 
 def _sampler(t: dict[str, Any]) -> SamplerSpec:
     _check_keys(t, ("type", "seed", "n_startup_trials", "start_from_defaults"), "[sampler]")
     kind = _get(t, "sampler", "type", str, "TPE")
-    if kind not in SAMPLERS:
+    if kind not in SAMPLER_TYPES:
         raise StudyFileError(
-            f"sampler.type must be one of {', '.join(SAMPLERS)}, but got type={kind!r}"
+            f"sampler.type must be one of {', '.join(SAMPLER_TYPES)}, but got type={kind!r}"
         )
     seed = _get(t, "sampler", "seed", int, None)
     startup = _get(t, "sampler", "n_startup_trials", int, 10)
@@ -531,7 +532,7 @@ def _pruner(t: dict[str, Any], trial: TrialSettings) -> PrunerSpec:
     return PrunerSpec(kind, min_resource, factor, n_min_trials)
 
 
-def _baselines(entries: Any, space: SearchSpace) -> tuple[Baseline, ...]:
+def _baselines(entries: Any, space: SearchSpace, registry: ParamRegistry) -> tuple[Baseline, ...]:
     if not isinstance(entries, list) or not all(isinstance(e, dict) for e in entries):
         raise StudyFileError(
             f"[[baselines]] must be an array of tables, but got baselines={entries!r}"
@@ -547,6 +548,12 @@ def _baselines(entries: Any, space: SearchSpace) -> tuple[Baseline, ...]:
             )
         if any(b.label == label for b in baselines):
             raise StudyFileError(f"{where}.label must be unique, but got label={label!r} twice")
-        params = space.baseline_params(values, f"{where} ({label})")
+        # a hand-tuned setting may lie outside a space centred on the defaults; it must still be
+        # a setting the trainer accepts
+        params = space.baseline_params(values, f"{where} ({label})", inside=False)
+        try:
+            registry.check(space.to_values(params), f"{where} ({label})")
+        except ValueError as exc:
+            raise StudyFileError(str(exc)) from None
         baselines.append(Baseline(label, tuple(params.items())))
     return tuple(baselines)

@@ -9,7 +9,7 @@ applies on top of Ultralytics' own lr schedule. Nothing here imports ultralytics
 
 from __future__ import annotations
 
-from trainer.params import AUG, LOSS_WEIGHT, OPT, SCHED, Param, ParamRegistry
+from trainer.params import AUG, LOSS_WEIGHT, OPT, SCHED, Param, ParamRegistry, SearchRange
 
 COMPONENTS: tuple[str, ...] = ("box", "cls", "dfl")
 # Ultralytics' BaseTrainer.build_optimizer accepts these (case-insensitively); `auto` picks the
@@ -27,14 +27,25 @@ OPTIMIZERS: tuple[str, ...] = (
 )
 
 
-def _fraction(name: str, default: float, help: str, group: str) -> Param:
+# Each parameter's natural search range (a `[space]` entry `{}`) is Ultralytics' own
+# `Tuner.space` (`ultralytics/engine/tuner.py`): the same bounds for tune's search as for its
+# tuner, log-uniform where they span more than a factor of 100 above 0.
+def _range(low: float, high: float) -> SearchRange:
+    return SearchRange(low, high, log=low > 0 and high / low >= 100)
+
+
+def _fraction(
+    name: str, default: float, help: str, group: str, search: SearchRange | None = None
+) -> Param:
     # Ultralytics' CFG_FRACTION_KEYS: valid in [0, 1]
-    return Param(name, "float", default, help, low=0, high=1, hyp=name, group=group)
+    return Param(name, "float", default, help, low=0, high=1, hyp=name, group=group, search=search)
 
 
-def _positive(name: str, default: float, help: str, group: str) -> Param:
+def _positive(
+    name: str, default: float, help: str, group: str, search: SearchRange | None = None
+) -> Param:
     # Ultralytics' CFG_FLOAT_KEYS have no range; a negative gain, angle or length is a mistake
-    return Param(name, "float", default, help, low=0, hyp=name, group=group)
+    return Param(name, "float", default, help, low=0, hyp=name, group=group, search=search)
 
 
 PARAMS = ParamRegistry(
@@ -51,9 +62,9 @@ PARAMS = ParamRegistry(
         Param("imgsz", "int", 640, "input size (rounded up to the stride)", low=32, hyp="imgsz"),
         # Ultralytics' -1 / fractions (AutoBatch) depend on the machine: a trial must not
         Param("batch", "int", 16, "images per batch", low=1, hyp="batch", group="data"),
-        _positive("box", 7.5, "box (IoU) loss gain", LOSS_WEIGHT),
-        _positive("cls", 0.5, "classification loss gain", LOSS_WEIGHT),
-        _positive("dfl", 1.5, "distribution focal loss gain", LOSS_WEIGHT),
+        _positive("box", 7.5, "box (IoU) loss gain", LOSS_WEIGHT, _range(1.0, 20.0)),
+        _positive("cls", 0.5, "classification loss gain", LOSS_WEIGHT, _range(0.1, 4.0)),
+        _positive("dfl", 1.5, "distribution focal loss gain", LOSS_WEIGHT, _range(0.4, 12.0)),
         Param(
             "optimizer",
             "choice",
@@ -63,12 +74,22 @@ PARAMS = ParamRegistry(
             hyp="optimizer",
             group=OPT,
         ),
-        _fraction("lr0", 0.01, "initial learning rate", OPT),
-        _fraction("lrf", 0.01, "final lr as a fraction of lr0 (Ultralytics' own decay)", SCHED),
-        _fraction("momentum", 0.937, "SGD momentum / Adam beta1", OPT),
-        _fraction("weight_decay", 0.0005, "weight decay", OPT),
-        _positive("warmup_epochs", 3.0, "warmup epochs (fractions allowed)", SCHED),
-        _fraction("warmup_momentum", 0.8, "initial momentum during warmup", SCHED),
+        _fraction("lr0", 0.01, "initial learning rate", OPT, _range(1e-5, 1e-2)),
+        _fraction(
+            "lrf",
+            0.01,
+            "final lr as a fraction of lr0 (Ultralytics' own decay)",
+            SCHED,
+            _range(0.01, 1.0),
+        ),
+        _fraction("momentum", 0.937, "SGD momentum / Adam beta1", OPT, _range(0.7, 0.98)),
+        _fraction("weight_decay", 0.0005, "weight decay", OPT, _range(0.0, 0.001)),
+        _positive(
+            "warmup_epochs", 3.0, "warmup epochs (fractions allowed)", SCHED, _range(0.0, 5.0)
+        ),
+        _fraction(
+            "warmup_momentum", 0.8, "initial momentum during warmup", SCHED, _range(0.0, 0.95)
+        ),
         _fraction("warmup_bias_lr", 0.1, "initial bias lr during warmup", SCHED),
         Param("cos_lr", "bool", False, "cosine lr decay instead of linear", hyp="cos_lr"),
         Param("nbs", "int", 64, "nominal batch size (gradient accumulation)", low=1, hyp="nbs"),
@@ -93,19 +114,21 @@ PARAMS = ParamRegistry(
             high=1,
             group=SCHED,
         ),
-        _fraction("hsv_h", 0.015, "HSV hue augmentation", AUG),
-        _fraction("hsv_s", 0.7, "HSV saturation augmentation", AUG),
-        _fraction("hsv_v", 0.4, "HSV value augmentation", AUG),
-        _positive("degrees", 0.0, "rotation (+/- degrees)", AUG),
-        _fraction("translate", 0.1, "translation (+/- fraction)", AUG),
-        _fraction("scale", 0.5, "scale gain (+/-)", AUG),
-        _positive("shear", 0.0, "shear (+/- degrees)", AUG),
-        _fraction("perspective", 0.0, "perspective (+/- fraction)", AUG),
-        _fraction("flipud", 0.0, "vertical flip probability", AUG),
-        _fraction("fliplr", 0.5, "horizontal flip probability", AUG),
-        _fraction("mosaic", 1.0, "mosaic probability", AUG),
-        _fraction("mixup", 0.0, "MixUp probability", AUG),
-        _fraction("copy_paste", 0.0, "copy-paste fraction (segment/obb data)", AUG),
+        _fraction("hsv_h", 0.015, "HSV hue augmentation", AUG, _range(0.0, 0.1)),
+        _fraction("hsv_s", 0.7, "HSV saturation augmentation", AUG, _range(0.0, 0.9)),
+        _fraction("hsv_v", 0.4, "HSV value augmentation", AUG, _range(0.0, 0.9)),
+        _positive("degrees", 0.0, "rotation (+/- degrees)", AUG, _range(0.0, 45.0)),
+        _fraction("translate", 0.1, "translation (+/- fraction)", AUG, _range(0.0, 0.9)),
+        _fraction("scale", 0.5, "scale gain (+/-)", AUG, _range(0.0, 0.95)),
+        _positive("shear", 0.0, "shear (+/- degrees)", AUG, _range(0.0, 10.0)),
+        _fraction("perspective", 0.0, "perspective (+/- fraction)", AUG, _range(0.0, 0.001)),
+        _fraction("flipud", 0.0, "vertical flip probability", AUG, _range(0.0, 1.0)),
+        _fraction("fliplr", 0.5, "horizontal flip probability", AUG, _range(0.0, 1.0)),
+        _fraction("mosaic", 1.0, "mosaic probability", AUG, _range(0.0, 1.0)),
+        _fraction("mixup", 0.0, "MixUp probability", AUG, _range(0.0, 1.0)),
+        _fraction(
+            "copy_paste", 0.0, "copy-paste fraction (segment/obb data)", AUG, _range(0.0, 1.0)
+        ),
         Param(
             "close_mosaic",
             "int",

@@ -63,7 +63,7 @@ def test_loss_weights_holds_the_five_hand_tuned_settings() -> None:
     spec = load_study_file("loss-weights")
     assert spec.name == "loss-weights"
     assert spec.objective.metric == "mAP50_95"
-    assert spec.sampler.type == "TPE" and spec.pruner.type == "SuccessiveHalving"
+    assert spec.sampler.type == "Evolution" and spec.pruner.type == "SuccessiveHalving"
     got = []
     for b in spec.baselines:
         config = spec.train_config(b.as_dict())
@@ -79,7 +79,9 @@ def test_loss_weights_holds_the_five_hand_tuned_settings() -> None:
     for name in ("lcls", "lobj", "lbox"):
         param = spec.space.get(name)
         assert isinstance(param, FloatParam) and param.log
-        assert param.contains(0.05) and param.contains(1.0)
+        # around the trainer's default, a factor of 3 either way
+        default = getattr(TrainConfig, name)
+        assert (param.low, param.high) == pytest.approx((default / 3, default * 3))
     optimizer = spec.space.get("optimizer")
     assert isinstance(optimizer, ChoiceParam)
     assert set(optimizer.choices) == {"SGD", "Adam", "AdamW"}
@@ -183,7 +185,7 @@ BAD = [
         r"space\.momentum\.high is not a valid momentum.*1\.5",
     ),
     ("space.milestone1", {"low": 0.3, "high": 1.2}, r"space\.milestone1: fractions.*high=1\.2"),
-    ("baselines.0.lcls", 5.0, r"baselines\[0\] \(first model\): lcls=5\.0 is outside the space"),
+    ("baselines.0.lcls", -1.0, r"baselines\[0\] \(first model\): lcls must be in \[0, inf\)"),
     ("baselines.1.optimizer", "Lion", r"baselines\[1\].*optimizer='Lion' is outside the space"),
     (
         "baselines.0.dropout",
@@ -217,6 +219,9 @@ BAD = [
     ("objective.metric", "loss", r"objective\.metric must be one of.*metric='loss'"),
     ("objective.latency_budget_ms", 0, r"latency_budget_ms must be > 0"),
     ("sampler.type", "CMA", r"sampler\.type must be one of.*type='CMA'"),
+    ("space.lr", {"around": 1.0}, r"space\.lr\.around must be a factor > 1.*around=1\.0"),
+    ("space.lr", {"around": 3, "low": 0.1}, r"unknown key space\.lr\.low \(around takes no other key"),
+    ("space.nesterov", {}, r"space\.nesterov: trainer .tune. declares no natural search range"),
     ("pruner.type", "ASHA", r"pruner\.type must be one of SuccessiveHalving, .*type='ASHA'"),
     ("pruner.min_resource", 99, r"pruner\.min_resource.*<= trial\.epochs=33.*min_resource=99"),
     ("pruner.reduction_factor", 1, r"pruner\.reduction_factor must be >= 2.*=1"),
