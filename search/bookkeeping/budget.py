@@ -62,6 +62,8 @@ class BudgetUse:
     epochs_promised: int = 0  # epochs running trials hold: to their first stop point, then the end
     retries_waiting: int = 0  # WAITING retries of reaped trials
     baseline_next: bool = False  # the next trial a worker gets (the oldest WAITING) is a baseline
+    races_waiting: int = 0  # WAITING race runs (full length, never pruned)
+    race_next: bool = False  # the next trial a worker gets is a race run
 
     def describe(self, budget: Budget) -> str:
         """`12/24 trials, 81/120 epochs (+9 promised to running trials)` (what is set)."""
@@ -101,7 +103,7 @@ def trial_epochs(trial: FrozenTrial) -> int:
 
 def use_of(spec: StudySpec, trials: Sequence[FrozenTrial]) -> BudgetUse:
     """Spent and promised budget of a study with these trials (any states)."""
-    finished = running = spent = promised = retries = 0
+    finished = running = spent = promised = retries = races = 0
     oldest_waiting: FrozenTrial | None = None
     for t in trials:
         spent += trial_epochs(t)
@@ -112,22 +114,38 @@ def use_of(spec: StudySpec, trials: Sequence[FrozenTrial]) -> BudgetUse:
             promised += max(0, hold_of(spec, t) - _progress(t))
         elif t.state == TrialState.WAITING:
             retries += bool(trial_record.read_retry_history(t))
+            races += trial_record.fixed_length(t) == "full"
             if oldest_waiting is None or t.number < oldest_waiting.number:
                 oldest_waiting = t
-    baseline_next = oldest_waiting is not None and trial_record.read_baseline(oldest_waiting)
-    return BudgetUse(finished, running, spent, promised, retries, bool(baseline_next))
+    next_length = None if oldest_waiting is None else trial_record.fixed_length(oldest_waiting)
+    return BudgetUse(
+        finished,
+        running,
+        spent,
+        promised,
+        retries,
+        baseline_next=next_length == "baseline",
+        races_waiting=races,
+        race_next=next_length == "full",
+    )
 
 
-def _stop_points(spec: StudySpec, baseline: bool) -> tuple[int, ...]:
-    length = spec.baseline_epochs if baseline else None
+def _length(spec: StudySpec, trial: FrozenTrial | optuna.Trial) -> int | None:
+    """The fixed length a trial trains (a baseline's, a race run's), None for a prunable one."""
+    fixed = trial_record.fixed_length(trial)
+    if fixed is None:
+        return None
+    return spec.baseline_epochs if fixed == "baseline" else spec.trial.epochs
+
+
+def _stop_points(spec: StudySpec, length: int | None) -> tuple[int, ...]:
     return stop_points(spec.pruner, spec.trial.epochs, spec.trial.eval_interval, length)
 
 
 def hold_of(spec: StudySpec, trial: FrozenTrial | optuna.Trial) -> int:
     """The epoch a running trial may train up to: its recorded hold, else the first stop point
     its start was admitted for."""
-    baseline = trial_record.read_baseline(trial) is not None
-    return trial_record.read_hold(trial) or _stop_points(spec, baseline)[0]
+    return trial_record.read_hold(trial) or _stop_points(spec, _length(spec, trial))[0]
 
 
 def _progress(trial: FrozenTrial) -> int:
@@ -140,13 +158,54 @@ def extended_hold(spec: StudySpec, use: BudgetUse, trial: FrozenTrial, step: int
     reached): its full length if the free epochs pay for it, else its furthest stop point they
     pay for; None when they pay for no stop point after `step` (it must stop). `use` is the
     study's, read under the exclusive lock, this trial included."""
-    points = _stop_points(spec, baseline=trial_record.read_baseline(trial) is not None)
+    points = _stop_points(spec, _length(spec, trial))
     later = [p for p in points if p > step]
     if spec.budget.epochs is None:
         return later[-1] if later else None
     free = spec.budget.epochs - use.epochs_spent - use.epochs_promised
     payable = [p for p in later if p - step <= free]
     return payable[-1] if payable else None
+
+
+def race_room(
+    spec: StudySpec, trials: Sequence[FrozenTrial], runs: int, share: float
+) -> str | None:
+    """Why the study's budget cannot pay for `runs` more race runs (None: it can).
+
+    Race runs train the full length and are never pruned, so each costs `trial.epochs` epochs (a
+    whole trial of an `n_trials` budget). They are paid for from what nobody holds: epochs free
+    after those spent, promised to running trials and owed to race runs already waiting; and all
+    race runs together, these included, take at most `share` of the budget.
+    """
+    epochs = spec.trial.epochs
+    racing = [t for t in trials if trial_record.fixed_length(t) == "full"]
+    waiting = sum(t.state == TrialState.WAITING for t in racing)
+    use = use_of(spec, trials)
+    budget = spec.budget
+    if budget.epochs is not None:
+        raced = sum(
+            epochs if t.state in (TrialState.WAITING, TrialState.RUNNING) else trial_epochs(t)
+            for t in racing
+        )
+        free = budget.epochs - use.epochs_spent - use.epochs_promised - waiting * epochs
+        cost = runs * epochs
+        if cost > free:
+            return f"{runs} runs of {epochs} epochs need {cost}, {max(free, 0)} are free"
+        if raced + cost > share * budget.epochs:
+            return (
+                f"{runs} runs of {epochs} epochs would take races to {raced + cost} of the "
+                f"{budget.epochs}-epoch budget, above their share of {share:.0%}"
+            )
+    if budget.n_trials is not None:
+        taken = use.finished + use.running + waiting
+        if taken + runs > budget.n_trials:
+            return f"{runs} runs need {runs} trials, {max(budget.n_trials - taken, 0)} are left"
+        if len(racing) + runs > share * budget.n_trials:
+            return (
+                f"{runs} runs would take races to {len(racing) + runs} of {budget.n_trials} "
+                f"trials, above their share of {share:.0%}"
+            )
+    return None
 
 
 def first_stop(spec: StudySpec, length: int | None) -> int:
@@ -166,11 +225,14 @@ def decide(spec: StudySpec, use: BudgetUse, racing: int = 0) -> tuple[Decision, 
     """
     budget = spec.budget
     # what the next trial will surely train (Optuna hands out the oldest WAITING one first)
-    first = first_stop(spec, spec.baseline_epochs if use.baseline_next else None)
+    next_length = spec.baseline_epochs if use.baseline_next else None
+    first = first_stop(spec, spec.trial.epochs if use.race_next else next_length)
     if racing:
         if use.retries_waiting:
             return "wait", "a retry waits: one worker at a time starts it"
         first = max(first_stop(spec, None), first_stop(spec, spec.baseline_epochs))
+        if use.races_waiting:  # any of them may get a race run, which holds the full length
+            first = spec.trial.epochs
         use = dataclasses.replace(
             use,
             running=use.running + racing,

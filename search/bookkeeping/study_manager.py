@@ -11,6 +11,8 @@ the study, and answers:
   (search/bookkeeping/budget.py);
 - `extend_hold(trial, step, spec)`: under the study lock, raise a kept trial's hold on the epoch
   budget, or say that the budget cannot pay for its next stop point;
+- `race(trial, spec)`: under the study lock, enqueue the race runs of a trial that beat the
+  incumbent on one seed, when the budget pays for them (search/confirm/incumbent.py);
 - `fail_running(worker_id, ...)`: fail what these workers left RUNNING ("interrupted");
 - `claim()`: a worker's way to a trial start, through its start gate
   (search/bookkeeping/start_gate.py);
@@ -34,7 +36,7 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from search.bookkeeping import trial_record
-from search.bookkeeping.budget import BudgetUse, extended_hold, use_of
+from search.bookkeeping.budget import BudgetUse, extended_hold, race_room, use_of
 from search.bookkeeping.optuna_compat import study_id, study_storage, trial_id
 from search.bookkeeping.storage import (
     StateCounts,
@@ -44,6 +46,7 @@ from search.bookkeeping.storage import (
     load_study,
     open_storage,
 )
+from search.confirm import incumbent
 from search.study.study_file import StudySpec, read_stored_spec
 
 if TYPE_CHECKING:  # the gate is a worker's: `tune status` and launch do not import it
@@ -146,6 +149,60 @@ class ManagedStudy:
                 hold = found
         trial_record.record_hold(trial, hold)
         return hold
+
+    def race(
+        self,
+        told: FrozenTrial,
+        spec: StudySpec,
+        log: Callable[[str], None] | None = None,
+    ) -> int:
+        """If `told` (a trial just told COMPLETE) beat the incumbent on the recipe's seed, enqueue
+        the runs that race it against the incumbent on fresh seeds (`incumbent.race_runs`), when
+        the budget pays for them (`budget.race_room`); the number enqueued. Read and enqueued
+        under the study's exclusive lock, so that two workers do not enqueue the same runs and
+        no start takes the epochs they need."""
+        if (
+            told.state != TrialState.COMPLETE
+            or trial_record.fixed_length(told) is not None
+            or trial_record.read_confirm(told) is not None
+            or (told.last_step or 0) < spec.trial.epochs
+        ):
+            return 0
+        say = log or (lambda _line: None)
+        stored = self.stored_spec()
+        if stored is not None:
+            spec = dataclasses.replace(spec, budget=stored.budget)
+        seed = incumbent.study_seed(spec.values({}))
+        with self.lock(log=log):
+            trials = self.study.get_trials(deepcopy=False)
+            standing = incumbent.incumbent_of(trials, seed, spec.trial.epochs, self.study.direction)
+            challenger = (
+                next((s for s in standing.challengers if s.number == told.number), None)
+                if standing is not None
+                else None
+            )
+            if standing is None or challenger is None:
+                return 0
+            runs = incumbent.race_runs(trials, challenger, standing.setting)
+            if not runs:
+                return 0
+            why = race_room(spec, trials, len(runs), incumbent.RACE_SHARE)
+            if why is not None:
+                say(
+                    f"trial {told.number} beat the incumbent (trial {standing.setting.number}) "
+                    f"on one seed; not raced: {why}"
+                )
+                return 0
+            for setting, run_seed in runs:
+                self.study.enqueue_trial(
+                    setting.params, user_attrs=trial_record.race_attrs(setting.number, run_seed)
+                )
+        seeds = ", ".join(str(s) for s in sorted({s for _, s in runs}))
+        say(
+            f"trial {told.number} beat the incumbent (trial {standing.setting.number}) on one "
+            f"seed: racing them on seeds {seeds} ({len(runs)} runs enqueued)"
+        )
+        return len(runs)
 
     def fail_running(self, *worker_ids: str) -> int:
         """Fail (reason "interrupted") every RUNNING trial placed on one of these workers: what a

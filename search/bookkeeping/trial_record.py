@@ -33,6 +33,9 @@ Layout on an Optuna trial:
   - ``budget_hold``: the epoch up to which a running trial may train on the study's epoch budget
     (`search/bookkeeping/budget.py`); raised under the study lock when the pruner keeps it at a
     stop point; copied to a retry, which continues the same hold;
+  - ``race``: ``{"of", "seed"}`` on a run that races a challenger against the incumbent inside
+    the study (`search/confirm/incumbent.py`): the trial number of the setting it reruns and the
+    trainer seed it runs with; it trains the full length and is never pruned (copied to a retry);
   - ``confirm``: ``{"of", "seed"}`` on a run of a confirm study (`search/confirm/plan.py`): the
     number of the parent study's trial it retrains and the trainer seed it runs with (copied to a
     retry).
@@ -61,7 +64,7 @@ import json
 import socket
 import warnings
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, Literal
 
 import optuna
 from optuna.storages import RetryHeartbeatStaleTrialCallback
@@ -98,6 +101,7 @@ STOPPED = "stopped"
 BUDGET_HOLD = "budget_hold"
 STUDY_SPEC = "tune:spec"
 CONFIRM = "confirm"
+RACE = "race"
 CONFIRM_PLAN = "tune:confirm"
 # Most of a trial's bytes: its curve and its resolved config. A reader of a whole study that shows
 # them for a few trials only (`tune report`, `tune status`) leaves them in the database for the
@@ -262,6 +266,16 @@ def confirm_attrs(of: int, seed: int) -> dict[str, Any]:
     return {CONFIRM: {"of": of, "seed": seed}}
 
 
+def race_attrs(of: int, seed: int) -> dict[str, Any]:
+    """The user attrs a race run is enqueued with: the trial whose setting it reruns, its seed."""
+    return {RACE: {"of": of, "seed": seed}}
+
+
+def read_race(trial: FrozenTrial | optuna.Trial) -> tuple[int, int] | None:
+    """(trial number of the setting, seed) of a race run, or None."""
+    return _of_and_seed(trial.user_attrs.get(RACE))
+
+
 def record_confirm_plan(study: optuna.Study, plan: dict[str, Any]) -> None:
     """Store a confirm study's plan with it (`tune confirm`)."""
     study.set_user_attr(CONFIRM_PLAN, plan)
@@ -275,11 +289,22 @@ def read_confirm_plan(study: optuna.Study) -> dict[str, Any] | None:
 
 def read_confirm(trial: FrozenTrial | optuna.Trial) -> tuple[int, int] | None:
     """(parent trial number, seed) of a confirm run, or None."""
-    mark = trial.user_attrs.get(CONFIRM)
+    return _of_and_seed(trial.user_attrs.get(CONFIRM))
+
+
+def _of_and_seed(mark: Any) -> tuple[int, int] | None:
     if not isinstance(mark, dict):
         return None
     of, seed = mark.get("of"), mark.get("seed")
     return (of, seed) if isinstance(of, int) and isinstance(seed, int) else None
+
+
+def fixed_length(trial: FrozenTrial | optuna.Trial) -> Literal["baseline", "full"] | None:
+    """Whether a trial trains a fixed length and is never pruned: "baseline" (`[budget]
+    baseline_epochs`), "full" (a race run: the study's full length), or None (prunable)."""
+    if read_baseline(trial) is not None:
+        return "baseline"
+    return "full" if read_race(trial) is not None else None
 
 
 def read_study_spec(study: optuna.Study) -> dict[str, Any] | None:

@@ -174,6 +174,8 @@ class WorkerContext:
     extend_hold: Callable[[optuna.Trial, int], int | None] | None = None
     # `time.monotonic()` past which a trial ends at its next evaluation (`[budget] timeout`)
     deadline: float | None = None
+    # a trial's end as told (`ManagedStudy.race`: a challenger races the incumbent); None: nothing
+    after_told: Callable[[FrozenTrial], object] | None = None
 
     def store(self, call: Callable[[], T], what: str = "the storage") -> T:
         """`call()` (a storage write), retried while the database is unreachable."""
@@ -294,9 +296,12 @@ class TrialRun:
         # parent's spec, and its runs must not share the parent trials' folders
         out = ctx.runs_dir / trial.study.study_name / f"trial-{trial.number:04d}"
         confirm = trial_record.read_confirm(trial)
+        race = trial_record.read_race(trial)
         # a confirm run retrains a parent trial with its own seed (its length is the confirm
-        # study's trial.epochs, search/confirm/plan.py); every other trial keeps the recipe's seed
-        seed = None if confirm is None else confirm[1]
+        # study's trial.epochs, search/confirm/plan.py), a race run reruns a setting with its
+        # own (search/confirm/incumbent.py); every other trial keeps the recipe's seed
+        rerun = confirm or race
+        seed = None if rerun is None else rerun[1]
         job = ctx.spec.job(params, out, device=ctx.device, threads=ctx.threads, seed=seed)
         job = ctx.store(lambda: _resume_retry(trial, ctx, job))
         ctx.store(lambda: trial_record.record_config(trial, job.record()))
@@ -304,6 +309,8 @@ class TrialRun:
         what = f"baseline {baseline!r}" if baseline else (f"start: {start}" if start else "sampled")
         if confirm is not None:
             what = f"confirms trial {confirm[0]}, seed {confirm[1]}"
+        if race is not None:
+            what = f"races the setting of trial {race[0]}, seed {race[1]}"
         # baselines train the first `baseline_epochs` of the full-length schedule, then stop:
         # reports compare them with the trials at that length (search/report/gather.py)
         self.baseline_length = ctx.spec.baseline_epochs if baseline else None
@@ -425,6 +432,17 @@ def _resume_retry(trial: optuna.Trial, ctx: WorkerContext, job: TrialJob) -> Tri
     how = f"resuming from its checkpoint at step {step}" if step is not None else "from scratch"
     ctx.log(f"trial {trial.number} retries trial {retry_of}, {how}")
     return replace(job, resume=True) if step is not None else job
+
+
+def trial_told(ctx: WorkerContext, told: FrozenTrial) -> None:
+    """What follows a trial's end once it is stored (`told`, as the storage has it now), alone or
+    in a pack: count it, drop its checkpoint if nothing resumes it, race it if it challenges the
+    incumbent."""
+    ctx.tally.count(told)
+    discard_ended_checkpoint(ctx, told)
+    after = ctx.after_told
+    if after is not None and told.state == TrialState.COMPLETE:
+        ctx.store(lambda: after(told), "the race's runs")
 
 
 def discard_ended_checkpoint(ctx: WorkerContext, told: FrozenTrial) -> None:

@@ -35,8 +35,8 @@ from search.running.objective import (
     InFlight,
     Interrupted,
     TrialRun,
-    discard_ended_checkpoint,
     record_failure,
+    trial_told,
 )
 from search.trainers.base import PackedJob, PackingTrainer, TrialOutcome
 
@@ -189,8 +189,7 @@ def _told(
         _dropped(run, states, exc)
         return
     frozen = study_storage(run.trial.study).get_trial(trial_id(run.trial))
-    ctx.tally.count(frozen)
-    discard_ended_checkpoint(ctx, frozen)
+    trial_told(ctx, frozen)
     states.append(frozen.state)
 
 

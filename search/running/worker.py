@@ -74,8 +74,8 @@ from search.running.objective import (
     TrialTally,
     WorkerContext,
     describe_error,
-    discard_ended_checkpoint,
     make_objective,
+    trial_told,
 )
 from search.running.packs import PackRound, pack_size, run_pack
 from search.running.reaper import Reaper, quiet_heartbeat_thread
@@ -217,6 +217,7 @@ def run_worker(
             storage_down_limit=settings.storage_down_limit,
             enqueued_only=trial_record.read_confirm_plan(optuna_study) is not None,
             extend_hold=lambda trial, step: managed.extend_hold(trial, step, spec, say),
+            after_told=lambda told: managed.race(told, spec, say),
             deadline=deadline,
         )
         in_flight = InFlight()  # what changes per trial; ctx stays as it is
@@ -355,8 +356,7 @@ def _run_one_trial(
     if not finished:
         return None
     trial = finished[0]  # as stored once Optuna told it: its end is recorded
-    ctx.tally.count(trial)
-    discard_ended_checkpoint(ctx, trial)
+    trial_told(ctx, trial)
     if ctx.stop.requested:
         raise Interrupted("stop requested")
     return trial.state

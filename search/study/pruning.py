@@ -14,9 +14,11 @@ A study's `[pruner]` names one of Optuna's pruners over evaluation steps (epochs
 
 `SparingPruner` wraps the chosen one, as Optuna's `PatientPruner` wraps any pruner, and adds:
 
-- **baselines are never stopped** (reports compare them with the best trial at equal length,
-  see `[budget] baseline_epochs`), but the wrapped pruner still sees them first, so their values
-  join its rungs and the first sampled trials are measured against them, not only each other;
+- **baselines and race runs are never stopped** (a race run reruns a setting at the full length
+  on a fresh seed, `search/confirm/incumbent.py`; reports compare baselines with the best trial
+  at equal length, see `[budget] baseline_epochs`), but the wrapped pruner still sees them
+  first, so their values join its rungs and the first sampled trials are measured against them,
+  not only each other;
 - **`n_min_trials`**: a trial is stopped at an evaluation step only when at least this many trials
   (itself included) have been evaluated at that step, as Optuna's `MedianPruner` does. Without
   it, successive halving with few values at a rung keeps only the best so far and stops good
@@ -58,7 +60,8 @@ class PrunerSpec:
 
 
 class SparingPruner(optuna.pruners.BasePruner):
-    """Any pruner, plus: never stop a baseline; never stop before `n_min_trials` were seen."""
+    """Any pruner, plus: never stop a baseline or a race run; never stop before `n_min_trials`
+    were seen."""
 
     def __init__(self, wrapped: optuna.pruners.BasePruner, n_min_trials: int = 1) -> None:
         if n_min_trials < 1:
@@ -72,7 +75,7 @@ class SparingPruner(optuna.pruners.BasePruner):
         # rung even when the decision is then overruled
         if not self.wrapped.prune(study, trial):
             return False
-        if trial_record.read_baseline(trial) is not None:
+        if trial_record.fixed_length(trial) is not None:  # a baseline or a race run
             return False
         step = trial.last_step
         return step is not None and self._enough_evaluated(study, step)

@@ -213,3 +213,17 @@ def test_every_override_still_matches_what_optuna_calls() -> None:
     # what Optuna's proxy client reads after `_setup`, which the override must set
     setup = inspect.getsource(GrpcStorageProxy._setup)
     assert "self._stub" in setup and "self._cache" in setup and "self._channel" in setup
+
+
+def test_enqueued_params_are_what_a_waiting_trial_will_run() -> None:
+    from search.bookkeeping.optuna_compat import enqueued_params
+
+    study = optuna.create_study()
+    study.enqueue_trial({"x": 0.25})
+    (waiting,) = study.get_trials(deepcopy=False)
+    assert waiting.params == {}  # Optuna keeps them aside until the trial is asked
+    assert enqueued_params(waiting) == {"x": 0.25}
+    trial = study.ask()
+    trial.suggest_float("x", 0.0, 1.0)
+    study.tell(trial, 1.0)
+    assert enqueued_params(study.trials[0]) == {"x": 0.25}
