@@ -166,6 +166,9 @@ class ManagedStudy:
             or trial_record.fixed_length(told) is not None
             or trial_record.read_confirm(told) is not None
             or (told.last_step or 0) < spec.trial.epochs
+            # a latency budget makes the best a feasible one (Optuna's constraint), which a race
+            # on the metric alone cannot choose
+            or spec.objective.latency_budget_ms is not None
         ):
             return 0
         say = log or (lambda _line: None)

@@ -17,6 +17,7 @@ from optuna.trial import FrozenTrial
 
 from search.bookkeeping import trial_record
 from search.commands.export import RUN_SETTINGS, Export, export_values
+from search.confirm.incumbent import study_best
 from search.trainers import DEFAULT_TRAINER
 from trainer.config import TrainConfig
 from trainer.hyp import config_to_hyp
@@ -27,13 +28,15 @@ class NoBestTrialError(RuntimeError):
 
 
 def best_trial(study: optuna.Study) -> FrozenTrial:
-    """The best complete trial (feasible ones only, when a latency budget is set)."""
-    try:
-        return study.best_trial
-    except ValueError:
+    """The trial the study stands behind: its incumbent, chosen over seeds (the trainer's
+    defaults until a challenger beat them on fresh seeds, search/confirm/incumbent.py), else the
+    best complete trial (feasible ones only, when a latency budget is set)."""
+    best, _ = study_best(study)
+    if best is None:
         raise NoBestTrialError(
             f"study {study.study_name!r} has no complete trial yet (see `tune status`)"
-        ) from None
+        )
+    return best
 
 
 def study_trainer(study: optuna.Study) -> str:

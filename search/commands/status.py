@@ -19,6 +19,7 @@ from optuna.trial import FrozenTrial, TrialState
 from search.bookkeeping import trial_record
 from search.bookkeeping.storage import StateCounts
 from search.bookkeeping.study_manager import ManagedStudy
+from search.confirm.incumbent import study_best
 from search.confirm.results import Confirmation, format_confirmation, read_confirmation_of
 from search.confirm.standing import standing_of
 from search.study.study_file import StudyFileError
@@ -63,14 +64,12 @@ def study_status(study: optuna.Study, now: dt.datetime | None = None) -> StudySt
     parameters and details, most of their bytes, stay in the database: the budget counts their
     evaluations) and one whole read of the few it lists."""
     now = now or dt.datetime.now()
-    trials = trial_record.read_lean_trials(study, params=False, details=False)
+    # with parameters: the incumbent is a setting, the same parameters over several seeds
+    trials = trial_record.read_lean_trials(study, details=False)
     by_state = {s: [t for t in trials if t.state == s] for s in TrialState}
     managed = ManagedStudy(study)
     counts = managed.counts(trials)
-    try:
-        best_trial: FrozenTrial | None = study.best_trial
-    except ValueError:
-        best_trial = None
+    best_trial, incumbent = study_best(study, trials)
     best = _line(best_trial, now) if best_trial is not None else None
     retried_by = {}
     for t in trials:
@@ -92,7 +91,7 @@ def study_status(study: optuna.Study, now: dt.datetime | None = None) -> StudySt
         counts=counts,
         budget=_budget_line(managed, trials),
         best=best,
-        standing=standing_of(trials, best_trial, study.direction).describe(),
+        standing=standing_of(trials, best_trial, study.direction, incumbent).describe(),
         stopped=trial_record.stopped_counts(trials),
         baselines=[line(t) for t in baselines],
         running=[line(t) for t in by_state[TrialState.RUNNING]],

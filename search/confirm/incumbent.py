@@ -28,12 +28,14 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import optuna
 from optuna.study import StudyDirection
 from optuna.trial import FrozenTrial, TrialState
 
 from search.bookkeeping import trial_record
 from search.bookkeeping.optuna_compat import enqueued_params
 from search.confirm.stats import Gain, gain
+from search.study.study_file import StudyFileError, read_stored_spec
 
 RACE_SEEDS: tuple[int, ...] = (101, 102)  # with the recipe's seed: three runs per raced setting
 RACE_SHARE = 0.5  # race runs spend at most this share of the study's budget
@@ -68,6 +70,7 @@ class Incumbent:
     defaults: Setting | None
     raced: bool  # it won a race (or, for the defaults, none beat them in one)
     challengers: tuple[Setting, ...]  # beat it on one seed, not raced (yet)
+    beaten: tuple[Setting, ...] = ()  # raced against an incumbent and lost
 
     @property
     def is_defaults(self) -> bool:
@@ -131,7 +134,12 @@ def incumbent_of(
         common = sorted(set(challenger.runs) & set(current.runs))
         if sign * challenger.mean(common) > sign * current.mean(common):
             current, raced = challenger, True
-    if current.defaults and any(_raced(s, current) for s in settings if s is not current):
+    beaten = tuple(
+        s
+        for s in settings
+        if s is not current and any(_raced(s, other) for other in settings if other is not s)
+    )
+    if current.defaults and beaten:
         raced = True  # the defaults held against a raced challenger
     pending = tuple(
         s
@@ -142,7 +150,31 @@ def incumbent_of(
         and seed in current.runs
         and sign * s.runs[seed] > sign * current.runs[seed]
     )
-    return Incumbent(current, defaults, raced, pending)
+    return Incumbent(current, defaults, raced, pending, beaten)
+
+
+def study_best(
+    study: optuna.Study, trials: Sequence[FrozenTrial] | None = None
+) -> tuple[FrozenTrial | None, Incumbent | None]:
+    """The trial a study stands behind, with its incumbent: the incumbent's first run when the
+    study started from the trainer's defaults or raced a challenger (one lucky run is not the
+    best), else Optuna's best trial (feasible ones only, when a latency budget is set)."""
+    if trials is None:
+        trials = study.get_trials(deepcopy=False)
+    try:
+        spec = read_stored_spec(study)
+    except StudyFileError:  # a table tune cannot read (another version's): Optuna's best
+        spec = None
+    standing = None
+    if spec is not None and spec.objective.latency_budget_ms is None:
+        seed = study_seed(spec.values({}))
+        standing = incumbent_of(trials, seed, spec.trial.epochs, study.direction)
+    if standing is not None and (standing.is_defaults or standing.raced):
+        return standing.setting.trial, standing
+    try:
+        return study.best_trial, standing
+    except ValueError:
+        return None, standing
 
 
 def race_runs(

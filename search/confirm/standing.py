@@ -25,6 +25,7 @@ from optuna.study import StudyDirection
 from optuna.trial import FrozenTrial, TrialState
 
 from search.bookkeeping import trial_record
+from search.confirm.incumbent import RACE_SHARE, Incumbent
 
 LEARNED = 0.05  # mAP50-95 from which a detector counts as having learned something
 
@@ -94,9 +95,53 @@ class Standing:
     defaults: FrozenTrial | None  # the start trial (`[sampler] start_from_defaults`), if any
     versus: Comparison | None  # best vs defaults; for the defaults, vs the best draw
     best_draw: FrozenTrial | None  # the best complete trial the search sampled itself
+    incumbent: Incumbent | None = None  # chosen over seeds (search/confirm/incumbent.py)
 
     def describe(self) -> str:
         """What the best trial is and what it is worth, after "best: trial N, mAP50-95 V"."""
+        seeds = self.over_seeds()
+        return self._single_runs() + (f"; {seeds}" if seeds else "")
+
+    def over_seeds(self) -> str:
+        """What the races on fresh seeds decided, or "" when the study ran none and has no
+        challenger waiting for one."""
+        inc = self.incumbent
+        if inc is None:
+            return ""
+        who = f"trial {inc.setting.number}"
+        seeds = inc.common_seeds()
+        if not inc.is_defaults and inc.raced:
+            g = inc.gain_over_defaults()
+            if g is None:
+                return f"over seeds, {who} is the incumbent ({len(inc.setting.runs)} runs)"
+            base = inc.defaults.mean(seeds) if inc.defaults is not None else 0.0
+            mean = gain_words(base + g.mean, base)
+            return (
+                f"over {g.n} seeds, {who} beat the trainer's defaults and is the incumbent: "
+                f"mean {mean}, 95% interval [{g.low:+.4f}, {g.high:+.4f}] (paired by seed)"
+            )
+        parts = []
+        if inc.is_defaults and inc.beaten:
+            lost = ", ".join(f"trial {s.number}" for s in inc.beaten)
+            parts.append(
+                f"over {len(seeds)} seeds the trainer's defaults held: {lost} beat them on one "
+                "seed, not on the mean over the same fresh seeds"
+            )
+        if inc.challengers:
+            named = ", ".join(
+                f"trial {s.number} ({next(iter(s.runs.values())):.4f})" for s in inc.challengers
+            )
+            whom = "the trainer's defaults" if inc.is_defaults else who
+            are = "is" if len(inc.challengers) == 1 else "are"
+            stay = "stay" if inc.is_defaults else "stays"
+            parts.append(
+                f"{named} beat {whom} on one seed and {are} not raced on fresh seeds (not yet, "
+                f"or no room in the budget: races take at most {RACE_SHARE:.0%} of it), so "
+                f"{whom} {stay} the incumbent"
+            )
+        return "; ".join(parts)
+
+    def _single_runs(self) -> str:
         best, versus = self.best, self.versus
         if best is None:
             return "no trial is complete yet"
@@ -105,6 +150,9 @@ class Standing:
             return f"the hand-tuned baseline '{label}': the search has not beaten hand tuning"
         if self.role == "defaults":
             said = "the start point, the trainer's defaults"
+            inc = self.incumbent
+            if inc is not None and inc.is_defaults and (inc.challengers or inc.beaten):
+                return said  # the draws that beat it in one run: `over_seeds`
             if self.best_draw is None:
                 return f"{said}; no setting the search drew ran its full length"
             if versus is None:
@@ -131,7 +179,13 @@ class Standing:
 
     def short(self) -> str:
         """A few words on the same, for a progress line."""
-        versus = self.versus
+        inc, versus = self.incumbent, self.versus
+        if inc is not None and inc.raced and not inc.is_defaults:
+            g = inc.gain_over_defaults()
+            if g is not None:
+                return f"the incumbent over {g.n} seeds, {g.mean:+.4f} over the trainer's defaults"
+        if inc is not None and inc.is_defaults and inc.challengers:
+            return f"the trainer's defaults; {len(inc.challengers)} challenger(s) not raced"
         if self.best is None or self.role == "baseline":
             return "a hand-tuned baseline" if self.best is not None else "none complete"
         if self.role == "defaults":
@@ -151,9 +205,10 @@ def standing_of(
     trials: Sequence[FrozenTrial],
     best: FrozenTrial | None,
     direction: StudyDirection = StudyDirection.MAXIMIZE,
+    incumbent: Incumbent | None = None,
 ) -> Standing:
     """The standing of `best` (the study's best trial, as its caller ranks them) among
-    `trials` (with their intermediate values)."""
+    `trials` (with their intermediate values), with the `incumbent` the races chose."""
     maximize = direction == StudyDirection.MAXIMIZE
     defaults = next((t for t in trials if trial_record.read_start(t) is not None), None)
     sign = 1.0 if maximize else -1.0
@@ -167,11 +222,11 @@ def standing_of(
     ]
     best_draw = max(draws, key=lambda t: (sign * float(t.value or 0.0), -t.number), default=None)
     if best is None:
-        return Standing(None, None, defaults, None, best_draw)
+        return Standing(None, None, defaults, None, best_draw, incumbent)
     if trial_record.read_baseline(best) is not None:
-        return Standing(best, "baseline", defaults, None, best_draw)
+        return Standing(best, "baseline", defaults, None, best_draw, incumbent)
     if defaults is not None and best.number == defaults.number:
         versus = compare(best, best_draw, maximize) if best_draw is not None else None
-        return Standing(best, "defaults", defaults, versus, best_draw)
+        return Standing(best, "defaults", defaults, versus, best_draw, incumbent)
     versus = compare(best, defaults, maximize) if defaults is not None else None
-    return Standing(best, "search", defaults, versus, best_draw)
+    return Standing(best, "search", defaults, versus, best_draw, incumbent)

@@ -14,6 +14,7 @@ import optuna
 from optuna.trial import FrozenTrial
 
 from search.bookkeeping import trial_record
+from search.confirm.incumbent import study_best
 from search.confirm.results import read_confirmation_of
 from search.report.draw import latency_figure, panels_figure
 from search.report.gather import ReportData, gather
@@ -45,6 +46,7 @@ def _gather(
         confirmation=confirmation,
         spec=trial_record.read_study_spec(study),
         max_drawn=max_drawn,
+        incumbent=study_best(study, trial_record.read_lean_trials(study, details=False))[1],
     )
     return data, sample
 

@@ -28,6 +28,7 @@ from optuna.study import StudyDirection
 from optuna.trial import FrozenTrial, TrialState
 
 from search.bookkeeping import trial_record
+from search.confirm.incumbent import Incumbent
 from search.confirm.results import Confirmation
 from search.confirm.standing import standing_of
 from search.report.key_params import KeyParams, contour_params, key_params
@@ -371,6 +372,7 @@ def gather(
     confirmation: Confirmation | None = None,
     spec: dict[str, Any] | None = None,
     max_drawn: int = MAX_DRAWN,
+    incumbent: Incumbent | None = None,
 ) -> ReportData:
     """Gather everything the report shows from `trials` (any states, possibly none).
 
@@ -410,7 +412,7 @@ def gather(
     # best first, then the baselines, then the rest of the top: the order a reader compares in
     logs.sort(key=lambda e: (rows[e.trial].role != BEST, rows[e.trial].role != BASELINE, e.trial))
     best_trial = next((t for t in drawn if ranked and t.number == ranked[0]), None)
-    standing = standing_of(drawn, best_trial, direction)
+    standing = standing_of(drawn, best_trial, direction, incumbent)
     single_run = headline(row_list, ranked, direction_name, standing)
     confirmed_line = None
     if confirmation is not None:

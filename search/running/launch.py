@@ -40,6 +40,7 @@ from search.bookkeeping.storage import (
     resolve_url,
 )
 from search.bookkeeping.study_manager import ManagedStudy
+from search.confirm.incumbent import study_best
 from search.confirm.plan import plan_confirm, prepare_confirm
 from search.confirm.results import (
     Confirmation,
@@ -464,13 +465,10 @@ def _progress_line(study: optuna.Study, spec: StudySpec) -> str:
 
 def _standing(study: optuna.Study, trials: list[FrozenTrial] | None = None) -> Standing:
     """The study's best trial and what it is worth against the trainer's defaults."""
-    try:
-        best: FrozenTrial | None = study.best_trial
-    except ValueError:
-        best = None
     if trials is None:
         trials = study.get_trials(deepcopy=False)
-    return standing_of(trials, best, study.direction)
+    best, incumbent = study_best(study, trials)
+    return standing_of(trials, best, study.direction, incumbent)
 
 
 def _stop_workers(

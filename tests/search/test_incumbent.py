@@ -11,6 +11,8 @@ from optuna.trial import FrozenTrial, TrialState
 
 from search.bookkeeping import trial_record
 from search.bookkeeping.budget import race_room
+from search.commands.best import best_trial
+from search.commands.status import study_status
 from search.confirm.incumbent import RACE_SEEDS, incumbent_of, race_runs
 from search.running.worker import run_worker
 from search.study.study_file import parse_study
@@ -156,6 +158,12 @@ def test_a_worker_races_a_challenger_on_fresh_seeds_inside_the_budget(tmp_path: 
     for seed, value in standing.setting.runs.items():
         config = spec.train_config(standing.setting.params, seed=seed)
         assert abs(value - fake_trainer.final_map(config)) < 1e-9
+    # `tune best` (and its export) and `tune status` name the incumbent and its gain over seeds
+    study = optuna.load_study(study_name="smoke", storage=url)
+    assert best_trial(study).number == standing.setting.number
+    said = study_status(study).standing
+    assert f"over 3 seeds, trial {standing.setting.number} beat the trainer's defaults" in said
+    assert "95% interval" in said and "paired by seed" in said
 
 
 def test_a_budget_too_small_for_a_race_says_so_and_keeps_the_defaults(tmp_path: Path) -> None:
@@ -167,3 +175,10 @@ def test_a_budget_too_small_for_a_race_says_so_and_keeps_the_defaults(tmp_path: 
     assert any("beat the incumbent (trial 0) on one seed; not raced: " in line for line in lines)
     standing = incumbent_of(trials, 0, EPOCHS)
     assert standing is not None and standing.is_defaults and standing.challengers
+    # one lucky run is not the best: `tune best` stays with the defaults, and says why
+    study = optuna.load_study(study_name="smoke", storage=url)
+    assert study.best_trial.number != 0  # Optuna's best single run is a challenger
+    assert best_trial(study).number == 0
+    said = study_status(study).standing
+    assert "the start point, the trainer's defaults" in said
+    assert "not raced on fresh seeds" in said and "stay the incumbent" in said
