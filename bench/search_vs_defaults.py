@@ -65,6 +65,7 @@ class Settings:
     budget_trials: int = 8
     train_images: int = 1200
     val_images: int = 250
+    retrain_all: bool = True  # False: only the first method's incumbents (and the defaults)
 
 
 PRESETS = {
@@ -198,6 +199,8 @@ def run(settings: Settings, jobs: int) -> dict[str, Any]:
             assert defaults is not None
             settings_to_train = {"defaults": defaults}
             for (method, seed), rows in studies.items():
+                if method != settings.methods[0] and not settings.retrain_all:
+                    continue  # the control's single runs still give its budget to the target
                 best = incumbent(rows)
                 if best is not None and best.params != defaults:
                     settings_to_train[f"{method} {seed}"] = best.params or {}
@@ -259,6 +262,9 @@ def summarise(raw: dict[str, Any]) -> dict[str, Any]:
             for seed in range(settings["studies"]):
                 rows = [TrialRow(**r) for r in d["studies"][f"{method} {seed}"]]
                 best = incumbent(rows)
+                is_defaults = best is None or best.params == d["defaults"]
+                if not is_defaults and f"{method} {seed}" not in fresh:
+                    continue  # not retrained (`retrain_all` off): no figure on fresh seeds
                 runs = fresh.get(f"{method} {seed}", base)  # the defaults themselves: gain 0
                 g = gain(runs, base)
                 diffs = [runs[s] - base[s] for s in base]
@@ -267,7 +273,7 @@ def summarise(raw: dict[str, Any]) -> dict[str, Any]:
                         "study": seed,
                         "trials": len(rows),
                         "pruned": sum(r.state == "PRUNED" for r in rows),
-                        "incumbent_is_defaults": f"{method} {seed}" not in fresh,
+                        "incumbent_is_defaults": is_defaults,
                         "incumbent_single_run": best.value if best else None,
                         "incumbent_fresh_mean": statistics.fmean(runs.values()),
                         "gain_mean": statistics.fmean(diffs),
@@ -276,8 +282,21 @@ def summarise(raw: dict[str, Any]) -> dict[str, Any]:
                         "incumbent_params": best.params if best else None,
                     }
                 )
+            for seed in range(settings["studies"]):
+                rows = [TrialRow(**r) for r in d["studies"][f"{method} {seed}"]]
+                best = incumbent(rows)
                 finals.setdefault(method, []).append(best.value if best and best.value else 0.0)
             gains = [float(s["gain_mean"]) for s in per_study]
+            if not gains:
+                methods[method] = {
+                    "studies": [],
+                    "wins": 0,
+                    "gain_mean": math.nan,
+                    "gain_low": None,
+                    "gain_high": None,
+                    "gain_share": math.nan,
+                }
+                continue
             pooled = gain(dict(enumerate(gains)), dict.fromkeys(range(len(gains)), 0.0))
             methods[method] = {
                 "studies": per_study,
@@ -300,7 +319,10 @@ def summarise(raw: dict[str, Any]) -> dict[str, Any]:
         ratio = math.nan
         if "Random" in methods and first != "Random":
             ours, theirs = (methods[m]["budget_to_target_median"] for m in (first, "Random"))
-            ratio = ours / theirs if math.isfinite(theirs) else 0.0
+            if math.isfinite(theirs):
+                ratio = ours / theirs
+            elif math.isfinite(ours):
+                ratio = 0.0  # random search never got there
         out[dataset] = {
             "defaults_fresh": base,
             "defaults_mean": base_mean,
@@ -357,6 +379,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--budget-trials", type=int, help="budget per study, in full trials")
     parser.add_argument("--epochs", type=int)
     parser.add_argument("--imgsz", type=int)
+    parser.add_argument(
+        "--retrain-search-only",
+        action="store_true",
+        help="retrain only the first method's incumbents (the control keeps its single runs)",
+    )
     parser.add_argument("--jobs", type=int, default=1, help="processes at once")
     parser.add_argument("--name", default="search_vs_defaults")
     parser.add_argument("--from-results", type=Path)
@@ -372,6 +399,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             "budget_trials": args.budget_trials,
             "epochs": args.epochs,
             "imgsz": args.imgsz,
+            "retrain_all": False if args.retrain_search_only else None,
         }
         settings = replace(settings, **{k: v for k, v in changes.items() if v is not None})
         load_before = load_average()

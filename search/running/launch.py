@@ -135,7 +135,7 @@ def mps_running() -> bool:
 
 def prepare_study(spec: StudySpec, storage: RDBStorage) -> optuna.Study:
     """Create or load the study, name its objective (the study file's metric), store its settings,
-    and enqueue missing baselines (and the trainer-defaults start trial) exactly once.
+    and enqueue the trainer-defaults start trial and missing baselines exactly once.
 
     Holding the study lock makes this safe when launched twice or from two machines at once.
     """
@@ -161,15 +161,17 @@ def prepare_study(spec: StudySpec, storage: RDBStorage) -> optuna.Study:
                 )
         trial_record.record_study_spec(study, spec.raw)
         trials = study.get_trials(deepcopy=False)
+        # the trainer's defaults first: every verdict compares with them, and a study its time
+        # limit cuts short on a slow machine must still have run them
+        start = spec.start_params()
+        if start is not None and not any(trial_record.read_start(t) for t in trials):
+            study.enqueue_trial(start, user_attrs=trial_record.start_attrs())
         present = {trial_record.read_baseline(t) for t in trials}
         for baseline in spec.baselines:
             if baseline.label not in present:
                 study.enqueue_trial(
                     baseline.as_dict(), user_attrs=trial_record.baseline_attrs(baseline.label)
                 )
-        start = spec.start_params()
-        if start is not None and not any(trial_record.read_start(t) for t in trials):
-            study.enqueue_trial(start, user_attrs=trial_record.start_attrs())
     return study
 
 

@@ -212,3 +212,59 @@ def test_search_efficiency_runs_studies_in_parallel_and_stops_at_its_time_limit(
     spent = [rows[-1]["spent"] for rows in seeds]
     assert all(0 < s < result["budget_iterations"]["shapes"] for s in spent)  # cut short
     assert result["summary"]["shapes"]["compared_at"] == min(spent)
+
+
+def test_search_vs_defaults_pairs_each_incumbent_with_the_defaults_on_the_same_seeds() -> None:
+    """The summary of `bench/search_vs_defaults.py` from raw results: an incumbent that is the
+    defaults gains 0, a win counts only on the fresh seeds, the budget compares with random's."""
+    from bench.search_vs_defaults import summarise
+
+    def rows(*values: float | None, spent: int = 10) -> list[dict[str, object]]:
+        return [
+            {
+                "number": i,
+                "state": "COMPLETE" if v is not None else "PRUNED",
+                "value": v,
+                "iterations": spent,
+                "spent": spent * (i + 1),
+                "seconds": 1.0,
+                "params": {"x": i},
+            }
+            for i, v in enumerate(values)
+        ]
+
+    raw = {
+        "settings": {"methods": ["Evolution", "Random"], "studies": 2},
+        "data": {
+            "shapes": {
+                "budget": 40,
+                "defaults": {"x": 0},  # every study's trial 0, its start trial
+                "studies": {
+                    # study 0: a draw beat the defaults in its run and on the fresh seeds
+                    "Evolution 0": rows(0.10, 0.12, None),
+                    # study 1: a lucky draw, worse than the defaults on the fresh seeds
+                    "Evolution 1": rows(0.10, 0.11),
+                    "Random 0": rows(0.10, 0.05, 0.08, 0.12),
+                    "Random 1": rows(0.10, 0.09),  # the defaults stay its incumbent
+                },
+                "fresh": {
+                    "defaults": {"1": 0.10, "2": 0.11},
+                    "Evolution 0": {"1": 0.12, "2": 0.13},
+                    "Evolution 1": {"1": 0.09, "2": 0.10},
+                    "Random 0": {"1": 0.11, "2": 0.11},
+                },
+            }
+        },
+    }
+    summary = summarise(raw)["shapes"]
+    evolution, random = summary["methods"]["Evolution"], summary["methods"]["Random"]
+    assert [s["gain_mean"] for s in evolution["studies"]] == pytest.approx([0.02, -0.01])
+    assert evolution["wins"] == 1 and random["wins"] == 1
+    assert random["studies"][1]["incumbent_is_defaults"] and random["studies"][1]["gain_mean"] == 0
+    assert evolution["gain_share"] == pytest.approx(0.005 / 0.105)
+    # target: Evolution's median single-run best, 0.115; Evolution reaches it at 20 iterations
+    # in study 0 and never in study 1; random at 40 in study 0, never in study 1
+    assert summary["target"] == pytest.approx(0.115)
+    assert evolution["budget_to_target"] == [20, None]
+    assert random["budget_to_target"] == [40, None]
+    assert math.isnan(summary["budget_ratio"])  # neither median reaches it: no ratio

@@ -310,13 +310,13 @@ def test_baselines_are_enqueued_once_even_when_launched_concurrently(tmp_path: P
     assert not errors
     trials = _trials(url, "loss-weights")
     labels = [b.label for b in spec.baselines]
-    # the baselines, then the trial that starts the search from the trainer's defaults
-    assert [trial_record.read_baseline(t) for t in trials] == [*labels, None]
-    assert [trial_record.read_start(t) for t in trials] == [None] * len(labels) + [
-        "trainer defaults"
-    ]
+    # the trial that starts the search from the trainer's defaults, then the baselines
+    assert [trial_record.read_baseline(t) for t in trials] == [None, *labels]
+    assert [trial_record.read_start(t) for t in trials] == ["trainer defaults"] + [None] * len(
+        labels
+    )
     assert all(t.state == TrialState.WAITING for t in trials)
-    expected = [b.as_dict() for b in spec.baselines] + [spec.start_params()]
+    expected = [spec.start_params()] + [b.as_dict() for b in spec.baselines]
     assert [t.system_attrs["fixed_params"] for t in trials] == expected
 
 
