@@ -9,7 +9,10 @@
 #      evaluations, K solo passes against one fused pass with the mAP on the device;
 #   4. bench.search_efficiency on the loss-weights study's trials, 8 seeds, on shapes and
 #      shapes-large (issue 15), every study in its own process (one per CPU core), stopped at the
-#      time left.
+#      time left;
+#   5. bench.search_vs_defaults at the study's length (33-epoch trials): 4 Evolution and 4 random
+#      studies on shapes and shapes-large, each incumbent and the defaults retrained on 3 fresh
+#      seeds (what docs/benchmarks.md, "How good is the search", measured scaled down on a CPU).
 #
 #   bash bench/gpu.sh [OUT_DIR] [TOTAL_SECONDS]      # defaults: bench/results, 3 hours
 #
@@ -58,8 +61,12 @@ timeout 240 $py -m bench.packing --device cuda --eval --k 1,4,16,32 2>&1 | tee -
 # One torch thread per study (set in the bench); keep numpy/OpenMP in the COCO evaluation to one
 # thread too, or 16 processes each start 16 threads.
 export OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1
-left=$(( total - ($(date +%s) - started) - 75 ))
+left=$(( (total - ($(date +%s) - started) - 75) / 2 ))
 step "search efficiency, $cores processes, time limit ${left} s"
 $py -m bench.search_efficiency --seeds 8 --jobs "$cores" --time-limit "$left" --out "$out" \
   2>&1 | tee -a "$log"
+left=$(( total - ($(date +%s) - started) - 30 ))
+step "search vs the defaults, $cores processes, at most ${left} s"
+timeout "$left" $py -m bench.search_vs_defaults --preset study --device cuda \
+  --datasets shapes,shapes-large --jobs "$cores" --name search_vs_defaults-gpu 2>&1 | tee -a "$log"
 step "done"

@@ -66,6 +66,7 @@ class Settings:
     train_images: int = 1200
     val_images: int = 250
     retrain_all: bool = True  # False: only the first method's incumbents (and the defaults)
+    device: str = "cpu"
 
 
 PRESETS = {
@@ -102,7 +103,7 @@ def study_table(settings: Settings, data: str, method: str, seed: int) -> dict[s
         **raw["trial"],
         "imgsz": settings.imgsz,
         "batch": settings.batch,
-        "device": "cpu",
+        "device": settings.device,
         "eval_interval": settings.eval_interval,
     }
     raw["budget"] = {"n_trials": 100_000}  # the benchmark stops on iterations
@@ -116,6 +117,7 @@ def study_table(settings: Settings, data: str, method: str, seed: int) -> dict[s
 
 def _study_settings(settings: Settings) -> StudySettings:
     return StudySettings(
+        device=settings.device,
         imgsz=settings.imgsz,
         epochs=settings.epochs,
         batch=settings.batch,
@@ -385,6 +387,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         help="retrain only the first method's incumbents (the control keeps its single runs)",
     )
     parser.add_argument("--jobs", type=int, default=1, help="processes at once")
+    parser.add_argument("--device", help="cpu (default) or cuda")
     parser.add_argument("--name", default="search_vs_defaults")
     parser.add_argument("--from-results", type=Path)
     args = parser.parse_args(argv)
@@ -400,6 +403,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             "epochs": args.epochs,
             "imgsz": args.imgsz,
             "retrain_all": False if args.retrain_search_only else None,
+            "device": args.device,
         }
         settings = replace(settings, **{k: v for k, v in changes.items() if v is not None})
         load_before = load_average()

@@ -9,12 +9,14 @@ line per trial like the panels, only the trials the panels draw.
 
 from __future__ import annotations
 
+import copy
 import warnings
 from collections.abc import Callable, Container, Sequence
 from dataclasses import dataclass
 
 import optuna
 import plotly.graph_objects as go
+from optuna.distributions import FloatDistribution, IntDistribution
 from optuna.storages import InMemoryStorage
 from optuna.study import StudyDirection
 from optuna.trial import FrozenTrial, TrialState
@@ -76,15 +78,52 @@ class _SharedTrials(InMemoryStorage):
         return super().get_all_trials(study_id, deepcopy=False, states=states)
 
 
+def widened(trials: Sequence[FrozenTrial]) -> list[FrozenTrial]:
+    """`trials` with every number parameter's range widened, the same for all, to hold every
+    trial's value: a hand-tuned baseline may lie outside a space centred on the trainer's
+    defaults (search/study/space.py), which Optuna's `add_trial` refuses and its views would not
+    place. Copies; the stored trials keep their own ranges."""
+    ranges: dict[str, tuple[float, float]] = {}
+    for t in trials:
+        for name, dist in t.distributions.items():
+            if isinstance(dist, FloatDistribution | IntDistribution) and name in t.params:
+                value = t.params[name]
+                low, high = ranges.get(name, (dist.low, dist.high))
+                ranges[name] = (min(low, dist.low, value), max(high, dist.high, value))
+    out = []
+    for t in trials:
+        dists = dict(t.distributions)
+        changed = False
+        for name, dist in dists.items():
+            if name in ranges and isinstance(dist, FloatDistribution | IntDistribution):
+                low, high = ranges[name]
+                if (low, high) != (dist.low, dist.high):
+                    dists[name] = _spanning(dist, low, high)
+                    changed = True
+        if changed:
+            t = copy.copy(t)
+            t.distributions = dists
+        out.append(t)
+    return out
+
+
+def _spanning(
+    dist: FloatDistribution | IntDistribution, low: float, high: float
+) -> FloatDistribution | IntDistribution:
+    if isinstance(dist, IntDistribution):
+        return IntDistribution(int(low), int(high), log=dist.log, step=dist.step)
+    return FloatDistribution(low, high, log=dist.log)  # a value off its grid: no step
+
+
 def _study_of(trials: Sequence[FrozenTrial], direction: StudyDirection) -> optuna.Study:
-    """A study in memory holding `trials`: what Optuna's views read."""
+    """A study in memory holding `trials` (their ranges `widened`): what Optuna's views read."""
     verbosity = optuna.logging.get_verbosity()
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # no "new study created" line
     try:
         study = optuna.create_study(storage=_SharedTrials(), direction=direction)
     finally:
         optuna.logging.set_verbosity(verbosity)
-    study.add_trials(trials)
+    study.add_trials(widened(trials))
     return study
 
 

@@ -175,3 +175,26 @@ def test_the_panels_traces_are_valid_plotly() -> None:
     # `panels_figure` takes its traces without Plotly's validation (for speed): validated here
     fig = panels_figure(gather_study(build_study(None), top_k=1))
     assert len(go.Figure(fig.to_dict()).data) == len(fig.data)  # raises on a bad property
+
+
+def test_a_report_shows_baselines_that_lie_outside_a_space_around_the_defaults(
+    tmp_path: Path,
+) -> None:
+    """The hand-tuned baselines lie outside the loss-weights space (it is centred on the
+    trainer's defaults): the report, Optuna's views included, still shows them beside the draws."""
+    from search.study.study_file import load_study_file
+
+    spec = load_study_file("loss-weights", check_data=False)
+    study = optuna.create_study(direction="maximize")
+    for baseline in spec.baselines[:2]:
+        study.enqueue_trial(baseline.as_dict(), user_attrs=trial_record.baseline_attrs("b"))
+    for value in (0.1, 0.2, 0.3, 0.4):
+        trial = study.ask()
+        spec.space.sample(trial)
+        trial.report(value, 3)
+        study.tell(trial, value)
+    lcls = spec.space.get("lcls")
+    assert lcls is not None and not lcls.contains(study.trials[0].params["lcls"])
+    page = write_report(study, tmp_path / "report.html").read_text()
+    assert "Parallel coordinates" in page and "Parameter importances" in page
+    assert study.trials[0].distributions["lcls"].high < 0.5  # the stored ranges are untouched
