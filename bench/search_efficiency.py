@@ -122,21 +122,28 @@ class TrialRow:
     params: dict[str, Any] | None = None  # the trial's drawn params
 
 
-def _study_table(settings: Settings, data: str, method: str, seed: int) -> dict[str, Any]:
+def bench_table(name: str, data: str, epochs: int | None, pins: dict[str, Any]) -> dict[str, Any]:
+    """The loss-weights study table as a search benchmark runs it: named `name`, on `data`, its
+    trials `epochs` long with `pins` set in `[trial]`, no budget of its own (the benchmark
+    stops on iterations) and no baselines (they would cost every method the same)."""
     from search.study.study_file import Overrides, apply_overrides, read_study_table
 
-    raw = apply_overrides(read_study_table(STUDY)[0], Overrides(epochs=settings.epochs, data=data))
-    raw["name"] = f"bench-{method.replace('+', '-')}-{seed}"
-    raw["trial"] = {
-        **raw["trial"],
+    raw = apply_overrides(read_study_table(STUDY)[0], Overrides(epochs=epochs, data=data))
+    raw["name"] = name
+    raw["trial"] = {**raw["trial"], **{k: v for k, v in pins.items() if v is not None}}
+    raw["budget"] = {"n_trials": 100_000}
+    raw.pop("baselines", None)
+    return raw
+
+
+def _study_table(settings: Settings, data: str, method: str, seed: int) -> dict[str, Any]:
+    pins = {
         "imgsz": settings.imgsz,
         "batch": settings.batch,
         "device": settings.device,
+        "eval_interval": settings.eval_interval,
     }
-    if settings.eval_interval is not None:
-        raw["trial"]["eval_interval"] = settings.eval_interval
-    raw["budget"] = {"n_trials": 100_000}  # this benchmark stops on iterations, not trials
-    raw.pop("baselines", None)  # from nothing (module docstring)
+    raw = bench_table(f"bench-{method.replace('+', '-')}-{seed}", data, settings.epochs, pins)
     sampler, prunes = METHODS[method]
     raw["sampler"] = {**raw["sampler"], "type": sampler, "seed": seed, "start_from_defaults": False}
     if settings.n_startup_trials is not None:

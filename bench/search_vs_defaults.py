@@ -40,10 +40,10 @@ from bench.search_efficiency import Settings as StudySettings
 from bench.search_efficiency import (
     TrialRow,
     _run_in_process,
+    bench_table,
     budget_to_reach,
 )
 
-STUDY = "loss-weights"
 GOAL_WINS = 3 / 4  # studies whose incumbent beats the defaults on fresh seeds
 GOAL_GAIN = 0.05  # mean gain, a share of the defaults' mAP50-95
 GOAL_BUDGET_RATIO = 0.5  # the search's budget to its level over random search's
@@ -95,19 +95,13 @@ PRESETS = {
 def study_table(settings: Settings, data: str, method: str, seed: int) -> dict[str, Any]:
     """The loss-weights study as this benchmark runs it: its space, sampler and pruner, the
     benchmark's length, no baselines, the defaults as its start trial."""
-    from search.study.study_file import Overrides, apply_overrides, read_study_table
-
-    raw = apply_overrides(read_study_table(STUDY)[0], Overrides(epochs=settings.epochs, data=data))
-    raw["name"] = f"bench-{method.lower()}-{seed}"
-    raw["trial"] = {
-        **raw["trial"],
+    pins = {
         "imgsz": settings.imgsz,
         "batch": settings.batch,
         "device": settings.device,
         "eval_interval": settings.eval_interval,
     }
-    raw["budget"] = {"n_trials": 100_000}  # the benchmark stops on iterations
-    raw.pop("baselines", None)
+    raw = bench_table(f"bench-{method.lower()}-{seed}", data, settings.epochs, pins)
     raw["sampler"] = {"type": method, "seed": seed, "start_from_defaults": True}
     if method in ("TPE", "GP"):
         raw["sampler"]["n_startup_trials"] = 3
