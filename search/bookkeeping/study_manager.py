@@ -175,10 +175,9 @@ class ManagedStudy:
         stored = self.stored_spec()
         if stored is not None:
             spec = dataclasses.replace(spec, budget=stored.budget)
-        seed = incumbent.study_seed(spec.values({}))
         with self.lock(log=log):
             trials = self.study.get_trials(deepcopy=False)
-            standing = incumbent.incumbent_of(trials, seed, spec.trial.epochs, self.study.direction)
+            standing = incumbent.incumbent_of_study(spec, trials, self.study.direction)
             challenger = (
                 next((s for s in standing.challengers if s.number == told.number), None)
                 if standing is not None

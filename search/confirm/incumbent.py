@@ -35,7 +35,7 @@ from optuna.trial import FrozenTrial, TrialState
 from search.bookkeeping import trial_record
 from search.bookkeeping.optuna_compat import enqueued_params
 from search.confirm.stats import Gain, gain
-from search.study.study_file import StudyFileError, read_stored_spec
+from search.study.study_file import StudyFileError, StudySpec, read_stored_spec
 
 RACE_SEEDS: tuple[int, ...] = (101, 102)  # with the recipe's seed: three runs per raced setting
 RACE_SHARE = 0.5  # race runs spend at most this share of the study's budget
@@ -153,22 +153,33 @@ def incumbent_of(
     return Incumbent(current, defaults, raced, pending, beaten)
 
 
+def incumbent_of_study(
+    spec: StudySpec, trials: Sequence[FrozenTrial], direction: StudyDirection
+) -> Incumbent | None:
+    """The incumbent of a study of `spec`; None with a latency budget, where the best is a
+    feasible one (Optuna's constraint) that a comparison of the metric alone cannot choose."""
+    if spec.objective.latency_budget_ms is not None:
+        return None
+    return incumbent_of(trials, study_seed(spec.values({})), spec.trial.epochs, direction)
+
+
 def study_best(
-    study: optuna.Study, trials: Sequence[FrozenTrial] | None = None
+    study: optuna.Study,
+    trials: Sequence[FrozenTrial] | None = None,
+    spec: StudySpec | None = None,
 ) -> tuple[FrozenTrial | None, Incumbent | None]:
     """The trial a study stands behind, with its incumbent: the incumbent's first run when the
     study started from the trainer's defaults or raced a challenger (one lucky run is not the
-    best), else Optuna's best trial (feasible ones only, when a latency budget is set)."""
+    best), else Optuna's best trial (feasible ones only, when a latency budget is set). `spec`:
+    the study's, when the caller has it (else read from the storage)."""
     if trials is None:
         trials = study.get_trials(deepcopy=False)
-    try:
-        spec = read_stored_spec(study)
-    except StudyFileError:  # a table tune cannot read (another version's): Optuna's best
-        spec = None
-    standing = None
-    if spec is not None and spec.objective.latency_budget_ms is None:
-        seed = study_seed(spec.values({}))
-        standing = incumbent_of(trials, seed, spec.trial.epochs, study.direction)
+    if spec is None:
+        try:
+            spec = read_stored_spec(study)
+        except StudyFileError:  # a table tune cannot read (another version's): Optuna's best
+            spec = None
+    standing = None if spec is None else incumbent_of_study(spec, trials, study.direction)
     if standing is not None and (standing.is_defaults or standing.raced):
         return standing.setting.trial, standing
     try:

@@ -449,7 +449,7 @@ def _progress_line(study: optuna.Study, spec: StudySpec) -> str:
     managed = ManagedStudy(study)
     trials = study.get_trials(deepcopy=False)
     counts = managed.counts(trials)
-    standing = _standing(study, trials)
+    standing = _standing(study, trials, spec)
     best = (
         f"best mAP50-95 {standing.best.value:.4f} (trial {standing.best.number}, "
         f"{standing.short()})"
@@ -465,11 +465,11 @@ def _progress_line(study: optuna.Study, spec: StudySpec) -> str:
     )
 
 
-def _standing(study: optuna.Study, trials: list[FrozenTrial] | None = None) -> Standing:
+def _standing(
+    study: optuna.Study, trials: list[FrozenTrial], spec: StudySpec | None = None
+) -> Standing:
     """The study's best trial and what it is worth against the trainer's defaults."""
-    if trials is None:
-        trials = study.get_trials(deepcopy=False)
-    best, incumbent = study_best(study, trials)
+    best, incumbent = study_best(study, trials, spec)
     return standing_of(trials, best, study.direction, incumbent)
 
 
@@ -499,7 +499,7 @@ def _result(
     managed = ManagedStudy(study, rdb)
     counts = managed.counts()
     trials = study.get_trials(deepcopy=False)
-    standing = _standing(study, trials)
+    standing = _standing(study, trials, spec)
     best = standing.best
     codes = [_code(c) for c in (exit_codes or [])]
     use = managed.budget_use(spec)
