@@ -398,7 +398,9 @@ def numbering_query_alone(storage: optuna.storages.RDBStorage, repeats: int = 30
 
 @contextlib.contextmanager
 def proxy_in_front(url: str, folder: str) -> Iterator[str]:
-    """A `tune proxy` subprocess serving `url` on a free port; its `grpc://` URL."""
+    """A `tune proxy` subprocess serving `url` on a free port; its `grpc://` URL. A fresh token
+    is in this process's environment meanwhile, for the proxy and the workers it starts."""
+    import secrets
     import socket
     import subprocess
     import sys
@@ -409,6 +411,8 @@ def proxy_in_front(url: str, folder: str) -> Iterator[str]:
     log = Path(folder) / "proxy.log"
     tune = Path(sys.executable).parent / "tune"
     command = [str(tune)] if tune.exists() else [sys.executable, "-m", "search.cli"]
+    previous_token = os.environ.get("TUNE_PROXY_TOKEN")
+    os.environ["TUNE_PROXY_TOKEN"] = secrets.token_hex(16)
     with log.open("wb") as out:
         proc = subprocess.Popen(
             [*command, "proxy", "--storage", url, "--port", str(port)],
@@ -425,6 +429,10 @@ def proxy_in_front(url: str, folder: str) -> Iterator[str]:
     finally:
         proc.terminate()
         proc.wait(30)
+        if previous_token is None:
+            os.environ.pop("TUNE_PROXY_TOKEN", None)
+        else:
+            os.environ["TUNE_PROXY_TOKEN"] = previous_token
 
 
 def run_cell(

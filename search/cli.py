@@ -414,16 +414,23 @@ def dashboard(
 @app.command()
 def proxy(
     storage: str | None = typer.Option(None, help=_STORAGE_HELP),
-    host: str = typer.Option("127.0.0.1", help="address to bind (workers connect to it)"),
+    host: str = typer.Option(
+        "127.0.0.1", help="address to bind (workers connect to it); another than loopback wants TLS"
+    ),
     port: int = typer.Option(13000, min=1, max=65535),
+    tls_cert: Path | None = typer.Option(
+        None, help="serve TLS with this PEM certificate (workers use grpcs://HOST:PORT)"
+    ),
+    tls_key: Path | None = typer.Option(None, help="the certificate's PEM private key"),
 ) -> None:
     """Serve the storage to many workers (`tune worker --storage grpc://HOST:PORT`) through
-    Optuna's gRPC proxy: one bounded pool of database connections, heartbeats and reaping."""
+    Optuna's gRPC proxy: one bounded pool of database connections, heartbeats and reaping.
+    Every call needs the token of $TUNE_PROXY_TOKEN or the file $TUNE_PROXY_TOKEN_FILE names."""
     from search.bookkeeping.proxy import serve
     from search.bookkeeping.storage import StorageError
 
     try:
-        serve(storage, host=host, port=port, echo=typer.echo)
+        serve(storage, host=host, port=port, tls_cert=tls_cert, tls_key=tls_key, echo=typer.echo)
     except StorageError as exc:
         raise _fail(str(exc)) from None
     except OSError as exc:

@@ -17,11 +17,13 @@ What tune needs beyond Optuna's public API:
   of the ORM (issue 16: a worker joining a study of 10,000 trials spent 12 s building an ORM
   object per row; `tune status` and `tune report` as long);
 - `optuna.storages._CachedStorage` (`CachedStorage`), the cache `optuna.storages.get_storage`
-  puts in front of an RDB storage, which `tune proxy` subclasses (`search/bookkeeping/proxy.py`),
+  puts in front of an RDB storage, which `tune proxy` serves (`search/bookkeeping/proxy.py`),
   and its `_backend`, the RDB storage behind a study's cache (`rdb_backend`), which `tune status`
   and `tune report` read with `read_trials` leaving bulky user attrs in the database (`AttrKeys`);
-- `GrpcStorageProxy._setup` and the generated gRPC stub, to open the proxy's channel with short
-  reconnect backoffs (`ReconnectingGrpcStorageProxy`);
+- `GrpcStorageProxy._setup` and the generated gRPC stub, to open the proxy's client on a channel
+  of tune's own (TLS, the token, short reconnect backoffs: `ChannelGrpcStorageProxy`), and the
+  generated servicer, to serve Optuna's storage service from a server of tune's own
+  (`add_storage_service`);
 - the system attr ``fixed_params`` where `Study.enqueue_trial` keeps an enqueued trial's
   parameters until it is asked (`enqueued_params`: what a WAITING trial will run);
 - not a name but a side effect: `import optuna.visualization` imports its matplotlib twin, and
@@ -36,7 +38,7 @@ import datetime as dt
 import json
 import sys
 from collections import defaultdict
-from collections.abc import Collection, Container, Iterable, Iterator
+from collections.abc import Callable, Collection, Container, Iterable, Iterator
 from dataclasses import dataclass
 from functools import cache
 from typing import Any
@@ -55,35 +57,41 @@ from sqlalchemy import orm
 TrialModel = models.TrialModel
 TrialHeartbeatModel = models.TrialHeartbeatModel
 CachedStorage = _CachedStorage
-# Through `tune proxy`, a heartbeat is this trial system attr written through Optuna's gRPC proxy
-# (which carries no heartbeat call); the proxy records a real heartbeat instead of storing it.
-HEARTBEAT_ATTR = "tune:heartbeat"
 
 
-class ReconnectingGrpcStorageProxy(GrpcStorageProxy):
-    """Optuna's gRPC proxy client on a channel that retries a lost server every second at most.
+class ChannelGrpcStorageProxy(GrpcStorageProxy):
+    """Optuna's gRPC proxy client on a channel tune makes (`make_channel`: TLS, the token,
+    reconnect backoff: `search/bookkeeping/proxy_auth.py`), which tune's own calls share."""
 
-    gRPC's default reconnect backoff grows to two minutes: a worker whose proxy restarted after a
-    long outage could not beat for that long once the proxy was back, and the proxy would reap its
-    live trial after the grace period.
-    """
+    def __init__(self, make_channel: Callable[[], Any]) -> None:
+        self._make_channel = make_channel  # picklable (a partial), as Optuna's client is
+        self._setup()
 
     def _setup(self) -> None:
-        import grpc
         from optuna.storages._grpc.auto_generated import api_pb2_grpc
         from optuna.storages._grpc.client import GrpcClientCache
 
-        self._channel = grpc.insecure_channel(
-            f"{self._host}:{self._port}",
-            options=[
-                ("grpc.max_receive_message_length", -1),  # as Optuna's own channel
-                ("grpc.initial_reconnect_backoff_ms", 200),
-                ("grpc.min_reconnect_backoff_ms", 200),
-                ("grpc.max_reconnect_backoff_ms", 1000),
-            ],
-        )
+        self._channel = self._make_channel()
         self._stub = api_pb2_grpc.StorageServiceStub(self._channel)
         self._cache = GrpcClientCache(self._stub)
+
+    @property
+    def channel(self) -> Any:
+        """The channel Optuna's calls go over (a `grpc.Channel`)."""
+        return self._channel
+
+    def beat(self, trial_id: int) -> None:
+        """A heartbeat for `trial_id` through the proxy (Optuna's proxy carries none)."""
+        raise NotImplementedError
+
+
+def add_storage_service(server: Any, storage: BaseStorage) -> None:
+    """Optuna's storage service (what `run_grpc_proxy_server` serves) on a gRPC server of
+    tune's own, which checks tokens and may serve TLS (`search/bookkeeping/proxy.py`)."""
+    from optuna.storages._grpc.auto_generated import api_pb2_grpc
+    from optuna.storages._grpc.servicer import OptunaStorageProxyService
+
+    api_pb2_grpc.add_StorageServiceServicer_to_server(OptunaStorageProxyService(storage), server)
 
 
 @contextlib.contextmanager
@@ -153,8 +161,8 @@ def record_heartbeat(study: optuna.Study, trial_id: int) -> None:
     storage = study_storage(study)
     if isinstance(storage, BaseHeartbeat) and storage.get_heartbeat_interval() is not None:
         storage.record_heartbeat(trial_id)
-    elif isinstance(storage, GrpcStorageProxy):
-        storage.set_trial_system_attr(trial_id, HEARTBEAT_ATTR, True)
+    elif isinstance(storage, ChannelGrpcStorageProxy):
+        storage.beat(trial_id)
 
 
 @dataclass(frozen=True)

@@ -40,6 +40,8 @@ from sqlalchemy import orm
 from search.bookkeeping.optuna_compat import HeartbeatRDBStorage, TrialModel
 
 ENV_VAR = "TUNE_STORAGE"
+# the token every call to `tune proxy` carries (`search/bookkeeping/proxy_auth.py`): masked too
+PROXY_TOKEN_ENV = "TUNE_PROXY_TOKEN"
 DEFAULT_URL = "sqlite:///tune.db"
 _LOCK_NAMESPACE = 0x74756E65  # "tune": first key of the PostgreSQL advisory lock
 _LOCK_NOT_AVAILABLE = "55P03"  # PostgreSQL: lock_timeout expired
@@ -154,8 +156,11 @@ def mask_url(url: str) -> str:
 
 
 def mask_text(text: str) -> str:
-    """Any text (an error message, a log line) with the passwords of URLs in it masked."""
-    return _PASSWORD_PARAM.sub(r"\1***", _CREDENTIALS.sub(r"\g<head>:***@", text))
+    """Any text (an error message, a log line) with the passwords of URLs in it masked, and the
+    proxy token of this process's environment."""
+    masked = _PASSWORD_PARAM.sub(r"\1***", _CREDENTIALS.sub(r"\g<head>:***@", text))
+    token = os.environ.get(PROXY_TOKEN_ENV)
+    return masked.replace(token, "***") if token and len(token) >= 8 else masked
 
 
 def open_storage(
@@ -175,7 +180,7 @@ def open_storage(
     url = resolve_url(url)
     settings = settings or StorageSettings.from_env()
     shown = mask_url(url)
-    if url.startswith("grpc://"):
+    if url.startswith(("grpc://", "grpcs://")):
         raise StorageError(
             f"{shown} is a tune proxy, which only workers use (`tune worker --storage {shown}`); "
             "give this command the database URL the proxy serves"
@@ -372,7 +377,7 @@ class StudyLock:
         self._say_every = say_every
         self._conn: sa.Connection | None = None
         self._file: IO[bytes] | None = None
-        self._lease: Any = None  # a `search.bookkeeping.proxy.ProxyLock`
+        self._lease: Any = None  # a `search.bookkeeping.proxy_control.ProxyLock`
 
     @staticmethod
     def shares(storage: optuna.storages.BaseStorage) -> bool:
@@ -407,12 +412,17 @@ class StudyLock:
 
     def acquire(self) -> StudyLock:
         if not isinstance(self._storage, RDBStorage):
-            from search.bookkeeping.proxy import ProxyClient, ProxyLock
+            from search.bookkeeping.proxy import ProxyClient
+            from search.bookkeeping.proxy_control import ProxyLock
 
             if isinstance(self._storage, ProxyClient):
                 holder = f"{os.getpid()}:{id(self)}:{time.monotonic()}"
                 self._lease = ProxyLock(
-                    self._storage, self._study_id, holder, shared=self._shared, log=self._log
+                    self._storage.control,
+                    self._study_id,
+                    holder,
+                    shared=self._shared,
+                    log=self._log,
                 )
                 self._lease.acquire()
             return self

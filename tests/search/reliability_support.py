@@ -36,7 +36,11 @@ FAKE = ["--trainer-module", "tests.search.fake_trainer"]
 HEARTBEAT = 1  # seconds
 GRACE = 3  # seconds: a trial without a heartbeat this long is reaped
 T = TypeVar("T")
-_PASSED_ON = ("TUNE_STORAGE", "TUNE_TRAINER_MODULE", "FAKE_FAIL_TRIALS", "FAKE_NAN_TRIALS")
+_PASSED_ON = (
+    "TUNE_STORAGE", "TUNE_TRAINER_MODULE", "FAKE_FAIL_TRIALS", "FAKE_NAN_TRIALS",
+    "TUNE_PROXY_TOKEN_FILE", "TUNE_PROXY_CA", "TUNE_PROXY_TLS_NAME",
+)  # fmt: skip
+PROXY_TOKEN = "test-token-0123456789abcdef"  # what the tests' proxies and workers share
 
 
 def fast_env(tmp_path: Path, **extra: str) -> dict[str, str]:
@@ -48,6 +52,7 @@ def fast_env(tmp_path: Path, **extra: str) -> dict[str, str]:
         "TUNE_GRACE_PERIOD": str(GRACE),
         "TUNE_MAX_RETRY": "2",
         "TUNE_ARTIFACTS": str(tmp_path / "artifacts"),
+        "TUNE_PROXY_TOKEN": PROXY_TOKEN,
         "FAKE_CHECKPOINT": "1",
         "FAKE_STEP_SECONDS": "0.3",
         "OMP_NUM_THREADS": "1",
@@ -207,10 +212,12 @@ def free_port() -> int:
 
 
 class Proxy:
-    """A `tune proxy` subprocess logging to a file."""
+    """A `tune proxy` subprocess logging to a file (`args`: more options, e.g. TLS)."""
 
-    def __init__(self, url: str, port: int, env: dict[str, str], log: Path) -> None:
-        self.args = [*TUNE, "proxy", "--storage", url, "--port", str(port)]
+    def __init__(
+        self, url: str, port: int, env: dict[str, str], log: Path, args: tuple[str, ...] = ()
+    ) -> None:
+        self.args = [*TUNE, "proxy", "--storage", url, "--port", str(port), *args]
         self.env, self.log = env, log
         self.proc: subprocess.Popen[bytes] | None = None
 
@@ -219,7 +226,10 @@ class Proxy:
             self.proc = subprocess.Popen(
                 self.args, cwd=ROOT, env=self.env, stdout=out, stderr=subprocess.STDOUT
             )
-        wait_for("the proxy to listen", lambda: self.text().count("tune proxy for") or None, 60)
+        proc = self.proc
+        # a proxy that exits (a bad option, no token) fails the test at once, with its line
+        wait_for("the proxy to listen", lambda: "tune proxy for" in self.text() or proc.poll(), 60)
+        assert proc.poll() is None, f"tune proxy exited with {proc.returncode}: {self.text()}"
         return self
 
     def text(self) -> str:

@@ -203,7 +203,7 @@ def test_every_override_still_matches_what_optuna_calls() -> None:
     ours = {
         "_get_stale_trial_ids": HeartbeatRDBStorage._get_stale_trial_ids,
         "_get_trials": HeartbeatRDBStorage._get_trials,
-        "_setup": optuna_compat.ReconnectingGrpcStorageProxy._setup,
+        "_setup": optuna_compat.ChannelGrpcStorageProxy._setup,
     }
     for name, method in ours.items():
         cls = GrpcStorageProxy if name == "_setup" else RDBStorage
@@ -227,3 +227,29 @@ def test_enqueued_params_are_what_a_waiting_trial_will_run() -> None:
     trial.suggest_float("x", 0.0, 1.0)
     study.tell(trial, 1.0)
     assert enqueued_params(study.trials[0]) == {"x": 0.25}
+
+
+def test_optunas_storage_service_serves_from_a_server_and_channel_of_our_own() -> None:
+    """`add_storage_service` and `ChannelGrpcStorageProxy` reach Optuna's generated servicer
+    and stub: a study made through them is the storage's own."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    import grpc
+
+    from search.bookkeeping.optuna_compat import ChannelGrpcStorageProxy, add_storage_service
+
+    storage = optuna.storages.InMemoryStorage()
+    server = grpc.server(ThreadPoolExecutor(2))
+    add_storage_service(server, storage)
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    try:
+        client = ChannelGrpcStorageProxy(lambda: grpc.insecure_channel(f"127.0.0.1:{port}"))
+        study = optuna.create_study(storage=client, study_name="through-our-server")
+        study.set_user_attr("k", 1)
+        assert storage.get_study_user_attrs(storage.get_study_id_from_name(study.study_name)) == {
+            "k": 1
+        }
+        client.close()
+    finally:
+        server.stop(None)

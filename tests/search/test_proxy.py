@@ -11,17 +11,15 @@ from __future__ import annotations
 
 import signal
 import time
-import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-import optuna
 import pytest
 from optuna.trial import FrozenTrial, TrialState
 
 from search.bookkeeping import trial_record
-from search.bookkeeping.optuna_compat import HEARTBEAT_ATTR, running_trials, study_id, trial_id
-from search.bookkeeping.proxy import LOCK_ATTR, Leases, ProxyBackend, is_proxy_url, parse_proxy_url
+from search.bookkeeping.proxy import is_proxy_url, parse_proxy_url
+from search.bookkeeping.proxy_control import Leases
 from search.bookkeeping.storage import StorageError, open_storage
 from tests.search.reliability_support import (
     GRACE,
@@ -42,40 +40,21 @@ from tests.search.reliability_support import (
 
 def test_proxy_urls_and_leases() -> None:
     assert is_proxy_url("grpc://h:13000") and not is_proxy_url("postgresql://h/db")
-    assert parse_proxy_url("grpc://10.0.0.5:13000") == ("10.0.0.5", 13000)
-    assert parse_proxy_url("grpc://[::1]:9") == ("::1", 9)
+    assert is_proxy_url("grpcs://h:13000")
+    assert parse_proxy_url("grpc://10.0.0.5:13000") == ("10.0.0.5", 13000, False)
+    assert parse_proxy_url("grpcs://proxy.lan:13000") == ("proxy.lan", 13000, True)
+    assert parse_proxy_url("grpc://[::1]:9") == ("::1", 9, False)
     with pytest.raises(StorageError, match="not a proxy URL"):
         parse_proxy_url("grpc://host")
-    with pytest.raises(StorageError, match="only workers use"):
-        open_storage("grpc://127.0.0.1:13000")
+    for url in ("grpc://127.0.0.1:13000", "grpcs://127.0.0.1:13000"):
+        with pytest.raises(StorageError, match="only workers use"):
+            open_storage(url)
     leases = Leases(lease=0.2)
     assert leases.take(1, "a") and not leases.take(1, "b") and leases.take(2, "b")
     leases.give_back(1, "b")  # not b's to give back
     assert not leases.take(1, "b")
     time.sleep(0.25)  # a holder that died: its lease lapses
     assert leases.take(1, "b")
-
-
-def test_the_proxy_turns_tunes_writes_into_a_heartbeat_and_a_lease(tmp_path: Path) -> None:
-    rdb = open_storage(f"sqlite:///{tmp_path / 'p.db'}", create_schema=True)
-    backend = ProxyBackend(rdb, Leases())
-    study = optuna.create_study(storage=backend, study_name="p")
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UserWarning)  # heartbeats outside optimize()
-        trial = study.ask()
-    sid, tid = study_id(study), trial_id(trial)
-    assert running_trials(rdb, sid)[0].heartbeat_ago is None
-    backend.set_trial_system_attr(tid, HEARTBEAT_ATTR, True)
-    assert running_trials(rdb, sid)[0].heartbeat_ago is not None
-    assert HEARTBEAT_ATTR not in rdb.get_trial(tid).system_attrs  # beaten, not stored
-    backend.set_study_system_attr(sid, LOCK_ATTR, {"holder": "a", "take": True})
-    with pytest.raises(KeyError):
-        backend.set_study_system_attr(sid, LOCK_ATTR, {"holder": "b", "take": True})
-    backend.set_study_system_attr(sid, LOCK_ATTR, {"holder": "a", "take": False})
-    backend.set_study_system_attr(sid, LOCK_ATTR, {"holder": "b", "take": True})
-    assert LOCK_ATTR not in rdb.get_study_system_attrs(sid)
-    backend.set_trial_system_attr(tid, "other", 1)  # everything else goes through
-    assert rdb.get_trial(tid).system_attrs["other"] == 1
 
 
 @pytest.fixture
