@@ -236,6 +236,11 @@ def worker(
     worker_index: int | None = typer.Option(None, min=0, hidden=True),
     threads: int | None = typer.Option(None, min=1, help="torch threads (default cores / workers)"),
     runs_dir: Path = typer.Option(Path("runs/studies"), help="local run folders"),
+    allow_command: str | None = typer.Option(
+        None,
+        help="a command trainer's study: run the command stored with it if its digest is this "
+        "(tune launch prints it; else $TUNE_ALLOW_COMMAND, or give --study the study file)",
+    ),
     trainer_module: str | None = typer.Option(None, hidden=True, help=_TRAINER_HELP),
 ) -> None:
     """Join an existing study (from any machine) and run trials until its budget is spent."""
@@ -252,6 +257,7 @@ def worker(
             threads=threads,
             runs_dir=runs_dir,
             trainer_module=trainer_module,
+            allow_command=allow_command,
         )
     except _search_errors() as exc:
         raise _fail(str(exc), code=1) from None

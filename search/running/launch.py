@@ -49,6 +49,7 @@ from search.confirm.results import (
     read_confirmation,
 )
 from search.confirm.standing import Standing, standing_of
+from search.running.command_trust import ALLOW_ENV, command_digest
 from search.running.worker import DEFAULT_RUNS_DIR
 from search.study.study_file import BUILTIN_DATA, Overrides, StudySpec, load_study_file
 from search.trainers.builtin import TRAINER_MODULE_ENV
@@ -205,6 +206,12 @@ def launch(
     shown = mask_url(url)
     out(f"study {spec.name!r} in {shown}: {describe_plan(spec)}")
     out(f"watch it: tune dashboard --storage '{shown}'   (or: tune status --study {spec.name})")
+    if spec.trial.trainer == "command":
+        digest = command_digest(dict(spec.trial.options))
+        out(
+            f"workers on other hosts: tune worker --study {spec.name} --allow-command {digest}  "
+            "(the digest of this study file's command: a worker runs no other)"
+        )
     if n_workers == 0:
         return _result(optuna_study, spec, rdb, started)
     log_dir = runs_dir / spec.name
@@ -389,6 +396,8 @@ def _start_workers(
 ) -> list[tuple[subprocess.Popen[bytes], IO[bytes]]]:
     # The URL travels in the environment, not argv: argv is visible to every user in `ps`.
     env = {**os.environ, ENV_VAR: url}
+    if spec.trial.trainer == "command":  # the command launch read from the study file it has
+        env[ALLOW_ENV] = command_digest(dict(spec.trial.options))
     if trainer_module:
         env[TRAINER_MODULE_ENV] = trainer_module
     threads = max(1, (os.cpu_count() or 1) // n)  # workers x threads <= cores

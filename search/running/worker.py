@@ -66,6 +66,7 @@ from search.bookkeeping.storage import (
     resolve_url,
 )
 from search.bookkeeping.study_manager import Claim, ManagedStudy
+from search.running.command_trust import ALLOW_ENV, check_command
 from search.running.log_masking import mask_library_logs
 from search.running.objective import (
     GracefulStop,
@@ -134,6 +135,7 @@ def run_worker(
     train_fn: TrainFn | None = None,
     load_data: LoadDataFn | None = None,
     trainer_module: str | None = None,
+    allow_command: str | None = None,
     settings: StorageSettings | None = None,
     artifacts: str | Path | None = None,
     poll_interval: float = 1.0,
@@ -145,7 +147,10 @@ def run_worker(
     """Work on `study` (a name, or a study file whose name is used) until its budget is spent.
 
     The study must exist (created by `tune launch`); its settings are read from the storage so
-    that every machine runs the same ones. For a study of tune's own trainer, `train_fn` and
+    that every machine runs the same ones, except a command to run: a study of the command
+    trainer runs only when the study file given as `study` holds the stored command, or
+    `allow_command` (else `$TUNE_ALLOW_COMMAND`) is its digest (`search/running/command_trust.py`).
+    For a study of tune's own trainer, `train_fn` and
     `load_data` replace `trainer.fit` and `trainer.data` (or `trainer_module` names a module with
     both; tests and soak runs). `timeout` stops taking new trials after that many seconds (the study
     file's `budget.timeout` when None). `settings` default to `StorageSettings.from_env()`,
@@ -185,6 +190,7 @@ def run_worker(
         # rdb is None behind `tune proxy`, which does the database's side
         # (search/bookkeeping/proxy.py)
         managed, spec = while_down(lambda: _join(storage, name, index, settings, say))
+        _check_command(study, spec, allow_command)
         optuna_study = managed.study
         trainer = _trainer(spec, train_fn, load_data, trainer_module)
         threads = threads or max(1, (os.cpu_count() or 1) // max(1, local_workers))
@@ -378,6 +384,24 @@ def _join(
     managed = ManagedStudy.open(url, name, settings, on_reap=say)
     spec = _stored_spec(managed, url)
     return managed.searching(spec.make_sampler(index), spec.make_pruner()), spec
+
+
+def _check_command(study: str, spec: StudySpec, allow_command: str | None) -> None:
+    """Stop unless the stored spec runs no command, or the one this worker's side allows."""
+    study_file = None
+    if study_name_of(study) != study:  # a study file: its own command is the allowed one
+        raw, path = read_study_table(study)
+        trial = raw.get("trial")
+        trial = trial if isinstance(trial, dict) else {}
+        own = trial.get("command", {}) if trial.get("trainer") == "command" else {}
+        study_file = (str(path), own if isinstance(own, dict) else {})
+    check_command(
+        spec.name,
+        spec.trial.trainer,
+        dict(spec.trial.options),
+        study_file=study_file,
+        allowed_digest=allow_command or os.environ.get(ALLOW_ENV),
+    )
 
 
 def _stored_spec(managed: ManagedStudy, url: str) -> StudySpec:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shlex
 import signal
 import string
 import time
@@ -33,6 +34,7 @@ from search.trainers.command_options import (
     JOB_PLACEHOLDERS,
     CommandOptions,
     parse_options,
+    shell_script_index,
 )
 from search.trainers.command_protocol import (
     EvalLine,
@@ -46,6 +48,9 @@ from trainer.params import ParamRegistry
 
 HYP_FILE, LOG_FILE, SUMMARY_FILE = "hyp.yaml", "command.log", "summary.json"
 DEFAULT_SEED = 0  # `{seed}` when the search sets none
+# the worker's own, which a trial's script needs none of: the storage URL (it may carry a
+# password) and the proxy's token (`search/bookkeeping/proxy_auth.py`)
+_WORKER_SECRETS = ("TUNE_STORAGE", "TUNE_PROXY_TOKEN", "TUNE_PROXY_TOKEN_FILE")
 # The reader thread gets this long to catch up with stdout lines printed before an evaluation
 # (a script that prints no notes lines costs it once, at its first evaluation)
 STDOUT_WAIT = 2.0
@@ -73,16 +78,30 @@ class CommandTrainer:
         """Nothing to share between trials: each is a process of its own."""
 
     def argv(self, job: TrialJob) -> list[str]:
-        """The command line for `job`, placeholders filled (resume arguments appended)."""
+        """The command line for `job`, placeholders filled (resume arguments appended).
+
+        A value is data, never shell: it stays inside the argument its placeholder is in, and in
+        the script of `sh -c SCRIPT` (`shell_script_index`) it is quoted for the shell. A value
+        no argument can hold (a NUL byte) fails the trial."""
         fill = self._placeholders(job)
+        for name, value in fill.items():
+            if "\0" in value:
+                raise TrainerError(f"{{{name}}} cannot be a command-line argument: {value!r}")
+        script = shell_script_index(self.options.command)
+        quoted = {name: shlex.quote(value) for name, value in fill.items()}
         extra = self.options.resume_args if job.resume else ()
-        return [_substitute(part, fill) for part in (*self.options.command, *extra)]
+        return [
+            _substitute(part, quoted if i == script else fill)
+            for i, part in enumerate((*self.options.command, *extra))
+        ]
 
     def env(self, job: TrialJob) -> dict[str, str]:
         """The command's environment: the worker's, plus `TUNE_<PLACEHOLDER>` for each job
         placeholder."""
         fill = self._placeholders(job)
         env = {**os.environ, **{f"TUNE_{k.upper()}": fill[k] for k in JOB_PLACEHOLDERS}}
+        for secret in _WORKER_SECRETS:
+            env.pop(secret, None)
         env["PYTHONUNBUFFERED"] = "1"  # a Python script's lines arrive as printed, not at exit
         if job.threads is not None:
             # the worker's share of the cores: torch, numpy and OpenMP read it at start

@@ -7,6 +7,7 @@ looks at the machine: a study file is checked where the script may not be (a rep
 
 from __future__ import annotations
 
+import re
 import string
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -33,6 +34,9 @@ DEFAULT_METRICS = "metrics.jsonl"  # tune's own run folder's name: `tune train` 
 # Evaluations can run long and silent on a CPU; a shorter hang timeout is one line in the file.
 DEFAULT_HANG_TIMEOUT = 900.0
 DEFAULT_GRACE = 10.0  # as `docker stop`: time to save a checkpoint and exit
+# A command run through one of these with `-c SCRIPT`: tune quotes each value in SCRIPT
+SHELLS = frozenset({"sh", "bash", "dash", "zsh", "ksh", "mksh", "ash"})
+_QUOTED_PLACEHOLDER = re.compile(r"""['"]\{\w+\}|\{\w+\}['"]""")
 
 
 @dataclass(frozen=True)
@@ -61,6 +65,12 @@ def parse_options(options: Mapping[str, Any], where: str) -> tuple[CommandOption
     for key, parts in (("command", command), ("resume_args", resume_args)):
         for i, part in enumerate(parts):
             _check_template(part, f"{where}.{key}[{i}]", placeholders)
+    script = shell_script_index(command)
+    if script is not None and _QUOTED_PLACEHOLDER.search(command[script]):
+        raise TrainerError(
+            f"{where}.command[{script}]: write placeholders bare in a shell script (tune quotes "
+            f"each value for the shell), but got {command[script]!r}"
+        )
     checkpoint = _relative_file(options, "checkpoint", where, None)
     if resume_args and checkpoint is None:
         raise TrainerError(
@@ -83,6 +93,25 @@ def parse_options(options: Mapping[str, Any], where: str) -> tuple[CommandOption
         ),
         params,
     )
+
+
+def shell_script_index(command: Sequence[str]) -> int | None:
+    """The index of the script in a command a shell runs (`sh -c SCRIPT ...`, `bash -ec SCRIPT`,
+    also after `env VAR=...`), or None for a command no shell reads."""
+    i = 0
+    if i < len(command) and Path(command[i]).name == "env":
+        i += 1
+        while i < len(command) and ("=" in command[i] or command[i].startswith("-")):
+            i += 1
+    if i >= len(command) or Path(command[i]).name not in SHELLS:
+        return None
+    for j in range(i + 1, len(command)):
+        flag = command[j]
+        if not flag.startswith("-") or flag.startswith("--") or flag == "-":
+            return None  # a script file, not `-c`: its arguments are not parsed by the shell
+        if "c" in flag[1:]:
+            return j + 1 if j + 1 < len(command) else None
+    return None
 
 
 def _strings(

@@ -567,7 +567,8 @@ def test_a_command_study_through_a_worker_fails_crashes_and_hangs_clearly(tmp_pa
     url = f"sqlite:///{tmp_path / 'tune.db'}"
     prepare_study(load_study_file(str(study_file)), open_storage(url, create_schema=True))
 
-    stats = run_worker("command-study", url, runs_dir=tmp_path / "runs", threads=1, log=print)
+    # the worker holds the study file: the command it runs is its own, not the storage's
+    stats = run_worker(str(study_file), url, runs_dir=tmp_path / "runs", threads=1, log=print)
 
     assert stats.stopped_because == "budget"
     trials = optuna.load_study(study_name="command-study", storage=url).get_trials()
