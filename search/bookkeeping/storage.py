@@ -24,6 +24,7 @@ import os
 import re
 import tempfile
 import time
+import urllib.parse
 import warnings
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
@@ -149,10 +150,13 @@ def resolve_url(url: str | None = None) -> str:
 def mask_url(url: str) -> str:
     """The URL with its password replaced by `***` (also a `password=` query parameter)."""
     try:
-        masked = sa.engine.make_url(url).render_as_string(hide_password=True)
+        rendered = sa.engine.make_url(url).render_as_string(hide_password=True)
     except Exception:
-        masked = _CREDENTIALS.sub(r"\g<head>:***@", url)
-    return _PASSWORD_PARAM.sub(r"\1***", masked)
+        return _PASSWORD_PARAM.sub(r"\1***", _CREDENTIALS.sub(r"\g<head>:***@", url))
+    # the query as written (`sslrootcert=/etc/ssl/ca.pem`, not `%2Fetc%2Fssl%2Fca.pem`), its
+    # password masked while still encoded (a decoded `&` would end the masked part early)
+    head, mark, query = rendered.partition("?")
+    return head + mark + urllib.parse.unquote(_PASSWORD_PARAM.sub(r"\1***", query))
 
 
 def mask_text(text: str) -> str:

@@ -48,6 +48,7 @@ class OwnPostgres:
     base: Path
     port: int
     as_postgres: list[str]
+    options: tuple[str, ...] = ()  # more `-c name=value` settings of the server
 
     @property
     def admin_url(self) -> str:
@@ -58,7 +59,8 @@ class OwnPostgres:
         subprocess.run([*cmd, *args], check=True, capture_output=True, timeout=60)
 
     def start(self) -> None:
-        options = f"-p {self.port} -k {self.base} -c listen_addresses=127.0.0.1 -c fsync=off"
+        settings = ("listen_addresses=127.0.0.1", "fsync=off", *self.options)
+        options = f"-p {self.port} -k {self.base} " + " ".join(f"-c {s}" for s in settings)
         self.pg_ctl("-l", str(self.base / "server.log"), "-o", options, "start")
 
     def stop(self) -> None:
@@ -76,8 +78,9 @@ class OwnPostgres:
 
 
 @contextlib.contextmanager
-def own_postgres_server() -> Iterator[OwnPostgres]:
-    """A fresh server for the block, removed afterwards (stopped first if it still runs)."""
+def own_postgres_server(tls: tuple[Path, Path] | None = None) -> Iterator[OwnPostgres]:
+    """A fresh server for the block, removed afterwards (stopped first if it still runs); with
+    `tls` (a PEM certificate and its key), a server that offers TLS."""
     pg_bin = _pg_bin()
     if pg_bin is None:
         raise NoPostgres("no PostgreSQL server binaries (initdb, pg_ctl) are installed")
@@ -87,7 +90,16 @@ def own_postgres_server() -> Iterator[OwnPostgres]:
     if as_postgres:
         user = pwd.getpwnam("postgres")
         os.chown(base, user.pw_uid, user.pw_gid)
-    server = OwnPostgres(pg_bin, base, free_port(), as_postgres)
+    options: tuple[str, ...] = ()
+    if tls is not None:  # the server reads its key only when it is its own and private
+        for source, name in zip(tls, ("server.crt", "server.key"), strict=True):
+            shutil.copy(source, base / name)
+            (base / name).chmod(0o600)
+            if as_postgres:
+                os.chown(base / name, user.pw_uid, user.pw_gid)
+        options = ("ssl=on", f"ssl_cert_file={base / 'server.crt'}",
+                   f"ssl_key_file={base / 'server.key'}")  # fmt: skip
+    server = OwnPostgres(pg_bin, base, free_port(), as_postgres, options)
     try:
         subprocess.run(
             [*as_postgres, str(pg_bin / "initdb"), "-D", str(base / "data"), "-U", "postgres",

@@ -11,7 +11,6 @@ tune's lock and heartbeat are their own calls, not attributes.
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -24,6 +23,7 @@ from search.bookkeeping.optuna_compat import running_trials, study_id, trial_id
 from search.bookkeeping.proxy import connect
 from search.bookkeeping.proxy_auth import ProxyRefused
 from search.bookkeeping.storage import open_storage
+from tests.search.certificates import self_signed
 from tests.search.reliability_support import (
     PROXY_TOKEN,
     ROOT,
@@ -158,24 +158,11 @@ def test_through_the_proxy_optunas_calls_return_what_the_database_holds(
     assert storage.control.take_lock(sid, "d", shared=False)  # the attr held no lease
 
 
-def _self_signed(folder: Path) -> tuple[Path, Path]:
-    if shutil.which("openssl") is None:
-        pytest.skip("openssl is not installed (it makes the test's certificate)")
-    cert, key = folder / "proxy.crt", folder / "proxy.key"
-    subprocess.run(
-        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
-         "-keyout", str(key), "-out", str(cert), "-subj", "/CN=localhost",
-         "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1"],
-        check=True, capture_output=True, timeout=60,
-    )  # fmt: skip
-    return cert, key
-
-
 def test_tls_a_worker_that_expects_it_refuses_plain_text_and_trusts_the_certificate_given(
     pg_url: str, tmp_path: Path, proxies: list[Proxy], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     make_study(pg_url, n_trials=2, epochs=2)
-    cert, key = _self_signed(tmp_path)
+    cert, key = self_signed(tmp_path, "proxy")
     env = fast_env(tmp_path)
     plain_port, tls_port = free_port(), free_port()
     proxies.append(Proxy(pg_url, plain_port, env, tmp_path / "plain.log").start())

@@ -34,6 +34,10 @@ from search.bookkeeping.storage import (
         ),
         ("postgresql://u:p%40ss@h/db?sslmode=require", "postgresql://u:***@h/db?sslmode=require"),
         ("postgresql://h/db?user=u&password=hunter2", "postgresql://h/db?password=***&user=u"),
+        (  # certificate paths as written; an encoded `&` in a password masked with the rest
+            "postgresql://h/db?password=x%26y&sslmode=verify-full&sslrootcert=/etc/ssl/ca.pem",
+            "postgresql://h/db?password=***&sslmode=verify-full&sslrootcert=/etc/ssl/ca.pem",
+        ),
         ("sqlite:///tune.db", "sqlite:///tune.db"),
         ("not a url://a:b@c", "not a url://a:***@c"),
     ],
