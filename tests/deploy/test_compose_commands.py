@@ -143,3 +143,72 @@ def test_slurm_array_tasks_finish_the_study(pg_url: str, tmp_path: Path) -> None
     outputs = _run_all([array_task("0"), array_task("1")], tmp_path)
     assert "tune worker 1 on" in outputs[1]  # the script's own line, then the worker's
     _assert_study_finished(pg_url)
+
+
+def test_compose_proxy_profile_serves_tls_and_refuses_a_worker_without_the_token(
+    pg_url: str, tmp_path: Path
+) -> None:
+    """The proxy profile as compose runs it: the proxy's command with its secrets (a token file,
+    a certificate and key, here in a folder of the test's own instead of /run/secrets), then two
+    proxied workers finishing the study over TLS; a worker without the token gets nothing."""
+    import secrets as token_maker
+    import time
+
+    from tests.search.certificates import self_signed
+    from tests.search.reliability_support import free_port
+
+    compose = load_compose()
+    services = compose["services"]
+    user_env = _compose_env(pg_url)
+    folder = tmp_path / "run-secrets"
+    folder.mkdir()
+    cert, key = self_signed(folder, "proxy")
+    (folder / "proxy_tls_cert").write_bytes(cert.read_bytes())
+    (folder / "proxy_tls_key").write_bytes(key.read_bytes())
+    (folder / "proxy_token").write_text(token_maker.token_hex(32) + "\n")
+    port = str(free_port())
+
+    def as_run_here(value: str) -> str:  # compose's /run/secrets and service name, here
+        return (
+            value.replace("/run/secrets/", f"{folder}/")
+            .replace("proxy:13000", f"127.0.0.1:{port}")
+            .replace("13000", port)
+        )
+
+    def service(name: str) -> tuple[list[str], dict[str, str]]:
+        spec = services[name]
+        assert set(spec["secrets"]) <= set(compose["secrets"])
+        command = [str(TUNE), *(as_run_here(part) for part in service_command(spec, user_env))]
+        environment = {
+            k: as_run_here(interpolate(str(v), user_env)) for k, v in spec["environment"].items()
+        }
+        return command, _process_env(environment)
+
+    storage = interpolate(services["init"]["environment"][ENV_VAR], user_env)
+    init = [str(TUNE), *service_command(services["init"], user_env)]
+    _run_all([(init, _process_env({ENV_VAR: storage}))], tmp_path)
+
+    proxy_command, proxy_env = service("proxy")
+    assert "--tls-cert" in proxy_command and "TUNE_PROXY_TOKEN" not in proxy_env
+    assert proxy_env["TUNE_PROXY_TOKEN_FILE"] == str(folder / "proxy_token")
+    log = tmp_path / "proxy.log"
+    with log.open("w") as out:
+        proxy = subprocess.Popen(proxy_command, env=proxy_env, cwd=tmp_path, stdout=out,
+                                 stderr=subprocess.STDOUT, start_new_session=True)  # fmt: skip
+    try:
+        deadline = time.monotonic() + 60
+        while "tune proxy for" not in log.read_text():
+            assert proxy.poll() is None and time.monotonic() < deadline, log.read_text()
+            time.sleep(0.2)
+        assert f"at grpcs://0.0.0.0:{port}" in log.read_text()
+        worker, worker_env = service("proxied-worker")
+        assert worker_env[ENV_VAR].startswith("grpcs://")
+        tokenless = {k: v for k, v in worker_env.items() if k != "TUNE_PROXY_TOKEN_FILE"}
+        refused = subprocess.run(worker, env=tokenless, cwd=tmp_path, capture_output=True,
+                                 text=True, timeout=TIMEOUT)  # fmt: skip
+        assert refused.returncode == 1 and "refused no token" in refused.stderr, refused.stderr
+        _run_all([(worker, worker_env), (worker, worker_env)], tmp_path)
+        _assert_study_finished(pg_url)
+    finally:
+        proxy.terminate()
+        proxy.wait(30)

@@ -155,6 +155,27 @@ def test_parse_cli_rejects_what_the_cli_rejects() -> None:
         parse_cli(["serve"])
 
 
+def test_compose_proxy_takes_its_token_and_tls_from_secret_files(compose: dict[str, Any]) -> None:
+    services = compose["services"]
+    proxy = services["proxy"]
+    args = parse_cli(service_command(proxy, ENV))
+    assert str(args.params["tls_cert"]).startswith("/run/secrets/")
+    assert str(args.params["tls_key"]).startswith("/run/secrets/")
+    for name in ("proxy", "proxied-worker"):
+        env = services[name]["environment"]
+        assert "TUNE_PROXY_TOKEN" not in env  # a value would sit in the file or in .env
+        assert env["TUNE_PROXY_TOKEN_FILE"] == "/run/secrets/proxy_token"
+        assert "proxy_token" in services[name]["secrets"]
+    worker = services["proxied-worker"]["environment"]
+    assert worker["TUNE_STORAGE"].startswith("grpcs://")  # TLS, verified against the proxy's cert
+    assert worker["TUNE_PROXY_CA"] == "/run/secrets/proxy_tls_cert"
+    assert "proxy_tls_key" not in services["proxied-worker"]["secrets"]
+    for secret in compose["secrets"].values():
+        assert re.fullmatch(r"\$\{TUNE_PROXY_\w+:-\./secrets/[\w.-]+\}", secret["file"]), secret
+    assert "secrets/" in (ROOT / ".gitignore").read_text().split()
+    assert "secrets/" in DOCKERIGNORE.read_text().split()
+
+
 def test_dashboard_is_published_on_loopback_only(compose: dict[str, Any]) -> None:
     for name, service in compose["services"].items():
         for mapping in service.get("ports", []):
@@ -255,12 +276,58 @@ def test_k8s_storage_url_comes_from_the_secret(k8s: list[dict[str, Any]]) -> Non
     secret = _k8s_object(k8s, "Secret", "tune-storage")
     for value in secret["stringData"].values():
         assert "<password>" in value, f"the committed Secret must be a placeholder, got {value!r}"
-    for name in ("tune-init", "tune-workers"):
-        (container,) = _k8s_object(k8s, "Job", name)["spec"]["template"]["spec"]["containers"]
+        assert sa.make_url(value).query["sslmode"] == "require"  # across hosts: encrypted
+    proxy = _k8s_object(k8s, "Deployment", "tune-proxy")
+    init = _k8s_object(k8s, "Job", "tune-init")
+    for workload in (init, proxy):
+        (container,) = workload["spec"]["template"]["spec"]["containers"]
         env = {item["name"]: item for item in container["env"]}
         assert "value" not in env[ENV_VAR]
         ref = env[ENV_VAR]["valueFrom"]["secretKeyRef"]
         assert ref["name"] == "tune-storage" and ref["key"] in secret["stringData"]
+
+
+def _mounted_secrets(pod: dict[str, Any], container: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """mount path -> the secret volume mounted there."""
+    volumes = {v["name"]: v.get("secret") for v in pod["volumes"]}
+    return {
+        m["mountPath"]: volumes[m["name"]]
+        for m in container.get("volumeMounts", [])
+        if volumes[m["name"]] is not None
+    }
+
+
+def test_k8s_workers_reach_the_proxy_with_its_token_over_verified_tls(
+    k8s: list[dict[str, Any]],
+) -> None:
+    proxy = _k8s_object(k8s, "Deployment", "tune-proxy")
+    assert proxy["spec"]["replicas"] == 1 and proxy["spec"]["strategy"]["type"] == "Recreate"
+    pod = proxy["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    args = parse_cli(container["args"])
+    assert args.params["port"] == 13000
+    mounted = _mounted_secrets(pod, container)
+    env = {item["name"]: item.get("value") for item in container["env"]}
+    token_dir = env["TUNE_PROXY_TOKEN_FILE"].rsplit("/", 1)[0]
+    assert mounted[token_dir]["secretName"] == "tune-proxy-token"
+    assert mounted[str(args.params["tls_cert"].parent)]["secretName"] == "tune-proxy-tls"
+    service = _k8s_object(k8s, "Service", "tune-proxy")
+    assert service["spec"]["ports"][0]["port"] == 13000
+
+    worker_pod = _k8s_object(k8s, "Job", "tune-workers")["spec"]["template"]["spec"]
+    (worker,) = worker_pod["containers"]
+    env = {item["name"]: item for item in worker["env"]}
+    assert env[ENV_VAR]["value"] == "grpcs://tune-proxy:13000"  # no database URL, TLS
+    assert "TUNE_PROXY_TOKEN" not in env  # a file from the Secret, never a value
+    mounted = _mounted_secrets(worker_pod, worker)
+    token_dir = env["TUNE_PROXY_TOKEN_FILE"]["value"].rsplit("/", 1)[0]
+    assert mounted[token_dir]["secretName"] == "tune-proxy-token"
+    ca_dir, ca_file = env["TUNE_PROXY_CA"]["value"].rsplit("/", 1)
+    ca = mounted[ca_dir]
+    # the certificate only: a worker never holds the proxy's key
+    assert ca["secretName"] == "tune-proxy-tls" and ca["items"] == [
+        {"key": "tls.crt", "path": ca_file}
+    ]
 
 
 def test_k8s_init_job_creates_the_study_and_is_applied_first(k8s: list[dict[str, Any]]) -> None:
@@ -270,9 +337,9 @@ def test_k8s_init_job_creates_the_study_and_is_applied_first(k8s: list[dict[str,
     assert container["args"][0] == "launch" and context.params["workers"] == 0
     # The two-step apply in the file's header selects objects by this label.
     components = [doc["metadata"]["labels"]["app.kubernetes.io/component"] for doc in k8s]
-    assert sorted(components) == ["init", "secret", "worker"]
+    assert sorted(components) == ["init", "proxy", "proxy", "secret", "worker"]
     header = K8S_FILE.read_text()
-    for component in ("init", "worker"):
+    for component in ("init", "proxy", "worker"):
         assert f"-l app.kubernetes.io/component={component}" in header
 
 
@@ -317,6 +384,16 @@ def test_sbatch_takes_the_url_from_the_environment(tmp_path: Path) -> None:
         timeout=30,
     )
     assert result.returncode != 0 and ENV_VAR in result.stderr
+    # Pointed at a proxy without its token, it stops too, before the worker starts.
+    result = subprocess.run(
+        ["bash", str(SBATCH_FILE)],
+        env={"PATH": "/usr/bin:/bin", ENV_VAR: "grpcs://proxy-host:13000"},
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert result.returncode == 2 and "TUNE_PROXY_TOKEN_FILE" in result.stderr
 
 
 # --- the guide --------------------------------------------------------------------------------
