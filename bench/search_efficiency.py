@@ -189,7 +189,7 @@ def run_study(
         study_name=spec.name,
         storage=storage,
         sampler=spec.make_sampler(0),
-        pruner=spec.make_pruner(),
+        pruner=spec.make_pruner(trial_record.runs_fixed_length),
     )
     trainer = TuneTrainer(fit, lambda *_: data)  # the data set loaded once for every study
     trainer.prepare(spec.job({}, out=folder))

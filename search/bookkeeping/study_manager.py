@@ -47,7 +47,7 @@ from search.bookkeeping.storage import (
     open_storage,
 )
 from search.confirm import incumbent
-from search.study.study_file import StudySpec, read_stored_spec
+from search.study.study_file import StudySpec
 
 if TYPE_CHECKING:  # the gate is a worker's: `tune status` and launch do not import it
     from search.bookkeeping.start_gate import NoStart, StartGate
@@ -104,7 +104,7 @@ class ManagedStudy:
     def stored_spec(self, *, check_data: bool = False) -> StudySpec | None:
         """The validated study file stored with the study, or None for a study tune did not
         create (raises `StudyFileError` for one it cannot read)."""
-        return read_stored_spec(self.study, check_data=check_data)
+        return trial_record.read_stored_spec(self.study, check_data=check_data)
 
     def counts(self, trials: Sequence[FrozenTrial] | None = None) -> StateCounts:
         """Trials by state: of `trials` when the caller has read them already, else counted in

@@ -78,6 +78,7 @@ from search.bookkeeping.optuna_compat import (
     study_id,
     trial_id,
 )
+from search.study.study_file import StudySpec, parse_study
 from search.trainers.base import Evaluation
 
 CONFIG = "config"
@@ -307,10 +308,24 @@ def fixed_length(trial: FrozenTrial | optuna.Trial) -> Literal["baseline", "full
     return "full" if read_race(trial) is not None else None
 
 
+def runs_fixed_length(trial: FrozenTrial) -> bool:
+    """Whether the pruner must spare the trial (`fixed_length`: a baseline or a race run)."""
+    return fixed_length(trial) is not None
+
+
 def read_study_spec(study: optuna.Study) -> dict[str, Any] | None:
     """The study table stored by launch, or None for a study tune did not create."""
     raw = study.user_attrs.get(STUDY_SPEC)
     return raw if isinstance(raw, dict) else None
+
+
+def read_stored_spec(study: optuna.Study, *, check_data: bool = False) -> StudySpec | None:
+    """The validated study table `tune launch` stored with `study` (so that every machine runs
+    the same settings), or None for a study tune did not create."""
+    raw = read_study_spec(study)
+    if raw is None:
+        return None
+    return parse_study(raw, f"study {study.study_name!r} (as stored)", check_data=check_data)
 
 
 # --- reading (report, status) ------------------------------------------------------------------

@@ -35,7 +35,7 @@ from optuna.trial import FrozenTrial, TrialState
 from search.bookkeeping import trial_record
 from search.bookkeeping.optuna_compat import enqueued_params
 from search.confirm.stats import Gain, gain
-from search.study.study_file import StudyFileError, StudySpec, read_stored_spec
+from search.study.study_file import StudyFileError, StudySpec
 
 RACE_SEEDS: tuple[int, ...] = (101, 102)  # with the recipe's seed: three runs per raced setting
 RACE_SHARE = 0.5  # race runs spend at most this share of the study's budget
@@ -176,7 +176,7 @@ def study_best(
         trials = study.get_trials(deepcopy=False)
     if spec is None:
         try:
-            spec = read_stored_spec(study)
+            spec = trial_record.read_stored_spec(study)
         except StudyFileError:  # a table tune cannot read (another version's): Optuna's best
             spec = None
     standing = None if spec is None else incumbent_of_study(spec, trials, study.direction)

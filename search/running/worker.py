@@ -383,7 +383,9 @@ def _join(
     url = resolve_url(storage)
     managed = ManagedStudy.open(url, name, settings, on_reap=say)
     spec = _stored_spec(managed, url)
-    return managed.searching(spec.make_sampler(index), spec.make_pruner()), spec
+    return managed.searching(
+        spec.make_sampler(index), spec.make_pruner(trial_record.runs_fixed_length)
+    ), spec
 
 
 def _check_command(study: str, spec: StudySpec, allow_command: str | None) -> None:

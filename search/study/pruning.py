@@ -36,12 +36,11 @@ together (it still weighs a pruned trial by the step it reached).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import optuna
 from optuna.trial import FrozenTrial, TrialState
-
-from search.bookkeeping import trial_record
 
 PRUNER_TYPES: tuple[str, ...] = ("SuccessiveHalving", "Hyperband", "Median", "None")
 # trials whose evaluations count towards n_min_trials; a FAIL one is left out, since its retry
@@ -60,13 +59,19 @@ class PrunerSpec:
 
 
 class SparingPruner(optuna.pruners.BasePruner):
-    """Any pruner, plus: never stop a baseline or a race run; never stop before `n_min_trials`
-    were seen."""
+    """Any pruner, plus: never stop a trial `spare` names (a baseline or a race run, which the
+    storage's records tell); never stop before `n_min_trials` were seen."""
 
-    def __init__(self, wrapped: optuna.pruners.BasePruner, n_min_trials: int = 1) -> None:
+    def __init__(
+        self,
+        wrapped: optuna.pruners.BasePruner,
+        spare: Callable[[FrozenTrial], bool],
+        n_min_trials: int = 1,
+    ) -> None:
         if n_min_trials < 1:
             raise ValueError(f"n_min_trials must be >= 1, but got {n_min_trials=}")
         self.wrapped = wrapped
+        self.spare = spare
         self.n_min_trials = n_min_trials
         self._full_steps: set[int] = set()  # steps already seen with n_min_trials evaluations
 
@@ -75,7 +80,7 @@ class SparingPruner(optuna.pruners.BasePruner):
         # rung even when the decision is then overruled
         if not self.wrapped.prune(study, trial):
             return False
-        if trial_record.fixed_length(trial) is not None:  # a baseline or a race run
+        if self.spare(trial):  # a baseline or a race run
             return False
         step = trial.last_step
         return step is not None and self._enough_evaluated(study, step)
@@ -92,9 +97,12 @@ class SparingPruner(optuna.pruners.BasePruner):
         return False
 
 
-def build_pruner(spec: PrunerSpec, epochs: int) -> SparingPruner:
-    """The study's pruner over evaluation steps up to `epochs` (a trial's full length)."""
-    return SparingPruner(_optuna_pruner(spec, epochs), spec.n_min_trials)
+def build_pruner(
+    spec: PrunerSpec, epochs: int, spare: Callable[[FrozenTrial], bool]
+) -> SparingPruner:
+    """The study's pruner over evaluation steps up to `epochs` (a trial's full length), sparing
+    the trials `spare` names."""
+    return SparingPruner(_optuna_pruner(spec, epochs), spare, spec.n_min_trials)
 
 
 def _optuna_pruner(spec: PrunerSpec, epochs: int) -> optuna.pruners.BasePruner:

@@ -28,14 +28,14 @@ import functools
 import math
 import re
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import optuna
+from optuna.trial import FrozenTrial
 
-from search.bookkeeping import trial_record
 from search.study.pruning import PRUNER_TYPES, PrunerSpec, SparingPruner, build_pruner, stop_points
 from search.study.samplers import SAMPLER_TYPES, SamplerSpec, build_sampler
 from search.study.space import ChoiceParam, SearchSpace, SpaceError, parse_space
@@ -190,11 +190,11 @@ class StudySpec:
         choices = [p.name for p in self.space.params if isinstance(p, ChoiceParam)]
         return build_sampler(self.sampler, self.default_params(), offset, choices)
 
-    def make_pruner(self) -> SparingPruner:
-        """The `[pruner]` over evaluation steps (epochs completed, up to `trial.epochs`), sparing
-        baselines and waiting for `n_min_trials` evaluations at a step
-        (`search/study/pruning.py`)."""
-        return build_pruner(self.pruner, self.trial.epochs)
+    def make_pruner(self, spare: Callable[[FrozenTrial], bool]) -> SparingPruner:
+        """The `[pruner]` over evaluation steps (epochs completed, up to `trial.epochs`), never
+        stopping a trial `spare` names (baselines and race runs: `trial_record.runs_fixed_length`)
+        and waiting for `n_min_trials` evaluations at a step (`search/study/pruning.py`)."""
+        return build_pruner(self.pruner, self.trial.epochs, spare)
 
 
 def _job_settings(trial: TrialSettings) -> dict[str, Any]:
@@ -287,15 +287,6 @@ def parse_study(
         raise StudyFileError(f"{source}: {exc}") from None
     except SpaceError as exc:
         raise StudyFileError(f"{source}: {exc}") from None
-
-
-def read_stored_spec(study: optuna.Study, *, check_data: bool = False) -> StudySpec | None:
-    """The validated study table `tune launch` stored with `study` (so that every machine runs
-    the same settings), or None for a study tune did not create."""
-    raw = trial_record.read_study_spec(study)
-    if raw is None:
-        return None
-    return parse_study(raw, f"study {study.study_name!r} (as stored)", check_data=check_data)
 
 
 def _parse(raw: dict[str, Any], check_data: bool) -> StudySpec:

@@ -29,7 +29,9 @@ def _study(kind: str, n_min_trials: int = 1, min_resource: int = 2) -> optuna.St
     # a fixed name: Hyperband puts a trial in a bracket by a hash of the study name and the trial
     # number, and a random name let 1 run in 2 put the hopeless trial in a bracket of its own
     return optuna.create_study(
-        study_name="pruning", direction="maximize", pruner=build_pruner(spec, EPOCHS)
+        study_name="pruning",
+        direction="maximize",
+        pruner=build_pruner(spec, EPOCHS, trial_record.runs_fixed_length),
     )
 
 
@@ -119,7 +121,7 @@ def test_a_baseline_stops_only_at_its_length() -> None:
 
 def test_the_loss_weights_study_prunes_with_successive_halving_after_warmup() -> None:
     spec = load_study_file("loss-weights")
-    pruner = spec.make_pruner()
+    pruner = spec.make_pruner(trial_record.runs_fixed_length)
     assert isinstance(pruner, SparingPruner) and pruner.n_min_trials == 4
     assert isinstance(pruner.wrapped, optuna.pruners.SuccessiveHalvingPruner)
     points = stop_points(spec.pruner, spec.trial.epochs, spec.trial.eval_interval)

@@ -10,6 +10,7 @@ from typing import Any
 import optuna
 import pytest
 
+from search.bookkeeping import trial_record
 from search.study.pruning import stop_points
 from search.study.space import ChoiceParam, FloatParam
 from search.study.study_file import (
@@ -40,7 +41,9 @@ def _raw(name: str = "loss-weights") -> dict[str, Any]:
 def test_every_study_file_loads_and_samples(path: Path) -> None:
     spec = load_study_file(str(path))
     study = optuna.create_study(
-        direction="maximize", sampler=spec.make_sampler(), pruner=spec.make_pruner()
+        direction="maximize",
+        sampler=spec.make_sampler(),
+        pruner=spec.make_pruner(trial_record.runs_fixed_length),
     )
     for baseline in spec.baselines:
         study.enqueue_trial(baseline.as_dict())
