@@ -46,7 +46,9 @@ from optuna.trial import FrozenTrial, TrialState
 
 from search.bookkeeping import trial_record
 from search.bookkeeping.budget import Decision
-from search.bookkeeping.study_manager import ManagedStudy
+from search.bookkeeping.optuna_compat import study_id
+from search.bookkeeping.storage import StudyLock
+from search.confirm.ranking import rank_complete
 from search.study.study_file import StudyFileError, StudySpec, parse_study
 
 SUFFIX = ":confirm"
@@ -130,7 +132,7 @@ class ConfirmPlan:
 
 def stored_spec(study: optuna.Study) -> StudySpec:
     """The validated spec stored with a tune study (the parent of a confirmation)."""
-    spec = ManagedStudy(study).stored_spec()
+    spec = trial_record.read_stored_spec(study)
     if spec is None:
         raise ConfirmError(
             f"study {study.study_name!r} was not created by `tune launch` (no stored study file)"
@@ -161,10 +163,6 @@ def plan_confirm(
     if epochs is not None and epochs < 1:
         raise ConfirmError(f"--epochs must be >= 1, but got {epochs=}")
     spec = stored_spec(parent)
-    # the report package's __init__ pulls in plotly: imported here, not at the top, so that
-    # workers (which import this module) do not load it
-    from search.report.selection import rank_complete
-
     all_trials = parent.get_trials(deepcopy=False)
     by_number = {t.number: t for t in all_trials}
     for number in trials:
@@ -268,7 +266,7 @@ def prepare_confirm(storage: RDBStorage, parent: optuna.Study, plan: ConfirmPlan
         with warnings.catch_warnings():  # "experimental" since Optuna 3.2
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             study.set_metric_names([metric])
-    with ManagedStudy(study, storage).lock():
+    with StudyLock(storage, study_id(study)):
         stored = trial_record.read_confirm_plan(study)
         if stored is not None:
             plan = ConfirmPlan.from_dict(stored).merged(plan)

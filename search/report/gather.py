@@ -29,17 +29,12 @@ from optuna.trial import FrozenTrial, TrialState
 
 from search.bookkeeping import trial_record
 from search.confirm.incumbent import Incumbent
+from search.confirm.ranking import feasible, finite
 from search.confirm.results import Confirmation
 from search.confirm.standing import standing_of
 from search.report.key_params import KeyParams, contour_params, key_params
 from search.report.panels import PanelSpec, components_of, panel_specs
-from search.report.selection import (
-    MAX_DRAWN,
-    Selection,
-    feasible,
-    finite,
-    select,
-)
+from search.report.selection import MAX_DRAWN, Selection, select
 from search.report.verdict import confirmed_headline, headline, reasons
 from search.trainers.base import val_key
 from trainer.records import TrainLine

@@ -19,15 +19,14 @@ and why. Optuna's views get a bounded sample the same way (`view_sample`).
 
 from __future__ import annotations
 
-import math
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass
-from typing import Any
 
 from optuna.study import StudyDirection
-from optuna.trial import FrozenTrial, TrialState
+from optuna.trial import FrozenTrial
 
 from search.bookkeeping import trial_record
+from search.confirm.ranking import rank_complete
 
 # Trials drawn in the panels (and listed in the table): 50 lines a panel is already more than a
 # reader follows, the legend stays a list one can scan, and drawing stays a fraction of a second
@@ -39,28 +38,6 @@ MAX_DRAWN = 50
 # all): 300 show the shape of a study as well as 10,000 do. The intermediate-values view draws a
 # line per trial, like the panels: it gets only the drawn trials.
 MAX_VIEW_TRIALS = 300
-
-
-def finite(value: Any) -> float | None:
-    """`value` as a float when it is a finite number, else None."""
-    if isinstance(value, int | float) and math.isfinite(value):
-        return float(value)
-    return None
-
-
-def feasible(trial: FrozenTrial) -> bool | None:
-    """Whether the trial meets the study's constraints; None when it carries none."""
-    constraints = trial.constraints
-    if not constraints:
-        return None
-    return all(v <= 0 for v in constraints.values())
-
-
-def rank_complete(trials: Sequence[FrozenTrial], direction: StudyDirection) -> list[FrozenTrial]:
-    """Complete trials best first; with constraints, feasible trials rank before infeasible ones."""
-    done = [t for t in trials if t.state == TrialState.COMPLETE and finite(t.value) is not None]
-    sign = -1.0 if direction == StudyDirection.MAXIMIZE else 1.0
-    return sorted(done, key=lambda t: (feasible(t) is False, sign * float(t.value), t.number))  # type: ignore[arg-type]
 
 
 def even_sample(numbers: Sequence[int], k: int) -> list[int]:
