@@ -155,7 +155,7 @@ def _instrument() -> None:
     import optuna.study._optimize as optimize_module
 
     from search.bookkeeping.storage import StudyLock
-    from search.bookkeeping.study_manager import ManagedStudy
+    from search.control.study_manager import ManagedStudy
 
     optuna.Study.ask = _timed("ask", optuna.Study.ask)  # type: ignore[method-assign]
     tell = optimize_module._tell_with_warning
@@ -451,7 +451,7 @@ def run_cell(
     trivial epoch waits."""
     from search.bookkeeping import trial_record
     from search.bookkeeping.storage import open_storage
-    from search.bookkeeping.study_manager import ManagedStudy
+    from search.control.study_manager import ManagedStudy
     from search.running.launch import prepare_study
     from search.study.study_file import parse_study
 

@@ -432,8 +432,8 @@ def proxy(
     """Serve the storage to many workers (`tune worker --storage grpc://HOST:PORT`) through
     Optuna's gRPC proxy: one bounded pool of database connections, heartbeats and reaping.
     Every call needs the token of $TUNE_PROXY_TOKEN or the file $TUNE_PROXY_TOKEN_FILE names."""
-    from search.bookkeeping.proxy import serve
     from search.bookkeeping.storage import StorageError
+    from search.control.proxy_server import serve
 
     try:
         serve(storage, host=host, port=port, tls_cert=tls_cert, tls_key=tls_key, echo=typer.echo)

@@ -1,3 +1,3 @@
-"""A study's bookkeeping in the Optuna storage: opening it, riding out outages, trial records,
-checkpoints, the budget and the start gate, the study manager that the workers, launch,
-status and benches share, the gRPC proxy, and the one module that touches Optuna's private names."""
+"""A study in the Optuna storage: opening it and its lock, riding out outages, trial records,
+checkpoints, the budget's arithmetic, the gRPC proxy's client (its token, TLS and tune's own
+calls), and the one module that touches Optuna's private names."""

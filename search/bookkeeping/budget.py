@@ -32,7 +32,7 @@ workers that its reading of the trials cannot see yet.
 
 `decide` is a pure function of the trials' states and progress, so workers, `tune launch`,
 `tune status` and the tests read the budget the same way (`ManagedStudy.budget_use` reads it from a
-study, search/bookkeeping/study_manager.py).
+study, search/control/study_manager.py).
 """
 
 from __future__ import annotations

@@ -17,7 +17,7 @@ What tune needs beyond Optuna's public API:
   of the ORM (issue 16: a worker joining a study of 10,000 trials spent 12 s building an ORM
   object per row; `tune status` and `tune report` as long);
 - `optuna.storages._CachedStorage` (`CachedStorage`), the cache `optuna.storages.get_storage`
-  puts in front of an RDB storage, which `tune proxy` serves (`search/bookkeeping/proxy.py`),
+  puts in front of an RDB storage, which `tune proxy` serves (`search/control/proxy_server.py`),
   and its `_backend`, the RDB storage behind a study's cache (`rdb_backend`), which `tune status`
   and `tune report` read with `read_trials` leaving bulky user attrs in the database (`AttrKeys`);
 - `GrpcStorageProxy._setup` and the generated gRPC stub, to open the proxy's client on a channel
@@ -87,7 +87,7 @@ class ChannelGrpcStorageProxy(GrpcStorageProxy):
 
 def add_storage_service(server: Any, storage: BaseStorage) -> None:
     """Optuna's storage service (what `run_grpc_proxy_server` serves) on a gRPC server of
-    tune's own, which checks tokens and may serve TLS (`search/bookkeeping/proxy.py`)."""
+    tune's own, which checks tokens and may serve TLS (`search/control/proxy_server.py`)."""
     from optuna.storages._grpc.auto_generated import api_pb2_grpc
     from optuna.storages._grpc.servicer import OptunaStorageProxyService
 
@@ -146,7 +146,7 @@ def rdb_backend(study: optuna.Study) -> RDBStorage | None:
 
 def stale_trial_ids(storage: RDBStorage, study_id: int) -> list[int]:
     """The study's stale trials now (`RunningTrial.is_stale`: a read, no lock). tune's reapers
-    fail them (`search/running/reaper.py`); Optuna's `fail_stale_trials` does not
+    fail them (`search/control/reaper.py`); Optuna's `fail_stale_trials` does not
     (`HeartbeatRDBStorage`).
     """
     interval = storage.heartbeat_interval
@@ -239,7 +239,7 @@ class HeartbeatRDBStorage(RDBStorage):
     nothing here (`_get_stale_trial_ids`). It fails a stale trial first and enqueues its retry
     after, holding no lock, so a worker starting a trial in between saw a slot free that the
     retry was about to fill; and workers start trials concurrently (search/running/worker.py).
-    tune's reapers (`search/running/reaper.py`) fail them in the safe order under the exclusive
+    tune's reapers (`search/control/reaper.py`) fail them in the safe order under the exclusive
     study lock, by tune's rule (`stale_trial_ids`): Optuna's (no heartbeat for the grace period)
     plus a RUNNING trial that never beat and is RUNNING for longer than the grace period.
     """

@@ -11,7 +11,7 @@ returns what the database holds. What tune needs beyond it are these methods (JS
   again;
 - `GiveBackLock {study_id, holder}`;
 - `Sharers {study_id}` -> `{sharers}`: the shared leases held now, which a starting worker
-  counts (`search/bookkeeping/start_gate.py`).
+  counts (`search/control/start_gate.py`).
 
 A lease not given back within `LOCK_LEASE` seconds (its worker died holding it) lapses; leases
 die with the server.

@@ -5,7 +5,7 @@ needs of its own (counting trials by state, a study-wide lock), all behind `sess
   folder, so the first command works without a server. PostgreSQL
   (`postgresql+psycopg2://user:password@host/db`) is for several processes or machines.
 - Heartbeats with `RetryHeartbeatStaleTrialCallback` (they act only inside `study.optimize()`;
-  workers also reap in a thread, see `search/running/reaper.py`), connection pre-ping and a small
+  workers also reap in a thread, see `search/control/reaper.py`), connection pre-ping and a small
   pool per process for PostgreSQL, a busy timeout for SQLite. `StorageSettings.from_env()` reads
   short heartbeat settings for tests from `$TUNE_HEARTBEAT_INTERVAL` and friends.
 - A database that goes away (restart, network) is retried with backoff for up to
@@ -351,7 +351,8 @@ class StudyLock:
     never see a reaper's half-done work, and a waiting exclusive taker is not starved).
 
     PostgreSQL: a session advisory lock in either mode (released by the server if the process
-    dies). A worker behind `tune proxy`: a lease held in the proxy (`search/bookkeeping/proxy.py`).
+    dies). A worker behind `tune proxy`: a lease held in the proxy
+    (`search/bookkeeping/proxy_control.py`).
     SQLite (one machine): an flock on a file in the temporary folder named after the database,
     exclusive only (`shares()` is False: a claim there is an exclusive lock). Other back ends: no
     lock. `release()` may be called early and more than once.

@@ -18,10 +18,10 @@ from optuna.trial import FrozenTrial, TrialState
 
 from search.bookkeeping import trial_record
 from search.bookkeeping.storage import StateCounts
-from search.bookkeeping.study_manager import ManagedStudy
 from search.confirm.incumbent import study_best
 from search.confirm.results import Confirmation, format_confirmation, read_confirmation_of
 from search.confirm.standing import standing_of
+from search.control.study_manager import ManagedStudy
 from search.study.study_file import StudyFileError
 
 

@@ -12,7 +12,7 @@ their common seeds is higher.
   above the incumbent's run on that seed is a **challenger**: the study enqueues **race runs**
   of it and of the incumbent on `RACE_SEEDS` (those the incumbent has not run yet), full length,
   never pruned (`trial_record` ``race``). They are trials of the study: they spend its budget,
-  at most `RACE_SHARE` of it (`search/bookkeeping/study_manager.py` `ManagedStudy.race`), and a
+  at most `RACE_SHARE` of it (`search/control/study_manager.py` `ManagedStudy.race`), and a
   challenger the budget cannot race stays one, named as such.
 - Once a challenger and the incumbent both have runs on every race seed, the one with the higher
   mean over their common seeds is the incumbent.

@@ -39,7 +39,6 @@ from search.bookkeeping.storage import (
     open_storage,
     resolve_url,
 )
-from search.bookkeeping.study_manager import ManagedStudy
 from search.confirm.incumbent import study_best
 from search.confirm.plan import plan_confirm, prepare_confirm
 from search.confirm.results import (
@@ -49,6 +48,7 @@ from search.confirm.results import (
     read_confirmation,
 )
 from search.confirm.standing import Standing, standing_of
+from search.control.study_manager import ManagedStudy
 from search.running.command_trust import ALLOW_ENV, command_digest
 from search.running.worker import DEFAULT_RUNS_DIR
 from search.study.study_file import BUILTIN_DATA, Overrides, StudySpec, load_study_file

@@ -40,7 +40,7 @@ from search.bookkeeping.checkpoints import CheckpointStore
 from search.bookkeeping.optuna_compat import record_heartbeat, trial_id
 from search.bookkeeping.outage import Outage, retry_while_down
 from search.bookkeeping.storage import StudyLock, mask_text
-from search.running.failpoints import failpoint
+from search.control.failpoints import failpoint
 from search.study.study_file import StudySpec
 from search.trainers.base import (
     Evaluation,
@@ -130,7 +130,7 @@ class TrialTally:
     failed: int = 0
     dropped: int = 0  # reaped by another worker while this one still ran it
     started_racing: int = (
-        0  # started without the exclusive study lock (search/bookkeeping/start_gate.py)
+        0  # started without the exclusive study lock (search/control/start_gate.py)
     )
     busy_seconds: float = 0.0
     last_error: str | None = None

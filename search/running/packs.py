@@ -4,7 +4,7 @@ With `[trial] pack = K` (or "auto", `pack_size`) a worker runs its trials K at a
 the trainer's `run_pack` (`search/trainers/base.py`; tune's own trainer fuses them into one
 model, `trainer/packed.py`). Each trial is its own Optuna trial from start to end:
 
-- it starts through the same start gate as a trial run alone (`search/bookkeeping/start_gate.py`),
+- it starts through the same start gate as a trial run alone (`search/control/start_gate.py`),
   one start at a time, so the study-wide budget holds for packs exactly as for single trials;
 - `TrialRun` (`search/running/objective.py`) records its heartbeat, placement, parameters, config
   and every evaluation, uploads its checkpoints and asks the pruner, as for a trial run alone;
@@ -30,11 +30,12 @@ from optuna.exceptions import UpdateFinishedTrialError
 from optuna.trial import TrialState
 
 from search.bookkeeping.optuna_compat import study_storage, trial_id
-from search.bookkeeping.start_gate import NoStart, StartGate
+from search.control.start_gate import NoStart, StartGate
 from search.running.objective import (
     InFlight,
     Interrupted,
     TrialRun,
+    WorkerContext,
     record_failure,
     trial_told,
 )
@@ -57,12 +58,16 @@ def pack_size(setting: int | str, device: str, probe: Callable[[], int]) -> int:
 
 
 def run_pack(
-    gate: StartGate, trainer: PackingTrainer, slots: int, in_flight: InFlight
+    gate: StartGate,
+    ctx: WorkerContext,
+    trainer: PackingTrainer,
+    slots: int,
+    in_flight: InFlight,
 ) -> PackRound:
     """Start up to `slots` trials through `gate`, train them as one pack with refills, tell
     each its end (`in_flight` holds the ids of those in the pack). "budget" or "wait" when not
     even one could start."""
-    ctx, study = gate.ctx, gate.study
+    study = gate.study
     states: list[TrialState | Literal["dropped"]] = []
     runs: dict[int, TrialRun] = {}  # the trials in the pack now, by id() of their PackedJob
 

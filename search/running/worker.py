@@ -4,7 +4,7 @@ The loop, per trial:
 
 1. while the budget is far from spent, start without waiting for anyone: hold the study lock
    shared, count the other starters holding it, and start when `decide(racing=...)` leaves room
-   for all of them (`search/bookkeeping/start_gate.py` says why that never overshoots). Trial starts
+   for all of them (`search/control/start_gate.py` says why that never overshoots). Trial starts
    then scale with the workers instead of queueing at one lock (issue 16, docs/benchmarks.md);
 2. otherwise (near the end of the budget, a stale trial to reap, a retry waiting, a confirm
    study, SQLite) take the study lock exclusively and read the study's budget use from the
@@ -19,7 +19,7 @@ The loop, per trial:
 3. whatever the trial does (exception, non-finite loss, out of memory, reaped by another worker),
    the worker records it and goes on; only a run of consecutive failures stops it.
 
-The worker reaches its study through `ManagedStudy` (search/bookkeeping/study_manager.py: the claim,
+The worker reaches its study through `ManagedStudy` (search/control/study_manager.py: the claim,
 the stored spec, failing its own trials on exit), not through the storage's details. What a trial
 needs of the worker is fixed when it starts (`WorkerContext`); what changes from trial to trial
 is `InFlight` and the claim its start hands over (`TrialRun.begin(claim)`).
@@ -65,7 +65,8 @@ from search.bookkeeping.storage import (
     mask_url,
     resolve_url,
 )
-from search.bookkeeping.study_manager import Claim, ManagedStudy
+from search.control.reaper import Reaper, quiet_heartbeat_thread
+from search.control.study_manager import Claim, ManagedStudy
 from search.running.command_trust import ALLOW_ENV, check_command
 from search.running.log_masking import mask_library_logs
 from search.running.objective import (
@@ -79,7 +80,6 @@ from search.running.objective import (
     trial_told,
 )
 from search.running.packs import PackRound, pack_size, run_pack
-from search.running.reaper import Reaper, quiet_heartbeat_thread
 from search.study.study_file import StudyFileError, StudySpec, read_study_table
 from search.trainers.base import PackingTrainer, Trainer, packs
 from search.trainers.builtin import LoadDataFn, TrainFn, TuneTrainer
@@ -188,7 +188,7 @@ def run_worker(
             log=say,
         )
         # rdb is None behind `tune proxy`, which does the database's side
-        # (search/bookkeeping/proxy.py)
+        # (search/control/proxy_server.py)
         managed, spec = while_down(lambda: _join(storage, name, index, settings, say))
         _check_command(study, spec, allow_command)
         optuna_study = managed.study
@@ -289,7 +289,7 @@ def _loop(
                 lambda: (
                     _one_round(managed, ctx, in_flight)
                     if slots == 1
-                    else _pack_round(managed, slots, in_flight)
+                    else _pack_round(managed, ctx, slots, in_flight)
                 ),
                 limit=ctx.storage_down_limit,
                 outage=ctx.outage,
@@ -326,12 +326,13 @@ def _one_round(managed: ManagedStudy, ctx: WorkerContext, in_flight: InFlight) -
     return "dropped" if state is None else state
 
 
-def _pack_round(managed: ManagedStudy, slots: int, in_flight: InFlight) -> PackRound:
-    gate = managed.gate
-    trainer = gate.ctx.trainer
+def _pack_round(
+    managed: ManagedStudy, ctx: WorkerContext, slots: int, in_flight: InFlight
+) -> PackRound:
+    trainer = ctx.trainer
     if not packs(trainer):  # the study file refuses it; a fake trainer may not pack
         raise WorkerError(f"trainer {trainer.name!r} cannot train packs of {slots} trials")
-    return run_pack(gate, cast(PackingTrainer, trainer), slots, in_flight)
+    return run_pack(managed.gate, ctx, cast(PackingTrainer, trainer), slots, in_flight)
 
 
 def _run_one_trial(

@@ -4,7 +4,7 @@ The kind of test Ray Tune runs: while a study runs, a supervisor SIGKILLs a rand
 few seconds (a bounded number of times) and starts a new one in its place, as a preemptible pool
 or a crashing node would. Random kills from outside rarely land in the narrow windows that matter
 (most hit a worker loading its data), so the workers also arm fail points
-(`search/running/failpoints.py`): they kill themselves while holding the study lock, right after a
+(`search/control/failpoints.py`): they kill themselves while holding the study lock, right after a
 trial is created (before its first heartbeat), or between an evaluation and its checkpoint. With
 `outage` set (a stop and a start of the test's own PostgreSQL server), some disruptions are database
 outages instead.

@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from search.running.failpoints import POINTS, parse
+from search.control.failpoints import POINTS, parse
 
 _PROGRAM = (
-    "from search.running.failpoints import failpoint; failpoint('trial-created'); print('alive')"
+    "from search.control.failpoints import failpoint; failpoint('trial-created'); print('alive')"
 )
 
 

@@ -30,7 +30,7 @@ from search.bookkeeping.optuna_compat import (
     trial_id,
 )
 from search.bookkeeping.storage import count_states, session
-from search.running.reaper import reap_stale_trials
+from search.control.reaper import reap_stale_trials
 
 GRACE = 3
 

@@ -14,7 +14,7 @@ from optuna.trial import TrialState
 
 from search.bookkeeping.optuna_compat import TrialModel, study_id, trial_id
 from search.bookkeeping.storage import StorageSettings, StudyLock, open_storage, session
-from search.running.reaper import Reaper, reap_stale_trials
+from search.control.reaper import Reaper, reap_stale_trials
 
 
 @pytest.fixture(params=["sqlite", "postgres"])

@@ -1,4 +1,4 @@
-"""The study-manager layer (`search/bookkeeping/study_manager.py`) on a real SQLite storage: the
+"""The study-manager layer (`search/control/study_manager.py`) on a real SQLite storage: the
 stored spec, trials by state, the budget's use and failing a stopped worker's trials."""
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from optuna.trial import TrialState
 from search.bookkeeping import trial_record
 from search.bookkeeping.budget import use_of
 from search.bookkeeping.storage import StateCounts, StorageError, open_storage
-from search.bookkeeping.study_manager import ManagedStudy
+from search.control.study_manager import ManagedStudy
 from search.running.launch import prepare_study
 from search.study.study_file import StudySpec
 from tests.search.test_budget import SPEC

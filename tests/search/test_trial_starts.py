@@ -22,7 +22,7 @@ import pytest
 from optuna.trial import TrialState
 
 from search.bookkeeping.budget import BudgetUse, decide
-from search.bookkeeping.proxy import Leases
+from search.bookkeeping.proxy_control import Leases
 from search.bookkeeping.storage import StorageSettings, StudyLock, open_storage
 from tests.search.reliability_support import Proxy, fast_env, free_port, make_study, trials
 from tests.search.test_budget import SPEC

@@ -109,7 +109,7 @@ def test_a_worker_reads_the_study_before_it_takes_the_study_lock(
 ) -> None:
     """The first read of a large study is slow; done under the lock, every worker waits on it."""
     import search.bookkeeping.storage
-    import search.bookkeeping.study_manager
+    import search.control.study_manager
 
     url, spec = _study(tmp_path, n_trials=4)  # its baselines wait in the storage already
     assert len(_trials(url)) == len(spec.baselines) > 0
@@ -127,7 +127,7 @@ def test_a_worker_reads_the_study_before_it_takes_the_study_lock(
         real_acquire(lock)
 
     loaded: list[Any] = []
-    real_load = search.bookkeeping.study_manager.load_study
+    real_load = search.control.study_manager.load_study
 
     def load_study(*args: Any, **kwargs: Any) -> Any:
         study = real_load(*args, **kwargs)
@@ -135,7 +135,7 @@ def test_a_worker_reads_the_study_before_it_takes_the_study_lock(
         return study
 
     monkeypatch.setattr(search.bookkeeping.storage.StudyLock, "acquire", acquire)
-    monkeypatch.setattr(search.bookkeeping.study_manager, "load_study", load_study)
+    monkeypatch.setattr(search.control.study_manager, "load_study", load_study)
     stats = _work(url, tmp_path)
     assert cached_at_first_lock == [len(spec.baselines)]  # the study was read before the lock
     assert stats.study_load_seconds > 0

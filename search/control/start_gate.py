@@ -24,7 +24,7 @@ from __future__ import annotations
 import dataclasses
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Literal, Protocol
 
 import optuna
 from optuna.trial import TrialState
@@ -33,25 +33,48 @@ from search.bookkeeping.budget import decide
 from search.bookkeeping.optuna_compat import RunningTrial, running_trials, stale_trial_ids, study_id
 from search.bookkeeping.storage import StudyLock
 from search.confirm.plan import decide_enqueued
-from search.running.failpoints import failpoint
-from search.running.objective import WorkerContext
-from search.running.reaper import reap_stale_trials
+from search.control.failpoints import failpoint
+from search.control.reaper import reap_stale_trials
 from search.study.study_file import StudySpec
 
 if TYPE_CHECKING:
-    from search.bookkeeping.study_manager import ManagedStudy
+    from search.control.study_manager import ManagedStudy
 
 NoStart = Literal["budget", "wait"]
 
 
+class _Counts(Protocol):
+    started_racing: int  # trials this worker started holding the lock shared
+
+
+class _Stop(Protocol):
+    def wait(self, seconds: float) -> None: ...
+
+
+class GateContext(Protocol):
+    """What the gate needs of its worker (the worker's `WorkerContext` has it): the study's
+    spec, whether it only runs enqueued trials, its log, its counts and its stop."""
+
+    @property
+    def spec(self) -> StudySpec: ...
+    @property
+    def enqueued_only(self) -> bool: ...
+    @property
+    def log(self) -> Callable[[str], None]: ...
+    @property
+    def tally(self) -> _Counts: ...
+    @property
+    def stop(self) -> _Stop: ...
+
+
 class StartGate:
     """The worker's way to a trial start; see the module docstring. A worker opens it through
-    its study's manager (`ManagedStudy.open_gate`, search/bookkeeping/study_manager.py)."""
+    its study's manager (`ManagedStudy.open_gate`, search/control/study_manager.py)."""
 
     def __init__(
         self,
         managed: ManagedStudy,
-        ctx: WorkerContext,
+        ctx: GateContext,
         poll_interval: float,
         fast_starts: bool = True,
     ) -> None:

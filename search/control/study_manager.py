@@ -2,8 +2,8 @@
 study, in one place (issue 13).
 
 `ManagedStudy` holds an opened Optuna study, the RDB storage under it (None behind `tune proxy`,
-which does the database's side for its workers: search/bookkeeping/proxy.py) and the storage's id of
-the study, and answers:
+which does the database's side for its workers: search/control/proxy_server.py) and the
+storage's id of the study, and answers:
 
 - `stored_spec()`: the study file `tune launch` stored with the study (search/study/study_file.py);
 - `counts()`: trials by state (in the database when tune's SQL reaches it);
@@ -15,7 +15,7 @@ the study, and answers:
   incumbent on one seed, when the budget pays for them (search/confirm/incumbent.py);
 - `fail_running(worker_id, ...)`: fail what these workers left RUNNING ("interrupted");
 - `claim()`: a worker's way to a trial start, through its start gate
-  (search/bookkeeping/start_gate.py);
+  (search/control/start_gate.py);
 - `lock()`: the study lock (search/bookkeeping/storage.py `StudyLock`).
 
 `ManagedStudy.open(url, name)` opens one (a database URL, or `tune proxy`'s address), and
@@ -50,8 +50,7 @@ from search.confirm import incumbent
 from search.study.study_file import StudySpec
 
 if TYPE_CHECKING:  # the gate is a worker's: `tune status` and launch do not import it
-    from search.bookkeeping.start_gate import NoStart, StartGate
-    from search.running.objective import WorkerContext
+    from search.control.start_gate import GateContext, NoStart, StartGate
 
 # a held study lock under which one trial may start (the trial's start releases it)
 Claim = StudyLock
@@ -222,10 +221,10 @@ class ManagedStudy:
         return StudyLock(self.storage, self.id, log=log)
 
     def open_gate(
-        self, ctx: WorkerContext, poll_interval: float, fast_starts: bool = True
+        self, ctx: GateContext, poll_interval: float, fast_starts: bool = True
     ) -> StartGate:
         """Set up this worker's start gate (`claim` goes through it); the gate."""
-        from search.bookkeeping.start_gate import StartGate
+        from search.control.start_gate import StartGate
 
         self._gate = StartGate(self, ctx, poll_interval, fast_starts)
         return self._gate
