@@ -21,7 +21,6 @@ import sys
 import time
 import warnings
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -38,7 +37,13 @@ from trainer.evaluate import (
     evaluate,
     inference_latency_ms,
 )
-from trainer.iteration_log import LogInterval, StepClock, loss_values, record_iteration
+from trainer.iteration_log import (
+    LogInterval,
+    StepClock,
+    TrainState,
+    loss_values,
+    record_iteration,
+)
 from trainer.loss import DetectionLoss, LossWeights
 from trainer.model import Detector, build_detector, load_weights
 from trainer.optim import (
@@ -49,7 +54,7 @@ from trainer.optim import (
     optimizer_steps,
     set_warmup_momentum,
 )
-from trainer.records import EvalLine, EvalReport, FitResult, NonFiniteLossError, TrainLine
+from trainer.records import EvalLine, EvalReport, FitResult, NonFiniteLossError
 from trainer.run_dir import RunDir
 
 logger = logging.getLogger("trainer")
@@ -77,20 +82,6 @@ def resolve_device(name: str) -> torch.device:
                 f"device={name!r}: this machine has {count} CUDA device(s), numbered from 0"
             )
     return device
-
-
-@dataclass
-class TrainState:
-    """What moves forward during a run (and is saved in checkpoints)."""
-
-    epoch: int = 0  # epochs completed
-    iteration: int = 0  # batches trained (the notes' "iter")
-    last_step: int = 0  # the iteration of the last optimizer step (gradient accumulation)
-    seconds_training: float = 0.0
-    seconds_training_reported: float = 0.0  # seconds_training at the last report
-    seconds_evaluating: float = 0.0
-    latencies: list[float] = field(default_factory=list)  # per iteration, seconds
-    pending: list[TrainLine] = field(default_factory=list)  # lines since the last report
 
 
 def augment_spec(config: TrainConfig, epoch: int) -> AugmentSpec | None:

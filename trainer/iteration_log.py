@@ -19,7 +19,6 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
 
 import torch
 
@@ -28,10 +27,21 @@ from trainer.loss import LossParts
 from trainer.records import NonFiniteLossError, TrainLine
 from trainer.run_dir import RunDir
 
-if TYPE_CHECKING:  # fit's, which imports this module
-    from trainer.fit import TrainState
-
 logger = logging.getLogger("trainer")
+
+
+@dataclass
+class TrainState:
+    """What moves forward during a run (and is saved in checkpoints)."""
+
+    epoch: int = 0  # epochs completed
+    iteration: int = 0  # batches trained (the notes' "iter")
+    last_step: int = 0  # the iteration of the last optimizer step (gradient accumulation)
+    seconds_training: float = 0.0
+    seconds_training_reported: float = 0.0  # seconds_training at the last report
+    seconds_evaluating: float = 0.0
+    latencies: list[float] = field(default_factory=list)  # per iteration, seconds
+    pending: list[TrainLine] = field(default_factory=list)  # lines since the last report
 
 
 @dataclass(frozen=True)

@@ -20,7 +20,8 @@ from torch import Tensor
 
 from trainer.config import TrainConfig
 from trainer.ema import ModelEMA, ema_decay_at
-from trainer.fit import TrainState, restore_state
+from trainer.fit import restore_state
+from trainer.iteration_log import TrainState
 from trainer.model import Detector, build_detector
 from trainer.optim import build_optimizer
 from trainer.packed_optim import PackedOptimizer, TrialSchedule

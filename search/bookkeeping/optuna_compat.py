@@ -84,6 +84,13 @@ class ChannelGrpcStorageProxy(GrpcStorageProxy):
         """A heartbeat for `trial_id` through the proxy (Optuna's proxy carries none)."""
         raise NotImplementedError
 
+    def study_lease(
+        self, study_id: int, holder: str, *, shared: bool, log: Callable[[str], None] | None
+    ) -> Any:
+        """A lease on the study's lock, held in the proxy (not yet taken): an object with
+        `acquire()`, `holders()` and `release()`, as `StudyLock` uses it."""
+        raise NotImplementedError
+
 
 def add_storage_service(server: Any, storage: BaseStorage) -> None:
     """Optuna's storage service (what `run_grpc_proxy_server` serves) on a gRPC server of

@@ -17,12 +17,13 @@ from __future__ import annotations
 
 import functools
 import warnings
+from collections.abc import Callable
 
 import optuna
 
 from search.bookkeeping.optuna_compat import ChannelGrpcStorageProxy
 from search.bookkeeping.proxy_auth import client_channel
-from search.bookkeeping.proxy_control import ControlClient
+from search.bookkeeping.proxy_control import ControlClient, ProxyLock
 from search.bookkeeping.storage import StorageError
 
 SCHEME, TLS_SCHEME = "grpc://", "grpcs://"
@@ -69,6 +70,11 @@ class ProxyClient(ChannelGrpcStorageProxy):
 
     def beat(self, trial_id: int) -> None:
         self.control.heartbeat(trial_id)
+
+    def study_lease(
+        self, study_id: int, holder: str, *, shared: bool, log: Callable[[str], None] | None
+    ) -> ProxyLock:
+        return ProxyLock(self.control, study_id, holder, shared=shared, log=log)
 
 
 def connect(url: str) -> ProxyClient:

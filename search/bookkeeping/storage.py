@@ -38,7 +38,11 @@ from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
 from optuna.trial import FrozenTrial, TrialState
 from sqlalchemy import orm
 
-from search.bookkeeping.optuna_compat import HeartbeatRDBStorage, TrialModel
+from search.bookkeeping.optuna_compat import (
+    ChannelGrpcStorageProxy,
+    HeartbeatRDBStorage,
+    TrialModel,
+)
 
 ENV_VAR = "TUNE_STORAGE"
 # the token every call to `tune proxy` carries (`search/bookkeeping/proxy_auth.py`): masked too
@@ -387,11 +391,9 @@ class StudyLock:
     @staticmethod
     def shares(storage: optuna.storages.BaseStorage) -> bool:
         """Whether the lock has a shared mode on `storage` (PostgreSQL, the proxy)."""
-        from search.bookkeeping.proxy import ProxyClient
-
         if isinstance(storage, RDBStorage):
             return storage.engine.dialect.name == "postgresql"
-        return isinstance(storage, ProxyClient)
+        return isinstance(storage, ChannelGrpcStorageProxy)
 
     def holders(self) -> int:
         """How many processes hold the lock shared now, this one included (shared mode only).
@@ -417,17 +419,10 @@ class StudyLock:
 
     def acquire(self) -> StudyLock:
         if not isinstance(self._storage, RDBStorage):
-            from search.bookkeeping.proxy import ProxyClient
-            from search.bookkeeping.proxy_control import ProxyLock
-
-            if isinstance(self._storage, ProxyClient):
+            if isinstance(self._storage, ChannelGrpcStorageProxy):
                 holder = f"{os.getpid()}:{id(self)}:{time.monotonic()}"
-                self._lease = ProxyLock(
-                    self._storage.control,
-                    self._study_id,
-                    holder,
-                    shared=self._shared,
-                    log=self._log,
+                self._lease = self._storage.study_lease(
+                    self._study_id, holder, shared=self._shared, log=self._log
                 )
                 self._lease.acquire()
             return self

@@ -24,12 +24,12 @@ from __future__ import annotations
 import dataclasses
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Literal, Protocol
+from typing import Literal, Protocol
 
 import optuna
 from optuna.trial import TrialState
 
-from search.bookkeeping.budget import decide
+from search.bookkeeping.budget import BudgetUse, decide
 from search.bookkeeping.optuna_compat import RunningTrial, running_trials, stale_trial_ids, study_id
 from search.bookkeeping.storage import StudyLock
 from search.confirm.plan import decide_enqueued
@@ -37,10 +37,23 @@ from search.control.failpoints import failpoint
 from search.control.reaper import reap_stale_trials
 from search.study.study_file import StudySpec
 
-if TYPE_CHECKING:
-    from search.control.study_manager import ManagedStudy
-
 NoStart = Literal["budget", "wait"]
+
+
+class GateStudy(Protocol):
+    """What the gate needs of its study (`ManagedStudy` has it): the study, its storage (and the
+    RDB storage under it, None behind the proxy), its id, its budget use and stored spec."""
+
+    @property
+    def study(self) -> optuna.Study: ...
+    @property
+    def rdb(self) -> optuna.storages.RDBStorage | None: ...
+    @property
+    def storage(self) -> optuna.storages.BaseStorage: ...
+    @property
+    def id(self) -> int: ...
+    def budget_use(self, spec: StudySpec) -> BudgetUse: ...
+    def stored_spec(self) -> StudySpec | None: ...
 
 
 class _Counts(Protocol):
@@ -73,7 +86,7 @@ class StartGate:
 
     def __init__(
         self,
-        managed: ManagedStudy,
+        managed: GateStudy,
         ctx: GateContext,
         poll_interval: float,
         fast_starts: bool = True,

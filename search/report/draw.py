@@ -13,9 +13,10 @@ from typing import Any
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from search.report.gather import BASELINE, BEST, TOP, Line, ReportData, TrialRow
+from search.report.gather import Line, ReportData
 from search.report.key_params import KeyParams
 from search.report.panels import grid_of
+from search.report.rows import BASELINE, BEST, TOP, TrialRow
 
 BEST_COLOR = "#d62728"
 _BASELINE_COLORS = ("#1f77b4", "#2ca02c", "#9467bd", "#8c564b", "#17becf", "#7f7f7f")

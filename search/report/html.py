@@ -19,7 +19,8 @@ from plotly.offline import get_plotlyjs
 from search.confirm.results import METRICS, Confirmation
 from search.confirm.stats import LEVEL
 from search.report.draw import trial_colors
-from search.report.gather import ReportData, TrialRow
+from search.report.gather import ReportData
+from search.report.rows import TrialRow
 from search.report.views import View
 from search.trainers.base import val_key
 

@@ -1,20 +1,18 @@
 """The report's verdict in words: the best trial against the best hand-tuned baseline at equal
 length (the headline), over fresh seeds when `tune confirm` ran, and why it won (what changed,
-which unweighted losses dropped). Pure functions of the gathered table rows (`gather.TrialRow`).
+which unweighted losses dropped). Pure functions of the gathered table rows (`rows.TrialRow`).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from search.confirm.results import Confirmation, confirmed_sentence
 from search.confirm.standing import LEARNED, Standing, gain_words
+from search.report.rows import TrialRow
 from search.trainers.base import val_key
-
-if TYPE_CHECKING:  # gather imports this module: the rows' type only, at type-checking time
-    from search.report.gather import TrialRow
 
 
 def _fmt(value: Any) -> str:

@@ -207,7 +207,9 @@ def test_baselines_are_never_pruned(tmp_path: Path) -> None:
             config = config.replace(lr=1e-9)
         return fake_trainer.fit(config, report, data)
 
-    _work(url, tmp_path, train)
+    # a fixed worker index: the sampler's draws (seed + index) are the same every run, so the
+    # pruner always has trials to stop (by the process id, some runs drew none it would stop)
+    _work(url, tmp_path, train, worker_index=0)
     trials = _trials(url)
     assert trials[0].state == TrialState.COMPLETE and trial_record.read_baseline(trials[0])
     assert any(t.state == TrialState.PRUNED for t in trials)  # the pruner did have data

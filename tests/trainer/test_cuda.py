@@ -135,7 +135,8 @@ def _host_waits_in_an_epoch(root: Path, n_train: int) -> int:
     import warnings
 
     from trainer.ema import ModelEMA
-    from trainer.fit import TrainState, train_one_epoch
+    from trainer.fit import train_one_epoch
+    from trainer.iteration_log import TrainState
     from trainer.loss import DetectionLoss, LossWeights
     from trainer.optim import build_optimizer, build_scheduler
     from trainer.run_dir import RunDir
