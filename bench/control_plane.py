@@ -30,7 +30,7 @@ How each call is timed (inside the worker processes, with `time.perf_counter`):
 
 Connections in use: `pg_stat_activity` rows for the benchmark database, sampled every 0.25 s.
 
-`--load` (issue 16) measures instead what reading a study costs by the layout of tune's trial
+`--load` measures instead what reading a study costs by the layout of tune's trial
 records (`RECORDS`): for each layout a fresh database with N trials, then `--repeats` pairs of
 fresh processes that each open the study and load its trials (`study.get_trials()`, a cold
 cache, as a joining worker), one through tune's storage (`open_storage`, which reads trials with
@@ -252,7 +252,7 @@ def bench_study_table(sampler: str, epochs: int) -> dict[str, Any]:
     return raw
 
 
-RECORDS = ("compact", "legacy", "none")  # tune's layout now, before issue 16, Optuna's rows only
+RECORDS = ("compact", "legacy", "none")  # tune's layout, its earlier one, Optuna's rows only
 
 
 def populate(
@@ -267,7 +267,7 @@ def populate(
     Each carries what a tune trial carries: ten params, one intermediate value per epoch reached,
     a value, and tune's user attrs laid out as `records` says: "compact"
     (`search.bookkeeping.trial_record` now: the curve in segments, placement in one attribute),
-    "legacy" (before issue 16: one attribute per curve point, host, device and worker apart) or
+    "legacy" (the earlier layout: one attribute per curve point, host, device and worker apart) or
     "none" (Optuna's own rows only, the yardstick for the study load). Config and (if complete)
     summary in both tune layouts.
     """
@@ -447,7 +447,7 @@ def run_cell(
 ) -> dict[str, Any]:
     """One grid cell: fresh database, `existing` trials, `workers` processes; the measurements.
     With `proxy`, the workers reach the database through a `tune proxy`; `fast_starts=False`
-    takes the exclusive study lock for every start (tune before issue 16); `hold`: seconds each
+    takes the exclusive study lock for every start (as tune once did); `hold`: seconds each
     trivial epoch waits."""
     from search.bookkeeping import trial_record
     from search.bookkeeping.storage import open_storage
@@ -554,7 +554,7 @@ def run_cell(
     return cell
 
 
-# --- study load by record layout (issue 16) ------------------------------------------------------
+# --- study load by record layout ----------------------------------------------------------------
 
 
 def _load_process(url: str, out: str, loader: str) -> None:
@@ -722,12 +722,12 @@ def main_load(args: argparse.Namespace) -> dict[str, Any]:
     return payload
 
 
-# --- trial starts a second (issue 16) -------------------------------------------------------------
+# --- trial starts a second ------------------------------------------------------------------------
 
 
 def main_starts(args: argparse.Namespace) -> dict[str, Any]:
     """Trial starts a second by worker count, each count twice side by side: every start under
-    the exclusive study lock (tune before issue 16) and starts holding it shared."""
+    the exclusive study lock (as tune once did) and starts holding it shared."""
     worker_counts = [int(w) for w in (args.workers or "1,8,32").split(",")]
     existing = int(args.existing or 100)
     cells: list[dict[str, Any]] = []

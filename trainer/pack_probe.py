@@ -1,4 +1,4 @@
-"""How many trials fit one pack on this device (`[trial] pack = "auto"`, issue 13).
+"""How many trials fit one pack on this device (`[trial] pack = "auto"`).
 
 On CUDA: the peak memory of one training step (forward, loss, backward) of the fused model of
 packs of 1 and of 2 trials on a real batch gives what one trial more costs; the pack is as many

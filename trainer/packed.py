@@ -69,32 +69,11 @@ written by fit's own `checkpoint_state` from solo-shaped copies (`trainer.packed
 K times the channels, every convolution in K groups and BatchNorm over K times the channels, so
 each trial keeps its own statistics and nothing mixes trials; the number of kernels an iteration
 launches does not grow with K (what a launch-bound GPU needs: one nano trial keeps an H200 busy
-22% of the time). Measured on this VM's CPU (1 thread, nano; forward + loss + backward, median
-ms per iteration; `uv run python -m bench.packing --fusion`):
-
-    64 px batch 8         K=1    K=2    K=4
-    separate models      24.1   52.4  110.1
-    loop (slices)        35.3   72.3  156.2
-    vmap                 69.6   87.8  119.4
-    grouped              34.5   54.5   95.7
-    128 px batch 32
-    separate models     135    317    705
-    loop (slices)       177    356   1020
-    vmap                235    456    908
-    grouped             171    426    766
-
-(separate: K real channels_last modules; loop: `functional_call` on each trial's slice of the
-stacked tensors; vmap: `torch.func.vmap(functional_call)` over `stack_module_state` tensors;
-grouped: the fused network above, without channels_last in this probe; the machine was shared,
-so figures move by 10-20%.) On 2 CPU cores no fusion beats separate runs: the CPU is compute
-bound and fusion only saves overhead. Grouped is the fastest fused form at K=4 and at small
-sizes, and vmap adds a per-op cost that is worst at K=1 (2x); grouped keeps one plain
-`nn.Module` (channels_last, autocast, state_dicts as usual), so it is the pack's form.
-
-End to end on this CPU (`uv run python -m bench.packing --k 1,2,4`, 1 thread, nano, 128 px,
-batch 32), a pack is slower than separate runs: aggregate trial-images/s 0.86x of one solo `fit`
-at K=1, 0.62x at K=2, 0.53x at K=4 (bench/results/packing-cpu.json). Packing is for the GPU,
-where it has not been measured yet (`--device cuda`).
+22% of the time). Of the fused forms measured (a loop over slices, `torch.func.vmap`, grouped:
+`bench.packing --fusion`, docs/benchmarks.md, "Trial packing"), grouped is the fastest at K=4
+and at small sizes and keeps one plain `nn.Module` (channels_last, autocast, state_dicts as
+usual), so it is the pack's form. On a CPU no fusion beats separate runs (the CPU is compute
+bound and fusion only saves overhead): packing is for the GPU.
 
 **Equivalence.** A pack of one is its solo run to the bit (float32, CPU). In a pack of K > 1 the
 forward is the solo one to the bit, but the grouped convolutions' and BatchNorms' backward sum

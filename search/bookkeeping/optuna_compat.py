@@ -14,7 +14,7 @@ What tune needs beyond Optuna's public API:
   covers a RUNNING trial that never recorded a heartbeat, which Optuna's rule skips (a worker
   that died between creating a trial and its first beat left a trial no reaper ever failed);
 - `RDBStorage._get_trials`, also overridden there: the same trials read with plain SQL instead
-  of the ORM (issue 16: a worker joining a study of 10,000 trials spent 12 s building an ORM
+  of the ORM (a worker joining a study of 10,000 trials spent 12 s building an ORM
   object per row; `tune status` and `tune report` as long);
 - `optuna.storages._CachedStorage` (`CachedStorage`), the cache `optuna.storages.get_storage`
   puts in front of an RDB storage, which `tune proxy` serves (`search/control/proxy_server.py`),

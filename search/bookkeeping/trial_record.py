@@ -41,7 +41,7 @@ Layout on an Optuna trial:
     retry).
 - system attrs ``artifacts:<id>``: Optuna's own record of uploaded artifacts.
 
-Why the curve is packed (issue 16): every worker, the dashboard and the report load whole studies,
+Why the curve is packed: every worker, the dashboard and the report load whole studies,
 and Optuna turns each attribute into a database row and an ORM object. One attribute per
 evaluation plus three for the placement made tune's attributes about a third of a study's rows.
 Segments stay small enough for any back end's text column (MySQL's TEXT holds 64 KB; PostgreSQL's
@@ -88,7 +88,7 @@ START_FROM_DEFAULTS = "trainer defaults"
 PLACEMENT = "placement"
 CURVE_SEGMENT = "curve/"  # + 3 digits: curve/000, curve/001, ...
 SEGMENT_CHARS = 32_000  # a segment is closed once its JSON is this long
-# the layout before issue 16, still read
+# the earlier layout (one attribute per evaluation, placement apart), still read
 HOST = "host"
 DEVICE = "device"
 WORKER = "worker"

@@ -5,7 +5,7 @@ may start; the objective releases the lock once the trial is RUNNING) or why not
 study's budget is spent) or "wait" (running trials hold the rest; the gate has waited one poll
 interval, saying why in the log: `BudgetWait`).
 
-Two ways through (issue 16: trial starts that scale with the workers):
+Two ways through, so that trial starts scale with the workers:
 
 - **racing**, while the budget is far from spent: hold the study lock *shared* (`StudyLock`,
   PostgreSQL or the proxy), count the other starters holding it, and start when

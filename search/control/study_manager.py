@@ -1,5 +1,5 @@
 """The study-manager layer: what workers, `tune launch`, `tune status` and the benchmarks ask of a
-study, in one place (issue 13).
+study, in one place.
 
 `ManagedStudy` holds an opened Optuna study, the RDB storage under it (None behind `tune proxy`,
 which does the database's side for its workers: search/control/proxy_server.py) and the

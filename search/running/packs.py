@@ -1,4 +1,4 @@
-"""A worker's pack: up to K trials of the study trained at once on one device (issue 13).
+"""A worker's pack: up to K trials of the study trained at once on one device.
 
 With `[trial] pack = K` (or "auto", `pack_size`) a worker runs its trials K at a time through
 the trainer's `run_pack` (`search/trainers/base.py`; tune's own trainer fuses them into one
@@ -50,7 +50,7 @@ PackRound = NoStart | list[TrialState | Literal["dropped"]]
 
 def pack_size(setting: int | str, device: str, probe: Callable[[], int]) -> int:
     """Trials a worker packs: the study's `[trial] pack`; "auto" is 1 on a CPU, where a pack
-    measured slower than separate runs (docs/benchmarks.md, issue 13), and on a GPU what the
+    measured slower than separate runs (docs/benchmarks.md), and on a GPU what the
     trainer's `probe` finds room for (`trainer/pack_probe.py`)."""
     if isinstance(setting, int):
         return setting

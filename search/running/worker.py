@@ -5,7 +5,7 @@ The loop, per trial:
 1. while the budget is far from spent, start without waiting for anyone: hold the study lock
    shared, count the other starters holding it, and start when `decide(racing=...)` leaves room
    for all of them (`search/control/start_gate.py` says why that never overshoots). Trial starts
-   then scale with the workers instead of queueing at one lock (issue 16, docs/benchmarks.md);
+   then scale with the workers instead of queueing at one lock (docs/benchmarks.md);
 2. otherwise (near the end of the budget, a stale trial to reap, a retry waiting, a confirm
    study, SQLite) take the study lock exclusively and read the study's budget use from the
    storage (`search/bookkeeping/budget.py`: trials finished, epochs trained and promised to running

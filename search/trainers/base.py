@@ -185,7 +185,7 @@ class PackedJob:
 
 
 class PackingTrainer(Trainer, Protocol):
-    """A trainer that can train several trials at once as one pack (`[trial] pack`, issue 13).
+    """A trainer that can train several trials at once as one pack (`[trial] pack`).
 
     `run_pack` trains the `first` jobs together. After each epoch of the pack, every trial that
     ended (ran its length, failed, or was stopped by its `report` raising) is passed to
