@@ -42,6 +42,17 @@ from trainer.optim import (
 
 ADAM_BETA2 = 0.999  # torch's default, as build_optimizer leaves it
 ADAM_EPS = 1e-8
+# A trial's own torch optimizer (`build_optimizer`, in `TrialSchedule`) decides its settings. The
+# packed step takes these from it per trial (`apply_schedules`; Adam's beta1 is `momentum`)...
+_CARRIED = frozenset({"params", "lr", "initial_lr", "momentum", "weight_decay", "nesterov"})
+# ...runs torch's step with these fixed (any other value would be ignored in a pack)...
+_ASSUMED: dict[str, dict[str, object]] = {
+    "SGD": {"dampening": 0, "maximize": False},
+    "Adam": {"eps": ADAM_EPS, "amsgrad": False, "maximize": False, "decoupled_weight_decay": False},
+    "AdamW": {"eps": ADAM_EPS, "amsgrad": False, "maximize": False, "decoupled_weight_decay": True},
+}
+# ...and ignores how torch would run it, which changes no number
+_HOW = frozenset({"foreach", "fused", "differentiable", "capturable"})
 
 
 class PackedOptimizer:
@@ -261,6 +272,7 @@ class TrialSchedule:
     def __init__(self, config: TrainConfig, total_iters: int, iters_per_epoch: int) -> None:
         self.config = config
         self.optimizer = build_optimizer(_stand_in(), config)
+        check_carried(self.optimizer, config.optimizer)
         self.scheduler = build_scheduler(self.optimizer, config, total_iters, iters_per_epoch)
         self.warmup = config.resolved_warmup_iters(total_iters, iters_per_epoch)
 
@@ -290,6 +302,27 @@ class TrialSchedule:
         with warnings.catch_warnings():  # the stand-in optimizer never steps
             warnings.filterwarnings("ignore", SCHEDULER_BEFORE_STEP_WARNING)
             self.scheduler.step()
+
+
+def check_carried(optimizer: torch.optim.Optimizer, kind: str) -> None:
+    """Refuse a trial whose optimizer has a setting the packed step does not carry per trial
+    (it would be ignored in a pack and the trial would not be its solo run): a `ValueError`
+    naming the setting and its value."""
+    assumed = _ASSUMED.get(kind, {})
+    for group in optimizer.param_groups:
+        for key, value in group.items():
+            if key in _CARRIED or key in _HOW:
+                continue
+            if key == "betas":  # beta1 is carried as momentum; beta2 is fixed
+                ok = kind != "SGD" and float(value[1]) == ADAM_BETA2
+            else:
+                ok = key in assumed and value == assumed[key]
+            if not ok:
+                raise ValueError(
+                    f"a packed trial's {kind} setting {key}={value!r} is not carried per trial "
+                    "in a pack (trainer/packed_optim.py); train this setting alone ([trial] "
+                    "pack = 1)"
+                )
 
 
 def apply_schedules(optimizer: PackedOptimizer, schedules: Sequence[TrialSchedule | None]) -> None:

@@ -149,3 +149,30 @@ def test_bad_kinds_and_shapes_are_refused() -> None:
         PackedOptimizer([[torch.zeros(4)]], ["RMSprop"])
     with pytest.raises(ValueError, match="not a multiple of the 3 trials"):
         PackedOptimizer([[torch.zeros(4)]], ["SGD"] * 3)
+
+
+@pytest.mark.parametrize("optimizer", ["SGD", "Adam", "AdamW"])
+def test_a_setting_the_pack_does_not_carry_per_trial_is_refused(
+    optimizer: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A trial's optimizer with a setting the packed step would ignore (here: one a future
+    `build_optimizer` might pass) fails the pack instead of training another trial than its
+    solo run."""
+    import trainer.packed_optim as packed_optim
+
+    config = TrainConfig(optimizer=optimizer, epochs=1)
+    TrialSchedule(config, 10, 10)  # what tune's own build_optimizer sets is carried
+
+    made = packed_optim.build_optimizer
+    other = {"SGD": {"dampening": 0.1}, "Adam": {"eps": 1e-6}, "AdamW": {"betas": (0.9, 0.99)}}
+    key, value = next(iter(other[optimizer].items()))
+
+    def build_with_more(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
+        built = made(model, config)
+        for group in built.param_groups:
+            group[key] = value
+        return built
+
+    monkeypatch.setattr(packed_optim, "build_optimizer", build_with_more)
+    with pytest.raises(ValueError, match=rf"{optimizer} setting {key}=.* is not carried"):
+        TrialSchedule(config, 10, 10)
