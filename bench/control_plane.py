@@ -22,7 +22,7 @@ How each call is timed (inside the worker processes, with `time.perf_counter`):
   it was the one that read the whole study, under the lock);
 - report: the trivial trainer times its own `report(step, metrics)` callback, which is tune's
   (`record_eval`: curve user attr + `trial.report`, then `trial.should_prune`);
-- tell: `optuna.study._optimize._tell_with_warning` wrapped (what `study.optimize` calls);
+- tell: what `study.optimize` calls to tell a trial's end, wrapped (`wrap_optimize_tell`);
 - budget check and lock wait: tune's `ManagedStudy.budget_use` and `StudyLock.acquire`, wrapped;
 - numbering: SQLAlchemy cursor events time Optuna's `count(trials.trial_id) ... trial_id < ?`
   statement, which `ask` runs while holding the study row lock. The same query is also timed
@@ -59,10 +59,10 @@ from typing import Any
 
 import optuna
 import sqlalchemy as sa
-from optuna.storages._rdb import models
 from optuna.trial import TrialState
 
 from bench import ConnectionSampler, load_average, machine, median, percentile, table, write_results
+from search.bookkeeping.optuna_compat import RDB_MODELS
 from trainer.config import TrainConfig
 from trainer.records import EvalLine, EvalReport, FitResult, TrainLine
 
@@ -152,14 +152,12 @@ def _time_exclusive_holds(lock_class: Any) -> None:
 
 def _instrument() -> None:
     """Wrap the calls we time; only ever done inside a benchmark worker process."""
-    import optuna.study._optimize as optimize_module
-
+    from search.bookkeeping.optuna_compat import wrap_optimize_tell
     from search.bookkeeping.storage import StudyLock
     from search.control.study_manager import ManagedStudy
 
     optuna.Study.ask = _timed("ask", optuna.Study.ask)  # type: ignore[method-assign]
-    tell = optimize_module._tell_with_warning
-    optimize_module._tell_with_warning = _timed("tell", tell)
+    wrap_optimize_tell(lambda tell: _timed("tell", tell))
     budget_use = _timed("budget_check", ManagedStudy.budget_use)
     ManagedStudy.budget_use = budget_use  # type: ignore[method-assign]
     StudyLock.acquire = _timed("lock_wait", StudyLock.acquire)  # type: ignore[method-assign]
@@ -330,9 +328,9 @@ def _bulk_insert(
     steps: list[list[tuple[int, float]]],
     attrs: list[dict[str, Any]],
 ) -> None:
-    trial_table = models.TrialModel.__table__
-    finite = models.TrialValueModel.TrialValueType.FINITE
-    finite_step = models.TrialIntermediateValueModel.TrialIntermediateValueType.FINITE
+    trial_table = RDB_MODELS.TrialModel.__table__
+    finite = RDB_MODELS.TrialValueModel.TrialValueType.FINITE
+    finite_step = RDB_MODELS.TrialIntermediateValueModel.TrialIntermediateValueType.FINITE
     with storage.engine.begin() as conn:
         ids = list(
             conn.execute(
@@ -370,17 +368,17 @@ def _bulk_insert(
                 )
             for key, v in user.items():
                 attr_rows.append({"trial_id": trial_id, "key": key, "value_json": json.dumps(v)})
-        conn.execute(sa.insert(models.TrialParamModel.__table__), param_rows)
+        conn.execute(sa.insert(RDB_MODELS.TrialParamModel.__table__), param_rows)
         if value_rows:
-            conn.execute(sa.insert(models.TrialValueModel.__table__), value_rows)
-        conn.execute(sa.insert(models.TrialIntermediateValueModel.__table__), step_rows)
+            conn.execute(sa.insert(RDB_MODELS.TrialValueModel.__table__), value_rows)
+        conn.execute(sa.insert(RDB_MODELS.TrialIntermediateValueModel.__table__), step_rows)
         if attr_rows:
-            conn.execute(sa.insert(models.TrialUserAttributeModel.__table__), attr_rows)
+            conn.execute(sa.insert(RDB_MODELS.TrialUserAttributeModel.__table__), attr_rows)
 
 
 def numbering_query_alone(storage: optuna.storages.RDBStorage, repeats: int = 30) -> list[float]:
     """Seconds of Optuna's numbering query (as in `count_past_trials`) for the newest trial."""
-    trial = models.TrialModel
+    trial = RDB_MODELS.TrialModel
     seconds = []
     with storage.engine.connect() as conn:
         study_id, last = conn.execute(
@@ -577,12 +575,12 @@ def _load_process(url: str, out: str, loader: str) -> None:
 
 def _rows_per_table(storage: optuna.storages.RDBStorage) -> dict[str, int]:
     tables = {
-        "trials": models.TrialModel,
-        "params": models.TrialParamModel,
-        "values": models.TrialValueModel,
-        "intermediate_values": models.TrialIntermediateValueModel,
-        "user_attrs": models.TrialUserAttributeModel,
-        "system_attrs": models.TrialSystemAttributeModel,
+        "trials": RDB_MODELS.TrialModel,
+        "params": RDB_MODELS.TrialParamModel,
+        "values": RDB_MODELS.TrialValueModel,
+        "intermediate_values": RDB_MODELS.TrialIntermediateValueModel,
+        "user_attrs": RDB_MODELS.TrialUserAttributeModel,
+        "system_attrs": RDB_MODELS.TrialSystemAttributeModel,
     }
     with storage.engine.connect() as conn:
         return {

@@ -24,6 +24,8 @@ What tune needs beyond Optuna's public API:
   of tune's own (TLS, the token, short reconnect backoffs: `ChannelGrpcStorageProxy`), and the
   generated servicer, to serve Optuna's storage service from a server of tune's own
   (`add_storage_service`);
+- `optuna.study._optimize._tell_with_warning`, which a benchmark times (`wrap_optimize_tell`),
+  and the RDB models it writes big studies with (`RDB_MODELS`);
 - the system attr ``fixed_params`` where `Study.enqueue_trial` keeps an enqueued trial's
   parameters until it is asked (`enqueued_params`: what a WAITING trial will run);
 - not a name but a side effect: `import optuna.visualization` imports its matplotlib twin, and
@@ -56,6 +58,8 @@ from sqlalchemy import orm
 
 TrialModel = models.TrialModel
 TrialHeartbeatModel = models.TrialHeartbeatModel
+# Optuna's RDB tables, which `bench/control_plane.py` fills directly to build big studies fast
+RDB_MODELS = models
 CachedStorage = _CachedStorage
 
 
@@ -90,6 +94,14 @@ class ChannelGrpcStorageProxy(GrpcStorageProxy):
         """A lease on the study's lock, held in the proxy (not yet taken): an object with
         `acquire()`, `holders()` and `release()`, as `StudyLock` uses it."""
         raise NotImplementedError
+
+
+def wrap_optimize_tell(wrap: Callable[[Callable[..., Any]], Callable[..., Any]]) -> None:
+    """Replace what `study.optimize` calls to tell a trial's end (`_tell_with_warning`) with
+    `wrap` of it: a benchmark's timing, in the benchmark's own worker processes only."""
+    import optuna.study._optimize as optimize_module
+
+    optimize_module._tell_with_warning = wrap(optimize_module._tell_with_warning)
 
 
 def add_storage_service(server: Any, storage: BaseStorage) -> None:
