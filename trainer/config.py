@@ -43,6 +43,13 @@ PACK_SHARED_FIELDS: tuple[str, ...] = (
 )  # fmt: skip
 
 
+def evaluates_after(epoch: int, epochs: int, eval_interval: int) -> bool:
+    """Whether a run of `epochs` evaluates (and reports) once `epoch` epochs are completed:
+    every `eval_interval` epochs and after the last. The one rule for tune's `fit`, a pack, the
+    Ultralytics adapter and the search's budget and rungs (`search/study/pruning.py`)."""
+    return epoch % eval_interval == 0 or epoch >= epochs
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     """Everything that decides how one detector is trained and evaluated.

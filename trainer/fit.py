@@ -27,7 +27,7 @@ from typing import Any
 import torch
 
 from trainer.augment import AugmentSpec
-from trainer.config import TrainConfig
+from trainer.config import TrainConfig, evaluates_after
 from trainer.data import DetectionData, DetectionSplit, iterate_batches, load_data, on_device
 from trainer.ema import ModelEMA
 from trainer.evaluate import (
@@ -215,7 +215,7 @@ def fit(
             generator, run,
         )  # fmt: skip
         state.epoch += 1
-        if state.epoch % config.eval_interval and state.epoch != config.epochs:
+        if not evaluates_after(state.epoch, config.epochs, config.eval_interval):
             continue
         last_eval, eval_report = evaluate_and_record(
             final_weights(model, ema), loss_fn, data, config, state, device, run

@@ -100,7 +100,7 @@ import torch
 from torch import Tensor
 
 from trainer.augment import AugmentSpec
-from trainer.config import PACK_SHARED_FIELDS, PackMember, TrainConfig
+from trainer.config import PACK_SHARED_FIELDS, PackMember, TrainConfig, evaluates_after
 from trainer.data import DetectionData, iterate_batches, load_data, on_device
 from trainer.evaluate import coco_maps, evaluate_slots, ground_truth
 from trainer.fit import (
@@ -212,7 +212,7 @@ def fit_pack(
         for trial in pack.live():
             trial.state.epoch += 1
             epoch, config = trial.state.epoch, trial.config
-            if epoch % config.eval_interval == 0 or epoch == config.epochs:
+            if evaluates_after(epoch, config.epochs, config.eval_interval):
                 due.append(trial)
         pack.evaluate(due)
 

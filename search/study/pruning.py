@@ -42,6 +42,8 @@ from dataclasses import dataclass
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
+from trainer.config import evaluates_after
+
 PRUNER_TYPES: tuple[str, ...] = ("SuccessiveHalving", "Hyperband", "Median", "None")
 # trials whose evaluations count towards n_min_trials; a FAIL one is left out, since its retry
 # re-records the same evaluations
@@ -143,9 +145,9 @@ def rungs(spec: PrunerSpec, epochs: int) -> tuple[int, ...]:
 
 
 def evaluation_steps(epochs: int, eval_interval: int) -> tuple[int, ...]:
-    """The steps (epochs completed) at which a run evaluates and reports: every
-    `eval_interval` epochs and after the last (`trainer.fit`)."""
-    return tuple(sorted({*range(eval_interval, epochs + 1, eval_interval), epochs}))
+    """The steps (epochs completed) at which a run evaluates and reports (`evaluates_after`:
+    every `eval_interval` epochs and after the last, as every trainer does)."""
+    return tuple(s for s in range(1, epochs + 1) if evaluates_after(s, epochs, eval_interval))
 
 
 def stop_points(

@@ -40,6 +40,7 @@ from search.trainers.base import (
     train_key,
 )
 from search.trainers.ultralytics_params import COMPONENTS, OWN, PARAMS
+from trainer.config import evaluates_after
 
 INSTALL = "uv sync --extra ultralytics"
 CHECKPOINT = "weights/last.pt"  # relative to the trial's folder, Ultralytics' save_dir
@@ -227,7 +228,7 @@ class _Progress:
 
     def evaluates(self, step: int) -> bool:
         """Whether the epoch that completes `step` epochs is evaluated (and reported)."""
-        return step % self.job.eval_interval == 0 or step >= self.job.epochs
+        return evaluates_after(step, self.job.epochs, self.job.eval_interval)
 
     def final_eval(self) -> None:
         """Ultralytics' validation of best.pt after the last epoch comes next: not a report."""

@@ -34,7 +34,7 @@ from collections.abc import Callable, Generator, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from trainer.config import TrainConfig
+from trainer.config import TrainConfig, evaluates_after
 from trainer.records import EvalLine, EvalReport, FitResult, NonFiniteLossError, TrainLine
 
 OPTIMUM = {"lcls": 0.1, "lobj": 1.0, "lbox": 0.5, "lr": 0.003}
@@ -152,7 +152,7 @@ def _epochs(
             raise RuntimeError(f"fake failure in trial {number}")
         if _listed("FAKE_NAN_TRIALS", number):
             raise NonFiniteLossError(f"loss is nan at epoch {epoch}")
-        if epoch % config.eval_interval and epoch != config.epochs:
+        if not evaluates_after(epoch, config.epochs, config.eval_interval):
             yield  # never the last epoch: that one evaluates
             continue
         progress = epoch / config.epochs
