@@ -57,7 +57,7 @@ def measure_throughput(threads: int, seconds: float = 20.0) -> dict[str, float]:
     data = load_data("shapes", 128)
     model = build_detector("nano", len(data.names)).to(memory_format=torch.channels_last)  # type: ignore[call-overload]
     config = TrainConfig()
-    loss_fn = DetectionLoss(model, LossWeights(config.lbox, config.lobj, config.lcls))
+    loss_fn = DetectionLoss(model, LossWeights.of(config))
     optimizer = build_optimizer(model, config)
     generator = torch.Generator().manual_seed(0)
     times: list[float] = []

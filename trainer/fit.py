@@ -156,6 +156,28 @@ def train_one_epoch(
     interval.settle(config, state)  # the epoch's losses and times, before it is evaluated
 
 
+def prepare_run(
+    config: TrainConfig, data: DetectionData | None
+) -> tuple[torch.device, DetectionData, int]:
+    """The set-up `fit` and `fit_pack` share: torch's threads, the device, the data set (loaded
+    unless given, checked against `config`, on the device when it fits) and the iterations an
+    epoch has (a `ValueError` when the batch exceeds the training images)."""
+    if config.threads is not None:
+        torch.set_num_threads(config.threads)
+    device = resolve_device(config.device)
+    if data is None:
+        data = load_data(config.data, config.imgsz, skip_bad=config.skip_bad)
+    check_data_matches(data, config)
+    data = on_device(data, device)  # its images, when they fit a GPU
+    iters_per_epoch = len(data.train) // config.batch
+    if iters_per_epoch == 0:
+        raise ValueError(
+            f"batch must not exceed the {len(data.train)} training images, but got "
+            f"batch={config.batch}"
+        )
+    return device, data, iters_per_epoch
+
+
 def fit(
     config: TrainConfig, report: Report | None = None, data: DetectionData | None = None
 ) -> FitResult:
@@ -165,14 +187,8 @@ def fit(
     is called after each evaluation with step = epochs completed; an exception it raises stops
     the run (after the checkpoint of that evaluation is saved) and propagates.
     """
-    if config.threads is not None:
-        torch.set_num_threads(config.threads)
     torch.manual_seed(config.seed)
-    device = resolve_device(config.device)
-    if data is None:
-        data = load_data(config.data, config.imgsz, skip_bad=config.skip_bad)
-    check_data_matches(data, config)
-    data = on_device(data, device)  # its images, when they fit a GPU
+    device, data, iters_per_epoch = prepare_run(config, data)
 
     model = build_detector(config.model, nc=len(data.names))
     if config.weights:
@@ -181,16 +197,8 @@ def fit(
     model.to(device=device, memory_format=torch.channels_last)  # type: ignore[call-overload]
     # the averaged weights are what the run evaluates, predicts with and keeps
     ema = ModelEMA(model, config.ema_decay, config.ema_tau) if config.ema_decay > 0 else None
-    loss_fn = DetectionLoss(
-        model, LossWeights(lbox=config.lbox, lobj=config.lobj, lcls=config.lcls)
-    )
+    loss_fn = DetectionLoss(model, LossWeights.of(config))
 
-    iters_per_epoch = len(data.train) // config.batch
-    if iters_per_epoch == 0:
-        raise ValueError(
-            f"batch must not exceed the {len(data.train)} training images, but got "
-            f"batch={config.batch}"
-        )
     total_iters = iters_per_epoch * config.epochs
     optimizer = build_optimizer(model, config)
     optimizer.zero_grad(set_to_none=True)

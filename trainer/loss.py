@@ -23,7 +23,7 @@ wait for the GPU in every iteration.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import NamedTuple, Protocol
 
 import torch
 import torch.nn.functional as F
@@ -47,6 +47,20 @@ class LossWeights:
     lbox: float
     lobj: float
     lcls: float
+
+    @classmethod
+    def of(cls, config: _HasLossWeights) -> LossWeights:
+        """A config's loss weights: the values the search drew are the values used."""
+        return cls(lbox=config.lbox, lobj=config.lobj, lcls=config.lcls)
+
+
+class _HasLossWeights(Protocol):
+    @property
+    def lbox(self) -> float: ...
+    @property
+    def lobj(self) -> float: ...
+    @property
+    def lcls(self) -> float: ...
 
 
 class LossParts(NamedTuple):

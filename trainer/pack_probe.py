@@ -53,7 +53,7 @@ def _peak_step_bytes(config: TrainConfig, data: DetectionData, k: int, device: t
     before = torch.cuda.memory_allocated(device)
     model = build_detector(config.model, nc=len(data.names), trials=k).to(device)
     model.train()
-    weights = LossWeights(lbox=config.lbox, lobj=config.lobj, lcls=config.lcls)
+    weights = LossWeights.of(config)
     losses = [DetectionLoss(model, weights) for _ in range(k)]
     batches = iterate_batches(
         data.train, config.batch, shuffle=False, augment=False, generator=torch.Generator()

@@ -101,20 +101,24 @@ from torch import Tensor
 
 from trainer.augment import AugmentSpec
 from trainer.config import PACK_SHARED_FIELDS, PackMember, TrainConfig, evaluates_after
-from trainer.data import DetectionData, iterate_batches, load_data, on_device
+from trainer.data import DetectionData, iterate_batches
 from trainer.evaluate import coco_maps, evaluate_slots, ground_truth
 from trainer.fit import (
     Report,
-    TrainState,
     augment_spec,
     autocast_for,
-    check_data_matches,
     checkpoint_state,
     finish_run,
+    prepare_run,
     record_evaluation,
-    resolve_device,
 )
-from trainer.iteration_log import LogInterval, StepClock, loss_values, record_iteration
+from trainer.iteration_log import (
+    LogInterval,
+    StepClock,
+    TrainState,
+    loss_values,
+    record_iteration,
+)
 from trainer.loss import DetectionLoss, LossWeights
 from trainer.mean_ap import GroundTruth
 from trainer.model import Detector, build_detector, load_weights
@@ -176,18 +180,7 @@ def fit_pack(
     """
     check_packable([m.config for m in first])
     lead = first[0].config
-    if lead.threads is not None:
-        torch.set_num_threads(lead.threads)
-    device = resolve_device(lead.device)
-    if data is None:
-        data = load_data(lead.data, lead.imgsz, skip_bad=lead.skip_bad)
-    check_data_matches(data, lead)
-    data = on_device(data, device)  # its images, when they fit a GPU
-    if len(data.train) // lead.batch == 0:
-        raise ValueError(
-            f"batch must not exceed the {len(data.train)} training images, but got "
-            f"batch={lead.batch}"
-        )
+    device, data, _ = prepare_run(lead, data)  # what the trials share: one data set, one device
     pack = _Pack(lead, data, device, slots=len(first))
     for k, member in enumerate(first):
         pack.load(k, member, stream=k == 0)
@@ -316,9 +309,7 @@ class _Pack:
             config=config,
             run=RunDir(Path(config.out)),
             schedule=TrialSchedule(config, total, self.iters_per_epoch),
-            loss_fn=DetectionLoss(
-                self.model, LossWeights(lbox=config.lbox, lobj=config.lobj, lcls=config.lcls)
-            ),
+            loss_fn=DetectionLoss(self.model, LossWeights.of(config)),
         )
         self.joined += 1
         initial = _initial_detector(config, self.model.nc).state_dict()
