@@ -47,10 +47,11 @@ def modules(root: Path = ROOT) -> dict[str, Path]:
     return found
 
 
-def imports(source: str, module: str, known: Iterable[str]) -> set[str]:
-    """The modules of `known` that `source` (the text of `module`) imports, anywhere in it."""
+def imports(source: str, module: str, known: Iterable[str], is_package: bool = False) -> set[str]:
+    """The modules of `known` that `source` (the text of `module`, a package's `__init__` when
+    `is_package`) imports, anywhere in it."""
     known = set(known)
-    package = module if module.endswith("__init__") else module.rpartition(".")[0]
+    package = module if is_package else module.rpartition(".")[0]
     found = set()
     for node in ast.walk(ast.parse(source)):
         names: list[str] = []
@@ -72,7 +73,10 @@ def imports(source: str, module: str, known: Iterable[str]) -> set[str]:
 
 def import_graph(root: Path = ROOT) -> dict[str, set[str]]:
     known = modules(root)
-    return {name: imports(path.read_text(), name, known) for name, path in known.items()}
+    return {
+        name: imports(path.read_text(), name, known, path.name == "__init__.py")
+        for name, path in known.items()
+    }
 
 
 def upward(graph: Mapping[str, set[str]]) -> list[str]:

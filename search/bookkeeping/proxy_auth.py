@@ -167,13 +167,23 @@ class TokenClient(grpc.UnaryUnaryClientInterceptor):
         return call
 
 
+# OpenSSL's reasons at the end of gRPC's text ("...:CERTIFICATE_VERIFY_FAILED: self signed ...")
+_TLS_REASONS = {
+    "CERTIFICATE_VERIFY_FAILED": "its certificate is not trusted",
+    "WRONG_VERSION_NUMBER": "the server does not speak TLS",
+}
+
+
 def _tls_reason(details: str) -> str:
-    # gRPC's text ends with OpenSSL's reason: "...:CERTIFICATE_VERIFY_FAILED: self signed ..."
-    for reason in ("CERTIFICATE_VERIFY_FAILED", "WRONG_VERSION_NUMBER"):
+    for reason, plain in _TLS_REASONS.items():
         if reason in details:
-            plain = {"WRONG_VERSION_NUMBER": "the server does not speak TLS"}.get(reason)
-            return plain or "its certificate is not trusted"
+            return plain
     return " ".join(details.split())[-200:]
+
+
+def target(host: str, port: int) -> str:
+    """gRPC's address of `host`:`port` (an IPv6 host in brackets)."""
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 def client_channel(host: str, port: int, tls: bool, url: str) -> grpc.Channel:
@@ -187,7 +197,7 @@ def client_channel(host: str, port: int, tls: bool, url: str) -> grpc.Channel:
         ("grpc.min_reconnect_backoff_ms", 200),
         ("grpc.max_reconnect_backoff_ms", 1000),
     ]
-    target = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    address = target(host, port)
     if tls:
         ca = os.environ.get(CA_ENV)
         try:
@@ -199,7 +209,7 @@ def client_channel(host: str, port: int, tls: bool, url: str) -> grpc.Channel:
         name = os.environ.get(TLS_NAME_ENV)
         if name:
             options.append(("grpc.ssl_target_name_override", name))
-        channel = grpc.secure_channel(target, grpc.ssl_channel_credentials(roots), options)
+        channel = grpc.secure_channel(address, grpc.ssl_channel_credentials(roots), options)
     else:
-        channel = grpc.insecure_channel(target, options)
+        channel = grpc.insecure_channel(address, options)
     return grpc.intercept_channel(channel, TokenClient(read_token(required=False), url))

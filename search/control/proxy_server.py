@@ -43,7 +43,7 @@ from optuna.storages import RDBStorage
 
 from search.bookkeeping.optuna_compat import CachedStorage, add_storage_service, stale_trial_ids
 from search.bookkeeping.proxy import DEFAULT_HOST, DEFAULT_PORT, SCHEME, TLS_SCHEME, is_proxy_url
-from search.bookkeeping.proxy_auth import TokenCheck, read_token, server_credentials
+from search.bookkeeping.proxy_auth import TokenCheck, read_token, server_credentials, target
 from search.bookkeeping.proxy_control import Leases, control_handler
 from search.bookkeeping.storage import (
     StorageError,
@@ -115,7 +115,7 @@ def serve(
     server = grpc.server(ThreadPoolExecutor(THREADS), interceptors=[TokenCheck(token, echo)])
     add_storage_service(server, storage)
     server.add_generic_rpc_handlers((control_handler(rdb, leases),))
-    address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    address = target(host, port)
     try:
         if credentials is not None:
             server.add_secure_port(address, credentials)

@@ -110,10 +110,15 @@ class WorkerStats:
         return self.trials.busy_seconds / self.wall_seconds if self.wall_seconds > 0 else 0.0
 
 
+def is_study_file(name_or_path: str) -> bool:
+    """Whether `tune worker --study` was given a study file's path rather than a study's name."""
+    given = Path(name_or_path)
+    return given.suffix == ".toml" or len(given.parts) > 1
+
+
 def study_name_of(name_or_path: str) -> str:
     """The study name given `NAME` or the path of a study file (only its `name` is read)."""
-    given = Path(name_or_path)
-    if given.suffix != ".toml" and len(given.parts) == 1:
+    if not is_study_file(name_or_path):
         return name_or_path
     raw, path = read_study_table(name_or_path)
     name = raw.get("name")
@@ -392,7 +397,7 @@ def _join(
 def _check_command(study: str, spec: StudySpec, allow_command: str | None) -> None:
     """Stop unless the stored spec runs no command, or the one this worker's side allows."""
     study_file = None
-    if study_name_of(study) != study:  # a study file: its own command is the allowed one
+    if is_study_file(study):  # its own command is the allowed one
         raw, path = read_study_table(study)
         trial = raw.get("trial")
         trial = trial if isinstance(trial, dict) else {}

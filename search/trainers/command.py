@@ -88,7 +88,11 @@ class CommandTrainer:
             if "\0" in value:
                 raise TrainerError(f"{{{name}}} cannot be a command-line argument: {value!r}")
         script = shell_script_index(self.options.command)
-        quoted = {name: shlex.quote(value) for name, value in fill.items()}
+        quoted = (
+            {name: shlex.quote(value) for name, value in fill.items()}
+            if script is not None
+            else fill
+        )
         extra = self.options.resume_args if job.resume else ()
         return [
             _substitute(part, quoted if i == script else fill)
