@@ -5,7 +5,7 @@ pruner, over many seeds, on two generated data sets.
     uv run python -m bench.search_efficiency --preset cpu --jobs 2     # scaled to fit 2 CPU cores
     uv run python -m bench.search_efficiency --from-results R.json     # re-summarise, no training
 
-Methods, each through the search package's own objective (`search.running.objective.make_objective`)
+Methods, each through the search package's own trial lifecycle (`search.running.rounds.run_round`)
 and the real trainer (`trainer.fit.fit`), one SQLite study per data set, method and seed, one torch
 thread per study (`--jobs N` runs N studies at once, each in its own process):
 
@@ -38,7 +38,6 @@ import math
 import multiprocessing
 import tempfile
 import time
-from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -175,7 +174,8 @@ def run_study(
     from search.bookkeeping import trial_record
     from search.bookkeeping.storage import open_storage
     from search.running.launch import prepare_study
-    from search.running.objective import GracefulStop, TrialTally, WorkerContext, make_objective
+    from search.running.rounds import run_round
+    from search.running.trial_run import GracefulStop, TrialTally, WorkerContext
     from search.study.study_file import parse_study
     from search.trainers.builtin import TuneTrainer
     from trainer.fit import fit
@@ -205,7 +205,7 @@ def run_study(
         tally=TrialTally(),
         log=lambda line: None,
     )
-    objective = make_objective(ctx)
+    alone = _Alone(study)
     rows: list[TrialRow] = []
     spent = 0
     name = f"{Path(data_path).parent.name or data_path} {method} seed {seed}"
@@ -214,15 +214,10 @@ def run_study(
             print(f"   {name}: time limit reached at {spent}/{budget}", flush=True)
             break
         started = time.perf_counter()
-        finished: list[optuna.trial.FrozenTrial] = []
-        study.optimize(
-            objective,
-            n_trials=1,
-            catch=(Exception,),
-            callbacks=[_collect_into(finished)],
-            gc_after_trial=False,
-        )
-        trial = finished[0]
+        told = run_round(alone, ctx, 1, set())
+        # nothing else runs the study: its one trial always starts and is never dropped
+        assert isinstance(told, list) and not isinstance(told[0], str)
+        trial = told[0]
         evals = trial_record.read_eval_lines(trial)
         iterations = int(evals[-1]["iter"]) if evals else 0
         spent += iterations
@@ -274,13 +269,18 @@ def _run_in_process(
     return run_study(settings, data_path, data, method, seed, budget, tmp, deadline, raw)
 
 
-def _collect_into(
-    finished: list[optuna.trial.FrozenTrial],
-) -> Callable[[optuna.Study, optuna.trial.FrozenTrial], None]:
-    def collect(_study: optuna.Study, frozen: optuna.trial.FrozenTrial) -> None:
-        finished.append(frozen)
+class _Alone:
+    """Where a benchmark study's trials start: only this process runs the study, and it counts
+    its own budget, so every trial may start at once (no study lock, no start gate)."""
 
-    return collect
+    def __init__(self, study: optuna.Study) -> None:
+        self.study = study
+
+    def claim(self, patient: bool = True) -> _Alone:
+        return self
+
+    def release(self) -> None:
+        pass
 
 
 def best_at(rows: list[TrialRow], budget: float) -> float:

@@ -33,7 +33,7 @@ FORMATS_OF: dict[str, tuple[str, ...]] = {
     "ultralytics": ("ultralytics",),
 }
 # what a stored trial record carries besides the trainer's values: where and how the job ran
-# (search/running/objective.py), never a training value to carry over
+# (search/running/trial_run.py), never a training value to carry over
 # the job's settings in a trial's stored config that are no Ultralytics arg of the same meaning
 # (epochs and seed are; data is the trial's machine's path, not written)
 RUN_SETTINGS: tuple[str, ...] = tuple(k for k in JOB_KEYS if k not in ("epochs", "seed"))

@@ -20,7 +20,7 @@ How (design decisions):
   no baselines (the baseline is one of the enqueued runs, trained to the full confirm length like
   every other: the parent's baselines may have stopped at `[budget] baseline_epochs`, a confirm
   compares equal lengths), and a budget of exactly the planned runs. The spec keeps the parent's
-  name; only the run folders follow the Optuna study's name (`search/running/objective.py`).
+  name; only the run folders follow the Optuna study's name (`search/running/trial_run.py`).
 - **Workers only run enqueued runs** in a confirm study (`decide_enqueued`): it never samples. A
   run that fails (an exception, not a lost worker) stays failed; the next `tune confirm`
   enqueues it again.

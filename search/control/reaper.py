@@ -11,10 +11,9 @@ are doing. Re-enqueueing and failing happen under the study lock, in that order
 (`reap_stale_trials`), so that no worker counts the budget between the two and a reaper killed
 between them loses no retry; so each stale trial is retried once.
 
-It also records a heartbeat for the trial this worker is running. Optuna's own heartbeat thread
-dies at the first database error (a restart, say) and never beats again, after which the trial
-would be reaped under a worker that is still training it (`quiet_heartbeat_thread` turns that
-thread's dying traceback into one log line). After an outage the reaper waits one grace period
+It also records a heartbeat for every trial this worker is running, and keeps beating through a
+database outage (Optuna's own heartbeat thread, which only `study.optimize` starts and tune does
+not use, dies at the first database error). After an outage the reaper waits one grace period
 before it reaps again: no worker could write a heartbeat while the database was away.
 """
 
@@ -24,8 +23,7 @@ import contextlib
 import copy
 import threading
 import time
-from collections.abc import Callable, Collection, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Collection
 
 import optuna
 from optuna.exceptions import UpdateFinishedTrialError
@@ -153,26 +151,6 @@ class Reaper:
                 if self._failing:
                     self._answered_since = time.monotonic()
                 self._failing = False
-
-
-@contextmanager
-def quiet_heartbeat_thread(log: Callable[[str], None]) -> Iterator[None]:
-    """Inside: Optuna's heartbeat thread dying of a database error logs one line, not a
-    traceback (the reaper keeps beating for the trial). Other threads' errors are untouched."""
-    previous = threading.excepthook
-
-    def hook(args: threading.ExceptHookArgs) -> None:
-        name = args.thread.name if args.thread is not None else ""
-        if "_record_heartbeat" in name and args.exc_value and is_connection_error(args.exc_value):
-            log(f"optuna's heartbeat thread stopped: {_reason(args.exc_value)}")
-            return
-        previous(args)
-
-    threading.excepthook = hook
-    try:
-        yield
-    finally:
-        threading.excepthook = previous
 
 
 def _reason(exc: BaseException) -> str:

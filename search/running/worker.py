@@ -14,15 +14,16 @@ The loop, per trial:
    the log what it waits for (`BudgetWait`) and look again. A confirm study's worker
    (`search/confirm/plan.py`) never samples: it starts only while an enqueued run waits, waits while
    runs are running, else stops;
-   either way the trial runs inside `study.optimize(n_trials=1)` (heartbeats act only there),
-   and the objective releases the lock once the trial is RUNNING;
+   either way the trial is asked and told through one lifecycle for a trial alone or a pack
+   (`search/running/rounds.py`), which releases the lock once the trial is RUNNING;
 3. whatever the trial does (exception, non-finite loss, out of memory, reaped by another worker),
    the worker records it and goes on; only a run of consecutive failures stops it.
 
 The worker reaches its study through `ManagedStudy` (search/control/study_manager.py: the claim,
 the stored spec, failing its own trials on exit), not through the storage's details. What a trial
 needs of the worker is fixed when it starts (`WorkerContext`); what changes from trial to trial
-is `InFlight` and the claim its start hands over (`TrialRun.begin(claim)`).
+is the set of trials in flight (for the reaper) and the claim its start hands over
+(`TrialRun.begin(claim)`).
 
 SIGINT/SIGTERM fail the current trial with the reason "interrupted" and end the loop: nothing is
 left RUNNING. The study's trainer (`search/trainers/`) is prepared once per worker (tune's own
@@ -46,17 +47,11 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal, cast
 
-import optuna
-from optuna.exceptions import UpdateFinishedTrialError
-from optuna.trial import FrozenTrial, TrialState
+from optuna.trial import TrialState
 
 from search.bookkeeping import trial_record
 from search.bookkeeping.checkpoints import CheckpointStore
-from search.bookkeeping.optuna_compat import (
-    trial_id,
-)
 from search.bookkeeping.outage import retry_while_down
 from search.bookkeeping.storage import (
     StorageDown,
@@ -65,29 +60,23 @@ from search.bookkeeping.storage import (
     mask_url,
     resolve_url,
 )
-from search.control.reaper import Reaper, quiet_heartbeat_thread
-from search.control.study_manager import Claim, ManagedStudy
+from search.control.reaper import Reaper
+from search.control.study_manager import ManagedStudy
 from search.running.command_trust import ALLOW_ENV, check_command
 from search.running.log_masking import mask_library_logs
-from search.running.objective import (
+from search.running.rounds import pack_size, run_round
+from search.running.trial_run import (
     GracefulStop,
-    InFlight,
     Interrupted,
     TrialTally,
     WorkerContext,
     describe_error,
-    make_objective,
-    trial_told,
 )
-from search.running.packs import PackRound, pack_size, run_pack
 from search.study.study_file import StudyFileError, StudySpec, read_study_table
-from search.trainers.base import PackingTrainer, Trainer, packs
+from search.trainers.base import Trainer, packs
 from search.trainers.builtin import LoadDataFn, TrainFn, TuneTrainer
 
 DEFAULT_RUNS_DIR = Path("runs/studies")
-# what one round of the loop did: stop (budget spent), wait (running trials hold the budget),
-# dropped (the trial was reaped under us), or the state of the trial it ran
-Round = TrialState | Literal["budget", "wait", "dropped"]
 
 
 class WorkerError(RuntimeError):
@@ -231,26 +220,28 @@ def run_worker(
             after_told=lambda told: managed.race(told, spec, say),
             deadline=deadline,
         )
-        in_flight = InFlight()  # what changes per trial; ctx stays as it is
+        slots = pack_size(spec.trial.pack, ctx.device_label, lambda: _auto_pack(trainer, spec))
+        if slots > 1 and not packs(trainer):  # the study file refuses it; a fake may not pack
+            raise WorkerError(f"trainer {trainer.name!r} cannot train packs of {slots} trials")
+        in_flight: set[int] = set()  # the trials running now; ctx stays as it is
         reaper = Reaper(
             optuna_study,
             managed.rdb,
             settings.heartbeat_interval,
-            lambda: in_flight.trial_ids,
+            lambda: in_flight,
             say,
             settle=settings.grace_period,
         ).start()
-        with quiet_heartbeat_thread(say):
-            stats.stopped_because = _loop(
-                managed,
-                ctx,
-                in_flight,
-                deadline,
-                poll_interval,
-                max_consecutive_failures,
-                fast_starts,
-                pack_size(spec.trial.pack, ctx.device_label, lambda: _auto_pack(trainer, spec)),
-            )
+        stats.stopped_because = _loop(
+            managed,
+            ctx,
+            in_flight,
+            deadline,
+            poll_interval,
+            max_consecutive_failures,
+            fast_starts,
+            slots,
+        )
     except Interrupted:
         stats.stopped_because = "interrupted"
     finally:
@@ -273,7 +264,7 @@ def run_worker(
 def _loop(
     managed: ManagedStudy,
     ctx: WorkerContext,
-    in_flight: InFlight,
+    in_flight: set[int],
     deadline: float | None,
     poll_interval: float,
     max_consecutive_failures: int,
@@ -291,11 +282,7 @@ def _loop(
             # a round lost to the database (a restart, say) is simply done again: its trial,
             # if one had started, is reaped and resumed from its last checkpoint
             outcome = retry_while_down(
-                lambda: (
-                    _one_round(managed, ctx, in_flight)
-                    if slots == 1
-                    else _pack_round(managed, ctx, slots, in_flight)
-                ),
+                lambda: run_round(managed.gate, ctx, slots, in_flight),
                 limit=ctx.storage_down_limit,
                 outage=ctx.outage,
                 sleep=ctx.stop.wait,
@@ -308,7 +295,8 @@ def _loop(
             raise
         if outcome == "budget":
             return "budget"
-        for state in outcome if isinstance(outcome, list) else [outcome]:
+        for told in outcome if isinstance(outcome, list) else []:
+            state = told if isinstance(told, str) else told.state
             if state == TrialState.FAIL:
                 failures_in_a_row += 1
                 if failures_in_a_row >= max_consecutive_failures:
@@ -318,64 +306,6 @@ def _loop(
                     )
             elif isinstance(state, TrialState):
                 failures_in_a_row = 0
-
-
-def _one_round(managed: ManagedStudy, ctx: WorkerContext, in_flight: InFlight) -> Round:
-    claim = managed.claim()
-    if isinstance(claim, str):
-        return claim
-    try:
-        state = _run_one_trial(managed.study, ctx, in_flight, claim)
-    finally:
-        claim.release()
-    return "dropped" if state is None else state
-
-
-def _pack_round(
-    managed: ManagedStudy, ctx: WorkerContext, slots: int, in_flight: InFlight
-) -> PackRound:
-    trainer = ctx.trainer
-    if not packs(trainer):  # the study file refuses it; a fake trainer may not pack
-        raise WorkerError(f"trainer {trainer.name!r} cannot train packs of {slots} trials")
-    return run_pack(managed.gate, ctx, cast(PackingTrainer, trainer), slots, in_flight)
-
-
-def _run_one_trial(
-    study: optuna.Study, ctx: WorkerContext, in_flight: InFlight, claim: Claim
-) -> TrialState | None:
-    """Run one trial; its final state, or None when another worker had already reaped it (a
-    long pause: the worker logs it, drops the trial and goes on). The objective releases
-    `claim` as soon as the trial is RUNNING."""
-    finished: list[FrozenTrial] = []
-    in_flight.current = None
-    try:
-        study.optimize(
-            make_objective(ctx, in_flight, claim),
-            n_trials=1,
-            catch=(Exception,),
-            callbacks=[lambda _study, trial: finished.append(trial)],
-            gc_after_trial=False,
-        )
-    except (UpdateFinishedTrialError, ValueError) as exc:
-        # Optuna's tell refuses a trial that another worker has already finished: ours was
-        # reaped (a missed heartbeat) and maybe retried elsewhere. Drop it and go on.
-        current = in_flight.current
-        if current is None or not _finished_elsewhere(current):
-            raise
-        ctx.tally.dropped += 1
-        ctx.log(f"dropped trial {current.number}, already finished elsewhere: {exc}")
-        return None
-    if not finished:
-        return None
-    trial = finished[0]  # as stored once Optuna told it: its end is recorded
-    trial_told(ctx, trial)
-    if ctx.stop.requested:
-        raise Interrupted("stop requested")
-    return trial.state
-
-
-def _finished_elsewhere(trial: optuna.Trial) -> bool:
-    return trial.storage.get_trial(trial_id(trial)).state.is_finished()
 
 
 def _join(

@@ -93,7 +93,7 @@ class TrialSettings:
     epochs: int = 12
     eval_interval: int = 1
     device: str = "auto"
-    # trials a worker trains at once as one pack (search/running/packs.py), or "auto" (`pack_size`)
+    # trials a worker trains at once as one pack (search/running/rounds.py), or "auto" (`pack_size`)
     pack: int | str = 1
     recipe: tuple[tuple[str, Any], ...] = ()
     options: tuple[tuple[str, Any], ...] = ()  # the `[trial.<trainer>]` table

@@ -21,7 +21,7 @@ from optuna.trial import TrialState
 from search.bookkeeping import trial_record
 from search.bookkeeping.storage import StorageSettings, open_storage
 from search.running.launch import prepare_study
-from search.running.packs import pack_size
+from search.running.rounds import pack_size
 from search.running.worker import run_worker
 from search.study.study_file import StudyFileError, StudySpec, load_study_file, parse_study
 from tests.search.reliability_support import (

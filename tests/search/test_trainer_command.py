@@ -21,7 +21,7 @@ import pytest
 import yaml
 
 from search.bookkeeping.checkpoints import CheckpointStore
-from search.running.objective import GracefulStop, Interrupted
+from search.running.trial_run import GracefulStop, Interrupted
 from search.trainers import checkpoint_watch, make_trainer
 from search.trainers.base import Evaluation, TrainerError, TrialJob
 from search.trainers.command import CommandFailed, CommandTrainer, from_options

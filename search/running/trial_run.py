@@ -1,12 +1,13 @@
 """One trial: from Optuna's drawn parameters to a trained, evaluated, recorded detector.
 
-The objective builds a `TrialJob` from the study settings and the drawn (or, for a baseline,
-enqueued) parameters, runs it on the study's trainer (`search/trainers/`: tune's own, Ultralytics
-or a command), records config, placement and every evaluation through
+`TrialRun` builds a `TrialJob` from the study settings and the drawn (or, for a baseline,
+enqueued) parameters for the study's trainer (`search/trainers/`: tune's own, Ultralytics or a
+command), records config, placement and every evaluation through
 `search/bookkeeping/trial_record.py`, lets the pruner stop it at evaluation steps
 (`search/study/pruning.py`: never a baseline, which trains `[budget] baseline_epochs` of the
-full-length schedule, or all of it, so that reports compare like with like), and returns the
-objective metric. Any failure is stored on the trial as one masked line before Optuna marks it FAIL.
+full-length schedule, or all of it, so that reports compare like with like), and gives the
+objective metric. The round that runs it (`search/running/rounds.py`) trains it and tells its
+end; a failure is stored on the trial as one masked line before it is told FAIL.
 
 After each evaluation the trainer's checkpoint is uploaded to the artifact store
 (`search/bookkeeping/checkpoints.py`). A retry of a reaped trial (same parameters, cloned by the
@@ -28,7 +29,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from types import FrameType
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import optuna
 from optuna.exceptions import UpdateFinishedTrialError
@@ -39,7 +40,7 @@ from search.bookkeeping.budget import hold_of
 from search.bookkeeping.checkpoints import CheckpointStore
 from search.bookkeeping.optuna_compat import record_heartbeat, trial_id
 from search.bookkeeping.outage import Outage, retry_while_down
-from search.bookkeeping.storage import StudyLock, mask_text
+from search.bookkeeping.storage import mask_text
 from search.control.failpoints import failpoint
 from search.study.study_file import StudySpec
 from search.trainers.base import (
@@ -53,6 +54,13 @@ from search.trainers.base import (
 from trainer.records import NonFiniteLossError
 
 T = TypeVar("T")
+
+
+class StartClaim(Protocol):
+    """What a trial starts under (a held study lock, `StartGate.claim`): released once the trial
+    is RUNNING, when other workers may count it."""
+
+    def release(self) -> None: ...
 
 
 class Interrupted(KeyboardInterrupt):
@@ -151,8 +159,8 @@ class TrialTally:
 
 @dataclass(frozen=True)
 class WorkerContext:
-    """Everything the objective needs besides the trial and its start claim, fixed when the
-    worker starts; what changes from trial to trial is in `InFlight`."""
+    """Everything a trial run needs besides the trial and its start claim, fixed when the
+    worker starts."""
 
     spec: StudySpec
     trainer: Trainer  # prepared (its data loaded) by the worker
@@ -190,15 +198,6 @@ class WorkerContext:
         )
 
 
-@dataclass
-class InFlight:
-    """What changes from trial to trial in a worker: the trial it runs alone now, and the ids of
-    every trial it runs now (one, or a pack's), for which its reaper thread beats."""
-
-    current: optuna.Trial | None = None  # the trial being run alone, if any
-    trial_ids: set[int] = field(default_factory=set)
-
-
 def describe_error(exc: BaseException) -> str:
     """One line saying why a trial failed, with credentials masked."""
     if isinstance(exc, Interrupted):
@@ -219,45 +218,11 @@ def is_out_of_memory(exc: BaseException) -> bool:
     )
 
 
-def make_objective(
-    ctx: WorkerContext, in_flight: InFlight | None = None, claim: StudyLock | None = None
-) -> Callable[[optuna.Trial], float]:
-    """The function `study.optimize` calls for one trial; `claim` (the held study lock the
-    trial starts under) is released once the trial is RUNNING."""
-    flight = in_flight if in_flight is not None else InFlight()
-
-    def objective(trial: optuna.Trial) -> float:
-        tid = trial_id(trial)
-        flight.trial_ids.add(tid)
-        run = TrialRun(ctx, trial)
-        try:
-            flight.current = trial
-            job = run.begin(claim)
-            try:
-                with ctx.stop.interruptible():
-                    outcome = ctx.trainer.run(job, run.report)
-            except BaseException as exc:
-                run.stopped(exc)
-                raise
-            return run.complete(outcome)
-        except (optuna.TrialPruned, UpdateFinishedTrialError):
-            raise
-        except BaseException as exc:
-            # the one place a failure's reason is stored, also for failures before training
-            # starts (a stop that arrives while the trial is being set up, a bad config)
-            record_failure(trial, exc)
-            raise
-        finally:
-            flight.trial_ids.discard(tid)
-
-    return objective
-
-
 class TrialRun:
-    """One trial from RUNNING to its end, in the steps a trial run alone (`make_objective`) and
-    a trial in a pack (`search/running/packs.py`) share: `begin` (heartbeat, placement, parameters,
-    job, resume, config), `report` (each evaluation: recorded, checkpointed, maybe pruned), then
-    `complete` with the trainer's outcome, or `stopped` with what ended it."""
+    """One trial from RUNNING to its end, alone or in a pack (`search/running/rounds.py` asks
+    and tells it): `begin` (heartbeat, placement, parameters, job, resume, config), `report` (each
+    evaluation: recorded, checkpointed, maybe pruned), then `complete` with the trainer's outcome,
+    or `stopped` with what ended it."""
 
     def __init__(self, ctx: WorkerContext, trial: optuna.Trial) -> None:
         self.ctx = ctx
@@ -274,7 +239,7 @@ class TrialRun:
             raise RuntimeError("TrialRun.begin() has not run")
         return self._job
 
-    def begin(self, claim: StudyLock | None = None) -> TrialJob:
+    def begin(self, claim: StartClaim | None = None) -> TrialJob:
         """Record the trial's first heartbeat and placement, release the start `claim` (the held
         study lock the trial was started under), draw the parameters and build (and record) its
         job; for a retry, restore its checkpoint."""
@@ -282,8 +247,7 @@ class TrialRun:
         failpoint("trial-created")
         # The first heartbeat and the placement, before anything else: a worker lost from here
         # on leaves a trial that beat and says whose it was. (One lost before the beat is reaped
-        # by its start time: search/bookkeeping/optuna_compat.py.) Optuna's heartbeat thread may be
-        # writing the first beat at the same moment; the storage keeps one of the two.
+        # by its start time: search/bookkeeping/optuna_compat.py.)
         ctx.store(lambda: record_heartbeat(trial.study, trial_id(trial)))
         ctx.store(lambda: trial_record.record_placement(trial, ctx.device_label, ctx.worker_id))
         if claim is not None:
