@@ -17,12 +17,12 @@ How each call is timed (inside the worker processes, with `time.perf_counter`):
 - study load: a worker reads the whole study into Optuna's per-process trial cache once, before
   its first trial and outside the study lock (`WorkerStats.study_load_seconds`); later reads
   fetch only what changed;
-- ask: `optuna.Study.ask` wrapped (what `study.optimize` calls to create and number a trial,
-  sampler included). A worker's first ask is shown apart (before the study load moved out of it,
+- ask: `optuna.Study.ask` wrapped (what a worker calls to create and number a trial, sampler
+  included). A worker's first ask is shown apart (before the study load moved out of it,
   it was the one that read the whole study, under the lock);
 - report: the trivial trainer times its own `report(step, metrics)` callback, which is tune's
   (`record_eval`: curve user attr + `trial.report`, then `trial.should_prune`);
-- tell: what `study.optimize` calls to tell a trial's end, wrapped (`wrap_optimize_tell`);
+- tell: `optuna.Study.tell` wrapped (what a worker calls to tell a trial's end);
 - budget check and lock wait: tune's `ManagedStudy.budget_use` and `StudyLock.acquire`, wrapped;
 - numbering: SQLAlchemy cursor events time Optuna's `count(trials.trial_id) ... trial_id < ?`
   statement, which `ask` runs while holding the study row lock. The same query is also timed
@@ -152,12 +152,11 @@ def _time_exclusive_holds(lock_class: Any) -> None:
 
 def _instrument() -> None:
     """Wrap the calls we time; only ever done inside a benchmark worker process."""
-    from search.bookkeeping.optuna_compat import wrap_optimize_tell
-    from search.bookkeeping.storage import StudyLock
+    from search.bookkeeping.study_lock import StudyLock
     from search.control.study_manager import ManagedStudy
 
     optuna.Study.ask = _timed("ask", optuna.Study.ask)  # type: ignore[method-assign]
-    wrap_optimize_tell(lambda tell: _timed("tell", tell))
+    optuna.Study.tell = _timed("tell", optuna.Study.tell)  # type: ignore[method-assign]
     budget_use = _timed("budget_check", ManagedStudy.budget_use)
     ManagedStudy.budget_use = budget_use  # type: ignore[method-assign]
     StudyLock.acquire = _timed("lock_wait", StudyLock.acquire)  # type: ignore[method-assign]
@@ -181,7 +180,8 @@ def _worker_process(
 ) -> None:
     """One benchmark worker: instrument, wait for the others, run the real worker loop."""
     from search.bookkeeping.storage import StorageSettings
-    from search.running.worker import run_worker
+    from search.running.worker import WorkerOptions, run_worker
+    from search.trainers.builtin import TuneTrainer
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     _instrument()
@@ -189,14 +189,10 @@ def _worker_process(
     ready.put(index)
     go.wait(600)
     errors: list[str] = []
-    stats = run_worker(
-        STUDY,
-        url,
+    options = WorkerOptions(
         worker_index=index,
         threads=1,
         runs_dir=Path(tempfile.mkdtemp(prefix="tune-bench-")),
-        train_fn=trivial_fit,
-        load_data=None,
         settings=StorageSettings(pool_size=2, max_overflow=2),
         poll_interval=0.2,
         timeout=900,
@@ -204,6 +200,7 @@ def _worker_process(
         handle_signals=False,
         log=lambda line: errors.append(line) if "failed" in line or "error" in line else None,
     )
+    stats = run_worker(STUDY, url, options, trainer=TuneTrainer(trivial_fit))
     result = {
         "timings": _TIMINGS,
         "wall_seconds": stats.wall_seconds,
@@ -250,7 +247,7 @@ def bench_study_table(sampler: str, epochs: int) -> dict[str, Any]:
     return raw
 
 
-RECORDS = ("compact", "legacy", "none")  # tune's layout, its earlier one, Optuna's rows only
+RECORDS = ("compact", "none")  # tune's layout, Optuna's rows only
 
 
 def populate(
@@ -264,10 +261,9 @@ def populate(
 
     Each carries what a tune trial carries: ten params, one intermediate value per epoch reached,
     a value, and tune's user attrs laid out as `records` says: "compact"
-    (`search.bookkeeping.trial_record` now: the curve in segments, placement in one attribute),
-    "legacy" (the earlier layout: one attribute per curve point, host, device and worker apart) or
-    "none" (Optuna's own rows only, the yardstick for the study load). Config and (if complete)
-    summary in both tune layouts.
+    (`search.bookkeeping.trial_record`: the curve in segments, placement in one attribute, the
+    config and, if complete, the summary) or "none" (Optuna's own rows only, the yardstick for the
+    study load).
     """
     from search.bookkeeping import trial_record
     from search.study.study_file import parse_study
@@ -308,9 +304,6 @@ def populate(
         if records == "compact":
             user = {"config": config, trial_record.PLACEMENT: placement}
             user.update(trial_record.curve_attrs(points))
-        elif records == "legacy":
-            user = {"config": config, **placement}
-            user.update({trial_record.curve_key(i + 1): p for i, p in enumerate(points)})
         if complete and records != "none":
             user["summary"] = trivial_fit(TrainConfig(**{**config, "epochs": 1})).to_dict()
         params.append([(k, trial.distributions[k], v) for k, v in drawn.items()])

@@ -54,8 +54,9 @@ def worker_run(
     from search.bookkeeping import trial_record
     from search.bookkeeping.storage import open_storage
     from search.running.launch import prepare_study
-    from search.running.worker import run_worker
+    from search.running.worker import WorkerOptions, run_worker
     from search.study.study_file import Overrides, apply_overrides, parse_study, read_study_table
+    from search.trainers.builtin import TuneTrainer
     from trainer.data import load_data
     from trainer.fit import fit
 
@@ -77,16 +78,13 @@ def worker_run(
         storage = open_storage(url, create_schema=True)
         prepare_study(parse_study(raw, "bench throughput"), storage)
         load = load_average()
-        stats = run_worker(
-            raw["name"],
-            url,
+        options = WorkerOptions(
             threads=threads,
             runs_dir=Path(tmp) / "runs",
-            train_fn=fit,
-            load_data=timed_load,
             handle_signals=False,
             log=lambda line: print(f"   {line}", flush=True),
         )
+        stats = run_worker(raw["name"], url, options, trainer=TuneTrainer(fit, timed_load))
         study = optuna.load_study(study_name=raw["name"], storage=url)
         summaries = [trial_record.read_summary(t) for t in study.get_trials(deepcopy=False)]
         storage.engine.dispose()

@@ -244,21 +244,21 @@ def worker(
     trainer_module: str | None = typer.Option(None, hidden=True, help=_TRAINER_HELP),
 ) -> None:
     """Join an existing study (from any machine) and run trials until its budget is spent."""
-    from search.running.worker import run_worker
+    from search.running.worker import WorkerOptions, run_worker
+    from search.trainers.builtin import TuneTrainer
 
     try:
-        stats = run_worker(
-            study,
-            storage,
+        options = WorkerOptions(
             gpu=gpu,
             timeout=timeout,
             local_workers=local_workers,
             worker_index=worker_index,
             threads=threads,
             runs_dir=runs_dir,
-            trainer_module=trainer_module,
             allow_command=allow_command,
         )
+        fake = TuneTrainer(module=trainer_module) if trainer_module else None
+        stats = run_worker(study, storage, options, trainer=fake)
     except _search_errors() as exc:
         raise _fail(str(exc), code=1) from None
     if stats.stopped_because == "interrupted":

@@ -24,8 +24,7 @@ What tune needs beyond Optuna's public API:
   of tune's own (TLS, the token, short reconnect backoffs: `ChannelGrpcStorageProxy`), and the
   generated servicer, to serve Optuna's storage service from a server of tune's own
   (`add_storage_service`);
-- `optuna.study._optimize._tell_with_warning`, which a benchmark times (`wrap_optimize_tell`),
-  and the RDB models it writes big studies with (`RDB_MODELS`);
+- the RDB models a benchmark writes big studies with (`RDB_MODELS`);
 - the system attr ``fixed_params`` where `Study.enqueue_trial` keeps an enqueued trial's
   parameters until it is asked (`enqueued_params`: what a WAITING trial will run);
 - not a name but a side effect: `import optuna.visualization` imports its matplotlib twin, and
@@ -88,20 +87,10 @@ class ChannelGrpcStorageProxy(GrpcStorageProxy):
         """A heartbeat for `trial_id` through the proxy (Optuna's proxy carries none)."""
         raise NotImplementedError
 
-    def study_lease(
-        self, study_id: int, holder: str, *, shared: bool, log: Callable[[str], None] | None
-    ) -> Any:
-        """A lease on the study's lock, held in the proxy (not yet taken): an object with
-        `acquire()`, `holders()` and `release()`, as `StudyLock` uses it."""
+    def study_lease(self, study_id: int, holder: str, *, shared: bool) -> Any:
+        """A lease on the study's lock, held in the proxy (not yet taken): a `StudyLock` back end
+        (`search/bookkeeping/proxy_control.py` `ProxyLock`)."""
         raise NotImplementedError
-
-
-def wrap_optimize_tell(wrap: Callable[[Callable[..., Any]], Callable[..., Any]]) -> None:
-    """Replace what `study.optimize` calls to tell a trial's end (`_tell_with_warning`) with
-    `wrap` of it: a benchmark's timing, in the benchmark's own worker processes only."""
-    import optuna.study._optimize as optimize_module
-
-    optimize_module._tell_with_warning = wrap(optimize_module._tell_with_warning)
 
 
 def add_storage_service(server: Any, storage: BaseStorage) -> None:

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import functools
 import warnings
-from collections.abc import Callable
 
 import optuna
 
@@ -71,10 +70,8 @@ class ProxyClient(ChannelGrpcStorageProxy):
     def beat(self, trial_id: int) -> None:
         self.control.heartbeat(trial_id)
 
-    def study_lease(
-        self, study_id: int, holder: str, *, shared: bool, log: Callable[[str], None] | None
-    ) -> ProxyLock:
-        return ProxyLock(self.control, study_id, holder, shared=shared, log=log)
+    def study_lease(self, study_id: int, holder: str, *, shared: bool) -> ProxyLock:
+        return ProxyLock(self.control, study_id, holder, shared)
 
 
 def connect(url: str) -> ProxyClient:

@@ -24,7 +24,7 @@ import json
 import random
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import grpc
@@ -172,46 +172,35 @@ class ControlClient:
 
 
 class ProxyLock:
-    """`StudyLock`'s counterpart for a worker behind the proxy: a lease held in the server,
-    exclusive or shared (`holders()`: the shared leases of the study, this one included)."""
+    """The study lock for a worker behind the proxy (`StudyLock`'s back end there): a lease held
+    in the server, exclusive or shared (`holders()`: the shared leases of the study, this one
+    included)."""
 
-    def __init__(
-        self,
-        control: ControlClient,
-        study_id: int,
-        holder: str,
-        *,
-        shared: bool = False,
-        log: Callable[[str], None] | None = None,
-        say_every: float = 10.0,
-    ) -> None:
+    def __init__(self, control: ControlClient, study_id: int, holder: str, shared: bool) -> None:
         self._control = control
         self._study_id = study_id
         self._holder = holder
         self._shared = shared
-        self._log = log
-        self._say_every = say_every
-        self._held = False
-
-    def acquire(self) -> None:
-        started = next_line = time.monotonic()
         # each try is a request to the proxy: dozens of waiting workers polling every few ms
         # flooded it (64 workers on 2 cores: waits of a minute), so waits grow to half a second
-        pause = 0.02
+        self._pause = 0.02
+
+    def try_acquire(self, seconds: float) -> bool:
+        end = time.monotonic() + seconds
         while not self._control.take_lock(self._study_id, self._holder, self._shared):
-            if self._log is not None and time.monotonic() - next_line >= self._say_every:
-                next_line = time.monotonic()
-                waited = time.monotonic() - started
-                self._log(f"waiting {waited:.0f} s for the study lock, held through the proxy")
-            time.sleep(pause * random.uniform(0.5, 1.5))
-            pause = min(0.5, pause * 1.5)
-        self._held = True
+            if time.monotonic() >= end:
+                return False
+            time.sleep(self._pause * random.uniform(0.5, 1.5))
+            self._pause = min(0.5, self._pause * 1.5)
+        return True
+
+    def holder(self) -> str:
+        return "held through the proxy"
 
     def holders(self) -> int:
         return self._control.sharers(self._study_id)
 
-    def release(self) -> None:
-        if self._held:
-            self._held = False
+    def release(self, held: bool) -> None:
+        if held:
             with contextlib.suppress(Exception):  # a lease lost with the server lapses anyway
                 self._control.give_back_lock(self._study_id, self._holder)

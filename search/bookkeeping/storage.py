@@ -1,5 +1,6 @@
 """Where studies live: the Optuna RDB storage, opened one way everywhere, plus the little SQL tune
-needs of its own (counting trials by state, a study-wide lock), all behind `session()`.
+needs of its own (counting trials by state), behind `session()`. The study-wide lock is
+`search/bookkeeping/study_lock.py`.
 
 - The URL comes from `--storage`, else `$TUNE_STORAGE`, else `sqlite:///tune.db` in the working
   folder, so the first command works without a server. PostgreSQL
@@ -18,19 +19,15 @@ needs of its own (counting trials by state, a study-wide lock), all behind `sess
 
 from __future__ import annotations
 
-import fcntl
-import hashlib
 import os
 import re
-import tempfile
-import time
 import urllib.parse
 import warnings
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import optuna
 import sqlalchemy as sa
@@ -39,7 +36,6 @@ from optuna.trial import FrozenTrial, TrialState
 from sqlalchemy import orm
 
 from search.bookkeeping.optuna_compat import (
-    ChannelGrpcStorageProxy,
     HeartbeatRDBStorage,
     TrialModel,
 )
@@ -48,8 +44,6 @@ ENV_VAR = "TUNE_STORAGE"
 # the token every call to `tune proxy` carries (`search/bookkeeping/proxy_auth.py`): masked too
 PROXY_TOKEN_ENV = "TUNE_PROXY_TOKEN"
 DEFAULT_URL = "sqlite:///tune.db"
-_LOCK_NAMESPACE = 0x74756E65  # "tune": first key of the PostgreSQL advisory lock
-_LOCK_NOT_AVAILABLE = "55P03"  # PostgreSQL: lock_timeout expired
 _CREDENTIALS = re.compile(r"(?P<head>[A-Za-z][\w+.-]*://[^:/@\s]*):[^@\s]*@")
 _PASSWORD_PARAM = re.compile(r"(?i)(password=)[^&\s'\"]+")
 # environment variables read by `StorageSettings.from_env` (tests use seconds, not minutes)
@@ -63,10 +57,6 @@ SETTINGS_ENV = {
 
 class StorageError(RuntimeError):
     """The storage cannot be used; the message is one line with the URL masked."""
-
-
-class LockAbandoned(RuntimeError):
-    """A `StudyLock` wait given up because its waiter stops (`abandon()` said so)."""
 
 
 class StorageDown(StorageError):
@@ -341,192 +331,3 @@ def count_states(storage: RDBStorage, study_id: int) -> StateCounts:
             .all()
         )
     return StateCounts.of({state: n for state, n in rows})
-
-
-class StudyLock:
-    """A lock over one study, shared by every process on every machine using the storage.
-
-    Exclusive (the default): one holder at a time. Launch holds it while enqueueing baselines, a
-    reaper while it fails and re-enqueues a stale trial, and a worker from "is there budget
-    left?" until its new trial is RUNNING when the budget is nearly spent, so that two workers
-    never both take the last trial. `shared=True` is a worker's claim while the budget is far
-    from spent (`search/running/worker.py`): any number of starters hold it at once, `holders()`
-    says how many, and none holds it while an exclusive holder has it or waits for it (so starters
-    never see a reaper's half-done work, and a waiting exclusive taker is not starved).
-
-    PostgreSQL: a session advisory lock in either mode (released by the server if the process
-    dies). A worker behind `tune proxy`: a lease held in the proxy
-    (`search/bookkeeping/proxy_control.py`).
-    SQLite (one machine): an flock on a file in the temporary folder named after the database,
-    exclusive only (`shares()` is False: a claim there is an exclusive lock). Other back ends: no
-    lock. `release()` may be called early and more than once.
-
-    Waiting for it is never silent: every `say_every` seconds a line to `log` says how long this
-    process has waited and, on PostgreSQL, which server process holds the lock (a holder that is
-    paused or cut off keeps it until its connection drops).
-    """
-
-    def __init__(
-        self,
-        storage: optuna.storages.BaseStorage,
-        study_id: int,
-        *,
-        shared: bool = False,
-        log: Callable[[str], None] | None = None,
-        say_every: float = 10.0,
-        abandon: Callable[[], bool] | None = None,
-    ) -> None:
-        self._storage = storage
-        self._study_id = study_id
-        self._shared = shared
-        # asked between tries while waiting: True gives the wait up (`LockAbandoned`), so that a
-        # thread that stops (the reaper) does not hold up its process for a lock it no longer needs
-        self._abandon = abandon
-        self._log = log
-        self._say_every = say_every
-        self._conn: sa.Connection | None = None
-        self._file: IO[bytes] | None = None
-        self._lease: Any = None  # a `search.bookkeeping.proxy_control.ProxyLock`
-
-    @staticmethod
-    def shares(storage: optuna.storages.BaseStorage) -> bool:
-        """Whether the lock has a shared mode on `storage` (PostgreSQL, the proxy)."""
-        if isinstance(storage, RDBStorage):
-            return storage.engine.dialect.name == "postgresql"
-        return isinstance(storage, ChannelGrpcStorageProxy)
-
-    def holders(self) -> int:
-        """How many processes hold the lock shared now, this one included (shared mode only).
-
-        On PostgreSQL, the granted shared advisory locks on the study's key (`pg_locks` is the
-        lock manager's state, not a snapshot: a lock granted a moment ago is counted).
-        """
-        if not self._shared:
-            raise ValueError("holders() counts shared holders; this lock is exclusive")
-        if self._lease is not None:
-            return int(self._lease.holders())
-        if self._conn is None:
-            raise RuntimeError("holders() of a shared lock that is not held")
-        count = self._conn.execute(
-            sa.text(
-                "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND granted "
-                "AND mode = 'ShareLock' AND classid = :a AND objid = :b AND objsubid = 2"
-            ),
-            {"a": _LOCK_NAMESPACE, "b": self._study_id},
-        ).scalar_one()
-        self._conn.rollback()
-        return int(count)
-
-    def acquire(self) -> StudyLock:
-        if not isinstance(self._storage, RDBStorage):
-            if isinstance(self._storage, ChannelGrpcStorageProxy):
-                holder = f"{os.getpid()}:{id(self)}:{time.monotonic()}"
-                self._lease = self._storage.study_lease(
-                    self._study_id, holder, shared=self._shared, log=self._log
-                )
-                self._lease.acquire()
-            return self
-        backend = self._storage.engine.dialect.name
-        if backend == "postgresql":
-            self._conn = self._storage.engine.connect()
-            try:
-                self._acquire_advisory(self._conn)
-            except BaseException:
-                self._conn.close()
-                self._conn = None
-                raise
-        elif self._shared:
-            raise ValueError(f"the study lock has no shared mode on {backend}")
-        elif backend == "sqlite":
-            database = self._storage.engine.url.database or ":memory:"
-            key = hashlib.sha1(f"{Path(database).resolve()}:{self._study_id}".encode()).hexdigest()
-            self._file = open(Path(tempfile.gettempdir()) / f"tune-{key[:16]}.lock", "wb")  # noqa: SIM115
-            self._acquire_flock(self._file)
-        return self
-
-    def _acquire_advisory(self, conn: sa.Connection) -> None:
-        keys = {"a": _LOCK_NAMESPACE, "b": self._study_id}
-        started = next_line = time.monotonic()
-        # a blocking wait (the lock passes on at once), bounded so that we can say why, and
-        # shorter when the wait may be abandoned
-        bound = self._say_every if self._abandon is None else min(self._say_every, 0.5)
-        while True:
-            try:
-                conn.execute(
-                    sa.text("SELECT set_config('lock_timeout', :t, true)"),
-                    {"t": f"{round(bound * 1000)}ms"},
-                )
-                conn.execute(sa.text(f"SELECT {self._advisory('lock')}(:a, :b)"), keys)
-                conn.commit()  # the session-level lock outlives the transaction
-                return
-            except sa.exc.OperationalError as exc:
-                if getattr(exc.orig, "pgcode", None) != _LOCK_NOT_AVAILABLE:
-                    raise
-                conn.rollback()
-            self._check_abandoned()
-            if time.monotonic() - next_line < self._say_every - 0.01:
-                continue
-            next_line = time.monotonic()
-            holder = conn.execute(
-                sa.text(
-                    "SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND granted "
-                    "AND classid = :a AND objid = :b"
-                ),
-                {"a": _LOCK_NAMESPACE, "b": self._study_id},
-            ).scalar()
-            conn.rollback()
-            self._say(started, f"held by PostgreSQL server process {holder}")
-
-    def _advisory(self, verb: str) -> str:
-        return f"pg_advisory_{verb}_shared" if self._shared else f"pg_advisory_{verb}"
-
-    def _acquire_flock(self, file: IO[bytes]) -> None:
-        started = next_line = time.monotonic()
-        while True:
-            try:
-                fcntl.flock(file, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                return
-            except BlockingIOError:
-                pass
-            self._check_abandoned()
-            if time.monotonic() - next_line >= self._say_every:
-                next_line = time.monotonic()
-                self._say(started, f"held by another process on this machine ({file.name})")
-            time.sleep(0.01)
-
-    def _check_abandoned(self) -> None:
-        if self._abandon is not None and self._abandon():
-            raise LockAbandoned(f"gave up waiting for the lock of study {self._study_id}")
-
-    def _say(self, started: float, holder: str) -> None:
-        if self._log is not None:
-            self._log(f"waiting {time.monotonic() - started:.0f} s for the study lock, {holder}")
-
-    def release(self) -> None:
-        if self._lease is not None:
-            lease, self._lease = self._lease, None
-            lease.release()
-        if self._conn is not None:
-            conn, self._conn = self._conn, None
-            try:
-                conn.execute(
-                    sa.text(f"SELECT {self._advisory('unlock')}(:a, :b)"),
-                    {"a": _LOCK_NAMESPACE, "b": self._study_id},
-                )
-                conn.commit()
-            except sa.exc.DBAPIError:
-                # the server went away, and a session lock goes with its session: nothing to
-                # release; drop the broken connection instead of returning it to the pool
-                conn.invalidate()
-            finally:
-                conn.close()
-        if self._file is not None:
-            file, self._file = self._file, None
-            fcntl.flock(file, fcntl.LOCK_UN)
-            file.close()
-
-    def __enter__(self) -> StudyLock:
-        return self.acquire()
-
-    def __exit__(self, *exc: object) -> None:
-        self.release()

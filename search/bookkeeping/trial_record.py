@@ -88,11 +88,9 @@ START_FROM_DEFAULTS = "trainer defaults"
 PLACEMENT = "placement"
 CURVE_SEGMENT = "curve/"  # + 3 digits: curve/000, curve/001, ...
 SEGMENT_CHARS = 32_000  # a segment is closed once its JSON is this long
-# the earlier layout (one attribute per evaluation, placement apart), still read
-HOST = "host"
+HOST = "host"  # the placement's keys
 DEVICE = "device"
 WORKER = "worker"
-CURVE_PREFIX = "curve:"
 SUMMARY = "summary"
 ERROR = "error"
 RETRY_OF = "retry_of"
@@ -107,15 +105,10 @@ CONFIRM_PLAN = "tune:confirm"
 # Most of a trial's bytes: its curve and its resolved config. A reader of a whole study that shows
 # them for a few trials only (`tune report`, `tune status`) leaves them in the database for the
 # rest (`read_lean_trials`), and reads them back for those few (`reread`).
-BULKY = AttrKeys(keys=(CONFIG,), prefixes=(CURVE_SEGMENT, CURVE_PREFIX))
+BULKY = AttrKeys(keys=(CONFIG,), prefixes=(CURVE_SEGMENT,))
 # A trial's details besides: where it ran and its summary, a small JSON object each, but one per
 # trial; a reader that only counts, ranks and selects trials leaves them behind too.
 DETAILS = AttrKeys(keys=(*BULKY.keys, PLACEMENT, SUMMARY), prefixes=BULKY.prefixes)
-
-
-def curve_key(step: int) -> str:
-    """The old layout's user-attr key of evaluation `step` (read, no longer written)."""
-    return f"{CURVE_PREFIX}{step:04d}"
 
 
 def segment_key(index: int) -> str:
@@ -366,14 +359,10 @@ def reread(
 
 
 def read_curve(trial: FrozenTrial) -> list[dict[str, Any]]:
-    """The trial's evaluation reports in step order (each an `Evaluation.to_point()`), from the
-    curve segments, else from the old layout's one attribute per evaluation."""
-    attrs = trial.user_attrs
-    segments = _segments(attrs)
-    if segments:
-        return [point for points in segments.values() for point in points]
-    keys = sorted(k for k in attrs if k.startswith(CURVE_PREFIX))
-    return [attrs[k] for k in keys]
+    """The trial's evaluation reports in step order (each an `Evaluation.to_point()`), from its
+    curve segments."""
+    segments = _segments(trial.user_attrs)
+    return [point for points in segments.values() for point in points]
 
 
 def read_train_lines(trial: FrozenTrial) -> list[dict[str, Any]]:
@@ -410,10 +399,9 @@ def read_config(trial: FrozenTrial) -> dict[str, Any] | None:
 
 def read_placement(trial: FrozenTrial) -> dict[str, str | None]:
     """Where the trial ran: host, device, worker (None where unknown)."""
-    attrs = trial.user_attrs
-    placement = attrs.get(PLACEMENT)
+    placement = trial.user_attrs.get(PLACEMENT)
     if not isinstance(placement, dict):
-        placement = attrs  # the old layout: one attribute each
+        placement = {}
     return {key: placement.get(key) for key in (HOST, DEVICE, WORKER)}
 
 

@@ -47,7 +47,7 @@ from optuna.trial import FrozenTrial, TrialState
 from search.bookkeeping import trial_record
 from search.bookkeeping.budget import Decision
 from search.bookkeeping.optuna_compat import study_id
-from search.bookkeeping.storage import StudyLock
+from search.bookkeeping.study_lock import StudyLock
 from search.confirm.ranking import rank_complete
 from search.study.study_file import StudyFileError, StudySpec, parse_study
 

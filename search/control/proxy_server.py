@@ -48,11 +48,11 @@ from search.bookkeeping.proxy_control import Leases, control_handler
 from search.bookkeeping.storage import (
     StorageError,
     StorageSettings,
-    StudyLock,
     mask_url,
     open_storage,
     resolve_url,
 )
+from search.bookkeeping.study_lock import StudyLock
 from search.control.reaper import reap_stale_trials
 
 THREADS = 16  # server threads: concurrent requests (more wait in gRPC's queue)

@@ -36,7 +36,8 @@ from search.bookkeeping.optuna_compat import (
     study_storage,
 )
 from search.bookkeeping.outage import connection_reason, is_connection_error
-from search.bookkeeping.storage import LockAbandoned, StudyLock, mask_text
+from search.bookkeeping.storage import mask_text
+from search.bookkeeping.study_lock import LockAbandoned, StudyLock
 
 
 def reap_stale_trials(

@@ -31,7 +31,7 @@ from optuna.trial import TrialState
 
 from search.bookkeeping.budget import BudgetUse, decide
 from search.bookkeeping.optuna_compat import RunningTrial, running_trials, stale_trial_ids, study_id
-from search.bookkeeping.storage import StudyLock
+from search.bookkeeping.study_lock import StudyLock
 from search.confirm.plan import decide_enqueued
 from search.control.failpoints import failpoint
 from search.control.reaper import reap_stale_trials

@@ -16,7 +16,7 @@ storage's id of the study, and answers:
 - `fail_running(worker_id, ...)`: fail what these workers left RUNNING ("interrupted");
 - `claim()`: a worker's way to a trial start, through its start gate
   (search/control/start_gate.py);
-- `lock()`: the study lock (search/bookkeeping/storage.py `StudyLock`).
+- `lock()`: the study lock (search/bookkeeping/study_lock.py `StudyLock`).
 
 `ManagedStudy.open(url, name)` opens one (a database URL, or `tune proxy`'s address), and
 `searching(sampler, pruner)` gives the same study with what a worker asks and prunes with.
@@ -41,11 +41,11 @@ from search.bookkeeping.optuna_compat import study_id, study_storage, trial_id
 from search.bookkeeping.storage import (
     StateCounts,
     StorageSettings,
-    StudyLock,
     count_states,
     load_study,
     open_storage,
 )
+from search.bookkeeping.study_lock import StudyLock
 from search.confirm import incumbent
 from search.study.study_file import StudySpec
 

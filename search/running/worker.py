@@ -28,7 +28,7 @@ is the set of trials in flight (for the reaper) and the claim its start hands ov
 SIGINT/SIGTERM fail the current trial with the reason "interrupted" and end the loop: nothing is
 left RUNNING. The study's trainer (`search/trainers/`) is prepared once per worker (tune's own
 loads the data set then); torch gets cores // local workers threads. tune's training function is
-injectable (`train_fn`, `load_data`): tests and soak runs use fakes.
+replaceable (`run_worker(..., trainer=...)`): tests and soak runs use fakes.
 
 A `Reaper` thread fails dead workers' trials (they are retried, resuming from their last
 checkpoint) and keeps this worker's own trial beating. When the database goes away, a round of
@@ -74,7 +74,6 @@ from search.running.trial_run import (
 )
 from search.study.study_file import StudyFileError, StudySpec, read_study_table
 from search.trainers.base import Trainer, packs
-from search.trainers.builtin import LoadDataFn, TrainFn, TuneTrainer
 
 DEFAULT_RUNS_DIR = Path("runs/studies")
 
@@ -116,60 +115,65 @@ def study_name_of(name_or_path: str) -> str:
     return name
 
 
+@dataclass(frozen=True)
+class WorkerOptions:
+    """How a worker runs, besides which study and where (`tune worker`'s options)."""
+
+    gpu: int | None = None  # the CUDA device to train on (sets CUDA_VISIBLE_DEVICES)
+    # stop taking new trials after this many seconds (None: the study file's `budget.timeout`)
+    timeout: float | None = None
+    local_workers: int = 1  # workers on this machine, which share its cores
+    # offsets the sampler's seed (None: the process id); tests fix it to draw the same trials
+    worker_index: int | None = None
+    threads: int | None = None  # torch threads (None: cores // local_workers)
+    runs_dir: Path = DEFAULT_RUNS_DIR
+    artifacts: str | Path | None = None  # checkpoints (None: $TUNE_ARTIFACTS or tune-artifacts/)
+    # the SHA-256 of a stored command this worker may run (None: $TUNE_ALLOW_COMMAND)
+    allow_command: str | None = None
+    settings: StorageSettings | None = None  # None: `StorageSettings.from_env()`
+    poll_interval: float = 1.0  # seconds between looks while running trials hold the budget
+    max_consecutive_failures: int = 5
+    # False: take the exclusive study lock for every start (a benchmark's comparison)
+    fast_starts: bool = True
+    handle_signals: bool = True  # False where the caller is not the main thread or owns them
+    log: Callable[[str], None] | None = None  # None: stamped lines on stdout
+
+
 def run_worker(
     study: str,
     storage: str | None = None,
-    *,
-    gpu: int | None = None,
-    timeout: float | None = None,
-    local_workers: int = 1,
-    worker_index: int | None = None,
-    threads: int | None = None,
-    runs_dir: Path = DEFAULT_RUNS_DIR,
-    train_fn: TrainFn | None = None,
-    load_data: LoadDataFn | None = None,
-    trainer_module: str | None = None,
-    allow_command: str | None = None,
-    settings: StorageSettings | None = None,
-    artifacts: str | Path | None = None,
-    poll_interval: float = 1.0,
-    max_consecutive_failures: int = 5,
-    fast_starts: bool = True,
-    handle_signals: bool = True,
-    log: Callable[[str], None] | None = None,
+    options: WorkerOptions | None = None,
+    trainer: Trainer | None = None,
 ) -> WorkerStats:
     """Work on `study` (a name, or a study file whose name is used) until its budget is spent.
 
     The study must exist (created by `tune launch`); its settings are read from the storage so
     that every machine runs the same ones, except a command to run: a study of the command
     trainer runs only when the study file given as `study` holds the stored command, or
-    `allow_command` (else `$TUNE_ALLOW_COMMAND`) is its digest (`search/running/command_trust.py`).
-    For a study of tune's own trainer, `train_fn` and
-    `load_data` replace `trainer.fit` and `trainer.data` (or `trainer_module` names a module with
-    both; tests and soak runs). `timeout` stops taking new trials after that many seconds (the study
-    file's `budget.timeout` when None). `settings` default to `StorageSettings.from_env()`,
-    `artifacts` (the checkpoint folder) to `$TUNE_ARTIFACTS` or `tune-artifacts/`. Raises
-    `WorkerError`, `StorageError` (`StorageDown` when the database stayed away too long) or
-    `StudyFileError` with one clear line when it cannot go on. `fast_starts=False` takes the
-    exclusive study lock for every start, as tune did before (the benchmark's comparison).
+    `options.allow_command` (else `$TUNE_ALLOW_COMMAND`) is its digest
+    (`search/running/command_trust.py`). `trainer` replaces the study's trainer by one of the
+    same kind (tests and soak runs: tune's own with a fake `fit`). Raises `WorkerError`,
+    `StorageError` (`StorageDown` when the database stayed away too long) or `StudyFileError`
+    with one clear line when it cannot go on.
     """
+    opts = options or WorkerOptions()
     started = time.monotonic()
     worker_id = f"{socket.gethostname()}:{os.getpid()}"
-    say = log or _printer(worker_id)
+    say = opts.log or _printer(worker_id)
     mask_library_logs()  # Optuna logs a failed trial's exception unmasked
-    if gpu is not None:
+    if opts.gpu is not None:
         # before torch initialises CUDA; `tune launch --gpus` has already set it for its children
-        os.environ["CUDA_VISIBLE_DEVICES"] = str(gpu)
+        os.environ["CUDA_VISIBLE_DEVICES"] = str(opts.gpu)
     stop = GracefulStop()
-    if handle_signals:
+    if opts.handle_signals:
         stop.install()
     stats = WorkerStats(worker_id, TrialTally())
     managed: ManagedStudy | None = None
     reaper: Reaper | None = None
-    settings = settings or StorageSettings.from_env()
+    settings = opts.settings or StorageSettings.from_env()
     try:
         name = study_name_of(study)
-        index = worker_index if worker_index is not None else os.getpid()
+        index = opts.worker_index if opts.worker_index is not None else os.getpid()
         # a worker may start while the database is still coming up (compose) or restarting:
         # it retries, a line per attempt, for up to storage_down_limit (as Celery's workers
         # retry their broker on start-up); a server that answers "no" fails at once
@@ -181,17 +185,15 @@ def run_worker(
             should_stop=lambda: stop.requested,
             log=say,
         )
-        # rdb is None behind `tune proxy`, which does the database's side
-        # (search/control/proxy_server.py)
         managed, spec = while_down(lambda: _join(storage, name, index, settings, say))
-        _check_command(study, spec, allow_command)
+        _check_command(study, spec, opts.allow_command)
         optuna_study = managed.study
-        trainer = _trainer(spec, train_fn, load_data, trainer_module)
-        threads = threads or max(1, (os.cpu_count() or 1) // max(1, local_workers))
+        chosen = _trainer(spec, trainer)
+        threads = opts.threads or max(1, (os.cpu_count() or 1) // max(1, opts.local_workers))
         _set_torch_threads(threads)
         say(f"joined study {name!r} at {mask_url(resolve_url(storage))} ({threads} threads)")
         with stop.interruptible():
-            _prepare(trainer, spec)
+            _prepare(chosen, spec)
         # Fill Optuna's per-process trial cache now, outside the study lock. Otherwise the first
         # ask loads the whole study while holding the lock every other worker waits on: measured
         # 23 s at 10,000 trials, so 32 workers starting together queued for minutes.
@@ -199,55 +201,28 @@ def run_worker(
         joined = optuna_study
         while_down(lambda: joined.get_trials(deepcopy=False))
         stats.study_load_seconds = time.monotonic() - loading
-        device = "cuda" if gpu is not None else spec.trial.device
-        limit = timeout if timeout is not None else spec.budget.timeout
+        limit = opts.timeout if opts.timeout is not None else spec.budget.timeout
         deadline = None if limit is None else started + limit
-        ctx = WorkerContext(
-            spec=spec,
-            trainer=trainer,
-            device=device,
-            device_label=f"cuda:{gpu}" if gpu is not None else _device_label(device),
-            worker_id=worker_id,
-            threads=threads,
-            runs_dir=runs_dir,
-            stop=stop,
-            tally=stats.trials,
-            log=say,
-            checkpoints=CheckpointStore(artifacts),
-            storage_down_limit=settings.storage_down_limit,
-            enqueued_only=trial_record.read_confirm_plan(optuna_study) is not None,
-            extend_hold=lambda trial, step: managed.extend_hold(trial, step, spec, say),
-            after_told=lambda told: managed.race(told, spec, say),
-            deadline=deadline,
-        )
-        slots = pack_size(spec.trial.pack, ctx.device_label, lambda: _auto_pack(trainer, spec))
-        if slots > 1 and not packs(trainer):  # the study file refuses it; a fake may not pack
-            raise WorkerError(f"trainer {trainer.name!r} cannot train packs of {slots} trials")
-        in_flight: set[int] = set()  # the trials running now; ctx stays as it is
+        ctx = _context(managed, spec, chosen, opts, settings, threads, stop, stats, say, deadline)
+        slots = pack_size(spec.trial.pack, ctx.device_label, lambda: _auto_pack(chosen, spec))
+        if slots > 1 and not packs(chosen):  # the study file refuses it; a fake may not pack
+            raise WorkerError(f"trainer {chosen.name!r} cannot train packs of {slots} trials")
+        in_flight: set[int] = set()  # the trials running now, for which the reaper beats
         reaper = Reaper(
             optuna_study,
-            managed.rdb,
+            managed.rdb,  # None behind `tune proxy`, which reaps for its workers
             settings.heartbeat_interval,
             lambda: in_flight,
             say,
             settle=settings.grace_period,
         ).start()
-        stats.stopped_because = _loop(
-            managed,
-            ctx,
-            in_flight,
-            deadline,
-            poll_interval,
-            max_consecutive_failures,
-            fast_starts,
-            slots,
-        )
+        stats.stopped_because = _loop(managed, ctx, in_flight, deadline, opts, slots)
     except Interrupted:
         stats.stopped_because = "interrupted"
     finally:
         if reaper is not None:
             reaper.stop()
-        if handle_signals:
+        if opts.handle_signals:
             stop.restore()
         if managed is not None:
             _fail_own_running(managed, worker_id)
@@ -261,18 +236,50 @@ def run_worker(
     return stats
 
 
+def _context(
+    managed: ManagedStudy,
+    spec: StudySpec,
+    trainer: Trainer,
+    opts: WorkerOptions,
+    settings: StorageSettings,
+    threads: int,
+    stop: GracefulStop,
+    stats: WorkerStats,
+    say: Callable[[str], None],
+    deadline: float | None,
+) -> WorkerContext:
+    """What every trial of this worker needs, fixed for its life."""
+    device = "cuda" if opts.gpu is not None else spec.trial.device
+    return WorkerContext(
+        spec=spec,
+        trainer=trainer,
+        device=device,
+        device_label=f"cuda:{opts.gpu}" if opts.gpu is not None else _device_label(device),
+        worker_id=stats.worker_id,
+        threads=threads,
+        runs_dir=opts.runs_dir,
+        stop=stop,
+        tally=stats.trials,
+        log=say,
+        checkpoints=CheckpointStore(opts.artifacts),
+        storage_down_limit=settings.storage_down_limit,
+        enqueued_only=trial_record.read_confirm_plan(managed.study) is not None,
+        extend_hold=lambda trial, step: managed.extend_hold(trial, step, spec, say),
+        after_told=lambda told: managed.race(told, spec, say),
+        deadline=deadline,
+    )
+
+
 def _loop(
     managed: ManagedStudy,
     ctx: WorkerContext,
     in_flight: set[int],
     deadline: float | None,
-    poll_interval: float,
-    max_consecutive_failures: int,
-    fast_starts: bool,
+    opts: WorkerOptions,
     slots: int,
 ) -> str:
     failures_in_a_row = 0
-    managed.open_gate(ctx, poll_interval, fast_starts)
+    managed.open_gate(ctx, opts.poll_interval, opts.fast_starts)
     while True:
         if ctx.stop.requested:
             return "interrupted"
@@ -299,7 +306,7 @@ def _loop(
             state = told if isinstance(told, str) else told.state
             if state == TrialState.FAIL:
                 failures_in_a_row += 1
-                if failures_in_a_row >= max_consecutive_failures:
+                if failures_in_a_row >= opts.max_consecutive_failures:
                     raise WorkerError(
                         f"{failures_in_a_row} trials failed in a row, stopping this worker "
                         f"(last error: {ctx.tally.last_error})"
@@ -352,24 +359,16 @@ def _stored_spec(managed: ManagedStudy, url: str) -> StudySpec:
     return spec
 
 
-def _trainer(
-    spec: StudySpec,
-    train_fn: TrainFn | None,
-    load_data: LoadDataFn | None,
-    trainer_module: str | None,
-) -> Trainer:
-    """The study's trainer; for tune's own, with the given (fake) training functions."""
-    injected = train_fn is not None or load_data is not None or trainer_module is not None
-    if spec.trial.trainer != "tune":
-        if injected:
-            raise WorkerError(
-                f"train_fn, load_data and trainer_module replace tune's own trainer, but study "
-                f"{spec.name!r} runs trainer {spec.trial.trainer!r}"
-            )
+def _trainer(spec: StudySpec, given: Trainer | None) -> Trainer:
+    """The study's trainer, or `given` in its place when it is of the same kind."""
+    if given is None:
         return spec.trainer
-    if not injected:
-        return spec.trainer
-    return TuneTrainer(train_fn, load_data, module=trainer_module)
+    if given.name != spec.trial.trainer:
+        raise WorkerError(
+            f"the trainer given to this worker is {given.name!r}, but study {spec.name!r} runs "
+            f"trainer {spec.trial.trainer!r}"
+        )
+    return given
 
 
 def _auto_pack(trainer: Trainer, spec: StudySpec) -> int:
@@ -421,6 +420,7 @@ def _printer(worker_id: str) -> Callable[[str], None]:
 __all__ = [
     "StorageError",
     "WorkerError",
+    "WorkerOptions",
     "WorkerStats",
     "run_worker",
     "study_name_of",

@@ -10,7 +10,7 @@ trial is created (before its first heartbeat), or between an evaluation and its 
 outages instead.
 
 `run_chaos` returns what happened; `check_study` asserts what must hold at the end. Used by
-`test_reliability_chaos.py` (CI size) and `bench/chaos.py` (a longer soak).
+`test_reliability_chaos.py` (CI size) and `tests/search/chaos_soak.py` (a longer soak).
 """
 
 from __future__ import annotations

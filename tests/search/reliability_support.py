@@ -26,8 +26,9 @@ from optuna.trial import FrozenTrial, TrialState
 
 from search.bookkeeping.storage import StorageSettings, open_storage
 from search.running.launch import prepare_study
-from search.running.worker import WorkerStats, run_worker
+from search.running.worker import WorkerOptions, WorkerStats, run_worker
 from search.study.study_file import Overrides, load_study_file
+from search.trainers.builtin import TuneTrainer
 
 ROOT = Path(__file__).parents[2]
 BIN = Path(sys.executable).parent
@@ -141,10 +142,7 @@ def work_here(
     """
     from tests.search import fake_trainer
 
-    trainer = {} if real_trainer else {"train_fn": fake_trainer.fit, "load_data": None}
-    return run_worker(
-        study,
-        url,
+    options = WorkerOptions(
         runs_dir=tmp_path / "runs",
         threads=1,
         settings=StorageSettings.from_env(env),
@@ -152,8 +150,9 @@ def work_here(
         poll_interval=0.2,
         timeout=timeout,
         log=log.append,
-        **trainer,  # type: ignore[arg-type]
     )
+    fake = None if real_trainer else TuneTrainer(fake_trainer.fit)
+    return run_worker(study, url, options, trainer=fake)
 
 
 @functools.cache

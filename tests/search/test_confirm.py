@@ -21,8 +21,9 @@ from search.confirm.results import format_confirmation, read_confirmation
 from search.confirm.stats import gain
 from search.report import write_report
 from search.running.launch import confirm, prepare_study
-from search.running.worker import run_worker
+from search.running.worker import WorkerOptions, run_worker
 from search.study.study_file import Overrides, load_study_file, parse_study
+from search.trainers.builtin import TuneTrainer
 from tests.search import fake_trainer
 
 EPOCHS = 3
@@ -40,11 +41,7 @@ def _study(tmp_path: Path, n_trials: int = 4) -> str:
 
 
 def _work(url: str, tmp_path: Path, study: str) -> Any:
-    return run_worker(
-        study,
-        url,
-        train_fn=fake_trainer.fit,
-        load_data=None,
+    options = WorkerOptions(
         runs_dir=tmp_path / "runs",
         threads=1,
         # a fixed index: the sampler's seed is offset by it (by the pid when unset), so the
@@ -54,6 +51,7 @@ def _work(url: str, tmp_path: Path, study: str) -> Any:
         handle_signals=False,
         log=lambda _: None,
     )
+    return run_worker(study, url, options, trainer=TuneTrainer(fake_trainer.fit))
 
 
 def _runs(url: str) -> list[optuna.trial.FrozenTrial]:

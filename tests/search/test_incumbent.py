@@ -14,8 +14,9 @@ from search.bookkeeping.budget import race_room
 from search.commands.best import best_trial
 from search.commands.status import study_status
 from search.confirm.incumbent import RACE_SEEDS, incumbent_of, race_runs
-from search.running.worker import run_worker
+from search.running.worker import WorkerOptions, run_worker
 from search.study.study_file import parse_study
+from search.trainers.builtin import TuneTrainer
 from tests.search import fake_trainer
 from tests.search.test_worker import _trials
 
@@ -120,15 +121,8 @@ def _smoke(tmp_path: Path, n_trials: int, **sampler: Any) -> tuple[str, Any]:
 
 
 def _work(url: str, tmp_path: Path, lines: list[str]) -> None:
-    run_worker(
-        "smoke",
-        url,
-        train_fn=fake_trainer.fit,
-        load_data=fake_trainer.load_data,
-        runs_dir=tmp_path / "runs",
-        poll_interval=0.1,
-        log=lines.append,
-    )
+    options = WorkerOptions(runs_dir=tmp_path / "runs", poll_interval=0.1, log=lines.append)
+    run_worker("smoke", url, options, trainer=TuneTrainer(fake_trainer.fit, fake_trainer.load_data))
 
 
 def test_a_worker_races_a_challenger_on_fresh_seeds_inside_the_budget(tmp_path: Path) -> None:

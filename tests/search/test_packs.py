@@ -22,8 +22,9 @@ from search.bookkeeping import trial_record
 from search.bookkeeping.storage import StorageSettings, open_storage
 from search.running.launch import prepare_study
 from search.running.rounds import pack_size
-from search.running.worker import run_worker
+from search.running.worker import WorkerOptions, run_worker
 from search.study.study_file import StudyFileError, StudySpec, load_study_file, parse_study
+from search.trainers.builtin import TuneTrainer
 from tests.search.reliability_support import (
     fast_env,
     finished,
@@ -47,10 +48,7 @@ def _spec(n_trials: int, pack: int | str, epochs: int = 4, **trial: Any) -> Stud
 
 
 def _work(url: str, tmp_path: Path, log: list[str], **kwargs: Any) -> Any:
-    return run_worker(
-        "smoke",
-        url,
-        trainer_module=FAKE,
+    options = WorkerOptions(
         runs_dir=tmp_path / "runs",
         artifacts=tmp_path / "artifacts",
         poll_interval=0.1,
@@ -58,6 +56,7 @@ def _work(url: str, tmp_path: Path, log: list[str], **kwargs: Any) -> Any:
         handle_signals=False,
         **kwargs,
     )
+    return run_worker("smoke", url, options, trainer=TuneTrainer(module=FAKE))
 
 
 def test_pack_settings_are_checked_with_the_study() -> None:

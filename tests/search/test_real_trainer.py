@@ -11,7 +11,7 @@ from optuna.trial import TrialState
 from search.bookkeeping import trial_record
 from search.bookkeeping.storage import open_storage
 from search.running.launch import prepare_study
-from search.running.worker import run_worker
+from search.running.worker import WorkerOptions, run_worker
 from search.study.study_file import Overrides, load_study_file
 
 pytestmark = pytest.mark.slow
@@ -27,7 +27,9 @@ def test_real_trainer_runs_baseline_and_sampled_trial(tmp_path: Path) -> None:
     spec = load_study_file("smoke", Overrides(n_trials=2, epochs=1))
     prepare_study(spec, open_storage(url, create_schema=True))
 
-    stats = run_worker("smoke", url, runs_dir=tmp_path / "runs", threads=1, log=print)
+    stats = run_worker(
+        "smoke", url, WorkerOptions(runs_dir=tmp_path / "runs", threads=1, log=print)
+    )
 
     assert stats.stopped_because == "budget"
     trials = optuna.load_study(study_name="smoke", storage=url).get_trials()
@@ -55,7 +57,9 @@ def test_real_trainer_trains_a_pack_and_refills_it(tmp_path: Path) -> None:
     spec = parse_study({**raw, "trial": {**raw["trial"], "pack": 2}})
     prepare_study(spec, open_storage(url, create_schema=True))
     log: list[str] = []
-    stats = run_worker("smoke", url, runs_dir=tmp_path / "runs", threads=1, log=log.append)
+    stats = run_worker(
+        "smoke", url, WorkerOptions(runs_dir=tmp_path / "runs", threads=1, log=log.append)
+    )
 
     assert stats.stopped_because == "budget", log
     trials = optuna.load_study(study_name="smoke", storage=url).get_trials()

@@ -13,7 +13,8 @@ import pytest
 from optuna.trial import TrialState
 
 from search.bookkeeping.optuna_compat import TrialModel, study_id, trial_id
-from search.bookkeeping.storage import StorageSettings, StudyLock, open_storage, session
+from search.bookkeeping.storage import StorageSettings, open_storage, session
+from search.bookkeeping.study_lock import StudyLock
 from search.control.reaper import Reaper, reap_stale_trials
 
 

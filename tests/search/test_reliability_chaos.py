@@ -6,7 +6,8 @@ and starts a new one after each death; the workers also kill themselves at fail 
 the study lock, right after creating a trial, between an evaluation and its checkpoint) until
 four have died that way. The study must end with exactly its budget finished, nothing RUNNING or
 WAITING, every reaped trial retried with its parameters, within the time limit. The database
-outage version is in `test_reliability_db_restart.py`; the longer soak is `bench/chaos.py`.
+outage version is in `test_reliability_db_restart.py`; the longer soak is
+`chaos_soak.py`.
 """
 
 from __future__ import annotations

@@ -14,7 +14,6 @@ from search.bookkeeping.storage import (
     DEFAULT_URL,
     ENV_VAR,
     StorageError,
-    StudyLock,
     count_states,
     load_study,
     mask_text,
@@ -23,6 +22,7 @@ from search.bookkeeping.storage import (
     resolve_url,
     session,
 )
+from search.bookkeeping.study_lock import StudyLock
 
 
 @pytest.mark.parametrize(

@@ -555,7 +555,7 @@ def test_a_command_study_through_a_worker_fails_crashes_and_hangs_clearly(tmp_pa
     from search.bookkeeping import trial_record
     from search.bookkeeping.storage import open_storage
     from search.running.launch import prepare_study
-    from search.running.worker import run_worker
+    from search.running.worker import WorkerOptions, run_worker
     from search.study.study_file import load_study_file
 
     study_file = tmp_path / "command-study.toml"
@@ -568,7 +568,9 @@ def test_a_command_study_through_a_worker_fails_crashes_and_hangs_clearly(tmp_pa
     prepare_study(load_study_file(str(study_file)), open_storage(url, create_schema=True))
 
     # the worker holds the study file: the command it runs is its own, not the storage's
-    stats = run_worker(str(study_file), url, runs_dir=tmp_path / "runs", threads=1, log=print)
+    stats = run_worker(
+        str(study_file), url, WorkerOptions(runs_dir=tmp_path / "runs", threads=1, log=print)
+    )
 
     assert stats.stopped_because == "budget"
     trials = optuna.load_study(study_name="command-study", storage=url).get_trials()

@@ -9,11 +9,8 @@ from typing import Any
 
 import optuna
 import pytest
-from optuna.distributions import FloatDistribution
-from optuna.trial import TrialState
 
 from search.bookkeeping import trial_record
-from search.report.gather import gather
 from search.trainers.builtin import evaluation_of
 from trainer.records import EvalLine, EvalReport, TrainLine
 
@@ -88,32 +85,3 @@ def test_a_retry_that_restarts_replaces_the_copied_curve(monkeypatch: pytest.Mon
     frozen = study.trials[1]
     assert _steps(frozen) == [1, 2, 3, 4]
     assert frozen.intermediate_values.keys() == {1, 2, 3, 4}
-
-
-def test_a_study_in_the_old_layout_still_reads() -> None:
-    """Before issue 16: `curve:NNNN` per evaluation, `host`/`device`/`worker` apart."""
-    points = [_report(s).to_dict() for s in (1, 2, 3)]
-    old: dict[str, Any] = {trial_record.curve_key(i + 1): p for i, p in enumerate(points)}
-    old.update(host="gpu-7", device="cuda:0", worker="gpu-7:42", config={"lcls": 0.5})
-    study = optuna.create_study(direction="maximize")
-    study.add_trial(
-        optuna.trial.create_trial(
-            params={"lcls": 0.5},
-            distributions={"lcls": FloatDistribution(0.01, 1.0, log=True)},
-            value=0.15,
-            intermediate_values={1: 0.05, 2: 0.1, 3: 0.15},
-            user_attrs=old,
-            state=TrialState.COMPLETE,
-        )
-    )
-    frozen = study.trials[0]
-    assert _steps(frozen) == [1, 2, 3]
-    assert trial_record.read_placement(frozen) == {
-        "host": "gpu-7",
-        "device": "cuda:0",
-        "worker": "gpu-7:42",
-    }
-    data = gather(study.study_name, study.trials, study.direction, 5)
-    row = data.rows[0]
-    assert row.host == "gpu-7" and row.last_step == 3 and row.mAP50_95 == pytest.approx(0.15)
-    assert any(line.x for panel in data.panels for line in panel.lines)

@@ -23,7 +23,8 @@ from optuna.trial import TrialState
 
 from search.bookkeeping.budget import BudgetUse, decide
 from search.bookkeeping.proxy_control import Leases
-from search.bookkeeping.storage import StorageSettings, StudyLock, open_storage
+from search.bookkeeping.storage import StorageSettings, open_storage
+from search.bookkeeping.study_lock import StudyLock
 from tests.search.reliability_support import Proxy, fast_env, free_port, make_study, trials
 from tests.search.test_budget import SPEC
 
@@ -102,22 +103,21 @@ def test_proxy_leases_are_shared_or_exclusive() -> None:
 
 def _race_worker(url: str, index: int, folder: str, results: Any, go: Any) -> None:
     """One of the racing workers (a process of the forkserver): run the real worker loop."""
-    from search.running.worker import run_worker
+    from search.running.worker import WorkerOptions, run_worker
+    from search.trainers.builtin import TuneTrainer
     from tests.search import fake_trainer
 
     go.wait(60)
-    stats = run_worker(
-        "smoke",
-        url,
+    options = WorkerOptions(
         worker_index=index,
         threads=1,
         runs_dir=Path(folder) / "runs",
-        train_fn=fake_trainer.fit,
         artifacts=Path(folder) / "artifacts",
         poll_interval=0.1,
         handle_signals=False,
         log=lambda line: None,
     )
+    stats = run_worker("smoke", url, options, trainer=TuneTrainer(fake_trainer.fit))
     results.put((index, stats.stopped_because, stats.trials.started_racing))
 
 

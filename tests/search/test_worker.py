@@ -17,8 +17,9 @@ from optuna.trial import TrialState
 from search.bookkeeping import trial_record
 from search.bookkeeping.storage import open_storage
 from search.running.launch import LaunchError, prepare_study
-from search.running.worker import WorkerError, run_worker
+from search.running.worker import WorkerError, WorkerOptions, run_worker
 from search.study.study_file import Overrides, StudySpec, load_study_file
+from search.trainers.builtin import TuneTrainer
 from tests.search import fake_trainer
 from trainer.config import TrainConfig
 from trainer.records import EvalReport, FitResult, NonFiniteLossError
@@ -47,16 +48,9 @@ def _trials(url: str, name: str = "smoke") -> list[optuna.trial.FrozenTrial]:
 
 
 def _work(url: str, tmp_path: Path, train_fn: Any = fake_trainer.fit, **kwargs: Any) -> Any:
-    return run_worker(
-        "smoke",
-        url,
-        train_fn=train_fn,
-        load_data=kwargs.pop("load_data", fake_trainer.load_data),
-        runs_dir=tmp_path / "runs",
-        poll_interval=0.1,
-        log=lambda _: None,
-        **kwargs,
-    )
+    trainer = TuneTrainer(train_fn, kwargs.pop("load_data", fake_trainer.load_data))
+    kwargs = {"runs_dir": tmp_path / "runs", "poll_interval": 0.1, "log": lambda _: None, **kwargs}
+    return run_worker("smoke", url, WorkerOptions(**kwargs), trainer=trainer)
 
 
 def test_worker_spends_the_budget_and_records_everything(tmp_path: Path) -> None:
@@ -108,13 +102,13 @@ def test_a_worker_reads_the_study_before_it_takes_the_study_lock(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The first read of a large study is slow; done under the lock, every worker waits on it."""
-    import search.bookkeeping.storage
+    import search.bookkeeping.study_lock
     import search.control.study_manager
 
     url, spec = _study(tmp_path, n_trials=4)  # its baselines wait in the storage already
     assert len(_trials(url)) == len(spec.baselines) > 0
     cached_at_first_lock: list[int] = []
-    real_acquire = search.bookkeeping.storage.StudyLock.acquire
+    real_acquire = search.bookkeeping.study_lock.StudyLock.acquire
 
     def acquire(lock: Any) -> None:
         if not cached_at_first_lock:
@@ -134,7 +128,7 @@ def test_a_worker_reads_the_study_before_it_takes_the_study_lock(
         loaded.append(study)
         return study
 
-    monkeypatch.setattr(search.bookkeeping.storage.StudyLock, "acquire", acquire)
+    monkeypatch.setattr(search.bookkeeping.study_lock.StudyLock, "acquire", acquire)
     monkeypatch.setattr(search.control.study_manager, "load_study", load_study)
     stats = _work(url, tmp_path)
     assert cached_at_first_lock == [len(spec.baselines)]  # the study was read before the lock
@@ -336,7 +330,7 @@ def test_a_worker_refuses_a_study_tune_did_not_create(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'tune.db'}"
     optuna.create_study(storage=open_storage(url, create_schema=True), study_name="plain")
     with pytest.raises(WorkerError, match=r"study 'plain'.*was not created by `tune launch`"):
-        run_worker("plain", url, train_fn=fake_trainer.fit, log=lambda _: None)
+        run_worker("plain", url, WorkerOptions(log=lambda _: None), TuneTrainer(fake_trainer.fit))
 
 
 def test_baselines_stop_at_their_length_and_the_budget_counts_epochs(tmp_path: Path) -> None:

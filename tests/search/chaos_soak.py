@@ -1,12 +1,14 @@
 """Chaos soak: rounds of a study whose workers are killed and whose database is stopped at random.
 
-Each round starts a PostgreSQL server of its own (`tests/search/own_postgres.py`), runs the
-`smoke` study with the fake trainer under `tests/search/chaos.py`'s supervisor (SIGKILLs of
-random workers, fail points right after trial creation and friends, database outages of 0.3 to
-3 s), and checks what CI's chaos tests check: the budget exactly, nothing RUNNING or WAITING,
-every reaped trial retried with its parameters. The figures go to docs/reliability.md.
+A soak of the reliability tests, longer than CI's, and with them here because it runs their
+harness. Each round starts a PostgreSQL server of its own (`own_postgres.py`), runs the `smoke`
+study with the fake trainer under `chaos.py`'s supervisor (SIGKILLs of random workers, fail
+points right after trial creation and friends, database outages of 0.3 to 3 s), and checks what
+CI's chaos tests check: the budget exactly, nothing RUNNING or WAITING, every reaped trial
+retried with its parameters. The figures go to docs/reliability.md.
 
-    uv run python -m bench.chaos [--quick] [--rounds N] [--kills K] [--outages O] [--trials T]
+    uv run python -m tests.search.chaos_soak [--quick] [--rounds N] [--kills K] [--outages O]
+        [--trials T]
 """
 
 from __future__ import annotations
@@ -97,7 +99,7 @@ def main() -> None:
     path = write_results(
         "chaos",
         {
-            "command": " ".join(["uv run python -m bench.chaos", *sys.argv[1:]]),
+            "command": " ".join(["uv run python -m tests.search.chaos_soak", *sys.argv[1:]]),
             "args": vars(args),
             "machine": machine(),
             "load_average_before": load_before,
