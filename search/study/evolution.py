@@ -15,8 +15,13 @@ range). A child is
    Ultralytics weighs them; a setting run on several seeds (the incumbent's races) counts once,
    with its mean. With no finished trial yet the parent is `x0`, the trainer's defaults;
 2. with probability `crossover`, each gene taken from a second parent or the first at even odds;
-3. each gene mutated with probability `mutation` (at least one): a number by `N(0, sigma)`,
-   reflected into [0, 1]; a choice to another of its choices.
+3. each number mutated with probability `mutation` (at least one), by `N(0, sigma)`, reflected
+   into [0, 1]; each choice with probability `choice_mutation`, to another of its choices.
+
+A choice mutates rarely because switching it changes what the numbers mean: AdamW's learning
+rate is far too low for SGD, and in the benchmark (docs/benchmarks.md, "How good is the search")
+the draws that switched the optimizer at the numbers' rate were the ones that did not learn.
+Neither YOLOv5 nor Ultralytics evolves the optimizer at all; a small rate keeps it searchable.
 
 Only COMPLETE trials are parents: a pruned trial's value is from a shorter run and not
 comparable. A parent outside the space (a hand-tuned baseline far from the defaults) is clipped
@@ -26,7 +31,7 @@ into it.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -45,6 +50,7 @@ PARENTS = 5  # YOLOv5 takes the top 5, Ultralytics the top 9
 MUTATION = 0.5  # chance that a gene mutates (Ultralytics 0.5, YOLOv5 0.8)
 SIGMA = 0.2  # a mutation's spread, as a fraction of the range (both tuners: 0.2)
 CROSSOVER = 0.5  # chance that a child mixes two parents
+CHOICE_MUTATION = 0.1  # chance that a choice (the optimizer, say) mutates
 
 
 class EvolutionSampler(optuna.samplers.BaseSampler):
@@ -59,11 +65,20 @@ class EvolutionSampler(optuna.samplers.BaseSampler):
         mutation: float = MUTATION,
         sigma: float = SIGMA,
         crossover: float = CROSSOVER,
+        choice_mutation: float = CHOICE_MUTATION,
+        choices: Collection[str] = (),
     ) -> None:
-        if parents < 1 or not 0 < mutation <= 1 or sigma <= 0 or not 0 <= crossover <= 1:
+        if (
+            parents < 1
+            or not 0 < mutation <= 1
+            or sigma <= 0
+            or not 0 <= crossover <= 1
+            or not 0 <= choice_mutation <= 1
+        ):
             raise ValueError(
-                "EvolutionSampler needs parents >= 1, 0 < mutation <= 1, sigma > 0 and "
-                f"0 <= crossover <= 1, but got {parents=}, {mutation=}, {sigma=}, {crossover=}"
+                "EvolutionSampler needs parents >= 1, 0 < mutation <= 1, sigma > 0, "
+                "0 <= crossover <= 1 and 0 <= choice_mutation <= 1, but got "
+                f"{parents=}, {mutation=}, {sigma=}, {crossover=}, {choice_mutation=}"
             )
         self._x0 = dict(x0 or {})
         # without a seed, one drawn now: a trial's genes stay the same across its calls
@@ -72,6 +87,10 @@ class EvolutionSampler(optuna.samplers.BaseSampler):
         self._mutation = mutation
         self._sigma = sigma
         self._crossover = crossover
+        self._choice_mutation = choice_mutation
+        # the space's categorical parameters, known before a trial's first draw: each of its
+        # calls (one per parameter before the first trial ends) must agree on the mutation rates
+        self._choices = frozenset(choices)
         self._space = IntersectionSearchSpace()
 
     def reseed_rng(self) -> None:
@@ -125,8 +144,13 @@ class EvolutionSampler(optuna.samplers.BaseSampler):
                 )
         else:
             parent = dict(self._x0)
-        mask = rng.random(len(names)) < self._mutation
-        mask[rng.integers(len(names))] = True
+        is_choice = [
+            n in self._choices or isinstance(space.get(n), CategoricalDistribution) for n in names
+        ]
+        rates = np.where(is_choice, self._choice_mutation, self._mutation)
+        mask = rng.random(len(names)) < rates
+        numbers = [i for i, choice in enumerate(is_choice) if not choice] or list(range(len(names)))
+        mask[numbers[rng.integers(len(numbers))]] = True  # at least one number mutates
         steps = rng.standard_normal(len(names)) * self._sigma
         picks = rng.random(len(names))  # a mutated choice's pick, or a missing gene's position
         child: dict[str, Any] = {}

@@ -49,10 +49,10 @@ def build_sampler(
     """The sampler of `spec` for the worker with index `offset`; `x0`: the space's params of the
     trainer's defaults (None when they lie outside the space: the evolution starts from uniform
     draws, CMA-ES from the middle). `choices`: the names of the space's categorical parameters,
-    which CMA-ES leaves to the evolutionary sampler."""
+    which CMA-ES leaves to the evolutionary sampler and the evolution mutates rarely."""
     seed = None if spec.seed is None else spec.seed + 7919 * offset
     if spec.type == "Evolution":
-        return EvolutionSampler(x0, seed=seed)
+        return EvolutionSampler(x0, seed=seed, choices=choices)
     if spec.type == "CMA-ES":
         numeric = {k: v for k, v in (x0 or {}).items() if k not in choices}
         with warnings.catch_warnings():
@@ -62,7 +62,7 @@ def build_sampler(
                 x0=numeric or None,
                 seed=seed,
                 n_startup_trials=0,
-                independent_sampler=EvolutionSampler(x0, seed=seed),
+                independent_sampler=EvolutionSampler(x0, seed=seed, choices=choices),
                 warn_independent_sampling=False,
             )
     if spec.type == "GP":

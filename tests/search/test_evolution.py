@@ -158,6 +158,35 @@ def test_a_setting_run_on_several_seeds_counts_once_with_its_mean() -> None:
     assert statistics.median(draws) > 0.5  # bred from 0.8 (mean 0.6), not 0.2 (best run 0.9)
 
 
+def test_a_choice_mutates_at_its_own_lower_rate() -> None:
+    """Switching the optimizer changes what its learning rate means: the optimizer mutates at
+    `choice_mutation` (0.1 by default), the numbers at `mutation`, and a child always changes
+    at least one number, never only by a switch."""
+    x0 = {"lr": 0.01, "optimizer": "AdamW"}
+
+    def optimizers(choice_mutation: float) -> list[str]:
+        sampler = EvolutionSampler(
+            x0, seed=0, choice_mutation=choice_mutation, choices={"optimizer"}
+        )
+        study = optuna.create_study(direction="maximize", sampler=sampler)
+        drawn: list[str] = []
+        seen = {x0["lr"]}
+        for _ in range(60):
+            trial = study.ask()
+            lr = trial.suggest_float("lr", 1e-4, 1.0, log=True)
+            optimizer = trial.suggest_categorical("optimizer", ["SGD", "Adam", "AdamW"])
+            assert lr not in seen, "each child changes a number of its parent's"
+            seen.add(lr)
+            drawn.append(optimizer)
+            study.tell(trial, -abs(math.log(lr / 0.01)))  # every optimizer equally good
+        return drawn
+
+    assert set(optimizers(0.0)) == {"AdamW"}
+    rare = sum(o != "AdamW" for o in optimizers(0.1))
+    often = sum(o != "AdamW" for o in optimizers(0.5))
+    assert 0 < rare < often, (rare, often)
+
+
 @pytest.mark.parametrize("kind", SAMPLER_TYPES)
 def test_every_sampler_runs_the_study_with_its_baselines_outside_the_space(
     spec: StudySpec, kind: str
