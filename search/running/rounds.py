@@ -12,7 +12,9 @@ goes through the same steps, with Optuna's ask/tell interface:
 - when a trial ends (it ran its length, was pruned or stopped, or failed) it is told at once
   (`study.tell()`) and `trial_told` counts it, drops its checkpoint if nothing resumes it and
   races it if it challenges the incumbent. A trial another worker finished meanwhile (reaped
-  during a long pause) is dropped: its retry owns it.
+  during a long pause) is dropped: its retry owns it. A trial that ends because the database
+  went away is not told FAIL: it stays RUNNING, its heartbeats stop, and a reaper fails and
+  retries it from its last checkpoint once the database is back.
 
 K = 1 is a round of one trial on the trainer's `run` (`_OneAtATime`); K > 1 trains the trials
 as one pack through the trainer's `run_pack` (`search/trainers/base.py`; tune's own trainer fuses
@@ -35,6 +37,7 @@ from optuna.exceptions import UpdateFinishedTrialError
 from optuna.trial import FrozenTrial, TrialState
 
 from search.bookkeeping.optuna_compat import study_storage, trial_id
+from search.bookkeeping.outage import is_connection_error
 from search.control.start_gate import NoStart
 from search.running.trial_run import (
     Interrupted,
@@ -99,9 +102,9 @@ def run_round(starts: Starts, ctx: WorkerContext, slots: int, in_flight: set[int
             in_flight.add(trial_id(trial))
             try:
                 job = run.begin(claim)  # releases the claim once the trial is RUNNING
-            except BaseException as exc:  # a bad config, say, or a stop
-                _tell_failed(run, exc, told)
+            except BaseException as exc:  # a bad config, say, a stop, an outage
                 in_flight.discard(trial_id(trial))
+                _tell_failed(run, exc, told)
                 if not isinstance(exc, Exception):
                     raise
                 return None  # this trial failed, the round goes on
@@ -145,11 +148,15 @@ def run_round(starts: Starts, ctx: WorkerContext, slots: int, in_flight: set[int
         with ctx.stop.interruptible():
             trainer.run_pack(first, refill, done)
     except BaseException as exc:
-        # the round as a whole failed (data, memory, a stop): every trial still in it with it
-        for run in list(runs.values()):
-            _tell_failed(run, exc, told)
-            in_flight.discard(trial_id(run.trial))
+        # the round as a whole failed (data, memory, a stop, an outage): every trial still in it
+        # with it
+        left = list(runs.values())
         runs.clear()
+        for run in left:
+            in_flight.discard(trial_id(run.trial))
+        if not is_connection_error(exc):  # an outage leaves them to be reaped (`_tell_failed`)
+            for run in left:
+                _tell_failed(run, exc, told)
         raise
     if ctx.stop.requested:
         raise Interrupted("stop requested")
@@ -204,6 +211,11 @@ def _tell(run: TrialRun, outcome: TrialOutcome | BaseException, told: list[Told]
 def _tell_failed(
     run: TrialRun, exc: BaseException, told: list[Told], stopped: bool = False
 ) -> None:
+    if is_connection_error(exc):
+        # the database went away, not the trial: it stays RUNNING, nothing beats for it any
+        # more, and a reaper fails and retries it from its last checkpoint, as a lost worker's;
+        # the worker loop waits for the database and goes on
+        raise exc
     if not stopped:
         run.stopped(exc)
     # the one place a failure's reason is stored, also for failures before training starts
