@@ -5,11 +5,12 @@
     uv run python -m bench.control_plane --load     # study load, status, report by record layout
 
 Each cell of the grid gets a fresh PostgreSQL database (created and dropped here, like the tests'
-`pg_url`), a study made by `search.running.launch.prepare_study` from `studies/loss-weights.toml`
-(no baselines, the sampler chosen by `--sampler`, Hyperband as in the study file), N finished trials
-bulk-inserted through Optuna's own table models (with the params, intermediate values and user
-attrs a real trial carries), then W worker processes that run the REAL worker loop
-(`search.running.worker.run_worker`) with a trivial training function: it reports one evaluation per
+`pg_url`), a study made by `search.control.study_setup.prepare_study` from
+`studies/loss-weights.toml` (no baselines, the sampler chosen by `--sampler`, Hyperband as in the
+study file), N finished trials bulk-inserted through Optuna's own table models (with the params,
+intermediate values and user attrs a real trial carries), then W worker processes that run the
+REAL worker loop (`search.running.worker.run_worker`) with a trivial training function: it
+reports one evaluation per
 epoch and returns at once, so everything left is control plane.
 
 How each call is timed (inside the worker processes, with `time.perf_counter`):
@@ -443,7 +444,7 @@ def run_cell(
     from search.bookkeeping import trial_record
     from search.bookkeeping.storage import open_storage
     from search.control.study_manager import ManagedStudy
-    from search.running.launch import prepare_study
+    from search.control.study_setup import prepare_study
     from search.study.study_file import parse_study
 
     with throwaway_database() as (url, database):
@@ -599,7 +600,7 @@ def run_load(
 ) -> dict[str, Any]:
     """Study load, `tune status` and `tune report` on `existing` trials laid out as `records`."""
     from search.bookkeeping.storage import open_storage
-    from search.running.launch import prepare_study
+    from search.control.study_setup import prepare_study
     from search.study.study_file import parse_study
 
     with throwaway_database() as (url, database), tempfile.TemporaryDirectory() as tmp:

@@ -173,7 +173,7 @@ def run_study(
     """
     from search.bookkeeping import trial_record
     from search.bookkeeping.storage import open_storage
-    from search.running.launch import prepare_study
+    from search.control.study_setup import prepare_study
     from search.running.rounds import run_round
     from search.running.trial_run import GracefulStop, TrialTally, WorkerContext
     from search.study.study_file import parse_study

@@ -32,7 +32,7 @@ from typing import Any
 import optuna
 
 from bench import PeriodicSampler, load_average, machine, median, table, write_results
-from search.running.launch import mps_running
+from search.running.local_workers import mps_running
 
 STUDY = "loss-weights"
 
@@ -53,7 +53,7 @@ def worker_run(
 
     from search.bookkeeping import trial_record
     from search.bookkeeping.storage import open_storage
-    from search.running.launch import prepare_study
+    from search.control.study_setup import prepare_study
     from search.running.worker import WorkerOptions, run_worker
     from search.study.study_file import Overrides, apply_overrides, parse_study, read_study_table
     from search.trainers.builtin import TuneTrainer

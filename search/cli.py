@@ -172,7 +172,7 @@ def _search_errors() -> tuple[type[Exception], ...]:
     """The errors a search command reports as one line (no traceback)."""
     from search.bookkeeping.storage import StorageError
     from search.commands.best import NoBestTrialError
-    from search.running.launch import LaunchError
+    from search.control.study_setup import LaunchError
     from search.running.worker import WorkerError
 
     return (ValueError, StorageError, LaunchError, WorkerError, NoBestTrialError)

@@ -21,11 +21,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
+import optuna
 from optuna.study import StudyDirection
 from optuna.trial import FrozenTrial, TrialState
 
 from search.bookkeeping import trial_record
-from search.confirm.incumbent import RACE_SHARE, Incumbent
+from search.confirm.incumbent import RACE_SHARE, Incumbent, study_best
+from search.study.study_file import StudySpec
 
 LEARNED = 0.05  # mAP50-95 from which a detector counts as having learned something
 
@@ -230,3 +232,12 @@ def standing_of(
         return Standing(best, "defaults", defaults, versus, best_draw, incumbent)
     versus = compare(best, defaults, maximize) if defaults is not None else None
     return Standing(best, "search", defaults, versus, best_draw, incumbent)
+
+
+def study_standing(
+    study: optuna.Study, trials: Sequence[FrozenTrial], spec: StudySpec | None = None
+) -> Standing:
+    """The study's best trial (`study_best`: the incumbent when races chose one) and what it is
+    worth against the trainer's defaults."""
+    best, incumbent = study_best(study, list(trials), spec)
+    return standing_of(trials, best, study.direction, incumbent)

@@ -25,7 +25,7 @@ from optuna.storages import RDBStorage
 from optuna.trial import FrozenTrial, TrialState
 
 from search.bookkeeping.storage import StorageSettings, open_storage
-from search.running.launch import prepare_study
+from search.control.study_setup import prepare_study
 from search.running.worker import WorkerOptions, WorkerStats, run_worker
 from search.study.study_file import Overrides, load_study_file
 from search.trainers.builtin import TuneTrainer

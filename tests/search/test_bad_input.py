@@ -35,7 +35,7 @@ from optuna.trial import TrialState
 
 from search.bookkeeping import trial_record
 from search.bookkeeping.storage import open_storage
-from search.running.launch import prepare_study
+from search.control.study_setup import prepare_study
 from search.study.study_file import Overrides, load_study_file
 
 pytestmark = pytest.mark.slow

@@ -19,7 +19,7 @@ from optuna.trial import FrozenTrial, TrialState, create_trial
 from search.bookkeeping import trial_record
 from search.bookkeeping.budget import BudgetUse, decide, extended_hold, trial_epochs, use_of
 from search.bookkeeping.storage import open_storage
-from search.running.launch import prepare_study
+from search.control.study_setup import prepare_study
 from search.study.study_file import StudySpec, load_study_file, parse_study
 from tests.search.reliability_support import Proxy, fast_env, free_port, start_worker, trials
 

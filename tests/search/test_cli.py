@@ -16,7 +16,7 @@ from typer.testing import CliRunner
 from search.bookkeeping.storage import open_storage
 from search.cli import app
 from search.commands.dashboard import artifact_folder
-from search.running.launch import prepare_study
+from search.control.study_setup import prepare_study
 from search.study.study_file import load_study_file
 
 BIN = Path(sys.executable).parent

@@ -22,8 +22,8 @@ from optuna.trial import TrialState
 
 from search.bookkeeping import trial_record
 from search.bookkeeping.storage import open_storage
+from search.control.study_setup import prepare_study
 from search.running.command_trust import UntrustedCommand, check_command, command_digest
-from search.running.launch import prepare_study
 from search.study.study_file import load_study_file
 from search.trainers.base import TrainerError, TrialJob
 from search.trainers.command import from_options

@@ -19,8 +19,9 @@ from search.commands.status import format_status, study_status
 from search.confirm.plan import FIRST_SEED, ConfirmError, confirm_name
 from search.confirm.results import format_confirmation, read_confirmation
 from search.confirm.stats import gain
+from search.control.study_setup import prepare_study
 from search.report import write_report
-from search.running.launch import confirm, prepare_study
+from search.running.launch import confirm
 from search.running.worker import WorkerOptions, run_worker
 from search.study.study_file import Overrides, load_study_file, parse_study
 from search.trainers.builtin import TuneTrainer

@@ -107,7 +107,7 @@ def test_races_take_at_most_their_share_of_the_budget(tmp_path: Path) -> None:
 
 def _smoke(tmp_path: Path, n_trials: int, **sampler: Any) -> tuple[str, Any]:
     from search.bookkeeping.storage import open_storage
-    from search.running.launch import prepare_study
+    from search.control.study_setup import prepare_study
     from search.study.study_file import Overrides, load_study_file
 
     url = f"sqlite:///{tmp_path / 'tune.db'}"

@@ -23,7 +23,7 @@ from search.bookkeeping import trial_record
 from search.bookkeeping.storage import open_storage
 from search.cli import app
 from search.confirm.incumbent import study_best
-from search.running.launch import prepare_study
+from search.control.study_setup import prepare_study
 from search.study.study_file import Overrides, load_study_file
 from trainer.config import TrainConfig
 from trainer.hyp import read_hyp
@@ -249,7 +249,7 @@ def test_a_cuda_machine_gets_one_worker_per_gpu_and_a_warning_when_workers_would
     """Trials sharing a GPU without MPS ran >10x slower on an H200 (docs/benchmarks.md)."""
     import torch
 
-    from search.running.launch import mps_running, plan_workers, visible_gpus
+    from search.running.local_workers import mps_running, plan_workers, visible_gpus
 
     monkeypatch.setenv("CUDA_MPS_PIPE_DIRECTORY", str(tmp_path / "mps"))
     assert visible_gpus("cpu") == []

@@ -20,7 +20,7 @@ from optuna.trial import TrialState
 
 from search.bookkeeping import trial_record
 from search.bookkeeping.storage import StorageSettings, open_storage
-from search.running.launch import prepare_study
+from search.control.study_setup import prepare_study
 from search.running.rounds import pack_size
 from search.running.worker import WorkerOptions, run_worker
 from search.study.study_file import StudyFileError, StudySpec, load_study_file, parse_study

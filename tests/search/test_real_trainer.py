@@ -10,7 +10,7 @@ from optuna.trial import TrialState
 
 from search.bookkeeping import trial_record
 from search.bookkeeping.storage import open_storage
-from search.running.launch import prepare_study
+from search.control.study_setup import prepare_study
 from search.running.worker import WorkerOptions, run_worker
 from search.study.study_file import Overrides, load_study_file
 

@@ -31,7 +31,7 @@ from optuna.trial import TrialState
 from bench import ConnectionSampler
 from search.bookkeeping import trial_record
 from search.bookkeeping.storage import StorageSettings, open_storage
-from search.running.launch import prepare_study
+from search.control.study_setup import prepare_study
 from search.study.study_file import Overrides, load_study_file
 from tests.conftest import PG_ADMIN_URL
 

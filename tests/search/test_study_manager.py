@@ -13,7 +13,7 @@ from search.bookkeeping import trial_record
 from search.bookkeeping.budget import use_of
 from search.bookkeeping.storage import StateCounts, StorageError, open_storage
 from search.control.study_manager import ManagedStudy
-from search.running.launch import prepare_study
+from search.control.study_setup import prepare_study
 from search.study.study_file import StudySpec
 from tests.search.test_budget import SPEC
 

@@ -554,7 +554,7 @@ def test_a_command_study_through_a_worker_fails_crashes_and_hangs_clearly(tmp_pa
 
     from search.bookkeeping import trial_record
     from search.bookkeeping.storage import open_storage
-    from search.running.launch import prepare_study
+    from search.control.study_setup import prepare_study
     from search.running.worker import WorkerOptions, run_worker
     from search.study.study_file import load_study_file
 

@@ -16,7 +16,7 @@ from optuna.trial import TrialState
 
 from search.bookkeeping import trial_record
 from search.bookkeeping.storage import open_storage
-from search.running.launch import LaunchError, prepare_study
+from search.control.study_setup import LaunchError, prepare_study
 from search.running.worker import WorkerError, WorkerOptions, run_worker
 from search.study.study_file import Overrides, StudySpec, load_study_file
 from search.trainers.builtin import TuneTrainer
