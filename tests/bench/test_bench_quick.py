@@ -107,6 +107,25 @@ def test_search_efficiency_summary_targets_random_search_and_tests_the_methods()
 
 
 @pytest.mark.postgres
+def test_study_load_and_trial_starts_smallest(tmp_path: Path) -> None:
+    """The two benchmarks built on the control plane's pieces run end to end at their smallest."""
+    from bench import control_plane, study_load, trial_starts
+
+    _postgres_or_skip(control_plane.ADMIN_URL)
+    out = ["--out", str(tmp_path)]
+    study_load.main(
+        ["--existing", "12", "--records", "compact", "--repeats", "1", "--skip-report", *out]
+    )
+    [load] = json.loads((tmp_path / "control_plane-load.json").read_text())["cells"]
+    assert load["existing_trials"] == 12 and load["tune_load_min_s"] > 0
+    assert load["status_median_s"] > 0  # the real `tune status` on the filled study
+    trial_starts.main(["--workers", "1", "--existing", "5", "--samples", "3", "--hold", "0", *out])
+    cells = json.loads((tmp_path / "control_plane-starts.json").read_text())["cells"]
+    assert sorted(c["fast_starts"] for c in cells) == [False, True]  # side by side
+    assert all(c["trials_created"] >= 3 and c["exit_codes"] == [0] for c in cells)
+
+
+@pytest.mark.postgres
 def test_control_plane_smallest(tmp_path: Path) -> None:
     from bench import control_plane
 
