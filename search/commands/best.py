@@ -55,11 +55,6 @@ def trial_values(trial: FrozenTrial) -> dict[str, Any]:
     return stored
 
 
-def trial_config(trial: FrozenTrial) -> TrainConfig:
-    """The `TrainConfig` a trial of tune's trainer trained with."""
-    return TrainConfig.from_dict(trial_values(trial))
-
-
 def format_best(study: optuna.Study, trial: FrozenTrial) -> str:
     """The text `tune best` prints: value, origin and parameter values of the best trial."""
     label = trial_record.read_baseline(trial)

@@ -1,7 +1,7 @@
 """The start gate: may this worker start a trial now, and holding which lock?
 
 A worker asks `StartGate.claim()` before each trial. The answer is a held study lock (the trial
-may start; the objective releases the lock once the trial is RUNNING) or why not: "budget" (the
+may start; the trial's run releases the lock once the trial is RUNNING) or why not: "budget" (the
 study's budget is spent) or "wait" (running trials hold the rest; the gate has waited one poll
 interval, saying why in the log: `BudgetWait`).
 

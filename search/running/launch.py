@@ -24,6 +24,7 @@ from search.bookkeeping.storage import (
     open_storage,
     resolve_url,
 )
+from search.commands.dashboard import dashboard_command
 from search.confirm.plan import plan_confirm, prepare_confirm
 from search.confirm.results import (
     Confirmation,
@@ -92,7 +93,7 @@ def launch(
         out(warning)
     shown = mask_url(url)
     out(f"study {spec.name!r} in {shown}: {describe_plan(spec)}")
-    out(f"watch it: tune dashboard --storage '{shown}'   (or: tune status --study {spec.name})")
+    out(f"watch it: {dashboard_command(url)}   (or: tune status --study {spec.name})")
     if spec.trial.trainer == "command":
         digest = command_digest(dict(spec.trial.options))
         out(

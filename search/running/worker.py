@@ -1,21 +1,12 @@
 """A worker: joins a study from any machine and runs trials until the study's budget is spent.
 
-The loop, per trial:
+The loop, per round (one trial, or a pack of them: `search/running/rounds.py`):
 
-1. while the budget is far from spent, start without waiting for anyone: hold the study lock
-   shared, count the other starters holding it, and start when `decide(racing=...)` leaves room
-   for all of them (`search/control/start_gate.py` says why that never overshoots). Trial starts
-   then scale with the workers instead of queueing at one lock (docs/benchmarks.md);
-2. otherwise (near the end of the budget, a stale trial to reap, a retry waiting, a confirm
-   study, SQLite) take the study lock exclusively and read the study's budget use from the
-   storage (`search/bookkeeping/budget.py`: trials finished, epochs trained and promised to running
-   trials, for every process on every machine): stop when it is spent; when the trials already
-   RUNNING hold the rest, reap stale trials (one of them may have lost its worker), release, say in
-   the log what it waits for (`BudgetWait`) and look again. A confirm study's worker
-   (`search/confirm/plan.py`) never samples: it starts only while an enqueued run waits, waits while
-   runs are running, else stops;
-   either way the trial is asked and told through one lifecycle for a trial alone or a pack
-   (`search/running/rounds.py`), which releases the lock once the trial is RUNNING;
+1. the start gate (`search/control/start_gate.py`) says whether a trial may start, under which
+   hold of the study lock, or why not: the budget is spent (the worker stops), or running
+   trials hold the rest (it waits and looks again). A confirm study's worker
+   (`search/confirm/plan.py`) never samples: it runs only the enqueued runs;
+2. the trial is asked, run and told; the lock is released once it is RUNNING;
 3. whatever the trial does (exception, non-finite loss, out of memory, reaped by another worker),
    the worker records it and goes on; only a run of consecutive failures stops it.
 
@@ -31,7 +22,7 @@ loads the data set then); torch gets cores // local workers threads. tune's trai
 replaceable (`run_worker(..., trainer=...)`): tests and soak runs use fakes.
 
 A `Reaper` thread fails dead workers' trials (they are retried, resuming from their last
-checkpoint) and keeps this worker's own trial beating. When the database goes away, a round of
+checkpoint) and keeps this worker's own trials beating. When the database goes away, a round of
 the loop (and each write inside a trial) is retried with backoff; after `storage_down_limit`
 seconds without it the worker exits with `StorageDown`.
 """

@@ -333,6 +333,23 @@ def test_a_worker_refuses_a_study_tune_did_not_create(tmp_path: Path) -> None:
         run_worker("plain", url, WorkerOptions(log=lambda _: None), TuneTrainer(fake_trainer.fit))
 
 
+def test_a_trainer_given_to_a_worker_must_be_of_the_studys_kind(tmp_path: Path) -> None:
+    """A replacement trainer (tests, soak runs) stands in only for the trainer the study runs."""
+    url, _ = _study(tmp_path, n_trials=1)
+    before = [t.state for t in _trials(url)]
+
+    class Other:
+        name = "ultralytics"
+
+    with pytest.raises(
+        WorkerError,
+        match=r"the trainer given to this worker is 'ultralytics', but study 'smoke' runs "
+        r"trainer 'tune'",
+    ):
+        run_worker("smoke", url, WorkerOptions(log=lambda _: None), trainer=Other())  # type: ignore[arg-type]
+    assert [t.state for t in _trials(url)] == before  # nothing ran
+
+
 def test_baselines_stop_at_their_length_and_the_budget_counts_epochs(tmp_path: Path) -> None:
     url, _ = _study(
         tmp_path,
