@@ -41,7 +41,7 @@ import time
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import optuna
 from optuna.trial import TrialState
@@ -121,13 +121,34 @@ class TrialRow:
     params: dict[str, Any] | None = None  # the trial's drawn params
 
 
-def bench_table(name: str, data: str, epochs: int | None, pins: dict[str, Any]) -> dict[str, Any]:
+class TrialSettings(Protocol):
+    """What a search benchmark's settings pin in every trial (both benchmarks' `Settings`)."""
+
+    @property
+    def imgsz(self) -> int: ...
+    @property
+    def batch(self) -> int: ...
+    @property
+    def device(self) -> str: ...
+    @property
+    def eval_interval(self) -> int | None: ...
+    @property
+    def epochs(self) -> int | None: ...
+
+
+def bench_table(name: str, data: str, settings: TrialSettings) -> dict[str, Any]:
     """The loss-weights study table as a search benchmark runs it: named `name`, on `data`, its
-    trials `epochs` long with `pins` set in `[trial]`, no budget of its own (the benchmark
-    stops on iterations) and no baselines (they would cost every method the same)."""
+    trials as long and as `settings` pin them, no budget of its own (the benchmark stops on
+    iterations) and no baselines (they would cost every method the same)."""
     from search.study.study_file import Overrides, apply_overrides, read_study_table
 
-    raw = apply_overrides(read_study_table(STUDY)[0], Overrides(epochs=epochs, data=data))
+    pins = {
+        "imgsz": settings.imgsz,
+        "batch": settings.batch,
+        "device": settings.device,
+        "eval_interval": settings.eval_interval,
+    }
+    raw = apply_overrides(read_study_table(STUDY)[0], Overrides(epochs=settings.epochs, data=data))
     raw["name"] = name
     raw["trial"] = {**raw["trial"], **{k: v for k, v in pins.items() if v is not None}}
     raw["budget"] = {"n_trials": 100_000}
@@ -136,13 +157,7 @@ def bench_table(name: str, data: str, epochs: int | None, pins: dict[str, Any]) 
 
 
 def _study_table(settings: Settings, data: str, method: str, seed: int) -> dict[str, Any]:
-    pins = {
-        "imgsz": settings.imgsz,
-        "batch": settings.batch,
-        "device": settings.device,
-        "eval_interval": settings.eval_interval,
-    }
-    raw = bench_table(f"bench-{method.replace('+', '-')}-{seed}", data, settings.epochs, pins)
+    raw = bench_table(f"bench-{method.replace('+', '-')}-{seed}", data, settings)
     sampler, prunes = METHODS[method]
     raw["sampler"] = {**raw["sampler"], "type": sampler, "seed": seed, "start_from_defaults": False}
     if settings.n_startup_trials is not None:

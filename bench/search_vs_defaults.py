@@ -95,13 +95,7 @@ PRESETS = {
 def study_table(settings: Settings, data: str, method: str, seed: int) -> dict[str, Any]:
     """The loss-weights study as this benchmark runs it: its space, sampler and pruner, the
     benchmark's length, no baselines, the defaults as its start trial."""
-    pins = {
-        "imgsz": settings.imgsz,
-        "batch": settings.batch,
-        "device": settings.device,
-        "eval_interval": settings.eval_interval,
-    }
-    raw = bench_table(f"bench-{method.lower()}-{seed}", data, settings.epochs, pins)
+    raw = bench_table(f"bench-{method.lower()}-{seed}", data, settings)
     raw["sampler"] = {"type": method, "seed": seed, "start_from_defaults": True}
     if method in ("TPE", "GP"):
         raw["sampler"]["n_startup_trials"] = 3
