@@ -5,12 +5,14 @@
 #   2. bench.throughput's GPU section (nano and medium images/s, 1/2/4 trials sharing the GPU,
 #      GPU utilisation, the worker loop's duty cycle on the GPU);
 #   3. bench.packing: packs of 1..64 nano and 1, 4, 16 medium trials against one trial alone
-#      (aggregate trial-images/s, GPU busy, memory per trial; issue 13), and K trials'
+#      (aggregate trial-images/s, GPU busy, memory per trial), and K trials'
 #      evaluations, K solo passes against one fused pass with the mAP on the device;
 #   4. bench.search_efficiency on the loss-weights study's trials, 8 seeds, on shapes and
-#      shapes-large (issue 15), every study in its own process (one per CPU core), stopped at the
+#      shapes-large, every study in its own process (one per CPU core), stopped at the
 #      time left;
-#   5. bench.search_vs_defaults at the study's length (33-epoch trials): 4 Evolution and 4 random
+#   5. bench.tuner_peer: a tune study of YOLOv8n (trainer = "ultralytics") against Ultralytics'
+#      own tuner at the same training epochs, both winners and the defaults on 3 fresh seeds;
+#   6. bench.search_vs_defaults at the study's length (33-epoch trials): 4 Evolution and 4 random
 #      studies on shapes and shapes-large, each incumbent and the defaults retrained on 3 fresh
 #      seeds (what docs/benchmarks.md, "How good is the search", measured scaled down on a CPU).
 #
@@ -65,6 +67,9 @@ left=$(( (total - ($(date +%s) - started) - 75) / 2 ))
 step "search efficiency, $cores processes, time limit ${left} s"
 $py -m bench.search_efficiency --seeds 8 --jobs "$cores" --time-limit "$left" --out "$out" \
   2>&1 | tee -a "$log"
+step "tune's search against Ultralytics' tuner on Ultralytics' trainer, 30-epoch runs"
+timeout 3000 $py -m bench.tuner_peer --device cuda --epochs 30 --iterations 10 --seeds 3 \
+  --out "$out" --name gpu 2>&1 | tee -a "$log"
 left=$(( total - ($(date +%s) - started) - 30 ))
 step "search vs the defaults, $cores processes, at most ${left} s"
 timeout "$left" $py -m bench.search_vs_defaults --preset study --device cuda \

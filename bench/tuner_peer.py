@@ -46,15 +46,17 @@ RETRAIN_SEEDS = 1001  # the first fresh seed; the studies' own trials use 0
 OWN_KEYS = ("milestone1", "milestone2_rest", "gamma")  # tune's MultiStepLR, not Ultralytics'
 
 
-def ultralytics_args(data_yaml: str, imgsz: int, batch: int, epochs: int) -> dict[str, Any]:
-    """What every Ultralytics run here trains with besides its hyperparameters: offline, CPU,
-    fp32, no plots, no early stop (`bench/peer.py` says why each)."""
+def ultralytics_args(
+    data_yaml: str, imgsz: int, batch: int, epochs: int, device: str
+) -> dict[str, Any]:
+    """What every Ultralytics run here trains with besides its hyperparameters: offline, fp32
+    (Ultralytics' AMP check downloads a model), no plots, no early stop (`bench/peer.py`)."""
     return {
         "data": data_yaml,
         "imgsz": imgsz,
         "batch": batch,
         "epochs": epochs,
-        "device": "cpu",
+        "device": "0" if device == "cuda" else "cpu",
         "amp": False,
         "plots": False,
         "patience": 0,
@@ -104,7 +106,7 @@ def run_tuner(common: dict[str, Any], iterations: int, out: Path) -> dict[str, A
 
 
 def run_tune_study(
-    data_yaml: str, imgsz: int, batch: int, epochs: int, iterations: int, out: Path
+    data_yaml: str, imgsz: int, batch: int, epochs: int, iterations: int, device: str, out: Path
 ) -> dict[str, Any]:
     """tune's study of the Ultralytics trainer at the tuner's total epochs: its incumbent."""
     import optuna
@@ -122,7 +124,7 @@ def run_tune_study(
         "data": data_yaml,
         "imgsz": imgsz,
         "batch": batch,
-        "device": "cpu",
+        "device": device,
         "eval_interval": epochs,  # as the tuner's winner is judged: at the end of its run
     }
     raw["space"] = {k: v for k, v in raw["space"].items() if k not in OWN_KEYS}
@@ -183,6 +185,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--seeds", type=int, default=3, help="fresh seeds for the retraining")
     parser.add_argument("--imgsz", type=int, default=128)
     parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     parser.add_argument("--out", type=Path, default=None, help="results folder")
     parser.add_argument("--name", default="", help="suffix of the results file name")
     args = parser.parse_args(argv)
@@ -197,12 +200,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             data = str(shapes_yaml(work / "cache", n_train=32, n_val=16))
         else:
             data = args.data or str(shapes_yaml())
-        common = ultralytics_args(data, args.imgsz, args.batch, epochs)
+        common = ultralytics_args(data, args.imgsz, args.batch, epochs, args.device)
         load_before = load_average()
         print(f"== Ultralytics' tuner: {iterations} iterations of {epochs} epochs", flush=True)
         tuner = run_tuner(common, iterations, work / "ultralytics")
         print(f"== tune's study: {epochs * iterations} epochs of {epochs}-epoch trials", flush=True)
-        study = run_tune_study(data, args.imgsz, args.batch, epochs, iterations, work / "tune")
+        study = run_tune_study(
+            data, args.imgsz, args.batch, epochs, iterations, args.device, work / "tune"
+        )
         settings = {"defaults": {}, "ultralytics tuner": tuner["best"], "tune": study["best"]}
         retrained: dict[str, dict[int, float]] = {name: {} for name in settings}
         for seed in range(RETRAIN_SEEDS, RETRAIN_SEEDS + seeds):
@@ -236,6 +241,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             "seeds": seeds,
             "imgsz": args.imgsz,
             "batch": args.batch,
+            "device": args.device,
             "data": args.data or "shapes",
             "quick": args.quick,
         },
