@@ -18,8 +18,9 @@ the other in this invocation:
    the end only, and a budget of E x N epochs: the same training epochs as the tuner's. Its
    `[space]` leaves out tune's own MultiStepLR keys (milestones, gamma), which plain
    Ultralytics cannot train with, so that each winner is a set of Ultralytics train args. The
-   study runs in the real worker loop (`run_worker`) on a SQLite file. Its winner: the
-   incumbent (`study_best`).
+   study runs in the real worker loop (`run_worker`) on a SQLite file. Its winners: its best
+   single run (what the tuner's winner also is) and, when a race chose another, the incumbent
+   (`study_best`: the defaults until a challenger wins a race, which a small budget cannot pay).
 3. **Retrained on fresh seeds**: Ultralytics' defaults, the tuner's winner and tune's, each
    `YOLO("yolov8n.yaml").train(..., seed=S, **args)` for E epochs on the same `--seeds` fresh
    seeds; the last epoch's validation mAP50-95 of each, and each winner's gain over the defaults
@@ -111,6 +112,7 @@ def run_tune_study(
     """tune's study of the Ultralytics trainer at the tuner's total epochs: its incumbent."""
     import optuna
 
+    from search.bookkeeping import trial_record
     from search.bookkeeping.storage import open_storage
     from search.confirm.incumbent import study_best
     from search.control.study_setup import prepare_study
@@ -145,12 +147,19 @@ def run_tune_study(
     stats = run_worker(spec.name, url, options)
     study = optuna.load_study(study_name=spec.name, storage=url)
     trials = study.get_trials(deepcopy=False)
-    best, _ = study_best(study, trials, spec)
-    if best is None:
+    incumbent, _ = study_best(study, trials, spec)
+    if incumbent is None:
         raise SystemExit("tune's study ended without a complete trial")
+    best = study.best_trial
     return {
         "best": dict(best.params),
         "best_value": best.value,
+        "incumbent": dict(incumbent.params),
+        "incumbent_number": incumbent.number,
+        # the start trial: Ultralytics' defaults, retrained as "defaults" already
+        "incumbent_defaults": next(
+            (dict(t.params) for t in trials if trial_record.read_start(t)), {}
+        ),
         "values": [t.value for t in trials],
         "states": [t.state.name for t in trials],
         "stopped_because": stats.stopped_because,
@@ -208,7 +217,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         study = run_tune_study(
             data, args.imgsz, args.batch, epochs, iterations, args.device, work / "tune"
         )
-        settings = {"defaults": {}, "ultralytics tuner": tuner["best"], "tune": study["best"]}
+        settings = {
+            "defaults": {},
+            "ultralytics tuner": tuner["best"],
+            "tune (best run)": study["best"],
+        }
+        if study["incumbent"] not in (study["best"], study["incumbent_defaults"]):
+            settings["tune (incumbent)"] = study["incumbent"]
         retrained: dict[str, dict[int, float]] = {name: {} for name in settings}
         for seed in range(RETRAIN_SEEDS, RETRAIN_SEEDS + seeds):
             for name, hyp in settings.items():
