@@ -25,7 +25,7 @@ from typing import Any
 
 import optuna
 
-from search.study.evolution import EvolutionSampler
+from search.study.evolution import CHOICE_MUTATION, EvolutionSampler
 
 SAMPLER_TYPES: tuple[str, ...] = ("Evolution", "CMA-ES", "GP", "TPE", "Random")
 
@@ -38,6 +38,8 @@ class SamplerSpec:
     # the first sampled trial trains with the trainer's own defaults (a point the search starts
     # from, enqueued after the baselines; pruned like any other sampled trial)
     start_from_defaults: bool = False
+    # the evolution's chance that a choice (the optimizer, say) mutates (search/study/evolution.py)
+    choice_mutation: float = CHOICE_MUTATION
 
 
 def build_sampler(
@@ -52,7 +54,9 @@ def build_sampler(
     which CMA-ES leaves to the evolutionary sampler and the evolution mutates rarely."""
     seed = None if spec.seed is None else spec.seed + 7919 * offset
     if spec.type == "Evolution":
-        return EvolutionSampler(x0, seed=seed, choices=choices)
+        return EvolutionSampler(
+            x0, seed=seed, choice_mutation=spec.choice_mutation, choices=choices
+        )
     if spec.type == "CMA-ES":
         numeric = {k: v for k, v in (x0 or {}).items() if k not in choices}
         with warnings.catch_warnings():
@@ -62,7 +66,9 @@ def build_sampler(
                 x0=numeric or None,
                 seed=seed,
                 n_startup_trials=0,
-                independent_sampler=EvolutionSampler(x0, seed=seed, choices=choices),
+                independent_sampler=EvolutionSampler(
+                    x0, seed=seed, choice_mutation=spec.choice_mutation, choices=choices
+                ),
                 warn_independent_sampling=False,
             )
     if spec.type == "GP":

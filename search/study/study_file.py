@@ -36,6 +36,7 @@ from typing import Any
 import optuna
 from optuna.trial import FrozenTrial
 
+from search.study.evolution import CHOICE_MUTATION
 from search.study.pruning import PRUNER_TYPES, PrunerSpec, SparingPruner, build_pruner, stop_points
 from search.study.samplers import SAMPLER_TYPES, SamplerSpec, build_sampler
 from search.study.space import ChoiceParam, SearchSpace, SpaceError, parse_space
@@ -483,7 +484,8 @@ def _pack(t: dict[str, Any], trainer: Trainer, space_names: tuple[str, ...]) -> 
 
 
 def _sampler(t: dict[str, Any]) -> SamplerSpec:
-    _check_keys(t, ("type", "seed", "n_startup_trials", "start_from_defaults"), "[sampler]")
+    keys = ("type", "seed", "n_startup_trials", "start_from_defaults", "choice_mutation")
+    _check_keys(t, keys, "[sampler]")
     kind = _get(t, "sampler", "type", str, "TPE")
     if kind not in SAMPLER_TYPES:
         raise StudyFileError(
@@ -497,7 +499,17 @@ def _sampler(t: dict[str, Any]) -> SamplerSpec:
         raise StudyFileError(
             f"sampler.start_from_defaults must be true or false, but got {defaults=}"
         )
-    return SamplerSpec(kind, seed, startup, defaults)
+    choice_mutation = _get(t, "sampler", "choice_mutation", float, CHOICE_MUTATION)
+    if not 0 <= choice_mutation <= 1:
+        raise StudyFileError(
+            f"sampler.choice_mutation must be in [0, 1], but got {choice_mutation=}"
+        )
+    if "choice_mutation" in t and kind not in ("Evolution", "CMA-ES"):
+        raise StudyFileError(
+            "sampler.choice_mutation is a rate of the evolution (Evolution, and CMA-ES for its "
+            f"choices), but got type={kind!r}"
+        )
+    return SamplerSpec(kind, seed, startup, defaults, choice_mutation)
 
 
 def _pruner(t: dict[str, Any], trial: TrialSettings) -> PrunerSpec:

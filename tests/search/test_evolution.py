@@ -187,6 +187,26 @@ def test_a_choice_mutates_at_its_own_lower_rate() -> None:
     assert 0 < rare < often, (rare, often)
 
 
+def test_the_study_file_sets_the_choices_mutation_rate(spec: StudySpec) -> None:
+    """`[sampler] choice_mutation`: the loss-weights study keeps the optimizer of its parents
+    (the defaults' AdamW), and the rate is checked where it is written."""
+    from search.study.study_file import StudyFileError, parse_study
+
+    assert spec.sampler.choice_mutation == 0
+    study = optuna.create_study(direction="maximize", sampler=spec.make_sampler(0))
+    for _ in range(12):
+        trial = study.ask()
+        params = spec.space.sample(trial)
+        assert params["optimizer"] == "AdamW"
+        study.tell(trial, -abs(math.log(params["lr"] / 0.01)))
+    for table, message in (
+        ({"type": "Evolution", "choice_mutation": 1.5}, r"choice_mutation must be in \[0, 1\]"),
+        ({"type": "TPE", "choice_mutation": 0.1}, r"a rate of the evolution.*type='TPE'"),
+    ):
+        with pytest.raises(StudyFileError, match=message):
+            parse_study({**spec.raw, "sampler": table})
+
+
 @pytest.mark.parametrize("kind", SAMPLER_TYPES)
 def test_every_sampler_runs_the_study_with_its_baselines_outside_the_space(
     spec: StudySpec, kind: str
