@@ -96,7 +96,10 @@ def study_table(settings: Settings, data: str, method: str, seed: int) -> dict[s
     """The loss-weights study as this benchmark runs it: its space, sampler and pruner, the
     benchmark's length, no baselines, the defaults as its start trial."""
     raw = bench_table(f"bench-{method.lower()}-{seed}", data, settings)
+    study_sampler = raw.get("sampler", {})
     raw["sampler"] = {"type": method, "seed": seed, "start_from_defaults": True}
+    if method in ("Evolution", "CMA-ES") and "choice_mutation" in study_sampler:
+        raw["sampler"]["choice_mutation"] = study_sampler["choice_mutation"]  # the study's rate
     if method in ("TPE", "GP"):
         raw["sampler"]["n_startup_trials"] = 3
     raw["pruner"] = {**raw.get("pruner", {}), "min_resource": settings.min_resource}
