@@ -504,11 +504,7 @@ def _sampler(t: dict[str, Any]) -> SamplerSpec:
         raise StudyFileError(
             f"sampler.choice_mutation must be in [0, 1], but got {choice_mutation=}"
         )
-    if "choice_mutation" in t and kind not in ("Evolution", "CMA-ES"):
-        raise StudyFileError(
-            "sampler.choice_mutation is a rate of the evolution (Evolution, and CMA-ES for its "
-            f"choices), but got type={kind!r}"
-        )
+    # read by Evolution (and CMA-ES, for its choices); other samplers leave it unused
     return SamplerSpec(kind, seed, startup, defaults, choice_mutation)
 
 
