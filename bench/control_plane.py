@@ -21,8 +21,8 @@ How each call is timed (inside the worker processes, with `time.perf_counter`):
   its first trial and outside the study lock (`WorkerStats.study_load_seconds`); later reads
   fetch only what changed;
 - ask: `optuna.Study.ask` wrapped (what a worker calls to create and number a trial, sampler
-  included). A worker's first ask is shown apart (before the study load moved out of it,
-  it was the one that read the whole study, under the lock);
+  included). A worker's first ask is shown apart (it runs once the worker's trial cache
+  is filled; a slow one means the study was read under the lock);
 - report: the trivial trainer times its own `report(step, metrics)` callback, which is tune's
   (`record_eval`: curve user attr + `trial.report`, then `trial.should_prune`);
 - tell: `optuna.Study.tell` wrapped (what a worker calls to tell a trial's end);
@@ -433,7 +433,7 @@ def run_cell(
 ) -> dict[str, Any]:
     """One grid cell: fresh database, `existing` trials, `workers` processes; the measurements.
     With `proxy`, the workers reach the database through a `tune proxy`; `fast_starts=False`
-    takes the exclusive study lock for every start (as tune once did); `hold`: seconds each
+    takes the exclusive study lock for every start (the comparison for shared starts); `hold`: seconds each
     trivial epoch waits."""
     from search.bookkeeping import trial_record
     from search.bookkeeping.storage import open_storage
