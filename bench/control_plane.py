@@ -433,8 +433,8 @@ def run_cell(
 ) -> dict[str, Any]:
     """One grid cell: fresh database, `existing` trials, `workers` processes; the measurements.
     With `proxy`, the workers reach the database through a `tune proxy`; `fast_starts=False`
-    takes the exclusive study lock for every start (the comparison for shared starts); `hold`: seconds each
-    trivial epoch waits."""
+    takes the exclusive study lock for every start (the comparison for shared starts); `hold`:
+    seconds each trivial epoch waits."""
     from search.bookkeeping import trial_record
     from search.bookkeeping.storage import open_storage
     from search.control.study_manager import ManagedStudy
