@@ -119,6 +119,8 @@ class TrialRow:
     seconds: float
     label: str | None = None
     params: dict[str, Any] | None = None  # the trial's drawn params
+    race: bool = False  # a race run: a setting already run, on a fresh seed, never pruned
+    incumbent: bool = False  # the trial the study stands behind at its end (`study_best`)
 
 
 class TrialSettings(Protocol):
@@ -179,15 +181,21 @@ def run_study(
     tmp: Path,
     deadline: float | None = None,
     raw: dict[str, Any] | None = None,
+    race: bool = False,
 ) -> list[TrialRow]:
     """Run one method with one seed on one data set until `budget` iterations are spent.
 
     With a `deadline` (a `time.time()` value) no trial starts after it: the study ends short of
     its budget, and the summary compares every study where all of them got to. `raw`: the study
-    table to run instead of this benchmark's (`bench/search_vs_defaults.py` gives its own).
+    table to run instead of this benchmark's (`bench/search_vs_defaults.py` gives its own). With
+    `race`, a trial that beats the incumbent on one seed is raced against it on fresh seeds, as a
+    worker does (`ManagedStudy.race`, paid from the table's `[budget] epochs`); either way the
+    row of the trial the study stands behind at its end is marked `incumbent`.
     """
     from search.bookkeeping import trial_record
     from search.bookkeeping.storage import open_storage
+    from search.confirm.incumbent import study_best
+    from search.control.study_manager import ManagedStudy
     from search.control.study_setup import prepare_study
     from search.running.rounds import run_round
     from search.running.trial_run import GracefulStop, TrialTally, WorkerContext
@@ -219,6 +227,7 @@ def run_study(
         stop=GracefulStop(),
         tally=TrialTally(),
         log=lambda line: None,
+        after_told=(lambda told: ManagedStudy(study, storage).race(told, spec)) if race else None,
     )
     alone = _Alone(study)
     rows: list[TrialRow] = []
@@ -244,6 +253,7 @@ def run_study(
             spent=spent,
             seconds=time.perf_counter() - started,
             params=dict(trial.params),
+            race=trial_record.read_race(trial) is not None,
         )
         rows.append(row)
         shown = f"{row.value:.4f}" if row.value is not None else "-"
@@ -254,6 +264,9 @@ def run_study(
         )
         if trial.state == TrialState.FAIL:
             print(f"     failed: {trial_record.read_error(trial)}", flush=True)
+    best, _ = study_best(study, spec=spec)
+    for row in rows:
+        row.incumbent = best is not None and row.number == best.number
     storage.engine.dispose()
     return rows
 
@@ -270,6 +283,7 @@ def _run_in_process(
     tmp: Path,
     deadline: float | None,
     raw: dict[str, Any] | None = None,
+    race: bool = False,
 ) -> list[TrialRow]:
     """One study in a worker process (`--jobs`): the data loaded once per process, one thread."""
     import torch
@@ -281,7 +295,7 @@ def _run_in_process(
     if data_path not in _LOADED:
         _LOADED[data_path] = load_data(data_path, settings.imgsz)
     data = _LOADED[data_path]
-    return run_study(settings, data_path, data, method, seed, budget, tmp, deadline, raw)
+    return run_study(settings, data_path, data, method, seed, budget, tmp, deadline, raw, race)
 
 
 class _Alone:

@@ -13,7 +13,10 @@ the same space), `--studies` independent studies of `studies/loss-weights.toml` 
 starts from the trainer's defaults (its start trial), with the study's space around them and its
 pruner; the hand-tuned baselines are left out (they would cost every method the same).
 
-A study's incumbent is its best COMPLETE trial. It and the defaults are then retrained at the full
+A study's incumbent is the trial it stands behind at its end, as `tune best` names it: a
+challenger that beat the incumbent on one seed was raced against it on fresh seeds (`--races`,
+the default; paid from the budget, at most half of it) and replaced it only if it won there. With
+`--no-races`, the best COMPLETE trial. It and the defaults are then retrained at the full
 length on `--fresh-seeds` seeds no study used (the same seeds for both: paired). Per study: the
 paired gain over the defaults (mean, 95% interval); per method: in how many studies the
 incumbent beat the defaults on the fresh seeds, the mean gain over studies with its 95% interval
@@ -66,6 +69,7 @@ class Settings:
     train_images: int = 1200
     val_images: int = 250
     retrain_all: bool = True  # False: only the first method's incumbents (and the defaults)
+    races: bool = True  # a challenger races the incumbent on fresh seeds before it replaces it
     device: str = "cpu"
 
 
@@ -102,6 +106,8 @@ def study_table(settings: Settings, data: str, method: str, seed: int) -> dict[s
         raw["sampler"]["choice_mutation"] = study_sampler["choice_mutation"]  # the study's rate
     if method in ("TPE", "GP"):
         raw["sampler"]["n_startup_trials"] = 3
+    if settings.races:  # what races may spend (`budget.race_room`); the benchmark stops the study
+        raw["budget"] = {"epochs": settings.budget_trials * settings.epochs}
     raw["pruner"] = {**raw.get("pruner", {}), "min_resource": settings.min_resource}
     return raw
 
@@ -183,6 +189,7 @@ def run(settings: Settings, jobs: int) -> dict[str, Any]:
                     Path(tmp),
                     None,
                     study_table(settings, path, method, seed),
+                    settings.races,
                 )
                 for method in settings.methods
                 for seed in range(settings.studies)
@@ -233,7 +240,11 @@ def _train_images(path: str) -> int:
 
 
 def incumbent(rows: list[TrialRow]) -> TrialRow | None:
-    """A study's best COMPLETE trial (its first on a tie)."""
+    """The trial a study stands behind at its end; in results written before the benchmark
+    marked it, the best COMPLETE trial (its first on a tie)."""
+    marked = [r for r in rows if r.incumbent]
+    if marked:
+        return marked[0]
     done = [r for r in rows if r.value is not None]
     return max(done, key=lambda r: (r.value, -r.number)) if done else None
 
@@ -266,6 +277,7 @@ def summarise(raw: dict[str, Any]) -> dict[str, Any]:
                         "study": seed,
                         "trials": len(rows),
                         "pruned": sum(r.state == "PRUNED" for r in rows),
+                        "race_runs": sum(r.race for r in rows),
                         "incumbent_is_defaults": is_defaults,
                         "incumbent_single_run": best.value if best else None,
                         "incumbent_fresh_mean": statistics.fmean(runs.values()),
@@ -302,8 +314,11 @@ def summarise(raw: dict[str, Any]) -> dict[str, Any]:
         first = settings["methods"][0]
         target = median(finals[first])
         for method in settings["methods"]:
-            reached = [
-                budget_to_reach([TrialRow(**r) for r in d["studies"][f"{method} {s}"]], target)
+            reached = [  # a race run's seed is not a new setting reaching the target
+                budget_to_reach(
+                    [row for r in d["studies"][f"{method} {s}"] if not (row := TrialRow(**r)).race],
+                    target,
+                )
                 for s in range(settings["studies"])
             ]
             spent = [math.inf if r is None else r for r in reached]
@@ -340,7 +355,7 @@ def print_tables(summary: dict[str, Any]) -> None:
                     [
                         method,
                         str(st["study"]),
-                        f"{st['trials']} ({st['pruned']} pruned)",
+                        f"{st['trials']} ({st['pruned']} pruned, {st.get('race_runs', 0)} raced)",
                         "defaults"
                         if st["incumbent_is_defaults"]
                         else f"{st['incumbent_single_run']:.4f}",
@@ -372,6 +387,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--budget-trials", type=int, help="budget per study, in full trials")
     parser.add_argument("--epochs", type=int)
     parser.add_argument("--imgsz", type=int)
+    parser.add_argument("--train-images", type=int)
+    parser.add_argument("--val-images", type=int)
+    parser.add_argument(
+        "--races",
+        action=argparse.BooleanOptionalAction,
+        help="race a challenger against the incumbent on fresh seeds (default: on)",
+    )
     parser.add_argument(
         "--retrain-search-only",
         action="store_true",
@@ -393,6 +415,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             "budget_trials": args.budget_trials,
             "epochs": args.epochs,
             "imgsz": args.imgsz,
+            "train_images": args.train_images,
+            "val_images": args.val_images,
+            "races": args.races,
             "retrain_all": False if args.retrain_search_only else None,
             "device": args.device,
         }
