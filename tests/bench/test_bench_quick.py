@@ -287,3 +287,47 @@ def test_search_vs_defaults_pairs_each_incumbent_with_the_defaults_on_the_same_s
     assert evolution["budget_to_target"] == [20, None]
     assert random["budget_to_target"] == [40, None]
     assert math.isnan(summary["budget_ratio"])  # neither median reaches it: no ratio
+
+
+def test_search_vs_defaults_retrains_the_incumbent_the_study_names_not_its_best_run() -> None:
+    """With races, a study's incumbent is the trial it stands behind (`study_best`): a draw that
+    won one run and lost its race is not retrained, and a race run's seed does not count as the
+    search reaching a level."""
+    from bench.search_vs_defaults import summarise
+
+    def row(number: int, value: float, *, race: bool = False, incumbent: bool = False) -> dict:
+        return {
+            "number": number,
+            "state": "COMPLETE",
+            "value": value,
+            "iterations": 10,
+            "spent": 10 * (number + 1),
+            "seconds": 1.0,
+            "params": {"x": 1 if number in (1, 3, 4) else 0},  # trials 3, 4 race trial 1
+            "race": race,
+            "incumbent": incumbent,
+        }
+
+    studies = [
+        row(0, 0.10, incumbent=True),  # the defaults
+        row(1, 0.14),  # one lucky run
+        row(2, 0.09, race=True),  # the defaults on the race seeds ...
+        row(3, 0.16, race=True),  # ... and the challenger: it won one seed of two ...
+        row(4, 0.05, race=True),  # ... and lost the other by more: the defaults stay
+    ]
+    raw = {
+        "settings": {"methods": ["Evolution"], "studies": 1},
+        "data": {
+            "shapes": {
+                "budget": 50,
+                "defaults": {"x": 0},
+                "studies": {"Evolution 0": studies},
+                "fresh": {"defaults": {"1": 0.10, "2": 0.11}},
+            }
+        },
+    }
+    evolution = summarise(raw)["shapes"]["methods"]["Evolution"]
+    assert evolution["studies"][0]["incumbent_is_defaults"]
+    assert evolution["studies"][0]["race_runs"] == 3 and evolution["wins"] == 0
+    # target 0.10 (the incumbent's run): reached by the start trial, not by a race run
+    assert evolution["budget_to_target"] == [10]
