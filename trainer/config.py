@@ -50,6 +50,22 @@ def evaluates_after(epoch: int, epochs: int, eval_interval: int) -> bool:
     return epoch % eval_interval == 0 or epoch >= epochs
 
 
+def _augmentation(
+    default: float,
+    help: str,
+    hyp: str,
+    search: tuple[float, float],
+    high: float | None = 1,
+    high_open: bool = False,
+) -> Any:
+    """An augmentation's chance or strength: from 0, searched over `search`, named `hyp` as
+    Ultralytics names it."""
+    return param(
+        default, help, low=0, high=high, high_open=high_open, hyp=hyp,
+        search=SearchRange(*search), group=AUG,
+    )  # fmt: skip
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     """Everything that decides how one detector is trained and evaluated.
@@ -208,66 +224,20 @@ class TrainConfig:
     ema_tau: float = param(2000.0, "EMA ramp, in updates", low=0, low_open=True, group=OPT)
 
     # augmentation (training only; `augment=False` turns all of it off)
-    mosaic: float = param(
-        1.0,
-        "probability of a 2x2 mosaic batch",
-        low=0,
-        high=1,
-        hyp="mosaic",
-        search=SearchRange(0, 1),
-        group=AUG,
-    )
+    mosaic: float = _augmentation(1.0, "probability of a 2x2 mosaic batch", "mosaic", (0, 1))
     close_mosaic: int = param(
         10, "no mosaic in the last N epochs", low=0, hyp="close_mosaic", group=AUG
     )
-    scale: float = param(
-        0.5,
-        "random zoom in [1 - scale, 1 + scale]",
-        low=0,
-        high=1,
-        high_open=True,
-        hyp="scale",
-        search=SearchRange(0, 0.9),
-        group=AUG,
+    scale: float = _augmentation(
+        0.5, "random zoom in [1 - scale, 1 + scale]", "scale", (0, 0.9), high_open=True
     )
-    translate: float = param(
-        0.1,
-        "random shift, fraction of the image",
-        low=0,
-        hyp="translate",
-        search=SearchRange(0, 0.5),
-        group=AUG,
+    translate: float = _augmentation(
+        0.1, "random shift, fraction of the image", "translate", (0, 0.5), high=None
     )
-    fliplr: float = param(
-        0.5,
-        "horizontal flip chance",
-        low=0,
-        high=1,
-        hyp="fliplr",
-        search=SearchRange(0, 1),
-        group=AUG,
-    )
-    hsv_h: float = param(
-        0.015,
-        "hue jitter, fraction of the circle",
-        low=0,
-        high=1,
-        hyp="hsv_h",
-        search=SearchRange(0, 0.1),
-        group=AUG,
-    )
-    hsv_s: float = param(
-        0.7,
-        "saturation gain jitter",
-        low=0,
-        high=1,
-        hyp="hsv_s",
-        search=SearchRange(0, 0.9),
-        group=AUG,
-    )
-    hsv_v: float = param(
-        0.4, "value gain jitter", low=0, high=1, hyp="hsv_v", search=SearchRange(0, 0.9), group=AUG
-    )
+    fliplr: float = _augmentation(0.5, "horizontal flip chance", "fliplr", (0, 1))
+    hsv_h: float = _augmentation(0.015, "hue jitter, fraction of the circle", "hsv_h", (0, 0.1))
+    hsv_s: float = _augmentation(0.7, "saturation gain jitter", "hsv_s", (0, 0.9))
+    hsv_v: float = _augmentation(0.4, "value gain jitter", "hsv_v", (0, 0.9))
 
     # bookkeeping
     eval_interval: int = param(1, "evaluate (and report) every N epochs, and after the last", low=1)

@@ -21,6 +21,7 @@ import sys
 import time
 import warnings
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -60,6 +61,20 @@ from trainer.run_dir import RunDir
 logger = logging.getLogger("trainer")
 
 Report = Callable[[int, EvalReport], None]
+
+
+@dataclass(frozen=True)
+class RunParts:
+    """What a run's evaluations and its end read besides the weights: its loss, data set, config,
+    progress, device and folder (`fit` has one; a pack, one per trial)."""
+
+    loss_fn: DetectionLoss
+    data: DetectionData
+    config: TrainConfig
+    state: TrainState
+    device: torch.device
+    run: RunDir
+
 
 # The gradient is that of the loss summed over a batch's images (YOLOv5's `loss * bs`), so the
 # notes' SGD learning rate of 0.001 trains a detector from scratch in a short run. The logged loss
@@ -216,6 +231,7 @@ def fit(
     run.write_config(config)
     run.start_metrics(keep_through_iter=state.iteration)
 
+    parts = RunParts(loss_fn, data, config, state, device, run)
     last_eval: EvalLine | None = None
     while state.epoch < config.epochs:
         train_one_epoch(
@@ -225,34 +241,22 @@ def fit(
         state.epoch += 1
         if not evaluates_after(state.epoch, config.epochs, config.eval_interval):
             continue
-        last_eval, eval_report = evaluate_and_record(
-            final_weights(model, ema), loss_fn, data, config, state, device, run
-        )
+        last_eval, eval_report = evaluate_and_record(final_weights(model, ema), parts)
         run.save_checkpoint(checkpoint_state(model, ema, optimizer, scheduler, generator, state))
         if report is not None:
             report(state.epoch, eval_report)
 
-    return finish_run(
-        final_weights(model, ema), loss_fn, data, config, state, device, run, last_eval
-    )
+    return finish_run(final_weights(model, ema), parts, last_eval)
 
 
-def finish_run(
-    final: Detector,
-    loss_fn: DetectionLoss,
-    data: DetectionData,
-    config: TrainConfig,
-    state: TrainState,
-    device: torch.device,
-    run: RunDir,
-    last_eval: EvalLine | None,
-) -> FitResult:
+def finish_run(final: Detector, parts: RunParts, last_eval: EvalLine | None) -> FitResult:
     """The end of a run: an evaluation when none was made (resumed from a finished run), the
     inference latency, `summary.json`; returns the `FitResult`."""
+    config, state, device = parts.config, parts.state, parts.device
     if last_eval is None:  # resumed from a finished run: evaluate once more to fill the summary
-        last_eval, _ = evaluate_and_record(final, loss_fn, data, config, state, device, run)
+        last_eval, _ = evaluate_and_record(final, parts)
     inference_ms = inference_latency_ms(
-        final, data.val.images[0], device, autocast_for(device, config), channels_last=True
+        final, parts.data.val.images[0], device, autocast_for(device, config), channels_last=True
     )
     result = FitResult(
         mAP50=last_eval.mAP50,
@@ -265,26 +269,19 @@ def finish_run(
         seconds_training=state.seconds_training,
         seconds_evaluating=state.seconds_evaluating,
         device=str(device),
-        run_dir=str(run.path),
+        run_dir=str(parts.run.path),
     )
-    run.write_summary(result)
+    parts.run.write_summary(result)
     return result
 
 
-def evaluate_and_record(
-    model: Detector,
-    loss_fn: DetectionLoss,
-    data: DetectionData,
-    config: TrainConfig,
-    state: TrainState,
-    device: torch.device,
-    run: RunDir,
-) -> tuple[EvalLine, EvalReport]:
+def evaluate_and_record(model: Detector, parts: RunParts) -> tuple[EvalLine, EvalReport]:
     """Evaluate `model` on the validation split and record it (`record_evaluation`)."""
+    data, config, device = parts.data, parts.config, parts.device
     start = time.perf_counter()
     result = evaluate(
         model,
-        loss_fn,
+        parts.loss_fn,
         data.val,
         config.batch,
         device,
@@ -292,25 +289,20 @@ def evaluate_and_record(
         channels_last=True,
     )
     maps = coco_map(data.val, result.detections, nc=len(data.names))
-    return record_evaluation(result, maps, time.perf_counter() - start, data, config, state, run)
+    return record_evaluation(result, maps, time.perf_counter() - start, parts)
 
 
 def record_evaluation(
-    result: Evaluation,
-    maps: tuple[float, float],
-    seconds: float,
-    data: DetectionData,
-    config: TrainConfig,
-    state: TrainState,
-    run: RunDir,
+    result: Evaluation, maps: tuple[float, float], seconds: float, parts: RunParts
 ) -> tuple[EvalLine, EvalReport]:
     """Write an evaluation (its `mAP50, mAP50-95` and the `seconds` it took so far) to the run:
     predictions.json, the metrics line, the log; returns the line and the report for the
     search. A non-finite validation loss raises `NonFiniteLossError` after the line is written.
     """
+    state, run = parts.state, parts.run
     start = time.perf_counter()
     mAP50, mAP50_95 = maps
-    run.write_predictions(coco_predictions(data.val, result.detections))
+    run.write_predictions(coco_predictions(parts.data.val, result.detections))
     seconds += time.perf_counter() - start
     state.seconds_evaluating += seconds
     line = EvalLine(

@@ -105,6 +105,7 @@ from trainer.data import DetectionData, iterate_batches
 from trainer.evaluate import coco_maps, evaluate_slots, ground_truth
 from trainer.fit import (
     Report,
+    RunParts,
     augment_spec,
     autocast_for,
     checkpoint_state,
@@ -369,16 +370,16 @@ class _Pack:
             try:
                 source = self.model if trial.config.ema_decay == 0 else self.ema.module
                 final = solo_detector(source, trial.slot, self.packed, trial.config.model)
-                outcome = finish_run(
-                    final, trial.loss_fn, self.data, trial.config, trial.state, self.device,
-                    trial.run, trial.last_eval,
-                )  # fmt: skip
+                outcome = finish_run(final, self._parts(trial), trial.last_eval)
             except Exception as exc:  # its own failure, as an evaluation's
                 outcome = exc
         self._zero(trial.slot)
         self.ema.reset(trial.slot, None)
         self.slots[trial.slot] = None
         return outcome
+
+    def _parts(self, trial: _Trial) -> RunParts:
+        return RunParts(trial.loss_fn, self.data, trial.config, trial.state, self.device, trial.run)
 
     def fail(self, trial: _Trial, exc: Exception) -> None:
         logger.warning(f"trial {trial.slot} ({trial.config.out}) stopped: {exc}")
@@ -412,7 +413,7 @@ class _Pack:
             k, config = trial.slot, trial.config
             try:
                 trial.last_eval, eval_report = record_evaluation(
-                    results[k], trial_maps, share, self.data, config, trial.state, trial.run
+                    results[k], trial_maps, share, self._parts(trial)
                 )
                 raw = solo_detector(self.model, k, self.packed, config.model)
                 averaged = solo_ema(raw, self.ema, k, self.packed)
