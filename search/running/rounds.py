@@ -47,7 +47,7 @@ from search.running.trial_run import (
     record_failure,
     trial_told,
 )
-from search.trainers.base import PackedJob, PackingTrainer, Trainer, TrialOutcome
+from search.trainers.base import Done, PackedJob, PackingTrainer, Refill, Trainer, TrialOutcome
 
 # trials that may fail in a row while starting (a config the trainer refuses) before a round
 # stops asking for more (never more than its slots); the worker loop counts the failures
@@ -169,12 +169,7 @@ class _OneAtATime:
     def __init__(self, trainer: Trainer) -> None:
         self.trainer = trainer
 
-    def run_pack(
-        self,
-        first: Sequence[PackedJob],
-        refill: Callable[[], PackedJob | None],
-        done: Callable[[PackedJob, TrialOutcome | BaseException], None],
-    ) -> None:
+    def run_pack(self, first: Sequence[PackedJob], refill: Refill, done: Done) -> None:
         (packed,) = first
         try:
             outcome: TrialOutcome | BaseException = self.trainer.run(packed.job, packed.report)

@@ -184,6 +184,10 @@ class PackedJob:
     report: ReportFn
 
 
+Refill = Callable[[], PackedJob | None]  # a pack's next trial for a freed slot; None: none
+Done = Callable[[PackedJob, TrialOutcome | BaseException], None]  # a trial of a pack ended
+
+
 class PackingTrainer(Trainer, Protocol):
     """A trainer that can train several trials at once as one pack (`[trial] pack`).
 
@@ -197,12 +201,7 @@ class PackingTrainer(Trainer, Protocol):
 
     pack_shared: tuple[str, ...]
 
-    def run_pack(
-        self,
-        first: Sequence[PackedJob],
-        refill: Callable[[], PackedJob | None],
-        done: Callable[[PackedJob, TrialOutcome | BaseException], None],
-    ) -> None: ...
+    def run_pack(self, first: Sequence[PackedJob], refill: Refill, done: Done) -> None: ...
 
 
 def packs(trainer: Trainer) -> bool:

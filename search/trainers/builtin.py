@@ -16,8 +16,10 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from search.trainers.base import (
+    Done,
     Evaluation,
     PackedJob,
+    Refill,
     ReportFn,
     TrainerError,
     TrialJob,
@@ -144,12 +146,7 @@ class TuneTrainer:
 
         return auto_pack_size(self.config(job), self._data)
 
-    def run_pack(
-        self,
-        first: Sequence[PackedJob],
-        refill: Callable[[], PackedJob | None],
-        done: Callable[[PackedJob, TrialOutcome | BaseException], None],
-    ) -> None:
+    def run_pack(self, first: Sequence[PackedJob], refill: Refill, done: Done) -> None:
         if self._module is None and self._injected:
             raise TrainerError("an injected train_fn cannot pack: pass a trainer module")
         fit_pack = load_fit_pack(self._module)
