@@ -36,7 +36,7 @@ import math
 import warnings
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import optuna
 
@@ -57,47 +57,49 @@ class SpaceError(ValueError):
 
 
 @dataclass(frozen=True)
-class FloatParam:
-    """A float drawn uniformly (or log-uniformly) from [low, high]."""
+class _Range:
+    """A number drawn uniformly (or log-uniformly) from [low, high]."""
 
     name: str
     low: float
     high: float
     log: bool = False
 
+    _what: ClassVar[str] = ""  # what the range holds, for `describe`
+
+    def contains(self, value: Any) -> bool:
+        return self._is_kind(value) and self.low <= value <= self.high
+
+    def _is_kind(self, value: Any) -> bool:
+        return _is_number(value)
+
+    def describe(self) -> str:
+        return f"{self._what}[{self.low:g}, {self.high:g}]{' log' if self.log else ''}"
+
+
+@dataclass(frozen=True)
+class FloatParam(_Range):
+    """A float drawn uniformly (or log-uniformly) from [low, high]."""
+
     def suggest(self, trial: optuna.Trial) -> float:
         with _baselines_may_lie_outside():
             return trial.suggest_float(self.name, self.low, self.high, log=self.log)
 
-    def contains(self, value: Any) -> bool:
-        return _is_number(value) and self.low <= value <= self.high
-
-    def describe(self) -> str:
-        return f"[{self.low:g}, {self.high:g}]{' log' if self.log else ''}"
-
 
 @dataclass(frozen=True)
-class IntParam:
+class IntParam(_Range):
     """An integer drawn from [low, high] (log-uniformly when `log`)."""
 
-    name: str
     low: int
     high: int
-    log: bool = False
+    _what = "integers in "
 
     def suggest(self, trial: optuna.Trial) -> int:
         with _baselines_may_lie_outside():
             return trial.suggest_int(self.name, self.low, self.high, log=self.log)
 
-    def contains(self, value: Any) -> bool:
-        return (
-            isinstance(value, int)
-            and not isinstance(value, bool)
-            and (self.low <= value <= self.high)
-        )
-
-    def describe(self) -> str:
-        return f"integers in [{self.low}, {self.high}]{' log' if self.log else ''}"
+    def _is_kind(self, value: Any) -> bool:
+        return isinstance(value, int) and not isinstance(value, bool)
 
 
 @dataclass(frozen=True)
