@@ -189,8 +189,8 @@ def run_study(
     its budget, and the summary compares every study where all of them got to. `raw`: the study
     table to run instead of this benchmark's (`bench/search_vs_defaults.py` gives its own). With
     `race`, a trial that beats the incumbent on one seed is raced against it on fresh seeds, as a
-    worker does (`ManagedStudy.race`, paid from the table's `[budget] epochs`); either way the
-    row of the trial the study stands behind at its end is marked `incumbent`.
+    worker does (`ManagedStudy.race`, paid from the table's `[budget] epochs`), and the row of the
+    trial the study stands behind at its end is marked `incumbent`.
     """
     from search.bookkeeping import trial_record
     from search.bookkeeping.storage import open_storage
@@ -214,6 +214,7 @@ def run_study(
         sampler=spec.make_sampler(0),
         pruner=spec.make_pruner(trial_record.runs_fixed_length),
     )
+    managed = ManagedStudy(study, storage)
     trainer = TuneTrainer(fit, lambda *_: data)  # the data set loaded once for every study
     trainer.prepare(spec.job({}, out=folder))
     ctx = WorkerContext(
@@ -227,7 +228,7 @@ def run_study(
         stop=GracefulStop(),
         tally=TrialTally(),
         log=lambda line: None,
-        after_told=(lambda told: ManagedStudy(study, storage).race(told, spec)) if race else None,
+        after_told=(lambda told: managed.race(told, spec)) if race else None,
     )
     alone = _Alone(study)
     rows: list[TrialRow] = []
@@ -264,9 +265,10 @@ def run_study(
         )
         if trial.state == TrialState.FAIL:
             print(f"     failed: {trial_record.read_error(trial)}", flush=True)
-    best, _ = study_best(study, spec=spec)
-    for row in rows:
-        row.incumbent = best is not None and row.number == best.number
+    if race:
+        best, _ = study_best(study, spec=spec)
+        for row in rows:
+            row.incumbent = best is not None and row.number == best.number
     storage.engine.dispose()
     return rows
 

@@ -240,8 +240,8 @@ def _train_images(path: str) -> int:
 
 
 def incumbent(rows: list[TrialRow]) -> TrialRow | None:
-    """The trial a study stands behind at its end; in results written before the benchmark
-    marked it, the best COMPLETE trial (its first on a tie)."""
+    """The trial a study that raced stands behind at its end (marked by `run_study`); else its
+    best COMPLETE trial (its first on a tie)."""
     marked = [r for r in rows if r.incumbent]
     if marked:
         return marked[0]
