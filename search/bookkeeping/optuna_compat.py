@@ -25,8 +25,6 @@ What tune needs beyond Optuna's public API:
   generated servicer, to serve Optuna's storage service from a server of tune's own
   (`add_storage_service`);
 - the RDB models a benchmark writes big studies with (`RDB_MODELS`);
-- the system attr ``fixed_params`` where `Study.enqueue_trial` keeps an enqueued trial's
-  parameters until it is asked (`enqueued_params`: what a WAITING trial will run);
 - not a name but a side effect: `import optuna.visualization` imports its matplotlib twin, and
   with it matplotlib (about 1 s, a fifth of `tune report` on a 10,000-trial study, where the
   Ultralytics extra installs matplotlib); `without_matplotlib_views` skips that.
@@ -124,13 +122,6 @@ def without_matplotlib_views() -> Iterator[None]:
 def trial_id(trial: optuna.Trial | FrozenTrial) -> int:
     """The storage's id of a trial (not its number within the study)."""
     return int(trial._trial_id)
-
-
-def enqueued_params(trial: FrozenTrial) -> dict[str, Any]:
-    """The parameters a trial was enqueued with (`Study.enqueue_trial`), else its own: a WAITING
-    trial's params are empty until a worker asks it."""
-    fixed = trial.system_attrs.get("fixed_params")
-    return dict(fixed) if isinstance(fixed, dict) else dict(trial.params)
 
 
 def study_storage(study: optuna.Study) -> BaseStorage:

@@ -33,9 +33,10 @@ Layout on an Optuna trial:
   - ``budget_hold``: the epoch up to which a running trial may train on the study's epoch budget
     (`search/bookkeeping/budget.py`); raised under the study lock when the pruner keeps it at a
     stop point; copied to a retry, which continues the same hold;
-  - ``race``: ``{"of", "seed"}`` on a run that races a challenger against the incumbent inside
-    the study (`search/confirm/incumbent.py`): the trial number of the setting it reruns and the
-    trainer seed it runs with; it trains the full length and is never pruned (copied to a retry);
+  - ``race``: ``{"of", "seed", "challenger", "incumbent"}`` on a run that races a challenger
+    against the incumbent inside the study (`search/confirm/incumbent.py`): the trial number of
+    the setting it reruns, the trainer seed it runs with, and the two settings of its race (their
+    trial numbers); it trains the full length and is never pruned (copied to a retry);
   - ``confirm``: ``{"of", "seed"}`` on a run of a confirm study (`search/confirm/plan.py`): the
     number of the parent study's trial it retrains and the trainer seed it runs with (copied to a
     retry).
@@ -64,7 +65,7 @@ import json
 import socket
 import warnings
 from collections.abc import Mapping
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 import optuna
 from optuna.storages import RetryHeartbeatStaleTrialCallback
@@ -260,14 +261,29 @@ def confirm_attrs(of: int, seed: int) -> dict[str, Any]:
     return {CONFIRM: {"of": of, "seed": seed}}
 
 
-def race_attrs(of: int, seed: int) -> dict[str, Any]:
-    """The user attrs a race run is enqueued with: the trial whose setting it reruns, its seed."""
-    return {RACE: {"of": of, "seed": seed}}
+class RaceRun(NamedTuple):
+    """What a race run reruns: the setting (its trial number) on a seed, in the race of
+    `challenger` against `incumbent` (trial numbers of their settings)."""
+
+    of: int
+    seed: int
+    challenger: int
+    incumbent: int
 
 
-def read_race(trial: FrozenTrial | optuna.Trial) -> tuple[int, int] | None:
-    """(trial number of the setting, seed) of a race run, or None."""
-    return _of_and_seed(trial.user_attrs.get(RACE))
+def race_attrs(run: RaceRun) -> dict[str, Any]:
+    """The user attrs a race run is enqueued with."""
+    return {RACE: run._asdict()}
+
+
+def read_race(trial: FrozenTrial | optuna.Trial) -> RaceRun | None:
+    """The race run a trial is, or None."""
+    mark = trial.user_attrs.get(RACE)
+    if not isinstance(mark, dict):
+        return None
+    fields = [mark.get(name) for name in RaceRun._fields]
+    numbers = [v for v in fields if isinstance(v, int) and not isinstance(v, bool)]
+    return RaceRun(*numbers) if len(numbers) == len(fields) else None
 
 
 def record_confirm_plan(study: optuna.Study, plan: dict[str, Any]) -> None:

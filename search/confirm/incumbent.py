@@ -4,18 +4,26 @@ A study's best single trial is biased upward: of many noisy runs, the best is pa
 (DESIGN.md, "the second trap"). So the study keeps an incumbent as SMAC's intensifier does
 (Hutter et al., "Sequential Model-Based Optimization", 2011; SMAC3's `Intensifier`): a
 challenger replaces it only after both ran on the same fresh seeds and the challenger's mean over
-their common seeds is higher.
+those seeds is higher.
 
 - The incumbent starts as the trainer's defaults (the start trial, `[sampler]
   start_from_defaults`); without a start trial, the first full-length sampled setting.
 - Every setting's first run trains with the recipe's seed. A sampled trial that ends COMPLETE
-  above the incumbent's run on that seed is a **challenger**: the study enqueues **race runs**
-  of it and of the incumbent on `RACE_SEEDS` (those the incumbent has not run yet), full length,
-  never pruned (`trial_record` ``race``). They are trials of the study: they spend its budget,
-  at most `RACE_SHARE` of it (`search/control/study_manager.py` `ManagedStudy.race`), and a
-  challenger the budget cannot race stays one, named as such.
-- Once a challenger and the incumbent both have runs on every race seed, the one with the higher
-  mean over their common seeds is the incumbent.
+  above the incumbent's run on that seed is a **challenger**: the study enqueues a **race**, runs
+  of it and of the incumbent on `SEEDS_PER_RACE` seeds no run of the study has used (from
+  `FIRST_RACE_SEED` on), full length, never pruned (`trial_record` ``race``). They are trials of
+  the study: they spend its budget, at most `RACE_SHARE` of it (`search/control/study_manager.py`
+  `ManagedStudy.race`), and a challenger the budget cannot race stays one, named as such.
+- A race is decided on its own seeds only, once both settings have a run on each:
+  - not on the recipe's seed, where the challenger was chosen for beating the incumbent (that
+    run is biased upward by the choice);
+  - not on an earlier race's seeds, so that one unlucky pair of the incumbent's runs does not let
+    every later challenger win.
+  The challenger with the higher mean replaces the incumbent. A race whose incumbent was
+  replaced while it ran (by another race, with several workers) decides nothing: its challenger
+  is a challenger of the new incumbent again.
+- The incumbent's gain over the defaults is paired over the seeds of the race in which it beat
+  them; an incumbent that beat a later incumbent has no fresh seeds in common with the defaults.
 
 `tune confirm` stays the independent check after a study: its seeds (1, 2, ...) are never race
 seeds, and it retrains at its own length.
@@ -33,11 +41,11 @@ from optuna.study import StudyDirection
 from optuna.trial import FrozenTrial, TrialState
 
 from search.bookkeeping import trial_record
-from search.bookkeeping.optuna_compat import enqueued_params
 from search.confirm.stats import Gain, gain
 from search.study.study_file import StudyFileError, StudySpec
 
-RACE_SEEDS: tuple[int, ...] = (101, 102)  # with the recipe's seed: three runs per raced setting
+FIRST_RACE_SEED = 101  # race seeds count up from here: apart from confirm's 1, 2, ...
+SEEDS_PER_RACE = 2  # runs of each setting per race: 4 runs a race
 RACE_SHARE = 0.5  # race runs spend at most this share of the study's budget
 
 
@@ -71,21 +79,21 @@ class Incumbent:
     raced: bool  # it won a race (or, for the defaults, none beat them in one)
     challengers: tuple[Setting, ...]  # beat it on one seed, not raced (yet)
     beaten: tuple[Setting, ...] = ()  # raced against an incumbent and lost
+    over_defaults: tuple[int, ...] = ()  # the seeds of the race in which it beat the defaults
 
     @property
     def is_defaults(self) -> bool:
         return self.setting.defaults
 
     def gain_over_defaults(self) -> Gain | None:
-        """Paired gain over the defaults on their common seeds (None: fewer than two)."""
-        if self.defaults is None or self.is_defaults:
+        """Paired gain over the defaults on the fresh seeds of the race it beat them in (None:
+        it did not race them directly)."""
+        if self.defaults is None or self.is_defaults or not self.over_defaults:
             return None
-        return gain(self.setting.runs, self.defaults.runs)
-
-    def common_seeds(self) -> list[int]:
-        if self.defaults is None:
-            return sorted(self.setting.runs)
-        return sorted(set(self.setting.runs) & set(self.defaults.runs))
+        pick = self.over_defaults
+        return gain(
+            {s: self.setting.runs[s] for s in pick}, {s: self.defaults.runs[s] for s in pick}
+        )
 
 
 def study_seed(values: dict[str, Any]) -> int:
@@ -114,6 +122,28 @@ def settings_of(trials: Sequence[FrozenTrial], seed: int, epochs: int) -> list[S
     return list(found.values())
 
 
+@dataclass(frozen=True)
+class Race:
+    """A race of `challenger` against `incumbent` (trial numbers of their settings) on `seeds`."""
+
+    challenger: int
+    incumbent: int
+    seeds: tuple[int, ...]
+
+    def decided(self, challenger: Setting, incumbent: Setting) -> bool:
+        """Whether both settings have a run on every seed of the race."""
+        return all(s in challenger.runs and s in incumbent.runs for s in self.seeds)
+
+
+def races_of(trials: Sequence[FrozenTrial]) -> list[Race]:
+    """The races a study enqueued (in any state), in the order it enqueued them."""
+    seeds: dict[tuple[int, int], set[int]] = {}
+    for t in sorted(trials, key=lambda t: t.number):
+        if (run := trial_record.read_race(t)) is not None:
+            seeds.setdefault((run.challenger, run.incumbent), set()).add(run.seed)
+    return [Race(c, i, tuple(sorted(s))) for (c, i), s in seeds.items()]
+
+
 def incumbent_of(
     trials: Sequence[FrozenTrial],
     seed: int,
@@ -125,32 +155,34 @@ def incumbent_of(
     if not settings:
         return None
     sign = -1.0 if direction == StudyDirection.MINIMIZE else 1.0
+    by_number = {s.number: s for s in settings}
     defaults = next((s for s in settings if s.defaults), None)
     current = defaults or settings[0]
     raced = False
-    for challenger in settings:
-        if challenger is current or not _raced(challenger, current):
-            continue
-        common = sorted(set(challenger.runs) & set(current.runs))
-        if sign * challenger.mean(common) > sign * current.mean(common):
-            current, raced = challenger, True
-    beaten = tuple(
-        s
-        for s in settings
-        if s is not current and any(_raced(s, other) for other in settings if other is not s)
-    )
-    if current.defaults and beaten:
-        raced = True  # the defaults held against a raced challenger
+    over_defaults: tuple[int, ...] = ()
+    beaten: list[Setting] = []
+    for race in races_of(trials):
+        challenger, held = by_number.get(race.challenger), by_number.get(race.incumbent)
+        if challenger is None or held is not current:
+            continue  # its incumbent was replaced while it ran: it decides nothing
+        if not race.decided(challenger, held):
+            continue  # still running: its challenger stays one
+        raced = True
+        if sign * challenger.mean(race.seeds) > sign * held.mean(race.seeds):
+            current = challenger
+            over_defaults = race.seeds if held.defaults else ()
+        else:
+            beaten.append(challenger)
     pending = tuple(
         s
         for s in settings
         if s is not current
-        and not _raced(s, current)
+        and s.number not in {b.number for b in beaten}
         and seed in s.runs
         and seed in current.runs
         and sign * s.runs[seed] > sign * current.runs[seed]
     )
-    return Incumbent(current, defaults, raced, pending, beaten)
+    return Incumbent(current, defaults, raced, pending, tuple(beaten), over_defaults)
 
 
 def incumbent_of_study(
@@ -190,25 +222,36 @@ def study_best(
 
 def race_runs(
     trials: Sequence[FrozenTrial], challenger: Setting, incumbent: Setting
-) -> list[tuple[Setting, int]]:
-    """The runs (setting, seed) a race of `challenger` against `incumbent` still needs: each on
-    every race seed it has no COMPLETE run, and no race run waiting or running, on."""
+) -> list[trial_record.RaceRun]:
+    """The runs a race of `challenger` against `incumbent` still needs: on the race's seeds (fresh
+    ones, for a race not yet enqueued), each setting on every seed it has no COMPLETE run, and no
+    race run waiting or running, on."""
+    race = next(
+        (
+            r
+            for r in races_of(trials)
+            if (r.challenger, r.incumbent) == (challenger.number, incumbent.number)
+        ),
+        None,
+    )
+    if race is not None:
+        seeds = race.seeds
+    else:
+        used = [run.seed for t in trials if (run := trial_record.read_race(t)) is not None]
+        first = max(used, default=FIRST_RACE_SEED - 1) + 1
+        seeds = tuple(range(first, first + SEEDS_PER_RACE))
     queued = {
-        (_key(enqueued_params(t)), race[1])
+        (run.of, run.seed)
         for t in trials
         if t.state in (TrialState.WAITING, TrialState.RUNNING)
-        and (race := trial_record.read_race(t)) is not None
+        and (run := trial_record.read_race(t)) is not None
     }
     return [
-        (setting, s)
-        for s in RACE_SEEDS
+        trial_record.RaceRun(setting.number, s, challenger.number, incumbent.number)
+        for s in seeds
         for setting in (challenger, incumbent)
-        if s not in setting.runs and (_key(setting.params), s) not in queued
+        if s not in setting.runs and (setting.number, s) not in queued
     ]
-
-
-def _raced(a: Setting, b: Setting) -> bool:
-    return all(s in a.runs and s in b.runs for s in RACE_SEEDS)
 
 
 def _key(params: dict[str, Any]) -> tuple[Any, ...]:

@@ -111,23 +111,27 @@ class Standing:
         if inc is None:
             return ""
         who = f"trial {inc.setting.number}"
-        seeds = inc.common_seeds()
         if not inc.is_defaults and inc.raced:
             g = inc.gain_over_defaults()
-            if g is None:
-                return f"over seeds, {who} is the incumbent ({len(inc.setting.runs)} runs)"
-            base = inc.defaults.mean(seeds) if inc.defaults is not None else 0.0
+            if g is None or inc.defaults is None:
+                return (
+                    f"{who} is the incumbent: it won its race on fresh seeds against an "
+                    "incumbent that had beaten the trainer's defaults in theirs (no paired gain "
+                    "over the defaults: they share no fresh seed)"
+                )
+            base = inc.defaults.mean(inc.over_defaults)
             mean = gain_words(base + g.mean, base)
             return (
-                f"over {g.n} seeds, {who} beat the trainer's defaults and is the incumbent: "
-                f"mean {mean}, 95% interval [{g.low:+.4f}, {g.high:+.4f}] (paired by seed)"
+                f"over {g.n} fresh seeds, {who} beat the trainer's defaults and is the "
+                f"incumbent: mean {mean}, 95% interval [{g.low:+.4f}, {g.high:+.4f}] (paired "
+                "by seed)"
             )
         parts = []
         if inc.is_defaults and inc.beaten:
             lost = ", ".join(f"trial {s.number}" for s in inc.beaten)
             parts.append(
-                f"over {len(seeds)} seeds the trainer's defaults held: {lost} beat them on one "
-                "seed, not on the mean over the same fresh seeds"
+                f"the trainer's defaults held: {lost} beat them on one seed, not on the mean "
+                "over the fresh seeds of a race"
             )
         if inc.challengers:
             named = ", ".join(
@@ -185,7 +189,10 @@ class Standing:
         if inc is not None and inc.raced and not inc.is_defaults:
             g = inc.gain_over_defaults()
             if g is not None:
-                return f"the incumbent over {g.n} seeds, {g.mean:+.4f} over the trainer's defaults"
+                return (
+                    f"the incumbent over {g.n} fresh seeds, {g.mean:+.4f} over the trainer's "
+                    "defaults"
+                )
         if inc is not None and inc.is_defaults and inc.challengers:
             return f"the trainer's defaults; {len(inc.challengers)} challenger(s) not raced"
         if self.best is None or self.role == "baseline":

@@ -156,10 +156,10 @@ class ManagedStudy:
         log: Callable[[str], None] | None = None,
     ) -> int:
         """If `told` (a trial just told COMPLETE) beat the incumbent on the recipe's seed, enqueue
-        the runs that race it against the incumbent on fresh seeds (`incumbent.race_runs`), when
-        the budget pays for them (`budget.race_room`); the number enqueued. Read and enqueued
-        under the study's exclusive lock, so that two workers do not enqueue the same runs and
-        no start takes the epochs they need."""
+        the runs that race it against the incumbent on seeds of their own
+        (`incumbent.race_runs`), when the budget pays for them (`budget.race_room`); the number
+        enqueued. Read and enqueued under the study's exclusive lock, so that two workers do not
+        enqueue the same runs and no start takes the epochs they need."""
         if (
             told.state != TrialState.COMPLETE
             or trial_record.fixed_length(told) is not None
@@ -194,11 +194,10 @@ class ManagedStudy:
                     f"on one seed; not raced: {why}"
                 )
                 return 0
-            for setting, run_seed in runs:
-                self.study.enqueue_trial(
-                    setting.params, user_attrs=trial_record.race_attrs(setting.number, run_seed)
-                )
-        seeds = ", ".join(str(s) for s in sorted({s for _, s in runs}))
+            params = {s.number: s.params for s in (challenger, standing.setting)}
+            for run in runs:
+                self.study.enqueue_trial(params[run.of], user_attrs=trial_record.race_attrs(run))
+        seeds = ", ".join(str(s) for s in sorted({run.seed for run in runs}))
         say(
             f"trial {told.number} beat the incumbent (trial {standing.setting.number}) on one "
             f"seed: racing them on seeds {seeds} ({len(runs)} runs enqueued)"

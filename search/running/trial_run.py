@@ -264,8 +264,7 @@ class TrialRun:
         # a confirm run retrains a parent trial with its own seed (its length is the confirm
         # study's trial.epochs, search/confirm/plan.py), a race run reruns a setting with its
         # own (search/confirm/incumbent.py); every other trial keeps the recipe's seed
-        rerun = confirm or race
-        seed = None if rerun is None else rerun[1]
+        seed = confirm[1] if confirm is not None else race.seed if race is not None else None
         job = ctx.spec.job(params, out, device=ctx.device, threads=ctx.threads, seed=seed)
         job = ctx.store(lambda: _resume_retry(trial, ctx, job))
         ctx.store(lambda: trial_record.record_config(trial, job.record()))

@@ -215,20 +215,6 @@ def test_every_override_still_matches_what_optuna_calls() -> None:
     assert "self._stub" in setup and "self._cache" in setup and "self._channel" in setup
 
 
-def test_enqueued_params_are_what_a_waiting_trial_will_run() -> None:
-    from search.bookkeeping.optuna_compat import enqueued_params
-
-    study = optuna.create_study()
-    study.enqueue_trial({"x": 0.25})
-    (waiting,) = study.get_trials(deepcopy=False)
-    assert waiting.params == {}  # Optuna keeps them aside until the trial is asked
-    assert enqueued_params(waiting) == {"x": 0.25}
-    trial = study.ask()
-    trial.suggest_float("x", 0.0, 1.0)
-    study.tell(trial, 1.0)
-    assert enqueued_params(study.trials[0]) == {"x": 0.25}
-
-
 def test_optunas_storage_service_serves_from_a_server_and_channel_of_our_own() -> None:
     """`add_storage_service` and `ChannelGrpcStorageProxy` reach Optuna's generated servicer
     and stub: a study made through them is the storage's own."""
