@@ -222,9 +222,10 @@ def fit(
 
     run = RunDir(Path(config.out))
     state = TrainState()
+    resumable = Resumable(model, ema, optimizer, scheduler, generator, state)
     checkpoint = run.load_checkpoint() if config.resume else None
     if checkpoint is not None:
-        restore_state(checkpoint, model, ema, optimizer, scheduler, generator, state)
+        resumable.restore(checkpoint)
         logger.info(
             f"resumed from {run.checkpoint} at epoch {state.epoch} / iter {state.iteration}"
         )
@@ -242,7 +243,7 @@ def fit(
         if not evaluates_after(state.epoch, config.epochs, config.eval_interval):
             continue
         last_eval, eval_report = evaluate_and_record(final_weights(model, ema), parts)
-        run.save_checkpoint(checkpoint_state(model, ema, optimizer, scheduler, generator, state))
+        run.save_checkpoint(resumable.checkpoint())
         if report is not None:
             report(state.epoch, eval_report)
 
@@ -357,57 +358,55 @@ def final_weights(model: Detector, ema: ModelEMA | None) -> Detector:
     return ema.module
 
 
-def checkpoint_state(
-    model: Detector,
-    ema: ModelEMA | None,
-    optimizer: torch.optim.Optimizer,
-    scheduler: torch.optim.lr_scheduler.LRScheduler,
-    generator: torch.Generator,
-    state: TrainState,
-) -> dict[str, Any]:
-    # "model" holds the weights to use (the EMA's, what `--weights` and exports load);
-    # "train_model" the raw weights training continues from
-    return {
-        "model": final_weights(model, ema).state_dict(),
-        "train_model": model.state_dict(),
-        "ema_updates": ema.updates if ema is not None else 0,
-        "last_step": state.last_step,
-        "optimizer": optimizer.state_dict(),
-        "scheduler": scheduler.state_dict(),
-        "generator": generator.get_state(),
-        "torch_rng": torch.get_rng_state(),
-        "epoch": state.epoch,
-        "iteration": state.iteration,
-        "seconds_training": state.seconds_training,
-        "seconds_evaluating": state.seconds_evaluating,
-        "latencies": state.latencies,
-    }
+@dataclass
+class Resumable:
+    """What a checkpoint holds and a resume restores: the weights, their EMA, the optimizer,
+    the schedule, the batch order's generator and the run's counters."""
 
+    model: Detector
+    ema: ModelEMA | None
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    generator: torch.Generator
+    state: TrainState
 
-def restore_state(
-    checkpoint: dict[str, Any],
-    model: Detector,
-    ema: ModelEMA | None,
-    optimizer: torch.optim.Optimizer,
-    scheduler: torch.optim.lr_scheduler.LRScheduler,
-    generator: torch.Generator,
-    state: TrainState,
-) -> None:
-    model.load_state_dict(checkpoint.get("train_model", checkpoint["model"]))
-    if ema is not None:
-        ema.load_state_dict(
-            {"module": checkpoint["model"], "updates": checkpoint.get("ema_updates", 0)}
-        )
-    state.last_step = checkpoint.get("last_step", checkpoint["iteration"])
-    optimizer.load_state_dict(checkpoint["optimizer"])
-    scheduler.load_state_dict(checkpoint["scheduler"])
-    generator.set_state(checkpoint["generator"])
-    torch.set_rng_state(checkpoint["torch_rng"])
-    state.epoch = checkpoint["epoch"]
-    state.iteration = checkpoint["iteration"]
-    state.seconds_training = state.seconds_training_reported = checkpoint["seconds_training"]
-    state.seconds_evaluating = checkpoint["seconds_evaluating"]
-    state.latencies = list(checkpoint["latencies"])
+    def checkpoint(self) -> dict[str, Any]:
+        # "model" holds the weights to use (the EMA's, what `--weights` and exports load);
+        # "train_model" the raw weights training continues from
+        state = self.state
+        return {
+            "model": final_weights(self.model, self.ema).state_dict(),
+            "train_model": self.model.state_dict(),
+            "ema_updates": self.ema.updates if self.ema is not None else 0,
+            "last_step": state.last_step,
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "generator": self.generator.get_state(),
+            "torch_rng": torch.get_rng_state(),
+            "epoch": state.epoch,
+            "iteration": state.iteration,
+            "seconds_training": state.seconds_training,
+            "seconds_evaluating": state.seconds_evaluating,
+            "latencies": state.latencies,
+        }
+
+    def restore(self, checkpoint: dict[str, Any]) -> None:
+        self.model.load_state_dict(checkpoint["train_model"])
+        if self.ema is not None:
+            self.ema.load_state_dict(
+                {"module": checkpoint["model"], "updates": checkpoint["ema_updates"]}
+            )
+        state = self.state
+        state.last_step = checkpoint["last_step"]
+        self.optimizer.load_state_dict(checkpoint["optimizer"])
+        self.scheduler.load_state_dict(checkpoint["scheduler"])
+        self.generator.set_state(checkpoint["generator"])
+        torch.set_rng_state(checkpoint["torch_rng"])
+        state.epoch = checkpoint["epoch"]
+        state.iteration = checkpoint["iteration"]
+        state.seconds_training = state.seconds_training_reported = checkpoint["seconds_training"]
+        state.seconds_evaluating = checkpoint["seconds_evaluating"]
+        state.latencies = list(checkpoint["latencies"])
 
 
 def _progress(state: TrainState, config: TrainConfig, iters_per_epoch: int) -> None:

@@ -62,7 +62,7 @@ are its own. Its batch stream cannot always be: the pack's stream continues from
 of the member in slot 0 of `first` when that one resumes (so a pack resumed as the same pack
 repeats an uninterrupted one exactly), and every other resumed trial continues on the pack's
 stream wherever it is, not on the generator its checkpoint holds. A packed trial's checkpoint is
-written by fit's own `checkpoint_state` from solo-shaped copies (`trainer.packed_state`), so
+written by fit's own `Resumable.checkpoint` from solo-shaped copies (`trainer.packed_state`), so
 `fit(config.replace(resume=True))` continues it alone too.
 
 **Fusion: grouped convolutions** (as HFTA): `build_detector(..., trials=K)` is one network with
@@ -105,10 +105,10 @@ from trainer.data import DetectionData, iterate_batches
 from trainer.evaluate import coco_maps, evaluate_slots, ground_truth
 from trainer.fit import (
     Report,
+    Resumable,
     RunParts,
     augment_spec,
     autocast_for,
-    checkpoint_state,
     finish_run,
     prepare_run,
     record_evaluation,
@@ -418,10 +418,10 @@ class _Pack:
                 raw = solo_detector(self.model, k, self.packed, config.model)
                 averaged = solo_ema(raw, self.ema, k, self.packed)
                 solo_opt = solo_optimizer(raw, config, trial.schedule, self.optimizer, k)
-                state = checkpoint_state(
+                solo = Resumable(
                     raw, averaged, solo_opt, trial.schedule.scheduler, self.generator, trial.state
                 )
-                trial.run.save_checkpoint(state)
+                trial.run.save_checkpoint(solo.checkpoint())
                 if trial.member.report is not None:
                     trial.member.report(trial.state.epoch, eval_report)
             except Exception as exc:  # a failed or stopped trial; the pack goes on

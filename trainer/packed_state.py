@@ -5,7 +5,7 @@ to end along dim 0 (`packed_names`); the other entries (the anchors, BatchNorm's
 counters) are shared. `trial_state_dict` cuts trial k's solo state_dict out of it and
 `load_trial_state` writes one into slot k. On top of them a trial's solo `Detector`, `ModelEMA`
 and torch optimizer are rebuilt for its evaluation and for its checkpoint (fit's own
-`checkpoint_state`), and a checkpoint, a solo run's or a packed trial's (one format), is loaded
+`Resumable.checkpoint`), and a checkpoint, a solo run's or a packed trial's (one format), is loaded
 into any slot of any pack (`restore_trial`).
 """
 
@@ -20,7 +20,7 @@ from torch import Tensor
 
 from trainer.config import TrainConfig
 from trainer.ema import ModelEMA, ema_decay_at
-from trainer.fit import restore_state
+from trainer.fit import Resumable
 from trainer.iteration_log import TrainState
 from trainer.model import Detector, build_detector
 from trainer.optim import build_optimizer
@@ -178,7 +178,9 @@ def restore_trial(
     ema_of_raw = ModelEMA(raw, config.ema_decay, config.ema_tau) if config.ema_decay > 0 else None
     torch_optimizer = build_optimizer(raw, config)
     stream = torch.Generator()
-    restore_state(checkpoint, raw, ema_of_raw, torch_optimizer, schedule.scheduler, stream, state)
+    Resumable(raw, ema_of_raw, torch_optimizer, schedule.scheduler, stream, state).restore(
+        checkpoint
+    )
     load_trial_state(model, k, raw.state_dict(), packed)
     averaged = ema_of_raw.module if ema_of_raw is not None else raw
     ema.reset(k, config, averaged.state_dict(), packed)
