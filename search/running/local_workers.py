@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import IO, Any
 
 import optuna
+from optuna.trial import FrozenTrial, TrialState
 
 from search.bookkeeping import trial_record
 from search.bookkeeping.storage import ENV_VAR
@@ -221,22 +222,20 @@ def _watch(
         if time.monotonic() < next_line:
             continue
         next_line = time.monotonic() + interval
-        line = _progress_line(study, spec)
+        line = progress_line(study, spec)
         if line != last:
             out(f"[{time.monotonic() - started:5.0f} s] {line}")
             last = line
 
 
-def _progress_line(study: optuna.Study, spec: StudySpec) -> str:
+def progress_line(study: optuna.Study, spec: StudySpec) -> str:
     managed = ManagedStudy(study)
     trials = study.get_trials(deepcopy=False)
     counts = managed.counts(trials)
-    standing = study_standing(study, trials, spec)
     best = (
-        f"best mAP50-95 {standing.best.value:.4f} (trial {standing.best.number}, "
-        f"{standing.short()})"
-        if standing.best is not None and standing.best.value is not None
-        else "no trial complete yet"
+        _best_retrain(trials)
+        if trial_record.read_confirm_plan(study) is not None
+        else _best_found(study, trials, spec)
     )
     return (
         f"budget {managed.budget_use(spec, trials).describe(spec.budget)}: "
@@ -245,6 +244,29 @@ def _progress_line(study: optuna.Study, spec: StudySpec) -> str:
         f"failed {counts.fail}, running {counts.running}, "
         f"waiting {counts.waiting} | {best}"
     )
+
+
+def _best_found(study: optuna.Study, trials: list[FrozenTrial], spec: StudySpec) -> str:
+    """A study's best trial and what it is (the defaults, a find, the incumbent over seeds)."""
+    standing = study_standing(study, trials, spec)
+    if standing.best is None or standing.best.value is None:
+        return "no trial complete yet"
+    return (
+        f"best mAP50-95 {standing.best.value:.4f} (trial {standing.best.number}, "
+        f"{standing.short()})"
+    )
+
+
+def _best_retrain(trials: list[FrozenTrial]) -> str:
+    """A confirm study's best run so far, named by the parent trial and the seed it retrains:
+    its runs are retrains, not finds (`tune confirm` states the verdict when they are done)."""
+    done = [t for t in trials if t.state == TrialState.COMPLETE and t.value is not None]
+    if not done:
+        return "no confirm run complete yet"
+    best = max(done, key=lambda t: t.value or 0.0)
+    mark = trial_record.read_confirm(best)
+    what = f"trial {mark[0]} retrained on seed {mark[1]}" if mark else f"run {best.number}"
+    return f"best confirm run mAP50-95 {best.value:.4f} ({what})"
 
 
 def _stop_workers(

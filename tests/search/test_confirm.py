@@ -22,6 +22,7 @@ from search.confirm.stats import gain
 from search.control.study_setup import prepare_study
 from search.report import write_report
 from search.running.launch import confirm
+from search.running.local_workers import progress_line
 from search.running.worker import WorkerOptions, run_worker
 from search.study.study_file import Overrides, load_study_file, parse_study
 from search.trainers.builtin import TuneTrainer
@@ -71,6 +72,11 @@ def test_confirm_runs_fresh_seeds_at_full_length_and_resumes_without_duplicates(
     assert first.enqueued == 9  # (2 trials + the baseline) x 3 seeds
     stats = _work(url, tmp_path, confirm_name("smoke"))
     assert stats.stopped_because == "budget" and stats.trials.complete == 9
+    # the progress line a confirm with local workers prints names retrains, not finds
+    confirm_study = optuna.load_study(study_name=confirm_name("smoke"), storage=url)
+    line = progress_line(confirm_study, load_study_file("smoke", Overrides(epochs=EPOCHS)))
+    assert "9 complete" in line and "best confirm run mAP50-95 " in line, line
+    assert "retrained on seed" in line and "found by the search" not in line, line
     runs = _runs(url)
     assert len(runs) == 9 and {t.state for t in runs} == {TrialState.COMPLETE}
     parent = {t.number: t for t in optuna.load_study(study_name="smoke", storage=url).get_trials()}
