@@ -27,6 +27,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from search.bookkeeping import trial_record
 from search.confirm.incumbent import RACE_SHARE, Incumbent, study_best
+from search.study.space import params_words
 from search.study.study_file import StudySpec
 
 LEARNED = 0.05  # mAP50-95 from which a detector counts as having learned something
@@ -135,7 +136,8 @@ class Standing:
             )
         if inc.challengers:
             named = ", ".join(
-                f"trial {s.number} ({next(iter(s.runs.values())):.4f})" for s in inc.challengers
+                f"trial {s.number} ({next(iter(s.runs.values())):.4f}: {params_words(s.params)})"
+                for s in inc.challengers
             )
             whom = "the trainer's defaults" if inc.is_defaults else who
             are = "is" if len(inc.challengers) == 1 else "are"

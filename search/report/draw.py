@@ -17,6 +17,7 @@ from search.report.gather import Line, ReportData
 from search.report.key_params import KeyParams
 from search.report.panels import grid_of
 from search.report.rows import BASELINE, BEST, TOP, TrialRow
+from search.study.space import params_words
 
 BEST_COLOR = "#d62728"
 _BASELINE_COLORS = ("#1f77b4", "#2ca02c", "#9467bd", "#8c564b", "#17becf", "#7f7f7f")
@@ -54,13 +55,6 @@ def trial_colors(rows: list[TrialRow]) -> dict[int, str]:
         colors[row.number] = palette[counters[role] % len(palette)]
         counters[role] += 1
     return colors
-
-
-def _params_text(params: dict[str, Any]) -> str:
-    parts = []
-    for k, v in params.items():
-        parts.append(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}")
-    return ", ".join(parts)
 
 
 def legend_name(row: TrialRow, named: KeyParams) -> str:
@@ -150,7 +144,7 @@ def panels_figure(data: ReportData) -> go.Figure:
         horizontal_spacing=0.07,
     )
     colors = trial_colors(data.rows)
-    hover = {r.number: _params_text(r.params) for r in data.rows}
+    hover = {r.number: params_words(r.params) for r in data.rows}
     names = {r.number: legend_name(r, data.key_params) for r in data.rows}
     in_legend: set[int] = set()
     traces: list[dict[str, Any]] = []

@@ -42,6 +42,7 @@ from search.bookkeeping.optuna_compat import record_heartbeat, trial_id
 from search.bookkeeping.outage import Outage, retry_while_down
 from search.bookkeeping.storage import mask_text
 from search.control.failpoints import failpoint
+from search.study.space import params_words
 from search.study.study_file import StudySpec
 from search.trainers.base import (
     Evaluation,
@@ -277,7 +278,7 @@ class TrialRun:
         # baselines train the first `baseline_epochs` of the full-length schedule, then stop:
         # reports compare them with the trials at that length (search/report/gather.py)
         self.baseline_length = ctx.spec.baseline_epochs if baseline else None
-        ctx.log(f"trial {trial.number} ({what}) started: {_short(params)}")
+        ctx.log(f"trial {trial.number} ({what}) started: {params_words(params)}")
         self.started = time.monotonic()
         self._job = job
         return job
@@ -434,9 +435,3 @@ def _free_accelerator_memory() -> None:
     torch = sys.modules.get("torch")
     if torch is not None and torch.cuda.is_available():
         torch.cuda.empty_cache()
-
-
-def _short(params: dict[str, Any]) -> str:
-    return ", ".join(
-        f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in params.items()
-    )

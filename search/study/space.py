@@ -236,6 +236,13 @@ class SearchSpace:
         return params
 
 
+def params_words(params: dict[str, Any]) -> str:
+    """A setting in a few words, `lr=0.0123, optimizer=AdamW`: floats to 4 significant digits."""
+    return ", ".join(
+        f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in params.items()
+    )
+
+
 def space_names(registry: ParamRegistry) -> tuple[str, ...]:
     """The names a `[space]` table may use for a trainer: its searchable parameters, and the
     milestone fractions when it has `milestones`."""

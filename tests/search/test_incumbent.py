@@ -198,7 +198,10 @@ def _smoke(tmp_path: Path, n_trials: int, **sampler: Any) -> tuple[str, Any]:
 
 
 def _work(url: str, tmp_path: Path, lines: list[str]) -> None:
-    options = WorkerOptions(runs_dir=tmp_path / "runs", poll_interval=0.1, log=lines.append)
+    # a fixed index: the sampler's seed is offset by it (by the pid when unset)
+    options = WorkerOptions(
+        runs_dir=tmp_path / "runs", worker_index=0, poll_interval=0.1, log=lines.append
+    )
     run_worker("smoke", url, options, trainer=TuneTrainer(fake_trainer.fit, fake_trainer.load_data))
 
 
@@ -225,7 +228,9 @@ def test_a_worker_races_a_challenger_on_fresh_seeds_inside_the_budget(tmp_path: 
     assert standing is not None and standing.raced
     assert not standing.is_defaults  # the defaults are far from the fake optimum
     gain = standing.gain_over_defaults()
-    assert gain is not None and gain.n == SEEDS_PER_RACE and gain.low > 0
+    # paired over the race's own seeds only, not the run that made it a challenger
+    assert standing.over_defaults and 0 not in standing.over_defaults
+    assert gain is not None and gain.n == SEEDS_PER_RACE and gain.mean > 0
     # the fake trainer's value on the race seeds is its setting's, give or take its luck
     for seed, value in standing.setting.runs.items():
         config = spec.train_config(standing.setting.params, seed=seed)
@@ -252,6 +257,10 @@ def test_a_budget_too_small_for_a_race_says_so_and_keeps_the_defaults(tmp_path: 
     study = optuna.load_study(study_name="smoke", storage=url)
     assert study.best_trial.number != 0  # Optuna's best single run is a challenger
     assert best_trial(study).number == 0
+    said = study_status(study).standing  # and names what a user would confirm: the setting
+    challenger = standing.challengers[0]
+    assert f"trial {challenger.number} (" in said and "not raced on fresh seeds" in said
+    assert all(f"{k}=" in said for k in challenger.params), said
     said = study_status(study).standing
     assert "the start point, the trainer's defaults" in said
     assert "not raced on fresh seeds" in said and "stay the incumbent" in said
