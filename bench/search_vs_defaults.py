@@ -368,9 +368,10 @@ def print_tables(summary: dict[str, Any]) -> None:
             low, high = m["gain_low"], m["gain_high"]
             interval = f"[{low:+.4f}, {high:+.4f}]" if low is not None else "n/a"
             print(
-                f"{method}: beats the defaults in {m['wins']}/{len(m['studies'])} studies; "
-                f"mean gain {m['gain_mean']:+.4f} {interval} ({100 * m['gain_share']:+.1f}% of "
-                f"the defaults); budget to {s['target']:.4f}: median "
+                f"{method}: beats the defaults in {m['wins']}/{len(m['studies'])} studies (goal "
+                f"{GOAL_WINS:.0%}); mean gain {m['gain_mean']:+.4f} {interval} "
+                f"({100 * m['gain_share']:+.1f}% of the defaults; goal an interval above 0 and "
+                f"{GOAL_GAIN:+.0%}); budget to {s['target']:.4f}: median "
                 f"{m['budget_to_target_median']} it of {s['budget']}"
             )
         print(

@@ -284,9 +284,6 @@ class AttrKeys:
     keys: tuple[str, ...] = ()
     prefixes: tuple[str, ...] = ()
 
-    def matches(self, key: str) -> bool:
-        return key in self.keys or key.startswith(self.prefixes)
-
     def clause(self, column: Any) -> Any:
         """The SQL condition that `column` (a user attr's key) is one of these."""
         return sa.or_(
