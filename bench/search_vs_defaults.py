@@ -96,6 +96,16 @@ PRESETS = {
 }
 
 
+def scaled_rung(settings: Settings, epochs: int) -> int:
+    """The first rung for `epochs`-epoch trials at the same share of a trial as `settings`' (a
+    multiple of its evaluation interval): a rung a fixed number of epochs in stops a longer
+    trial ever earlier in its schedule, where the ranking of settings is noise
+    (docs/benchmarks.md, "where the first rung may sit")."""
+    share = settings.min_resource / settings.epochs
+    every = settings.eval_interval
+    return max(every, every * round(share * epochs / every))
+
+
 def study_table(settings: Settings, data: str, method: str, seed: int) -> dict[str, Any]:
     """The loss-weights study as this benchmark runs it: its space, sampler and pruner, the
     benchmark's length, no baselines, the defaults as its start trial."""
@@ -386,7 +396,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--methods", help="comma-separated samplers, the first is the search")
     parser.add_argument("--studies", type=int, help="studies per method")
     parser.add_argument("--budget-trials", type=int, help="budget per study, in full trials")
-    parser.add_argument("--epochs", type=int)
+    parser.add_argument(
+        "--epochs", type=int, help="trial length (the first rung keeps its share of the preset's)"
+    )
+    parser.add_argument("--min-resource", type=int, help="the pruner's first rung, in epochs")
     parser.add_argument("--imgsz", type=int)
     parser.add_argument("--train-images", type=int)
     parser.add_argument("--val-images", type=int)
@@ -422,6 +435,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             "retrain_all": False if args.retrain_search_only else None,
             "device": args.device,
         }
+        if args.epochs is not None:
+            changes["min_resource"] = args.min_resource or scaled_rung(settings, args.epochs)
+        else:
+            changes["min_resource"] = args.min_resource
         settings = replace(settings, **{k: v for k, v in changes.items() if v is not None})
         load_before = load_average()
         raw = run(settings, args.jobs)

@@ -331,3 +331,15 @@ def test_search_vs_defaults_retrains_the_incumbent_the_study_names_not_its_best_
     assert evolution["studies"][0]["race_runs"] == 3 and evolution["wins"] == 0
     # target 0.10 (the incumbent's run): reached by the start trial, not by a race run
     assert evolution["budget_to_target"] == [10]
+
+
+def test_search_vs_defaults_keeps_the_first_rungs_share_of_a_longer_trial() -> None:
+    """`--epochs 30` on the cpu preset (12-epoch trials, a rung at 4) puts the rung at 10, not 4
+    of 30, where the pruner would rank settings before they learn."""
+    from bench.search_vs_defaults import PRESETS, scaled_rung
+
+    cpu = PRESETS["cpu"]
+    assert (cpu.epochs, cpu.min_resource) == (12, 4)
+    assert scaled_rung(cpu, 30) == 10 and scaled_rung(cpu, 12) == 4
+    assert scaled_rung(cpu, 3) == cpu.eval_interval  # never before the first evaluation
+    assert scaled_rung(PRESETS["study"], 66) % PRESETS["study"].eval_interval == 0
