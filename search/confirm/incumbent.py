@@ -19,9 +19,9 @@ those seeds is higher.
     run is biased upward by the choice);
   - not on an earlier race's seeds, so that one unlucky pair of the incumbent's runs does not let
     every later challenger win.
-  The challenger with the higher mean replaces the incumbent. A race whose incumbent was
-  replaced while it ran (by another race, with several workers) decides nothing: its challenger
-  is a challenger of the new incumbent again.
+  The challenger with the higher mean replaces the incumbent. One race runs at a time
+  (`next_race`), the best waiting challenger's next; a race whose incumbent was replaced while it
+  ran would decide nothing (its challenger is a challenger of the new incumbent again).
 - The incumbent's gain over the defaults is paired over the seeds of the race in which it beat
   them; an incumbent that beat a later incumbent has no fresh seeds in common with the defaults.
 
@@ -77,7 +77,7 @@ class Incumbent:
     setting: Setting
     defaults: Setting | None
     raced: bool  # it won a race (or, for the defaults, none beat them in one)
-    challengers: tuple[Setting, ...]  # beat it on one seed, not raced (yet)
+    challengers: tuple[Setting, ...]  # beat it on one seed, not raced (yet); the best first
     beaten: tuple[Setting, ...] = ()  # raced against an incumbent and lost
     over_defaults: tuple[int, ...] = ()  # the seeds of the race in which it beat the defaults
 
@@ -174,13 +174,18 @@ def incumbent_of(
         else:
             beaten.append(challenger)
     pending = tuple(
-        s
-        for s in settings
-        if s is not current
-        and s.number not in {b.number for b in beaten}
-        and seed in s.runs
-        and seed in current.runs
-        and sign * s.runs[seed] > sign * current.runs[seed]
+        sorted(
+            (
+                s
+                for s in settings
+                if s is not current
+                and s.number not in {b.number for b in beaten}
+                and seed in s.runs
+                and seed in current.runs
+                and sign * s.runs[seed] > sign * current.runs[seed]
+            ),
+            key=lambda s: -sign * s.runs[seed],  # the best run first
+        )
     )
     return Incumbent(current, defaults, raced, pending, tuple(beaten), over_defaults)
 
@@ -218,6 +223,25 @@ def study_best(
         return study.best_trial, standing
     except ValueError:
         return None, standing
+
+
+def next_race(
+    trials: Sequence[FrozenTrial], standing: Incumbent
+) -> tuple[Setting, list[trial_record.RaceRun]] | None:
+    """The race a study should enqueue now, the challenger and its runs; None while a race is
+    waiting or running, so that each race is decided against the incumbent it was run against
+    (with several workers, two races at once would leave the later one's challenger unraced
+    against the winner of the first), or when no challenger waits."""
+    if any(
+        t.state in (TrialState.WAITING, TrialState.RUNNING) and trial_record.read_race(t)
+        for t in trials
+    ):
+        return None
+    for challenger in standing.challengers:
+        runs = race_runs(trials, challenger, standing.setting)
+        if runs:
+            return challenger, runs
+    return None
 
 
 def race_runs(

@@ -11,8 +11,9 @@ storage's id of the study, and answers:
   (search/bookkeeping/budget.py);
 - `extend_hold(trial, step, spec)`: under the study lock, raise a kept trial's hold on the epoch
   budget, or say that the budget cannot pay for its next stop point;
-- `race(trial, spec)`: under the study lock, enqueue the race runs of a trial that beat the
-  incumbent on one seed, when the budget pays for them (search/confirm/incumbent.py);
+- `race(trial, spec)`: under the study lock, enqueue the next race of a challenger (a setting
+  that beat the incumbent on one seed) against the incumbent, when none is running and the
+  budget pays for it (search/confirm/incumbent.py);
 - `fail_running(worker_id, ...)`: fail what these workers left RUNNING ("interrupted");
 - `claim()`: a worker's way to a trial start, through its start gate
   (search/control/start_gate.py);
@@ -155,14 +156,15 @@ class ManagedStudy:
         spec: StudySpec,
         log: Callable[[str], None] | None = None,
     ) -> int:
-        """If `told` (a trial just told COMPLETE) beat the incumbent on the recipe's seed, enqueue
-        the runs that race it against the incumbent on seeds of their own
-        (`incumbent.race_runs`), when the budget pays for them (`budget.race_room`); the number
-        enqueued. Read and enqueued under the study's exclusive lock, so that two workers do not
-        enqueue the same runs and no start takes the epochs they need."""
+        """After `told` (a trial just told) ended COMPLETE at full length, enqueue the next race
+        (`incumbent.next_race`: the best challenger, one that beat the incumbent on the recipe's
+        seed, against the incumbent on seeds of their own) when none is running and the budget
+        pays for it (`budget.race_room`); the number of runs enqueued. Read and enqueued under
+        the study's exclusive lock, so that two workers do not enqueue the same runs and no start
+        takes the epochs they need."""
         if (
             told.state != TrialState.COMPLETE
-            or trial_record.fixed_length(told) is not None
+            or trial_record.read_baseline(told) is not None
             or trial_record.read_confirm(told) is not None
             or (told.last_step or 0) < spec.trial.epochs
             # a latency budget makes the best a feasible one (Optuna's constraint), which a race
@@ -177,31 +179,23 @@ class ManagedStudy:
         with self.lock(log=log):
             trials = self.study.get_trials(deepcopy=False)
             standing = incumbent.incumbent_of_study(spec, trials, self.study.direction)
-            challenger = (
-                next((s for s in standing.challengers if s.number == told.number), None)
-                if standing is not None
-                else None
-            )
-            if standing is None or challenger is None:
+            found = None if standing is None else incumbent.next_race(trials, standing)
+            if standing is None or found is None:
                 return 0
-            runs = incumbent.race_runs(trials, challenger, standing.setting)
-            if not runs:
-                return 0
+            challenger, runs = found
             why = race_room(spec, trials, len(runs), incumbent.RACE_SHARE)
+            beat = (
+                f"trial {challenger.number} beat the incumbent (trial {standing.setting.number}) "
+                "on one seed"
+            )
             if why is not None:
-                say(
-                    f"trial {told.number} beat the incumbent (trial {standing.setting.number}) "
-                    f"on one seed; not raced: {why}"
-                )
+                say(f"{beat}; not raced: {why}")
                 return 0
             params = {s.number: s.params for s in (challenger, standing.setting)}
             for run in runs:
                 self.study.enqueue_trial(params[run.of], user_attrs=trial_record.race_attrs(run))
         seeds = ", ".join(str(s) for s in sorted({run.seed for run in runs}))
-        say(
-            f"trial {told.number} beat the incumbent (trial {standing.setting.number}) on one "
-            f"seed: racing them on seeds {seeds} ({len(runs)} runs enqueued)"
-        )
+        say(f"{beat}: racing them on seeds {seeds} ({len(runs)} runs enqueued)")
         return len(runs)
 
     def fail_running(self, *worker_ids: str) -> int:

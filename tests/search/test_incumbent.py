@@ -14,7 +14,13 @@ from search.bookkeeping.budget import race_room
 from search.bookkeeping.trial_record import RaceRun
 from search.commands.best import best_trial
 from search.commands.status import study_status
-from search.confirm.incumbent import FIRST_RACE_SEED, SEEDS_PER_RACE, incumbent_of, race_runs
+from search.confirm.incumbent import (
+    FIRST_RACE_SEED,
+    SEEDS_PER_RACE,
+    incumbent_of,
+    next_race,
+    race_runs,
+)
 from search.running.worker import WorkerOptions, run_worker
 from search.study.study_file import parse_study
 from search.trainers.builtin import TuneTrainer
@@ -155,6 +161,36 @@ def test_a_race_whose_incumbent_was_replaced_meanwhile_decides_nothing() -> None
     assert [c.number for c in standing.challengers] == [2]  # of the new incumbent, again
     runs = race_runs(trials, standing.challengers[0], standing.setting)
     assert {r.seed for r in runs} == {later[1] + 1, later[1] + 2}
+
+
+def test_one_race_at_a_time_the_best_challenger_first() -> None:
+    """A challenger found while a race runs waits for it, then races whoever won."""
+    study = optuna.create_study(direction="maximize")
+    for t in (_run(0.5, 0.50, start=True), _run(0.7, 0.60), _run(0.6, 0.65)):
+        study.add_trial(t)
+    standing = incumbent_of(study.get_trials(), 0, EPOCHS)
+    assert standing is not None and [c.number for c in standing.challengers] == [2, 1]
+    found = next_race(study.get_trials(), standing)
+    assert found is not None and found[0].number == 2  # the best run first
+    for run in found[1]:
+        study.enqueue_trial(
+            {"x": 0.6 if run.of == 2 else 0.5}, user_attrs=trial_record.race_attrs(run)
+        )
+    assert next_race(study.get_trials(), standing) is None  # trial 1 waits
+    won = [  # trial 2 wins its race
+        _run(0.5, 0.50, start=True),
+        _run(0.7, 0.60),
+        _run(0.6, 0.65),
+        *(_race(0.6, 0.66, 2, seed, race=(2, 0)) for seed in FIRST),
+        *(_race(0.5, 0.50, 0, seed, race=(2, 0)) for seed in FIRST),
+    ]
+    trials = _numbered([*won, _run(0.8, 0.70)])  # found while the race ran
+    standing = incumbent_of(trials, 0, EPOCHS)
+    assert standing is not None and standing.setting.number == 2
+    assert [c.number for c in standing.challengers] == [7]  # trial 1 (0.60) is below 2's 0.65
+    found = next_race(trials, standing)
+    assert found is not None and {(r.challenger, r.incumbent) for r in found[1]} == {(7, 2)}
+    assert {r.seed for r in found[1]} == {FIRST[1] + 1, FIRST[1] + 2}
 
 
 def test_a_race_reruns_only_what_failed_on_its_own_seeds() -> None:
