@@ -213,7 +213,8 @@ def test_search_efficiency_smallest(tmp_path: Path) -> None:
 def test_search_efficiency_runs_studies_in_parallel_and_stops_at_its_time_limit(
     tmp_path: Path,
 ) -> None:
-    """`--jobs 2`: every study in its own process; past `--time-limit` no trial starts."""
+    """`--jobs 2`: every study in its own process; past `--time-limit` no trial starts but each
+    study's first (on a loaded machine the processes may start after it)."""
     from bench import search_efficiency
 
     _tiny_shapes()
