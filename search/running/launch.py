@@ -32,7 +32,7 @@ from search.confirm.results import (
     format_confirmation,
     read_confirmation,
 )
-from search.confirm.standing import study_standing
+from search.confirm.standing import Standing, study_standing
 from search.control.study_manager import ManagedStudy
 from search.control.study_setup import check_data_set, prepare_study
 from search.running.command_trust import command_digest
@@ -118,8 +118,25 @@ def launch(
     )
     result = _result(optuna_study, spec, rdb, started, run.exit_codes, run.interrupted)
     out(_summary_line(result, spec))
+    trials = optuna_study.get_trials(deepcopy=False)
+    hint = next_step(spec.name, study_standing(optuna_study, trials, spec))
+    if hint:
+        out(hint)
     run.say_failures(out)
     return result
+
+
+def next_step(name: str, standing: Standing) -> str:
+    """What to run next when the study ended with a challenger it could not race: `tune confirm`
+    retrains it beside the trainer's defaults on fresh seeds. "" otherwise."""
+    inc = standing.incumbent
+    if inc is None or not inc.challengers:
+        return ""
+    best = inc.challengers[0].number
+    return (
+        f"next: tune confirm --study {name} --top 1 --trial {best}   (retrains trial {best}, the "
+        "challenger the budget could not race, beside the trainer's defaults on fresh seeds)"
+    )
 
 
 @dataclass

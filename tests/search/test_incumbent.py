@@ -21,6 +21,8 @@ from search.confirm.incumbent import (
     next_race,
     race_runs,
 )
+from search.confirm.standing import study_standing
+from search.running.launch import next_step
 from search.running.worker import WorkerOptions, run_worker
 from search.study.study_file import parse_study
 from search.trainers.builtin import TuneTrainer
@@ -293,6 +295,8 @@ def test_a_budget_too_small_for_a_race_says_so_and_keeps_the_defaults(tmp_path: 
     study = optuna.load_study(study_name="smoke", storage=url)
     assert study.best_trial.number != 0  # Optuna's best single run is a challenger
     assert best_trial(study).number == 0
+    hint = next_step("smoke", study_standing(study, study.get_trials(), None))
+    assert f"tune confirm --study smoke --top 1 --trial {standing.challengers[0].number}" in hint
     said = study_status(study).standing  # and names what a user would confirm: the setting
     challenger = standing.challengers[0]
     assert f"trial {challenger.number} (" in said and "not raced on fresh seeds" in said
