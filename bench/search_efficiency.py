@@ -183,7 +183,8 @@ def run_study(
     raw: dict[str, Any] | None = None,
     race: bool = False,
 ) -> list[TrialRow]:
-    """Run one method with one seed on one data set until `budget` iterations are spent.
+    """Run one method with one seed on one data set until `budget` iterations are spent, or the
+    table's own `[budget]` is: a trial it cannot pay on stops where a worker's would.
 
     With a `deadline` (a `time.time()` value) no trial but the first starts after it: the study
     ends short of its budget, and the summary compares every study where all of them got to.
@@ -194,6 +195,7 @@ def run_study(
     marked `incumbent`.
     """
     from search.bookkeeping import trial_record
+    from search.bookkeeping.budget import decide
     from search.bookkeeping.storage import open_storage
     from search.confirm.incumbent import study_best
     from search.control.study_manager import ManagedStudy
@@ -230,6 +232,9 @@ def run_study(
         tally=TrialTally(),
         log=lambda line: None,
         after_told=(lambda told: managed.race(told, spec)) if race else None,
+        # with a `[budget] epochs` (races need one) a kept trial the budget cannot pay on stops
+        # there ("stopped: budget spent"), as a worker's does: no study trains past its budget
+        extend_hold=lambda trial, step: managed.extend_hold(trial, step, spec),
     )
     alone = _Alone(study)
     rows: list[TrialRow] = []
@@ -239,6 +244,10 @@ def run_study(
         # the first trial starts whatever the time: a study without one compares with nothing
         if deadline is not None and rows and time.time() >= deadline:
             print(f"   {name}: time limit reached at {spent}/{budget}", flush=True)
+            break
+        decision, why = decide(spec, managed.budget_use(spec))  # the table's own budget
+        if decision != "start":
+            print(f"   {name}: {why}", flush=True)
             break
         started = time.perf_counter()
         told = run_round(alone, ctx, 1, set())

@@ -344,3 +344,22 @@ def test_search_vs_defaults_keeps_the_first_rungs_share_of_a_longer_trial() -> N
     assert scaled_rung(cpu, 30) == 10 and scaled_rung(cpu, 12) == 4
     assert scaled_rung(cpu, 3) == cpu.eval_interval  # never before the first evaluation
     assert scaled_rung(PRESETS["study"], 66) % PRESETS["study"].eval_interval == 0
+
+
+@pytest.mark.slow
+def test_a_benchmark_study_never_trains_past_its_epoch_budget(tmp_path: Path) -> None:
+    """A study of 2-epoch trials with 5 epochs of budget: its third trial stops at its first
+    evaluation ("stopped: budget spent"), as a worker's would, instead of training on to 6."""
+    from bench.search_efficiency import _run_in_process
+    from bench.search_vs_defaults import PRESETS, _study_settings, data_path, study_table
+
+    settings = PRESETS["quick"]
+    path = data_path("shapes", settings)
+    raw = study_table(settings, path, "Random", 0)
+    raw["budget"] = {"epochs": 5}
+    per_epoch = settings.train_images // settings.batch
+    rows = _run_in_process(
+        _study_settings(settings), path, "Random", 0, 6 * per_epoch, tmp_path, None, raw, True
+    )
+    assert [r.iterations for r in rows] == [2 * per_epoch, 2 * per_epoch, per_epoch]
+    assert rows[-1].spent == 5 * per_epoch and rows[-1].state == "PRUNED"
