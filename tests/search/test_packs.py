@@ -1,4 +1,4 @@
-"""A worker that runs a pack (issue 13): `[trial] pack = K` trains K trials at once, refills a
+"""A worker that runs a pack: `[trial] pack = K` trains K trials at once, refills a
 slot a trial leaves at the pack's next epoch boundary within the study-wide budget, tells every
 trial its own end, beats for all of them, and a SIGKILLed packed worker has all its trials
 reaped, retried and resumed.

@@ -49,7 +49,7 @@ def test_real_trainer_runs_baseline_and_sampled_trial(tmp_path: Path) -> None:
 
 def test_real_trainer_trains_a_pack_and_refills_it(tmp_path: Path) -> None:
     """`[trial] pack = 2` with tune's own trainer: two trials fused into one model, the third
-    started into the first free slot (issue 13)."""
+    started into the first free slot."""
     from search.study.study_file import parse_study
 
     url = f"sqlite:///{tmp_path / 'tune.db'}"

@@ -1,4 +1,4 @@
-"""Trial starts that scale (issue 16): workers start trials without queueing at one lock, and the
+"""Trial starts that scale: workers start trials without queueing at one lock, and the
 study-wide budget still holds.
 
 While the budget is far from spent, a worker holds the study lock *shared*, counts the other
