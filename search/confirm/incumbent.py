@@ -11,9 +11,10 @@ those seeds is higher.
 - Every setting's first run trains with the recipe's seed. A sampled trial that ends COMPLETE
   above the incumbent's run on that seed is a **challenger**: the study enqueues a **race**, runs
   of it and of the incumbent on `SEEDS_PER_RACE` seeds no run of the study has used (from
-  `FIRST_RACE_SEED` on), full length, never pruned (`trial_record` ``race``). They are trials of
-  the study: they spend its budget, at most `RACE_SHARE` of it (`search/control/study_manager.py`
-  `ManagedStudy.race`), and a challenger the budget cannot race stays one, named as such.
+  `first_race_seed` on: 101 for sampler seed 0, 1101 for seed 1, ...), full length, never
+  pruned (`trial_record` ``race``). They are trials of the study: they spend its budget, at most
+  `RACE_SHARE` of it (`search/control/study_manager.py` `ManagedStudy.race`), and a challenger
+  the budget cannot race stays one, named as such.
 - A race is decided on its own seeds only, once both settings have a run on each:
   - not on the recipe's seed, where the challenger was chosen for beating the incumbent (that
     run is biased upward by the choice);
@@ -45,6 +46,10 @@ from search.confirm.stats import Gain, gain
 from search.study.study_file import StudyFileError, StudySpec
 
 FIRST_RACE_SEED = 101  # race seeds count up from here: apart from confirm's 1, 2, ...
+# a study of sampler seed s races from FIRST_RACE_SEED + s * RACE_SEED_STRIDE: studies that differ
+# only in their sampler seed do not share the defaults' race runs (the same setting on the same
+# seed trains the same), so that they are independent repeats of the search
+RACE_SEED_STRIDE = 1000
 SEEDS_PER_RACE = 2  # runs of each setting per race: 4 runs a race
 RACE_SHARE = 0.5  # race runs spend at most this share of the study's budget
 
@@ -226,7 +231,7 @@ def study_best(
 
 
 def next_race(
-    trials: Sequence[FrozenTrial], standing: Incumbent
+    trials: Sequence[FrozenTrial], standing: Incumbent, first_seed: int = FIRST_RACE_SEED
 ) -> tuple[Setting, list[trial_record.RaceRun]] | None:
     """The race a study should enqueue now, the challenger and its runs; None while a race is
     waiting or running, so that each race is decided against the incumbent it was run against
@@ -238,14 +243,22 @@ def next_race(
     ):
         return None
     for challenger in standing.challengers:
-        runs = race_runs(trials, challenger, standing.setting)
+        runs = race_runs(trials, challenger, standing.setting, first_seed)
         if runs:
             return challenger, runs
     return None
 
 
+def first_race_seed(spec: StudySpec) -> int:
+    """The seed a study's first race runs on (module docstring; `RACE_SEED_STRIDE`)."""
+    return FIRST_RACE_SEED + RACE_SEED_STRIDE * abs(spec.sampler.seed or 0)
+
+
 def race_runs(
-    trials: Sequence[FrozenTrial], challenger: Setting, incumbent: Setting
+    trials: Sequence[FrozenTrial],
+    challenger: Setting,
+    incumbent: Setting,
+    first_seed: int = FIRST_RACE_SEED,
 ) -> list[trial_record.RaceRun]:
     """The runs a race of `challenger` against `incumbent` still needs: on the race's seeds (fresh
     ones, for a race not yet enqueued), each setting on every seed it has no COMPLETE run, and no
@@ -262,7 +275,7 @@ def race_runs(
         seeds = race.seeds
     else:
         used = [run.seed for t in trials if (run := trial_record.read_race(t)) is not None]
-        first = max(used, default=FIRST_RACE_SEED - 1) + 1
+        first = max(used, default=first_seed - 1) + 1
         seeds = tuple(range(first, first + SEEDS_PER_RACE))
     queued = {
         (run.of, run.seed)

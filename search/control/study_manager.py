@@ -179,7 +179,8 @@ class ManagedStudy:
         with self.lock(log=log):
             trials = self.study.get_trials(deepcopy=False)
             standing = incumbent.incumbent_of_study(spec, trials, self.study.direction)
-            found = None if standing is None else incumbent.next_race(trials, standing)
+            first = incumbent.first_race_seed(spec)
+            found = None if standing is None else incumbent.next_race(trials, standing, first)
             if standing is None or found is None:
                 return 0
             challenger, runs = found

@@ -16,7 +16,9 @@ from search.commands.best import best_trial
 from search.commands.status import study_status
 from search.confirm.incumbent import (
     FIRST_RACE_SEED,
+    RACE_SEED_STRIDE,
     SEEDS_PER_RACE,
+    first_race_seed,
     incumbent_of,
     next_race,
     race_runs,
@@ -261,7 +263,9 @@ def test_a_worker_races_a_challenger_on_fresh_seeds_inside_the_budget(tmp_path: 
         assert t.params == trials[run.of].params  # the same setting, rerun
         config = trial_record.read_config(t)
         assert config is not None and config["seed"] == run.seed >= FIRST_RACE_SEED
-    assert any("racing them on seeds 101, 102" in line for line in lines), lines
+    first = first_race_seed(spec)  # the smoke study's sampler seed is 3
+    assert first == FIRST_RACE_SEED + 3 * RACE_SEED_STRIDE
+    assert any(f"racing them on seeds {first}, {first + 1}" in line for line in lines), lines
     standing = incumbent_of(trials, 0, EPOCHS)
     assert standing is not None and standing.raced
     assert not standing.is_defaults  # the defaults are far from the fake optimum
