@@ -49,6 +49,22 @@ def _race(
     return _trial(x, value, trial_record.race_attrs(RaceRun(of, seed, *race)))
 
 
+def _races(
+    x: float,
+    values: tuple[float, float],
+    defaults: tuple[float, float],
+    of: int = 1,
+    seeds: tuple[int, int] | None = None,
+) -> list[FrozenTrial]:
+    """A race's four runs: setting `x` (first run as trial `of`) against the defaults (trial 0,
+    x = 0.5) on `seeds` (the first race's by default)."""
+    seeds = seeds or FIRST
+    return [
+        *(_race(x, v, of, s, race=(of, 0)) for v, s in zip(values, seeds, strict=True)),
+        *(_race(0.5, v, 0, s, race=(of, 0)) for v, s in zip(defaults, seeds, strict=True)),
+    ]
+
+
 def _trial(x: float, value: float, attrs: dict[str, Any]) -> FrozenTrial:
     return optuna.trial.create_trial(
         params={"x": x},
@@ -79,10 +95,7 @@ def test_the_defaults_are_the_incumbent_until_a_challenger_wins_a_race() -> None
     assert len(FIRST) == SEEDS_PER_RACE
     won = [
         *trials,
-        _race(0.7, 0.55, 1, FIRST[0]),
-        _race(0.7, 0.56, 1, FIRST[1]),
-        _race(0.5, 0.50, 0, FIRST[0]),
-        _race(0.5, 0.52, 0, FIRST[1]),
+        *_races(0.7, (0.55, 0.56), (0.50, 0.52)),
     ]
     standing = incumbent_of(_numbered(won), 0, EPOCHS)
     assert standing is not None and standing.setting.number == 1 and standing.raced
@@ -95,10 +108,7 @@ def test_a_challenger_that_won_by_its_seed_does_not_replace_the_defaults() -> No
     lucky = [
         _run(0.5, 0.50, start=True),
         _run(0.7, 0.60),  # best single run of the study
-        _race(0.7, 0.45, 1, FIRST[0]),
-        _race(0.7, 0.46, 1, FIRST[1]),
-        _race(0.5, 0.50, 0, FIRST[0]),
-        _race(0.5, 0.52, 0, FIRST[1]),
+        *_races(0.7, (0.45, 0.46), (0.50, 0.52)),
     ]
     standing = incumbent_of(_numbered(lucky), 0, EPOCHS)
     assert standing is not None and standing.is_defaults and standing.raced
@@ -112,10 +122,7 @@ def test_the_run_that_made_a_challenger_does_not_count_in_its_race() -> None:
     lucky = [
         _run(0.5, 0.50, start=True),
         _run(0.7, 0.90),
-        _race(0.7, 0.48, 1, FIRST[0]),
-        _race(0.7, 0.49, 1, FIRST[1]),
-        _race(0.5, 0.50, 0, FIRST[0]),
-        _race(0.5, 0.51, 0, FIRST[1]),
+        *_races(0.7, (0.48, 0.49), (0.50, 0.51)),
     ]
     standing = incumbent_of(_numbered(lucky), 0, EPOCHS)
     assert standing is not None and standing.is_defaults and standing.raced
@@ -127,10 +134,7 @@ def test_every_race_runs_on_seeds_of_its_own() -> None:
     held = [
         _run(0.5, 0.50, start=True),
         _run(0.7, 0.60),
-        _race(0.7, 0.45, 1, FIRST[0]),
-        _race(0.7, 0.46, 1, FIRST[1]),
-        _race(0.5, 0.50, 0, FIRST[0]),
-        _race(0.5, 0.52, 0, FIRST[1]),
+        *_races(0.7, (0.45, 0.46), (0.50, 0.52)),
         _run(0.6, 0.55),  # the next challenger
     ]
     trials = _numbered(held)
@@ -150,14 +154,8 @@ def test_a_race_whose_incumbent_was_replaced_meanwhile_decides_nothing() -> None
         _run(0.5, 0.50, start=True),
         _run(0.7, 0.60),
         _run(0.6, 0.65),
-        _race(0.7, 0.58, 1, FIRST[0]),
-        _race(0.7, 0.59, 1, FIRST[1]),
-        _race(0.5, 0.50, 0, FIRST[0]),
-        _race(0.5, 0.51, 0, FIRST[1]),
-        _race(0.6, 0.62, 2, later[0], race=(2, 0)),
-        _race(0.6, 0.63, 2, later[1], race=(2, 0)),
-        _race(0.5, 0.49, 0, later[0], race=(2, 0)),
-        _race(0.5, 0.50, 0, later[1], race=(2, 0)),
+        *_races(0.7, (0.58, 0.59), (0.50, 0.51)),
+        *_races(0.6, (0.62, 0.63), (0.49, 0.50), of=2, seeds=later),
     ]
     trials = _numbered(both)
     standing = incumbent_of(trials, 0, EPOCHS)
@@ -185,8 +183,7 @@ def test_one_race_at_a_time_the_best_challenger_first() -> None:
         _run(0.5, 0.50, start=True),
         _run(0.7, 0.60),
         _run(0.6, 0.65),
-        *(_race(0.6, 0.66, 2, seed, race=(2, 0)) for seed in FIRST),
-        *(_race(0.5, 0.50, 0, seed, race=(2, 0)) for seed in FIRST),
+        *_races(0.6, (0.66, 0.66), (0.50, 0.50), of=2),
     ]
     trials = _numbered([*won, _run(0.8, 0.70)])  # found while the race ran
     standing = incumbent_of(trials, 0, EPOCHS)
