@@ -18,6 +18,7 @@ from optuna.trial import FrozenTrial
 from search.bookkeeping import trial_record
 from search.commands.export import RUN_SETTINGS, Export, export_values
 from search.confirm.incumbent import study_best
+from search.confirm.standing import study_standing
 from search.trainers import DEFAULT_TRAINER
 from trainer.config import TrainConfig
 from trainer.hyp import config_to_hyp
@@ -56,11 +57,21 @@ def trial_values(trial: FrozenTrial) -> dict[str, Any]:
 
 
 def format_best(study: optuna.Study, trial: FrozenTrial) -> str:
-    """The text `tune best` prints: value, origin and parameter values of the best trial."""
+    """The text `tune best` prints: value, origin and parameter values of the best trial, and
+    what it is worth (the incumbent and its paired gain over the defaults, as `tune status`
+    says it)."""
     label = trial_record.read_baseline(trial)
-    origin = f"baseline {label!r}" if label else "sampled"
+    origin = (
+        f"baseline {label!r}"
+        if label
+        else "the trainer's defaults"
+        if trial_record.read_start(trial) is not None
+        else "sampled"
+    )
     lines = [
-        f"study {study.study_name}: best trial {trial.number} ({origin}) mAP50-95 {trial.value:.4f}"
+        f"study {study.study_name}: best trial {trial.number} ({origin}) mAP50-95 "
+        f"{trial.value:.4f}",
+        f"  {study_standing(study, study.get_trials(deepcopy=False)).describe()}",
     ]
     values = trial_values(trial)
     if study_trainer(study) == DEFAULT_TRAINER:
@@ -77,9 +88,10 @@ def export_best(
     """Write the best trial's values to `path` in format `fmt` (None: the study's trainer's
     default, search/commands/export.py); an `ExportError` (a ValueError) when it cannot be."""
     trainer = study_trainer(study)
+    standing = study_standing(study, study.get_trials(deepcopy=False))
     header = (
         f"tune best --study {study.study_name}: trial {trial.number} of trainer {trainer}, "
-        f"mAP50-95 {trial.value:.4f}"
+        f"mAP50-95 {trial.value:.4f} ({standing.short()})"
     )
     exported = export_values(trainer, trial_values(trial), fmt, header)
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -12,7 +12,7 @@ from optuna.trial import FrozenTrial, TrialState
 from search.bookkeeping import trial_record
 from search.bookkeeping.budget import race_room
 from search.bookkeeping.trial_record import RaceRun
-from search.commands.best import best_trial
+from search.commands.best import best_trial, export_best, format_best
 from search.commands.status import study_status
 from search.confirm.incumbent import (
     FIRST_RACE_SEED,
@@ -276,7 +276,12 @@ def test_a_worker_races_a_challenger_on_fresh_seeds_inside_the_budget(tmp_path: 
         assert abs(value - fake_trainer.final_map(config)) < 1e-9
     # `tune best` (and its export) and `tune status` name the incumbent and its gain over seeds
     study = optuna.load_study(study_name="smoke", storage=url)
-    assert best_trial(study).number == standing.setting.number
+    best = best_trial(study)
+    assert best.number == standing.setting.number
+    shown = format_best(study, best)
+    assert "over 2 fresh seeds" in shown and "beat the trainer's defaults" in shown, shown
+    exported = export_best(study, best, tmp_path / "hyp.yaml")
+    assert "the incumbent over 2 fresh seeds" in exported.text.splitlines()[0], exported.text
     said = study_status(study).standing
     who = f"trial {standing.setting.number}"
     assert f"over 2 fresh seeds, {who} beat the trainer's defaults" in said
@@ -296,6 +301,8 @@ def test_a_budget_too_small_for_a_race_says_so_and_keeps_the_defaults(tmp_path: 
     study = optuna.load_study(study_name="smoke", storage=url)
     assert study.best_trial.number != 0  # Optuna's best single run is a challenger
     assert best_trial(study).number == 0
+    shown = format_best(study, best_trial(study))
+    assert "best trial 0 (the trainer's defaults)" in shown and "not raced" in shown, shown
     hint = next_step("smoke", study_standing(study, study.get_trials(), None))
     assert f"tune confirm --study smoke --top 1 --trial {standing.challengers[0].number}" in hint
     said = study_status(study).standing  # and names what a user would confirm: the setting
