@@ -298,15 +298,17 @@ def best(
     """The best trial's parameters; --export writes them as a file the target trainer takes."""
     from search.bookkeeping.storage import load_study, open_storage
     from search.commands.best import best_trial, export_best, format_best
+    from search.confirm.standing import study_standing
 
     if fmt is not None and export is None:
         raise _fail("--format needs --export FILE")
     try:
         found = load_study(open_storage(storage), study)
         trial = best_trial(found)
-        typer.echo(format_best(found, trial))
+        standing = study_standing(found, found.get_trials(deepcopy=False))  # read once for both
+        typer.echo(format_best(found, trial, standing))
         if export is not None:
-            typer.echo(export_best(found, trial, export, fmt).describe(export))
+            typer.echo(export_best(found, trial, export, fmt, standing).describe(export))
     except _search_errors() as exc:
         raise _fail(str(exc)) from None
 

@@ -18,7 +18,7 @@ from optuna.trial import FrozenTrial
 from search.bookkeeping import trial_record
 from search.commands.export import RUN_SETTINGS, Export, export_values
 from search.confirm.incumbent import study_best
-from search.confirm.standing import study_standing
+from search.confirm.standing import Standing, study_standing
 from search.trainers import DEFAULT_TRAINER
 from trainer.config import TrainConfig
 from trainer.hyp import config_to_hyp
@@ -56,10 +56,11 @@ def trial_values(trial: FrozenTrial) -> dict[str, Any]:
     return stored
 
 
-def format_best(study: optuna.Study, trial: FrozenTrial) -> str:
+def format_best(study: optuna.Study, trial: FrozenTrial, standing: Standing | None = None) -> str:
     """The text `tune best` prints: value, origin and parameter values of the best trial, and
     what it is worth (the incumbent and its paired gain over the defaults, as `tune status`
-    says it)."""
+    says it; `standing`: the study's, when the caller has it)."""
+    standing = standing or study_standing(study, study.get_trials(deepcopy=False))
     label = trial_record.read_baseline(trial)
     origin = (
         f"baseline {label!r}"
@@ -71,7 +72,7 @@ def format_best(study: optuna.Study, trial: FrozenTrial) -> str:
     lines = [
         f"study {study.study_name}: best trial {trial.number} ({origin}) mAP50-95 "
         f"{trial.value:.4f}",
-        f"  {study_standing(study, study.get_trials(deepcopy=False)).describe()}",
+        f"  {standing.describe()}",
     ]
     values = trial_values(trial)
     if study_trainer(study) == DEFAULT_TRAINER:
@@ -83,12 +84,16 @@ def format_best(study: optuna.Study, trial: FrozenTrial) -> str:
 
 
 def export_best(
-    study: optuna.Study, trial: FrozenTrial, path: Path, fmt: str | None = None
+    study: optuna.Study,
+    trial: FrozenTrial,
+    path: Path,
+    fmt: str | None = None,
+    standing: Standing | None = None,
 ) -> Export:
     """Write the best trial's values to `path` in format `fmt` (None: the study's trainer's
     default, search/commands/export.py); an `ExportError` (a ValueError) when it cannot be."""
     trainer = study_trainer(study)
-    standing = study_standing(study, study.get_trials(deepcopy=False))
+    standing = standing or study_standing(study, study.get_trials(deepcopy=False))
     header = (
         f"tune best --study {study.study_name}: trial {trial.number} of trainer {trainer}, "
         f"mAP50-95 {trial.value:.4f} ({standing.short()})"

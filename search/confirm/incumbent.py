@@ -178,13 +178,14 @@ def incumbent_of(
             over_defaults = race.seeds if held.defaults else ()
         else:
             beaten.append(challenger)
+    lost = {s.number for s in beaten}
     pending = tuple(
         sorted(
             (
                 s
                 for s in settings
                 if s is not current
-                and s.number not in {b.number for b in beaten}
+                and s.number not in lost
                 and seed in s.runs
                 and seed in current.runs
                 and sign * s.runs[seed] > sign * current.runs[seed]

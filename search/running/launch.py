@@ -62,6 +62,7 @@ class LaunchResult(WorkersOutcome):
     best_number: int | None
     wall_seconds: float
     use: BudgetUse = field(default_factory=BudgetUse)
+    next_step: str = ""  # the command to run next (`next_step`), "" when there is none
 
 
 def launch(
@@ -118,10 +119,8 @@ def launch(
     )
     result = _result(optuna_study, spec, rdb, started, run.exit_codes, run.interrupted)
     out(_summary_line(result, spec))
-    trials = optuna_study.get_trials(deepcopy=False)
-    hint = next_step(spec.name, study_standing(optuna_study, trials, spec))
-    if hint:
-        out(hint)
+    if result.next_step:
+        out(result.next_step)
     run.say_failures(out)
     return result
 
@@ -241,6 +240,7 @@ def _result(
         interrupted=interrupted,
         standing=standing.describe(),
         stopped=trial_record.stopped_counts(trials),
+        next_step=next_step(spec.name, standing),
     )
 
 
